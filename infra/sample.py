@@ -1,0 +1,157 @@
+"""Realistic event streams built from real public LLM feedback data, for the demo, tests and benchmarks.
+
+Sources (see infra/demo/README.md for licenses): OpenAssistant sampling reports (the same prompts answered by
+successive model versions), PandaLM pairwise human preferences, LAMP professional edits (corrections) and
+LLaMA-Factory KTO labels (thumbs). `load_corpus()` reads them from a `shared/data` checkout when there is one and
+from the bundled `infra/demo/corpus.jsonl` otherwise, so the demo works on a fresh clone.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+DEMO_DIR = Path(__file__).parent / "demo"
+BUNDLED = DEMO_DIR / "corpus.jsonl"
+APPS = ("support-bot", "writing-assistant", "search-answers")
+IMPLICIT = ("copy", "regenerate", "abandon", "accept")
+
+
+@dataclass
+class Corpus:
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    """{prompt, output, model, model_version}"""
+    edits: list[dict[str, str]] = field(default_factory=list)
+    """{prompt, output, correction}"""
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    """{prompt, a, b, preference} with preference 1 (a), -1 (b) or 0"""
+    labels: list[dict[str, Any]] = field(default_factory=list)
+    """{messages, output, label}"""
+
+    def to_jsonl(self, path: Path) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            for kind in ("answers", "edits", "pairs", "labels"):
+                for rec in getattr(self, kind):
+                    fh.write(json.dumps({"kind": kind, **rec}, ensure_ascii=False) + "\n")
+
+
+def default_shared_data() -> Path | None:
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        cand = base.parent / "shared" / "data"
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def load_corpus(shared_data: Path | None = None, per_source: int | None = None) -> Corpus:
+    shared_data = shared_data or default_shared_data()
+    if shared_data is None:
+        return _load_bundled()
+    c = Corpus()
+    for report in sorted((shared_data / "oasst_model_eval" / "sampling_reports").glob("*.json*")):
+        data = json.loads(report.read_text(encoding="utf-8"))
+        model = data["model_name"].split("/")[-1]
+        version = report.name[:10]
+        for p in data["prompts"][:per_source]:
+            for res in p["results"]:
+                for out in res["outputs"]:
+                    c.answers.append({"prompt": p["prompt"], "output": out.strip(), "model": model,
+                                      "model_version": version})
+    for item in json.loads((shared_data / "lamp_edits" / "LLM_edited_oracle.sanitized.json").read_text())[:per_source]:
+        c.edits.append({"prompt": item["instruction"], "output": item["preedit"], "correction": item["postedit"]})
+    for item in json.loads((shared_data / "pandalm" / "testset-v1.json").read_text())[:per_source]:
+        if not (isinstance(item["response1"], str) and isinstance(item["response2"], str)):
+            continue  # a few PandaLM rows hold booleans where a response should be
+        votes = [item[f"annotator{i}"] for i in (1, 2, 3)]
+        score = sum(1 if v == 1 else -1 if v == 2 else 0 for v in votes)
+        prompt = item["instruction"] + ("\n\n" + item["input"] if item.get("input") else "")
+        c.pairs.append({"prompt": prompt, "a": item["response1"], "b": item["response2"],
+                        "preference": (score > 0) - (score < 0)})
+    for item in json.loads((shared_data / "llamafactory" / "kto_en_demo.json").read_text())[:per_source]:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in item["messages"]]
+        if msgs and msgs[-1]["role"] == "assistant":
+            c.labels.append({"messages": msgs[:-1], "output": msgs[-1]["content"], "label": bool(item["label"])})
+    return c
+
+
+def _load_bundled() -> Corpus:
+    c = Corpus()
+    with open(BUNDLED, encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            getattr(c, rec.pop("kind")).append(rec)
+    return c
+
+
+def _ts(t: datetime) -> str:
+    return t.isoformat(timespec="milliseconds")
+
+
+def generate(corpus: Corpus, n_inferences: int, seed: int = 7, start: datetime | None = None,
+             feedback_rate: float = 0.6, prefix: str = "inf") -> Iterator[dict[str, Any]]:
+    """Yield `n_inferences` inference events, each followed by feedback with probability `feedback_rate`.
+
+    Ids are `<prefix>-<n>`, so streams with different prefixes never collide. Deterministic for a seed.
+    """
+    rng = random.Random(seed)
+    t = start or datetime(2026, 11, 1, tzinfo=timezone.utc)
+    fb = 0
+    for n in range(n_inferences):
+        t += timedelta(milliseconds=rng.randint(5, 400))
+        iid = f"{prefix}-{n}"
+        pick = rng.random()
+        base: dict[str, Any] = {"inference_id": iid, "timestamp": _ts(t), "app": rng.choice(APPS),
+                                "user_id": f"u{rng.randint(1, 5000)}", "session_id": f"s{rng.randint(1, 20000)}",
+                                "provider": "demo", "prompt_template": "default", "prompt_version": "v3"}
+        feedback: list[dict[str, Any]] = []
+        if pick < 0.1 and corpus.edits:
+            rec = rng.choice(corpus.edits)
+            ev = {**base, "model": "gpt-4o", "model_version": "2024-08-06", "input": rec["prompt"],
+                  "output": rec["output"]}
+            feedback.append({"kind": "correction", "correction": rec["correction"], "source": "expert",
+                             "annotator_id": f"writer-{rng.randint(1, 12)}"})
+        elif pick < 0.2 and corpus.pairs:
+            rec = rng.choice(corpus.pairs)
+            ev = {**base, "model": "llama-7b", "input": rec["prompt"], "output": rec["a"]}
+            if rng.random() < 0.5:
+                feedback.append({"kind": "preference", "other_inference_id": f"{iid}-alt",
+                                 "value": rec["preference"], "source": "expert"})
+        elif pick < 0.35 and corpus.labels:
+            rec = rng.choice(corpus.labels)
+            ev = {**base, "model": "mistral-7b", "input": rec["messages"], "output": rec["output"]}
+            feedback.append({"kind": "thumbs", "value": 1 if rec["label"] else -1})
+        else:
+            rec = rng.choice(corpus.answers)
+            ev = {**base, "model": rec["model"], "model_version": rec["model_version"], "input": rec["prompt"],
+                  "output": rec["output"]}
+        tokens_in, tokens_out = len(str(ev["input"])) // 4 + 1, len(ev["output"]) // 4 + 1
+        ev.update(latency_ms=round(rng.lognormvariate(6.5, 0.5), 1), input_tokens=tokens_in,
+                  output_tokens=tokens_out, cost_usd=round((tokens_in * 2.5 + tokens_out * 10) / 1e6, 7))
+        yield ev
+        if not feedback and rng.random() < feedback_rate:
+            r = rng.random()
+            if r < 0.6:
+                feedback.append({"kind": "thumbs", "value": 1 if rng.random() < 0.75 else -1})
+            elif r < 0.8:
+                feedback.append({"kind": "rating", "value": rng.randint(1, 5)})
+            elif r < 0.9:
+                feedback.append({"kind": "implicit", "signal": rng.choice(IMPLICIT)})
+            else:
+                feedback.append({"kind": "flag", "reason": rng.choice(["unsafe", "wrong", "off-topic"])})
+        for f in feedback:
+            fb += 1
+            delay = timedelta(seconds=rng.expovariate(1 / 90))
+            yield {"feedback_id": f"{prefix}-fb-{fb}", "inference_id": iid, "timestamp": _ts(t + delay), **f}
+
+
+def write_jsonl(events: Iterator[dict[str, Any]], path: Path) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        for ev in events:
+            fh.write(json.dumps(ev, ensure_ascii=False) + "\n")
+            n += 1
+    return n

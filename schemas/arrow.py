@@ -1,0 +1,70 @@
+"""Arrow (and so Parquet/Delta) schemas of the lake tables, derived from the contract.
+
+A landed row is the event's typed fields, then `extra` (unknown fields kept verbatim), `event_date` (UTC day of
+the event's own timestamp; the partition column), and its Kafka coordinates `_topic`, `_partition`, `_offset`,
+which make every row traceable to one message and let a replay be recognised.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from flywheel.schemas.contract import EVENT_TYPES, EventType, Field
+
+TS = pa.timestamp("us", tz="UTC")
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+LINEAGE = [
+    pa.field("_topic", pa.string(), nullable=False),
+    pa.field("_partition", pa.int32(), nullable=False),
+    pa.field("_offset", pa.int64(), nullable=False),
+    pa.field("_ingested_at", TS, nullable=False),
+]
+
+_SCALAR = {"id": pa.string(), "string": pa.string(), "text": pa.string(), "enum": pa.string(), "timestamp": TS,
+           "number": pa.float64(), "integer": pa.int64(), "object": pa.string()}
+
+
+def _arrow_fields(f: Field) -> list[pa.Field]:
+    doc = {b"doc": f.doc.encode()}
+    if f.kind == "input":
+        return [pa.field("input", pa.string(), metadata={b"doc": b"The prompt as text: the string given, or the "
+                                                         b"last user message of a chat input."}),
+                pa.field("input_messages", MESSAGES, metadata={b"doc": b"The chat messages, when the input was a "
+                                                               b"list of messages."})]
+    if f.kind == "scale":
+        return [pa.field("scale_min", pa.float64(), metadata=doc), pa.field("scale_max", pa.float64(), metadata=doc)]
+    return [pa.field(f.name, _SCALAR[f.kind], nullable=not f.required and f.default is None, metadata=doc)]
+
+
+def table_schema(et: EventType) -> pa.Schema:
+    fields: list[pa.Field] = []
+    for f in et.fields:
+        if f.name != "type":  # the tag only routes the event; the table already says what it is
+            fields += _arrow_fields(f)
+    fields += [
+        pa.field("extra", pa.string(), metadata={b"doc": b"Fields this contract version does not know, as JSON."}),
+        pa.field("event_date", pa.date32(), nullable=False),
+        *LINEAGE,
+    ]
+    return pa.schema(fields)
+
+
+QUARANTINE = pa.schema([
+    pa.field("event_type", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("event_id", pa.string()),
+    pa.field("payload", pa.binary()),
+    pa.field("payload_bytes", pa.int64(), nullable=False),
+    pa.field("key", pa.binary()),
+    pa.field("kafka_timestamp", TS),
+    pa.field("quarantine_date", pa.date32(), nullable=False),
+    *LINEAGE,
+])
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "inferences": table_schema(EVENT_TYPES["inference"]),
+    "feedback": table_schema(EVENT_TYPES["feedback"]),
+    "quarantine": QUARANTINE,
+}
+PARTITION_COLUMN = {"inferences": "event_date", "feedback": "event_date", "quarantine": "quarantine_date"}

@@ -1,0 +1,162 @@
+"""The event contract, version 1: the single source of truth for flywheel's two event types.
+
+Everything else is derived from the `Field` lists below: the per-event validator the SDK runs at the edge and the
+vectorized validator the landing worker runs (`flywheel.schemas.validation`), the Arrow/Parquet schema of the lake
+tables (`flywheel.schemas.arrow`), and the reference docs and JSON Schema (`flywheel.schemas.docs`, `flywheel schema`).
+
+Wire format: JSON (UTF-8), one event per Kafka message.
+
+Evolution policy (tested in tests/schemas/test_evolution.py):
+- Field names are public: fields are added, never renamed or removed, and a new field is always optional.
+- A known optional field that is absent (an older producer) lands as null, or its stated default.
+- An unknown field (a newer producer, or a typo) does not reject the event: it lands, and the unknown fields are
+  kept verbatim in the `extra` column (a JSON object), so nothing is lost and an upgrade can promote them.
+- A missing or null required field, a wrong type, a value out of its range or set, a duplicate key, invalid JSON or
+  UTF-8, or a payload over the size limit rejects the event: it goes to the dead-letter topic and the quarantine
+  table with every reason found.
+- `schema_version` above the version this build knows is accepted: later versions only add optional fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+SCHEMA_VERSION = 1
+
+Kind = Literal["id", "string", "text", "timestamp", "number", "integer", "object", "input", "enum", "scale"]
+
+ID_MAX_LENGTH = 256
+NAME_MAX_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: Kind
+    doc: str
+    required: bool = False
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+    default: object = None
+
+    @property
+    def max_length(self) -> int | None:
+        return {"id": ID_MAX_LENGTH, "string": NAME_MAX_LENGTH, "enum": NAME_MAX_LENGTH}.get(self.kind)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule across fields of one feedback kind: `sql` over the typed columns and `check` over the typed dict say
+    the same thing (tests/schemas/test_validation.py holds them to it)."""
+
+    kind: str
+    reason: str
+    sql: str
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EventType:
+    name: Literal["inference", "feedback"]
+    id_field: str
+    fields: tuple[Field, ...]
+    rules: tuple[Rule, ...] = field(default=())
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    def get(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
+_COMMON_TAIL = (
+    Field("metadata", "object", "Free-form JSON object for anything the contract does not name."),
+    Field("schema_version", "integer", "Contract version the producer wrote.", minimum=1, default=SCHEMA_VERSION),
+    Field("type", "enum", "Optional tag naming the event type; must match the topic when present.",
+          choices=("inference", "feedback")),
+)
+
+INFERENCE = EventType(
+    name="inference",
+    id_field="inference_id",
+    fields=(
+        Field("inference_id", "id", "Unique id of the inference; the idempotency key.", required=True),
+        Field("timestamp", "timestamp", "When the inference happened: RFC 3339 with an offset.", required=True),
+        Field("app", "string", "Application (product surface) that called the model.", required=True),
+        Field("model", "string", "Model name as the provider knows it.", required=True),
+        Field("input", "input", "The prompt: a string, or a list of chat messages `{role, content}`.", required=True),
+        Field("output", "text", "What the model answered.", required=True),
+        Field("model_version", "string", "Model version or snapshot."),
+        Field("provider", "string", "Model provider (openai, anthropic, self-hosted, ...)."),
+        Field("prompt_template", "string", "Name of the prompt template."),
+        Field("prompt_version", "string", "Version of the prompt template."),
+        Field("latency_ms", "number", "End-to-end latency in milliseconds.", minimum=0),
+        Field("input_tokens", "integer", "Prompt tokens.", minimum=0),
+        Field("output_tokens", "integer", "Completion tokens.", minimum=0),
+        Field("cost_usd", "number", "Cost of the call in US dollars.", minimum=0),
+        Field("user_id", "string", "End user (pseudonymous id)."),
+        Field("session_id", "string", "Conversation or session."),
+        Field("trace_id", "string", "Distributed-tracing id, to join with traces."),
+        *_COMMON_TAIL,
+    ),
+)
+
+FEEDBACK_KINDS = ("thumbs", "rating", "correction", "preference", "flag", "implicit")
+FEEDBACK_SOURCES = ("user", "expert", "judge")
+DEFAULT_RATING_SCALE = (1.0, 5.0)
+
+FEEDBACK = EventType(
+    name="feedback",
+    id_field="feedback_id",
+    fields=(
+        Field("feedback_id", "id", "Unique id of the feedback event; the idempotency key.", required=True),
+        Field("inference_id", "id", "The inference this feedback is about.", required=True),
+        Field("timestamp", "timestamp", "When the feedback was given: RFC 3339 with an offset.", required=True),
+        Field("kind", "enum", "What sort of feedback this is.", required=True, choices=FEEDBACK_KINDS),
+        Field("value", "number", "thumbs: 1 or -1; rating: a number on `scale`; preference: 1, -1 or 0 (tie)."),
+        Field("scale", "scale", "rating only: `[min, max]` of the rating scale, default `[1, 5]`."),
+        Field("correction", "text", "correction only: the human-edited output."),
+        Field("other_inference_id", "id", "preference only: the inference compared against (value 1 prefers "
+              "`inference_id`, -1 prefers this one, 0 is a tie)."),
+        Field("reason", "string", "flag only: why the output was flagged."),
+        Field("signal", "string", "implicit only: the behaviour seen (copy, regenerate, abandon, accept, ...)."),
+        Field("comment", "text", "Free-text comment from whoever gave the feedback."),
+        Field("source", "enum", "Who gave it.", choices=FEEDBACK_SOURCES, default="user"),
+        Field("annotator_id", "string", "Annotator (expert or judge model) id."),
+        *_COMMON_TAIL,
+    ),
+    rules=(
+        Rule("thumbs", "thumbs feedback needs value 1 or -1", "value IN (1, -1)", ("value",)),
+        Rule("rating", "rating feedback needs a value", "value IS NOT NULL", ("value",)),
+        Rule("rating", "rating scale must have min < max", "scale_min < scale_max", ("scale",)),
+        Rule("rating", "rating value must lie within its scale",
+             "value IS NULL OR value BETWEEN scale_min AND scale_max", ("value", "scale")),
+        Rule("correction", "correction feedback needs a non-empty `correction`",
+             "correction IS NOT NULL AND length(correction) > 0", ("correction",)),
+        Rule("preference", "preference feedback needs `other_inference_id`", "other_inference_id IS NOT NULL",
+             ("other_inference_id",)),
+        Rule("preference", "preference feedback needs value 1, -1 or 0", "value IN (1, -1, 0)", ("value",)),
+        Rule("flag", "flag feedback needs a `reason`", "reason IS NOT NULL AND length(reason) > 0", ("reason",)),
+        Rule("implicit", "implicit feedback needs a `signal`", "signal IS NOT NULL AND length(signal) > 0",
+             ("signal",)),
+    ),
+)
+
+EVENT_TYPES: dict[str, EventType] = {"inference": INFERENCE, "feedback": FEEDBACK}
+
+
+def event_type_of(obj: dict[str, object]) -> EventType | None:
+    """Tell an inference from a feedback event by its `type` tag, or else by its id fields."""
+    tag = obj.get("type")
+    if tag in EVENT_TYPES:
+        return EVENT_TYPES[str(tag)]
+    if "feedback_id" in obj or "kind" in obj:
+        return FEEDBACK
+    if "inference_id" in obj and ("output" in obj or "model" in obj):
+        return INFERENCE
+    return None

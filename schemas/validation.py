@@ -1,0 +1,408 @@
+"""Validators derived from the contract: one per event for the SDK, one vectorized over a batch for the worker.
+
+Both read the same `Field` lists and produce the same reason texts (`_Messages`); tests hold them to the same
+verdict on a corpus of valid and hostile events, so an event gets one verdict whichever path sees it.
+
+The batch validator is one DuckDB query over an Arrow table of raw payloads: each payload is parsed once into a
+struct of JSON values, types are checked on those values, and every violation becomes a reason. Per-event Python
+only runs for byte-level problems (invalid UTF-8) and only inside a batch that has them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime
+from typing import Any, Callable
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flywheel.schemas.contract import DEFAULT_RATING_SCALE, EventType, Field
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+RFC3339 = r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+_RFC3339_RE = re.compile(RFC3339)
+_TYPE_NAMES = {
+    "id": "a non-empty string", "string": "a string", "text": "a string", "enum": "a string",
+    "timestamp": "an RFC 3339 timestamp with an offset", "number": "a finite number", "integer": "an integer",
+    "object": "a JSON object", "input": "a string or a non-empty list of {role, content} messages",
+    "scale": "a [min, max] pair of numbers",
+}
+
+
+class _Messages:
+    """Reason texts, shared by both validators (tests compare them literally)."""
+
+    invalid_json = "payload is not valid JSON"
+    not_object = "event must be a JSON object"
+    duplicate_key = "event has a duplicate key"
+    invalid_utf8 = "payload is not valid UTF-8"
+
+    @staticmethod
+    def oversized(size: int, limit: int) -> str:
+        return f"payload of {size} bytes exceeds the {limit}-byte limit"
+
+    @staticmethod
+    def missing(f: Field) -> str:
+        return f"missing required field `{f.name}`"
+
+    @staticmethod
+    def wrong_type(f: Field) -> str:
+        return f"`{f.name}` must be {_TYPE_NAMES[f.kind]}"
+
+    @staticmethod
+    def too_long(f: Field) -> str:
+        return f"`{f.name}` is longer than {f.max_length} characters"
+
+    @staticmethod
+    def below(f: Field) -> str:
+        return f"`{f.name}` must be >= {f.minimum:g}"
+
+    @staticmethod
+    def not_in(f: Field) -> str:
+        return f"`{f.name}` must be one of {', '.join(f.choices)}"
+
+    @staticmethod
+    def wrong_topic(et: EventType, tag: str) -> str:
+        return f"a {tag} event was sent where {et.name} events belong"
+
+
+M = _Messages
+
+
+# --------------------------------------------------------------------------------------------------- per event
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise _DuplicateKey
+    return d
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def parse_payload(payload: bytes | str, max_bytes: int | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+    """Parse one raw payload the way the worker does; return the object or the reasons it cannot be one."""
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    if max_bytes is not None and len(raw) > max_bytes:
+        return None, [M.oversized(len(raw), max_bytes)]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, [M.invalid_utf8]
+    try:
+        obj = json.loads(text, object_pairs_hook=_pairs, parse_constant=_reject_constant)
+    except _DuplicateKey:
+        return None, [M.duplicate_key]
+    except (ValueError, RecursionError):
+        return None, [M.invalid_json]
+    if not isinstance(obj, dict):
+        return None, [M.not_object]
+    return obj, []
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_value(f: Field, v: Any) -> tuple[Any, list[str]]:
+    """Typed value and the reasons it breaks `f` (v is present and not null)."""
+    k = f.kind
+    if k in ("id", "string", "text", "enum"):
+        if not isinstance(v, str) or (k == "id" and v == ""):
+            return None, [M.wrong_type(f)]
+        if f.max_length is not None and len(v) > f.max_length:
+            return None, [M.too_long(f)]
+        if k == "enum" and v not in f.choices:
+            return None, [M.not_in(f)]
+        return v, []
+    if k == "timestamp":
+        if not isinstance(v, str) or not _RFC3339_RE.fullmatch(v):
+            return None, [M.wrong_type(f)]
+        try:
+            return datetime.fromisoformat(v.replace("z", "Z").replace("t", "T")), []
+        except ValueError:
+            return None, [M.wrong_type(f)]
+    if k in ("number", "integer"):
+        ok = _is_number(v) if k == "number" else (
+            isinstance(v, int) and not isinstance(v, bool) and INT64_MIN <= v <= INT64_MAX)
+        if not ok:
+            return None, [M.wrong_type(f)]
+        if f.minimum is not None and v < f.minimum:
+            return None, [M.below(f)]
+        return (float(v) if k == "number" else v), []
+    if k == "object":
+        return (v, []) if isinstance(v, dict) else (None, [M.wrong_type(f)])
+    if k == "input":
+        if isinstance(v, str):
+            return v, []
+        if isinstance(v, list) and v and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in v
+        ):
+            return v, []
+        return None, [M.wrong_type(f)]
+    if k == "scale":
+        if isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v):
+            return (float(v[0]), float(v[1])), []
+        return None, [M.wrong_type(f)]
+    raise AssertionError(k)
+
+
+# Python forms of the contract's cross-field rules, keyed by their reason (the SQL forms live in the contract).
+_RULE_CHECKS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "thumbs feedback needs value 1 or -1": lambda e: e["value"] in (1, -1),
+    "rating feedback needs a value": lambda e: e["value"] is not None,
+    "rating scale must have min < max": lambda e: e["scale_min"] < e["scale_max"],
+    "rating value must lie within its scale": lambda e: e["value"] is None
+    or e["scale_min"] <= e["value"] <= e["scale_max"],
+    "correction feedback needs a non-empty `correction`": lambda e: bool(e["correction"]),
+    "preference feedback needs `other_inference_id`": lambda e: e["other_inference_id"] is not None,
+    "preference feedback needs value 1, -1 or 0": lambda e: e["value"] in (1, -1, 0),
+    "flag feedback needs a `reason`": lambda e: bool(e["reason"]),
+    "implicit feedback needs a `signal`": lambda e: bool(e["signal"]),
+}
+
+
+def check_event(et: EventType, obj: dict[str, Any]) -> list[str]:
+    """Every reason `obj` breaks the contract of `et` (empty when valid)."""
+    reasons: list[str] = []
+    typed: dict[str, Any] = {}
+    bad: set[str] = set()
+    for f in et.fields:
+        v = obj.get(f.name)
+        if v is None:
+            if f.required:
+                reasons.append(M.missing(f))
+                bad.add(f.name)
+            typed[f.name] = f.default
+            continue
+        typed[f.name], errs = _check_value(f, v)
+        if errs:
+            reasons += errs
+            bad.add(f.name)
+    tag = typed.get("type")
+    if tag is not None and tag != et.name:
+        reasons.append(M.wrong_topic(et, tag))
+    if et.rules and "kind" not in bad:
+        scale = typed.get("scale") or DEFAULT_RATING_SCALE
+        typed["scale_min"], typed["scale_max"] = scale
+        for rule in et.rules:
+            if rule.kind == typed["kind"] and not (set(rule.fields) & bad):
+                if not _RULE_CHECKS[rule.reason](typed):
+                    reasons.append(rule.reason)
+    return reasons
+
+
+def validate_payload(et: EventType, payload: bytes | str, max_bytes: int | None = None) -> list[str]:
+    obj, reasons = parse_payload(payload, max_bytes)
+    return reasons if obj is None else check_event(et, obj)
+
+
+# --------------------------------------------------------------------------------------------------- vectorized
+
+_NUMERIC_JSON = "('BIGINT', 'UBIGINT', 'DOUBLE')"
+_TRANSFORM_TYPE = {"id": "VARCHAR", "string": "VARCHAR", "text": "VARCHAR", "enum": "VARCHAR", "timestamp": "VARCHAR",
+                   "number": "DOUBLE", "integer": "BIGINT", "object": "JSON", "input": "JSON", "scale": "JSON"}
+
+
+def _q(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name + '"'
+
+
+def _field_sql(f: Field, i: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """([(column, typed expression)], [(condition, reason)]) for field `f`.
+
+    Over `v` (the payload leniently transformed to the contract's types, one parse) and `t` (the JSON type of
+    every field, one parse): a value only counts when its JSON type is the one the contract names.
+    """
+    v = f"v.{_ident(f.name)}"
+    t = f"t[{i + 1}]"
+    present = f"({t} IS NOT NULL AND {t} <> 'NULL')"
+    k = f.kind
+    cols: list[tuple[str, str]] = []
+    checks: list[tuple[str, str]] = []
+    if k in ("id", "string", "text", "enum", "timestamp"):
+        ok = f"{t} = 'VARCHAR'" + (f" AND {v} <> ''" if k == "id" else "")
+        val = f"CASE WHEN {t} = 'VARCHAR' THEN {v} END"
+        checks.append((f"{present} AND NOT ({ok})", M.wrong_type(f)))
+        if k == "timestamp":
+            ts_ok = f"regexp_full_match({v}, {_q(RFC3339)}) AND TRY_CAST({v} AS TIMESTAMPTZ) IS NOT NULL"
+            checks.append((f"{present} AND ({ok}) AND NOT ({ts_ok})", M.wrong_type(f)))
+            cols.append((f.name, f"CASE WHEN {t} = 'VARCHAR' THEN TRY_CAST({v} AS TIMESTAMPTZ) END"))
+        else:
+            cols.append((f.name, val if f.default is None else f"coalesce({val}, {_q(str(f.default))})"))
+        if f.max_length is not None:
+            checks.append((f"{present} AND ({ok}) AND length({v}) > {f.max_length}", M.too_long(f)))
+        if k == "enum":
+            choices = "[" + ", ".join(_q(c) for c in f.choices) + "]"
+            checks.append((f"{present} AND ({ok}) AND NOT list_contains({choices}, {v})", M.not_in(f)))
+    elif k in ("number", "integer"):
+        allowed = _NUMERIC_JSON if k == "number" else "('BIGINT', 'UBIGINT')"
+        ok = f"{t} IN {allowed} AND {v} IS NOT NULL" + (f" AND isfinite({v})" if k == "number" else "")
+        checks.append((f"{present} AND NOT ({ok})", M.wrong_type(f)))
+        if f.minimum is not None:
+            checks.append((f"{present} AND ({ok}) AND {v} < {f.minimum}", M.below(f)))
+        typed = f"CASE WHEN {t} IN {allowed} THEN {v} END"
+        cols.append((f.name, typed if f.default is None else f"coalesce({typed}, {f.default})"))
+    elif k == "object":
+        checks.append((f"{present} AND {t} <> 'OBJECT'", M.wrong_type(f)))
+        cols.append((f.name, f"CASE WHEN {t} = 'OBJECT' THEN {v}::VARCHAR END"))
+    elif k == "input":
+        roles = f"json_type({v}, '$[*].role')"
+        contents = f"json_type({v}, '$[*].content')"
+        n = f"json_array_length({v})"
+        msgs_ok = (f"{n} > 0 AND len(list_filter({roles}, lambda x: x = 'VARCHAR')) = {n} "
+                   f"AND len(list_filter({contents}, lambda x: x = 'VARCHAR')) = {n}")
+        checks.append((f"{present} AND NOT ({t} = 'VARCHAR' OR ({t} = 'ARRAY' AND {msgs_ok}))", M.wrong_type(f)))
+        typed_msgs = f"json_transform({v}, '[{{\"role\":\"VARCHAR\",\"content\":\"VARCHAR\"}}]')"
+        cols.append(("input_messages", f"CASE WHEN {t} = 'ARRAY' THEN {typed_msgs} END"))
+        # The plain-text view of a chat input is what the user asked last: the last user message (or message).
+        last_user = (f"coalesce(list_last(list_filter({typed_msgs}, lambda m: m.role = 'user')).content, "
+                     f"list_last({typed_msgs}).content)")
+        cols.append(("input", f"CASE WHEN {t} = 'VARCHAR' THEN {v}->>'$' WHEN {t} = 'ARRAY' THEN {last_user} END"))
+    elif k == "scale":
+        ends = f"json_type({v}, ['$[0]', '$[1]'])"
+        lo_v, hi_v = f"TRY_CAST({v}->>'$[0]' AS DOUBLE)", f"TRY_CAST({v}->>'$[1]' AS DOUBLE)"
+        ok = (f"{t} = 'ARRAY' AND json_array_length({v}) = 2 AND list_contains({list(_NUMERIC_JSON_T)}, {ends}[1]) "
+              f"AND list_contains({list(_NUMERIC_JSON_T)}, {ends}[2]) AND isfinite({lo_v}) AND isfinite({hi_v})")
+        checks.append((f"{present} AND NOT ({ok})", M.wrong_type(f)))
+        lo, hi = DEFAULT_RATING_SCALE
+        cols.append(("scale_min", f"CASE WHEN {present} AND {ok} THEN {lo_v} ELSE {lo} END"))
+        cols.append(("scale_max", f"CASE WHEN {present} AND {ok} THEN {hi_v} ELSE {hi} END"))
+    if f.required:
+        checks.insert(0, (f"NOT {present}", M.missing(f)))
+    return cols, checks
+
+
+_NUMERIC_JSON_T = ("BIGINT", "UBIGINT", "DOUBLE")
+
+
+def batch_sql(et: EventType, guarded: bool) -> str:
+    """The query that validates `batch(_row, raw)`: typed columns, `extra`, and `reasons` (a list, empty if valid).
+
+    Unguarded, it raises on the first malformed payload; the caller then reruns it `guarded`, which checks syntax
+    first (one more parse per payload) so that a malformed payload is only a reason.
+    """
+    cols: list[tuple[str, str]] = []
+    checks: list[tuple[str, str]] = []
+    bad_fields: dict[str, str] = {}
+    for i, f in enumerate(et.fields):
+        c, ch = _field_sql(f, i)
+        cols += c
+        checks += ch
+        bad_fields[f.name] = " OR ".join(f"({cond})" for cond, _ in ch) or "false"
+    typed = dict(cols)
+    tag = f"CASE WHEN t[{et.field_names.index('type') + 1}] = 'VARCHAR' THEN v.\"type\" END"
+    checks.append((f"{tag} IS NOT NULL AND {tag} <> {_q(et.name)}", "__wrong_topic__"))
+    transform = json.dumps({f.name: _TRANSFORM_TYPE[f.kind] for f in et.fields})
+    paths = "[" + ", ".join(_q(f'$."{n}"') for n in et.field_names) + "]"
+    known = "[" + ", ".join(_q(n) for n in et.field_names) + "]"
+    strip_known = json.dumps({n: None for n in et.field_names})
+    parse = [f"json_transform(raw, {_q(transform)}) AS v", f"json_type(raw, {paths}) AS t", "json_keys(raw) AS keys"]
+    if guarded:
+        parse = [f"CASE WHEN json_valid(raw) THEN {p.rsplit(' AS ', 1)[0]} END AS {p.rsplit(' AS ', 1)[1]}"
+                 for p in parse]
+    field_reasons = ", ".join(f"CASE WHEN {cond} THEN {_q(reason)} END" for cond, reason in checks)
+    failed = [cond for cond, _ in checks]
+    field_reasons = field_reasons.replace(
+        _q("__wrong_topic__"), f"'a ' || {tag} || ' event was sent where {et.name} events belong'")
+    rule_reasons = ""
+    if et.rules:
+        parts = []
+        for rule in et.rules:
+            cond = rule.sql
+            for name in ("value", "scale_min", "scale_max", "correction", "other_inference_id", "reason", "signal"):
+                cond = re.sub(rf"\b{name}\b", f"({typed[name]})", cond)
+            skip = " OR ".join(f"({bad_fields[n]})" for n in (*rule.fields, "kind"))
+            broken = f"({typed['kind']}) = {_q(rule.kind)} AND NOT ({skip}) AND NOT coalesce({cond}, false)"
+            failed.append(broken)
+            parts.append(f"CASE WHEN {broken} THEN {_q(rule.reason)} END")
+        rule_reasons = ", " + ", ".join(parts)
+    select_cols = ",\n  ".join(f"{expr} AS {_ident(name)}" for name, expr in cols if name != "type")
+    invalid = f"WHEN NOT json_valid(raw) THEN [{_q(M.invalid_json)}]" if guarded else ""
+    return f"""
+WITH parsed AS (
+  SELECT _row, raw, {", ".join(parse)} FROM batch
+)
+SELECT _row,
+  {select_cols},
+  CASE WHEN len(list_filter(keys, lambda k: NOT list_contains({known}, k))) > 0
+       THEN json_merge_patch(raw, {_q(strip_known)})::VARCHAR END AS extra,
+  CASE
+    WHEN raw IS NULL THEN []
+    {invalid}
+    WHEN v IS NULL THEN [{_q(M.not_object)}]
+    WHEN len(keys) <> len(list_distinct(keys)) THEN [{_q(M.duplicate_key)}]
+    -- Most events are valid: one boolean pass decides that, and reason texts are built only for the rest.
+    WHEN NOT ({" OR ".join(f"coalesce({c}, false)" for c in failed)}) THEN []
+    ELSE list_filter([{field_reasons}{rule_reasons}], lambda r: r IS NOT NULL)
+  END AS reasons
+FROM parsed
+"""
+
+
+class BatchValidator:
+    """Validates Arrow batches of raw payloads of one event type on a private DuckDB connection.
+
+    Not thread-safe: use one per thread.
+    """
+
+    def __init__(self, et: EventType, max_bytes: int, threads: int | None = None) -> None:
+        self.et = et
+        self.max_bytes = max_bytes
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        self._fast = batch_sql(et, guarded=False)
+        self._guarded = batch_sql(et, guarded=True)
+
+    def validate(self, payloads: pa.Array) -> tuple[pa.Table, list[str | None]]:
+        """Validate `payloads` (binary). Returns the typed rows (row i is payload i) and, per row, the reason it is
+        invalid joined with '; ' (None when valid). Rows with byte-level problems are null in the typed table."""
+        pre: list[str | None] = [None] * len(payloads)
+        sizes = pc.binary_length(payloads)
+        over = pc.fill_null(pc.greater(sizes, self.max_bytes), False)
+        if pc.any(over).as_py():
+            for i in pc.indices_nonzero(over).to_pylist():
+                pre[i] = M.oversized(sizes[i].as_py(), self.max_bytes)
+            payloads = pc.if_else(over, pa.scalar(None, pa.binary()), payloads)
+        try:
+            text = payloads.cast(pa.string())
+        except pa.ArrowInvalid:
+            values = payloads.to_pylist()
+            clean: list[str | None] = []
+            for i, v in enumerate(values):
+                try:
+                    clean.append(None if v is None else v.decode("utf-8"))
+                except UnicodeDecodeError:
+                    pre[i] = M.invalid_utf8
+                    clean.append(None)
+            text = pa.array(clean, pa.string())
+        batch = pa.table({"_row": pa.array(range(len(text)), pa.int64()), "raw": text})
+        self.con.register("batch", batch)
+        try:
+            try:
+                out = self.con.sql(self._fast).to_arrow_table()
+            except duckdb.InvalidInputException:  # a malformed payload: rerun with syntax checks
+                out = self.con.sql(self._guarded).to_arrow_table()
+        finally:
+            self.con.unregister("batch")
+        reasons = out.column("reasons").to_pylist()
+        merged = [p if p is not None else ("; ".join(r) if r else None) for p, r in zip(pre, reasons)]
+        return out.drop_columns(["_row", "reasons"]), merged

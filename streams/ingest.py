@@ -1,0 +1,319 @@
+"""The landing worker: Kafka -> validated Arrow batches -> Delta tables, exactly once.
+
+One loop per process, in its own consumer group (`Settings.ingest_group`); several processes share the partitions.
+Per flush (by count, bytes or age, see `Settings.flush_*`):
+
+1. the batch's payloads are validated per topic in one vectorized pass (`flywheel.schemas.validation`);
+2. invalid events are produced to the dead-letter topic with their reason and original bytes, and that producer is
+   flushed (the dead-letter topic is at-least-once: a crash before step 3 can repeat a message there; its headers
+   carry the source topic, partition and offset so readers can tell);
+3. each table's rows are committed to the lake together with the next offset of every partition they came from
+   (`flywheel.warehouse.lake`), which is the only offset that matters: on (re)assignment a partition resumes from
+   the lowest watermark of the tables it feeds. Kafka's committed offsets are written afterwards for lag
+   monitoring only.
+
+Nothing is acknowledged before it is durable, and a bad event never stops the lane.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from flywheel.config import Settings
+from flywheel.errors import FlywheelError
+from flywheel.schemas.arrow import SCHEMAS
+from flywheel.schemas.contract import FEEDBACK, INFERENCE, EventType
+from flywheel.schemas.validation import BatchValidator
+from flywheel.streams.topics import ensure_topics, topic_ids
+from flywheel.warehouse.lake import Lake, TopicPartition as TP
+
+log = logging.getLogger("flywheel.ingest")
+
+WATERMARK_INTERVAL_S = 10.0
+"""A table that received no rows still records how far the batches went, at most this often, so that a restart
+does not re-read a long stretch on its behalf."""
+
+
+JOIN_GRACE_S = 30.0
+"""With --until-idle, how long a worker that was given no partition yet waits before idle time starts counting."""
+
+
+@dataclass
+class IngestStats:
+    consumed: int = 0
+    consumed_bytes: int = 0
+    landed: dict[str, int] = field(default_factory=lambda: {"inferences": 0, "feedback": 0, "quarantine": 0})
+    flushes: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def quarantined(self) -> int:
+        return self.landed["quarantine"]
+
+
+@dataclass
+class _Route:
+    event_type: EventType
+    table: str
+    validator: BatchValidator
+
+
+class IngestWorker:
+    def __init__(self, settings: Settings, lake: Lake | None = None, *,
+                 consumer_config: dict[str, object] | None = None,
+                 on_flush: Callable[[IngestStats], None] | None = None) -> None:
+        self.settings = settings
+        self.lake = lake or Lake(settings.lake)
+        self.stats = IngestStats()
+        self.on_flush = on_flush
+        self._stop = threading.Event()
+        self._routes = {
+            settings.inference_topic: _Route(INFERENCE, "inferences", BatchValidator(INFERENCE, settings.max_event_bytes)),
+            settings.feedback_topic: _Route(FEEDBACK, "feedback", BatchValidator(FEEDBACK, settings.max_event_bytes)),
+        }
+        self._consumer_config: dict[str, object] = {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.ingest_group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+            "fetch.wait.max.ms": settings.kafka_fetch_wait_ms,
+            # Bound what librdkafka prefetches (KB), so memory stays flat however large the backlog.
+            "queued.max.messages.kbytes": 65_536,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            **(consumer_config or {}),
+        }
+        self._buffer: list[Message] = []
+        self._buffer_bytes = 0
+        self._oldest: float | None = None
+        self._last_watermark_commit: dict[str, float] = {}
+        self._pending_offsets: dict[TP, int] = {}
+        self._consumer: Consumer | None = None
+        self._assigned = False
+        self._topic_ids: dict[str, str] = {}
+        self._dlq: Producer | None = None
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Ask the loop to finish: it flushes what it holds, then returns."""
+        self._stop.set()
+
+    def run(self, until_idle: float | None = None, install_signal_handlers: bool = False) -> IngestStats:
+        """Land events until stopped, or until `until_idle` seconds pass without a new event."""
+        ensure_topics(self.settings)
+        self._topic_ids = topic_ids(self.settings, list(self._routes))
+        self.lake.ensure()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        self._dlq = Producer({"bootstrap.servers": self.settings.kafka_bootstrap, "enable.idempotence": True,
+                              "linger.ms": 5, "compression.type": "zstd", "message.max.bytes": 64 * 1024 * 1024})
+        consumer = self._consumer = Consumer(self._consumer_config)
+        consumer.subscribe(list(self._routes), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        started = time.monotonic()
+        last_event: float | None = None
+        try:
+            while not self._stop.is_set():
+                msgs = consumer.consume(num_messages=10_000, timeout=0.1)
+                now = time.monotonic()
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        self._buffer.append(m)
+                        self._buffer_bytes += len(m.value() or b"")
+                    elif err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("kafka error on %s[%s]: %s", m.topic(), m.partition(), err)
+                if msgs or (last_event is None and self._assigned):
+                    # Idle time counts from the first assignment: joining the group can take seconds.
+                    last_event = now
+                    if self._oldest is None:
+                        self._oldest = now
+                if self._due(now):
+                    self.flush()
+                elif self._buffer == [] and self._watermarks_due(now):
+                    self.flush(force_watermarks=True)
+                if until_idle is not None and not self._buffer:
+                    since = last_event if last_event is not None else started + JOIN_GRACE_S
+                    if now - since >= until_idle:
+                        break
+            self.flush(force_watermarks=True)
+        finally:
+            try:
+                consumer.close()
+            finally:
+                self._consumer = None
+                if self._dlq is not None:
+                    self._dlq.flush(10)
+        return self.stats
+
+    def _due(self, now: float) -> bool:
+        s = self.settings
+        return bool(self._buffer) and (
+            len(self._buffer) >= s.flush_max_events or self._buffer_bytes >= s.flush_max_bytes
+            or (self._oldest is not None and now - self._oldest >= s.flush_interval_s))
+
+    def _watermarks_due(self, now: float) -> bool:
+        return bool(self._pending_offsets) and any(
+            now - self._last_watermark_commit.get(t, 0.0) >= WATERMARK_INTERVAL_S for t in SCHEMAS)
+
+    # ------------------------------------------------------------------------------------------------ rebalance
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps: list[TP] = [(p.topic, p.partition) for p in partitions]
+        for p in partitions:
+            table = self._routes[p.topic].table
+            tp = (p.topic, p.partition)
+            marks = [self.lake.watermarks(t, [tp], self._topic_ids)[tp] for t in (table, "quarantine")]
+            known = [m for m in marks if m is not None]
+            # Resume where the furthest-behind table stands; rows the other table already has are dropped at commit.
+            p.offset = min(known) if len(known) == len(marks) else OFFSET_BEGINNING
+        log.info("assigned %s, resuming at %s", tps, [p.offset for p in partitions])
+        self._assigned = True
+        consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Land what we hold before another worker takes the partitions over.
+        self.flush(force_watermarks=True)
+        for p in partitions:
+            self._pending_offsets.pop((p.topic, p.partition), None)
+        consumer.unassign()
+
+    # ------------------------------------------------------------------------------------------------ landing
+
+    def flush(self, force_watermarks: bool = False) -> None:
+        msgs, self._buffer, self._buffer_bytes, self._oldest = self._buffer, [], 0, None
+        now_wall = datetime.now(timezone.utc)
+        per_table: dict[str, list[pa.Table]] = {t: [] for t in SCHEMAS}
+        offsets: dict[str, dict[TP, int]] = {t: {} for t in SCHEMAS}
+        dead: list[tuple[Message, str]] = []
+        by_topic: dict[str, list[Message]] = {}
+        for m in msgs:
+            by_topic.setdefault(m.topic(), []).append(m)
+        for topic, tmsgs in by_topic.items():
+            route = self._routes[topic]
+            valid, invalid, bad_idx, next_offsets = self._land_topic(route, tmsgs, now_wall)
+            per_table[route.table].append(valid)
+            per_table["quarantine"].append(invalid)
+            offsets[route.table].update(next_offsets)
+            offsets["quarantine"].update(next_offsets)
+            dead += [(tmsgs[i], r) for i, r in zip(bad_idx, invalid.column("reason").to_pylist())]
+        for table in SCHEMAS:
+            self._pending_offsets.update(offsets[table])
+        if dead:
+            self._dead_letter(dead)
+        now = time.monotonic()
+        for table in SCHEMAS:
+            parts = per_table[table]
+            rows = pa.concat_tables(parts) if parts else SCHEMAS[table].empty_table()
+            marks = dict(offsets[table])
+            stale = force_watermarks or now - self._last_watermark_commit.get(table, 0.0) >= WATERMARK_INTERVAL_S
+            if rows.num_rows == 0 and not stale:
+                continue
+            if stale:  # also record partitions this table has not heard from lately
+                for tp, off in self._pending_offsets.items():
+                    if self._feeds(table, tp[0]):
+                        marks.setdefault(tp, off)
+            if rows.num_rows == 0 and not marks:
+                continue
+            result = self.lake.commit(table, rows, marks, self._topic_ids)
+            self._last_watermark_commit[table] = now
+            self.stats.landed[table] += result.rows
+        self._commit_kafka_offsets()
+        self.stats.consumed += len(msgs)
+        self.stats.consumed_bytes += sum(len(m.value() or b"") for m in msgs)
+        self.stats.flushes += 1
+        if msgs and self.on_flush:
+            self.on_flush(self.stats)
+
+    def _feeds(self, table: str, topic: str) -> bool:
+        return table == "quarantine" or self._routes[topic].table == table
+
+    def _land_topic(self, route: _Route, msgs: list[Message],
+                    now: datetime) -> tuple[pa.Table, pa.Table, list[int], dict[TP, int]]:
+        topic = msgs[0].topic()
+        values = [m.value() for m in msgs]
+        partitions = pa.array([m.partition() for m in msgs], pa.int32())
+        offsets = pa.array([m.offset() for m in msgs], pa.int64())
+        typed, reasons = route.validator.validate(pa.array(values, pa.binary()))
+        ok = pa.array([r is None for r in reasons], pa.bool_())
+        ingested = pa.scalar(now, pa.timestamp("us", tz="UTC"))
+        valid = typed.filter(ok)
+        if valid.num_rows:
+            valid = (valid.append_column("event_date", pc.cast(valid["timestamp"], pa.date32()))
+                     .append_column("_topic", pa.array([topic] * valid.num_rows, pa.string()))
+                     .append_column("_partition", partitions.filter(ok))
+                     .append_column("_offset", offsets.filter(ok))
+                     .append_column("_ingested_at", pa.array([now] * valid.num_rows, ingested.type)))
+            valid = valid.select(SCHEMAS[route.table].names)
+        else:
+            valid = SCHEMAS[route.table].empty_table()
+        bad_idx = [i for i, r in enumerate(reasons) if r is not None]
+        if bad_idx:
+            idx = pa.array(bad_idx, pa.int64())
+            ids = typed[route.event_type.id_field].take(idx)
+            invalid = pa.table({
+                "event_type": pa.array([route.event_type.name] * len(bad_idx), pa.string()),
+                "reason": pa.array([reasons[i] for i in bad_idx], pa.string()),
+                "event_id": ids.cast(pa.string()),
+                "payload": pa.array([values[i] for i in bad_idx], pa.binary()),
+                "payload_bytes": pa.array([len(values[i] or b"") for i in bad_idx], pa.int64()),
+                "key": pa.array([msgs[i].key() for i in bad_idx], pa.binary()),
+                "kafka_timestamp": pa.array([_kafka_ts(msgs[i]) for i in bad_idx], pa.timestamp("us", tz="UTC")),
+                "quarantine_date": pa.array([now.date()] * len(bad_idx), pa.date32()),
+                "_topic": pa.array([topic] * len(bad_idx), pa.string()),
+                "_partition": partitions.take(idx),
+                "_offset": offsets.take(idx),
+                "_ingested_at": pa.array([now] * len(bad_idx), ingested.type),
+            })
+        else:
+            invalid = SCHEMAS["quarantine"].empty_table()
+        next_offsets: dict[TP, int] = {}
+        for p, o in zip(partitions.to_pylist(), offsets.to_pylist()):
+            if o + 1 > next_offsets.get((topic, p), -1):
+                next_offsets[(topic, p)] = o + 1
+        return valid, invalid, bad_idx, next_offsets
+
+    def _dead_letter(self, dead: list[tuple[Message, str]]) -> None:
+        assert self._dlq is not None
+        topic = self.settings.deadletter_topic
+        for m, reason in dead:
+            headers = [("flywheel.reason", reason.encode()), ("flywheel.topic", m.topic().encode()),
+                       ("flywheel.partition", str(m.partition()).encode()),
+                       ("flywheel.offset", str(m.offset()).encode())]
+            while True:
+                try:
+                    self._dlq.produce(topic, value=m.value(), key=m.key(), headers=headers)
+                    break
+                except BufferError:
+                    self._dlq.poll(0.1)
+        remaining = self._dlq.flush(30)
+        if remaining:
+            raise FlywheelError(f"{remaining} dead-letter messages were not acknowledged by {topic} within 30s; "
+                                "nothing was committed, the worker can be restarted safely")
+
+    def _commit_kafka_offsets(self) -> None:
+        if self._consumer is None or not self._pending_offsets:
+            return
+        try:
+            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self._pending_offsets.items()],
+                                  asynchronous=True)
+        except Exception as exc:  # informational only: the lake holds the offsets that matter
+            log.debug("kafka offset commit skipped: %s", exc)
+
+
+def _kafka_ts(m: Message) -> datetime | None:
+    kind, ms = m.timestamp()
+    return None if kind == 0 or ms < 0 else datetime.fromtimestamp(ms / 1000, timezone.utc)
