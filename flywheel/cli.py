@@ -293,5 +293,9 @@ def schema(fmt: str) -> None:
     click.echo(docs.markdown() if fmt == "markdown" else json.dumps(docs.json_schema(), indent=2))
 
 
+from flywheel.commands import register  # noqa: E402  (stages register their command groups on `main`)
+
+register(main)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -4,7 +4,8 @@ Views (each is a snapshot of the lake as of `connect()`; reconnect to see newer 
 - `inferences`, `feedback`: one row per event id (a re-sent event is shown once: the first landed);
 - `quarantine`: one row per rejected Kafka message, with its reason and original bytes;
 - `interactions`: each inference with its feedback aggregated;
-- `lake_inferences`, `lake_feedback`, `lake_quarantine`: the raw tables, one row per landed message.
+- `lake_inferences`, `lake_feedback`, `lake_quarantine`: the raw tables, one row per landed message;
+- any other Delta table directly under the lake root (e.g. `quality_runs`), under its directory name.
 """
 
 from __future__ import annotations
@@ -88,6 +89,15 @@ def connect(settings: Settings | None = None, database: str = ":memory:") -> duc
         con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM lake_{table} "
                     f"QUALIFY row_number() OVER ({_DEDUP[table]}) = 1")
     con.execute(INTERACTIONS_SQL)
+    # Tables other stages keep in the lake (quality runs, drift runs, alert outbox, ...) get a view of their name.
+    if lake.root.is_dir():
+        for path in sorted(lake.root.iterdir()):
+            if path.name not in SCHEMAS and not path.name.startswith("_") and DeltaTable.is_deltatable(str(path)):
+                files = DeltaTable(str(path)).file_uris()
+                if files:
+                    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                    con.execute(f'CREATE OR REPLACE VIEW "{path.name}" AS SELECT * FROM read_parquet([{listed}], '
+                                "hive_partitioning = true, union_by_name = true)")
     return con
 
 
