@@ -155,3 +155,51 @@ def write_jsonl(events: Iterator[dict[str, Any]], path: Path) -> int:
             fh.write(json.dumps(ev, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+def hostile_payloads(valid: list[dict[str, Any]], n: int, seed: int = 13,
+                     big_bytes: int = 10 * 1024 * 1024) -> list[tuple[str, bytes]]:
+    """`n` hostile payloads (name, bytes) derived from `valid` events: every one breaks the contract.
+
+    Truncated JSON, wrong types, oversized (`big_bytes`) payloads, invalid UTF-8, null bytes, huge numbers,
+    unknown kinds, missing ids, non-objects, duplicate keys, NaN. Big payloads are at most a handful.
+    """
+    rng = random.Random(seed)
+    out: list[tuple[str, bytes]] = []
+
+    def enc(obj: Any) -> bytes:
+        return json.dumps(obj, ensure_ascii=False).encode()
+
+    makers = [
+        ("truncated", lambda e: enc(e)[: rng.randint(1, max(2, len(enc(e)) - 2))]),
+        ("wrong-type-number", lambda e: enc({**e, ("latency_ms" if "inference_id" in e and "output" in e
+                                                   else "value"): "fast"})),
+        ("wrong-type-string", lambda e: enc({**e, "timestamp": 1732790000})),
+        ("bool-for-int", lambda e: enc({**e, "schema_version": True})),
+        ("list-for-object", lambda e: enc({**e, "metadata": [1, 2]})),
+        ("invalid-utf8", lambda e: enc(e)[:20] + b"\xff\xfe\xfd" + enc(e)[20:]),
+        ("null-byte", lambda e: enc(e)[:10] + b"\x00" + enc(e)[10:]),
+        ("huge-number", lambda e: enc(e)[:-1] + b', "cost_usd": 1e400, "value": 1e400}'),
+        ("huge-int", lambda e: enc({**e, "schema_version": 10**30})),
+        ("unknown-kind", lambda e: enc({**e, "kind": "telepathy"} if "feedback_id" in e else {**e, "input": {"q": 1}})),
+        ("missing-id", lambda e: enc({k: v for k, v in e.items() if not k.endswith("_id")})),
+        ("empty-id", lambda e: enc({**e, ("feedback_id" if "feedback_id" in e else "inference_id"): ""})),
+        ("not-an-object", lambda e: rng.choice([b"[1, 2, 3]", b'"just a string"', b"42", b"null", b"true"])),
+        ("empty", lambda e: b""),
+        ("duplicate-key", lambda e: enc(e)[:-1] + b', "timestamp": "2026-01-01T00:00:00Z"}'),
+        ("nan", lambda e: enc({k: v for k, v in e.items() if k not in ("value", "cost_usd")})[:-1]
+         + b', "value": NaN, "cost_usd": -Infinity}'),
+        ("naive-timestamp", lambda e: enc({**e, "timestamp": "2026-11-01T10:00:00"})),
+        ("negative", lambda e: enc({**e, "kind": "rating", "value": -7} if "feedback_id" in e
+                                   else {**e, "latency_ms": -1, "input_tokens": -3})),
+    ]
+    bigs = 0
+    for i in range(n):
+        e = rng.choice(valid)
+        if i % 200 == 7 and bigs < 5:
+            bigs += 1
+            out.append(("oversized", enc({**e, "output": "x" * big_bytes, "correction": "x" * big_bytes})))
+            continue
+        name, make = makers[i % len(makers)]
+        out.append((name, make(e)))
+    return out

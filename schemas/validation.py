@@ -77,8 +77,10 @@ M = _Messages
 # --------------------------------------------------------------------------------------------------- per event
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
+def _constant(name: str) -> float:
+    # NaN and Infinity are not JSON, but DuckDB's parser takes them: parse them here too, so that both validators
+    # reach the same verdict (a non-finite number then fails its field's check: numbers must be finite).
+    return float(name)
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -102,7 +104,7 @@ def parse_payload(payload: bytes | str, max_bytes: int | None = None) -> tuple[d
     except UnicodeDecodeError:
         return None, [M.invalid_utf8]
     try:
-        obj = json.loads(text, object_pairs_hook=_pairs, parse_constant=_reject_constant)
+        obj = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
     except _DuplicateKey:
         return None, [M.duplicate_key]
     except (ValueError, RecursionError):
@@ -346,7 +348,7 @@ SELECT _row,
   CASE
     WHEN raw IS NULL THEN []
     {invalid}
-    WHEN v IS NULL THEN [{_q(M.not_object)}]
+    WHEN NOT regexp_matches(raw, '^[ \t\n\r]*[{{]') THEN [{_q(M.not_object)}]
     WHEN len(keys) <> len(list_distinct(keys)) THEN [{_q(M.duplicate_key)}]
     -- Most events are valid: one boolean pass decides that, and reason texts are built only for the rest.
     WHEN NOT ({" OR ".join(f"coalesce({c}, false)" for c in failed)}) THEN []
