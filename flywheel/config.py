@@ -55,6 +55,9 @@ class Settings:
     kafka_fetch_wait_ms: int = 50
     """FLYWHEEL_KAFKA_FETCH_WAIT_MS: longest a fetch waits for data; low keeps freshness on a quiet stream."""
 
+    kafka_session_timeout_ms: int = 10_000
+    """FLYWHEEL_KAFKA_SESSION_TIMEOUT_MS: a worker that stops heartbeating loses its partitions after this long."""
+
     def __post_init__(self) -> None:
         if not self.lake:
             object.__setattr__(self, "lake", str(self.home / "lake"))

@@ -87,7 +87,7 @@ class IngestWorker:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": 10_000,
+            "session.timeout.ms": settings.kafka_session_timeout_ms,
             "heartbeat.interval.ms": 1_000,
             "fetch.wait.max.ms": settings.kafka_fetch_wait_ms,
             # Bound what librdkafka prefetches (KB), so memory stays flat however large the backlog.

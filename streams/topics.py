@@ -44,7 +44,8 @@ def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[str]:
 def topic_ids(settings: Settings, topics: list[str], timeout: float = 15.0) -> dict[str, str]:
     """The broker's id of each topic (KIP-516), or nothing for a topic whose broker has no ids."""
     out: dict[str, str] = {}
-    futures = admin(settings).describe_topics(TopicCollection(topics), request_timeout=timeout)
+    client = admin(settings)  # keep a reference: the futures fail if the client is collected meanwhile
+    futures = client.describe_topics(TopicCollection(topics), request_timeout=timeout)
     for topic, fut in futures.items():
         try:
             tid = fut.result(timeout).topic_id

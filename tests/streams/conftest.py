@@ -1,0 +1,80 @@
+"""Helpers for tests that go through Kafka: a confluent-kafka producer (a client other than our SDK) and a reader
+of a topic from the beginning without a consumer group."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from flywheel.config import Settings
+from flywheel.infra.sample import generate, load_corpus
+from flywheel.schemas.contract import event_type_of
+from flywheel.streams.topics import ensure_topics
+
+
+class Produced:
+    """What a test produced, by topic: payloads in order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        ensure_topics(settings)
+        self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20,
+                                  "enable.idempotence": True, "compression.type": "lz4",
+                                  "message.max.bytes": 32 * 1024 * 1024})
+        self.valid: dict[str, list[dict[str, Any]]] = {"inference": [], "feedback": []}
+        self.hostile: list[tuple[str, str, bytes]] = []
+
+    def topic(self, name: str) -> str:
+        return self.settings.inference_topic if name == "inference" else self.settings.feedback_topic
+
+    def event(self, event: dict[str, Any]) -> None:
+        name = event_type_of(event).name
+        self.valid[name].append(event)
+        self._send(self.topic(name), json.dumps(event).encode(), str(event["inference_id"]).encode())
+
+    def raw(self, topic_name: str, label: str, payload: bytes) -> None:
+        self.hostile.append((topic_name, label, payload))
+        self._send(self.topic(topic_name), payload, None)
+
+    def _send(self, topic: str, value: bytes, key: bytes | None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def flush(self) -> None:
+        assert self.producer.flush(60) == 0
+
+
+@pytest.fixture
+def produced(kafka_settings: Settings) -> Produced:
+    return Produced(kafka_settings)
+
+
+def read_topic(settings: Settings, topic: str, partitions: int, timeout: float = 20) -> list[Any]:
+    """Every message of `topic` (no consumer group)."""
+    import time
+
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "reader", "enable.auto.commit": False,
+                  "fetch.wait.max.ms": 20, "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out, eof = [], set()
+    deadline = time.monotonic() + timeout
+    while len(eof) < partitions and time.monotonic() < deadline:
+        for m in c.consume(1000, 0.2):
+            if m.error():
+                eof.add(m.partition())
+            else:
+                out.append(m)
+    c.close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_events() -> list[dict[str, Any]]:
+    return list(generate(load_corpus(), 1500, seed=11))
