@@ -1,0 +1,177 @@
+"""Settings of the warehouse's own stages (quality gates, lake maintenance), typed and frozen, read from
+`FLYWHEEL_QUALITY_*` and `FLYWHEEL_LAKE_*` environment variables here and nowhere else.
+
+Same pattern as `flywheel.config.Settings`: `from_env()` is the only reader of the environment, and every field
+carries a docstring that `describe()` turns into help text.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, TypeVar
+
+from flywheel.errors import ConfigError
+from flywheel.schemas.contract import FEEDBACK_KINDS, FEEDBACK_SOURCES
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """Thresholds the expectation suites refer to as `${name}`, and where quality runs keep their reports."""
+
+    future_skew_s: float = 300.0
+    """FLYWHEEL_QUALITY_FUTURE_SKEW_S: an event may be stamped at most this many seconds after it landed."""
+
+    horizon_days: float = 30.0
+    """FLYWHEEL_QUALITY_HORIZON_DAYS: an event may be stamped at most this many days before it landed."""
+
+    max_latency_ms: float = 600_000.0
+    """FLYWHEEL_QUALITY_MAX_LATENCY_MS: largest sane `latency_ms`."""
+
+    max_tokens: int = 2_000_000
+    """FLYWHEEL_QUALITY_MAX_TOKENS: largest sane `input_tokens` / `output_tokens`."""
+
+    max_cost_usd: float = 100.0
+    """FLYWHEEL_QUALITY_MAX_COST_USD: largest sane `cost_usd` of one call."""
+
+    max_empty_or_refusal_share: float = 0.05
+    """FLYWHEEL_QUALITY_MAX_EMPTY_OR_REFUSAL_SHARE: largest share of empty or refusal-like outputs in a window."""
+
+    min_known_inference_rate: float = 0.5
+    """FLYWHEEL_QUALITY_MIN_KNOWN_INFERENCE_RATE: share of a window's feedback whose inference has landed, below
+    which the (warning-level) referential expectation fails."""
+
+    pii_max_share: float = 0.0
+    """FLYWHEEL_QUALITY_PII_MAX_SHARE: share of texts with PII of one kind above which the PII expectation (a
+    warning: it reports, curation scrubs) fails."""
+
+    orphan_horizon_hours: float = 72.0
+    """FLYWHEEL_QUALITY_ORPHAN_HORIZON_HOURS: feedback whose inference has not landed this long after the feedback
+    did is shown in the `orphan_feedback` view (before that, in `pending_feedback`)."""
+
+    sample_size: int = 20
+    """FLYWHEEL_QUALITY_SAMPLE_SIZE: unexpected values kept per expectation in `quality_runs`."""
+
+    suites_dir: str = ""
+    """FLYWHEEL_QUALITY_SUITES_DIR: a directory of extra suite files (`*.yaml`) merged into the built-in ones."""
+
+    reports_dir: str = ""
+    """FLYWHEEL_QUALITY_REPORTS_DIR: where HTML reports are written. Default: `$FLYWHEEL_HOME/quality`."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_empty_or_refusal_share", "min_known_inference_rate", "pii_max_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"FLYWHEEL_QUALITY_{name.upper()} must lie in [0, 1], got {getattr(self, name)!r}")
+        for name in ("future_skew_s", "horizon_days", "orphan_horizon_hours", "sample_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"FLYWHEEL_QUALITY_{name.upper()} must not be negative, got {getattr(self, name)!r}")
+
+    def params(self) -> dict[str, Any]:
+        """The values suite files may name as `${name}`: every field, a few derived forms, the contract's sets."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values.update(
+            horizon_s=self.horizon_days * 86_400.0,
+            min_ingest_lag_s=-self.future_skew_s,
+            empty_or_refusal_mostly=1.0 - self.max_empty_or_refusal_share,
+            pii_mostly=1.0 - self.pii_max_share,
+            feedback_kinds=list(FEEDBACK_KINDS),
+            feedback_sources=list(FEEDBACK_SOURCES),
+        )
+        return values
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "QualitySettings":
+        return _from_env(cls, "FLYWHEEL_QUALITY_", environ)
+
+
+DEFAULT_RETENTION = "quarantine=90"
+
+
+@dataclass(frozen=True)
+class MaintenanceSettings:
+    """How lake maintenance compacts, expires and vacuums the lake's Delta tables."""
+
+    target_file_mb: int = 256
+    """FLYWHEEL_LAKE_TARGET_FILE_MB: compaction writes files of about this size (64-512 recommended)."""
+
+    row_group_rows: int = 1_000_000
+    """FLYWHEEL_LAKE_ROW_GROUP_ROWS: rows per Parquet row group in compacted files (100k or more scans fast)."""
+
+    min_files: int = 2
+    """FLYWHEEL_LAKE_MIN_FILES: a partition is compacted only when it holds at least this many files."""
+
+    retention: str = DEFAULT_RETENTION
+    """FLYWHEEL_LAKE_RETENTION: days to keep per table, `table=days[,table=days]` by partition date; a table not
+    named is kept forever."""
+
+    vacuum_retention_hours: float = 168.0
+    """FLYWHEEL_LAKE_VACUUM_RETENTION_HOURS: vacuum deletes only files removed from the table longer ago than this,
+    so readers that listed them (queries, `connect()` snapshots) keep working."""
+
+    commit_retries: int = 10
+    """FLYWHEEL_LAKE_COMMIT_RETRIES: attempts of a maintenance commit that conflicts with a concurrent one."""
+
+    def __post_init__(self) -> None:
+        for name in ("target_file_mb", "row_group_rows", "min_files", "commit_retries"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"FLYWHEEL_LAKE_{name.upper()} must be positive, got {getattr(self, name)!r}")
+        if self.vacuum_retention_hours < 0:
+            raise ConfigError(f"FLYWHEEL_LAKE_VACUUM_RETENTION_HOURS must not be negative, got "
+                              f"{self.vacuum_retention_hours!r}")
+        self.retention_days()  # fail at start-up, not at the first vacuum
+
+    def retention_days(self) -> dict[str, float]:
+        """FLYWHEEL_LAKE_RETENTION parsed: days to keep per table."""
+        out: dict[str, float] = {}
+        for item in filter(None, (p.strip() for p in self.retention.split(","))):
+            table, sep, days = item.partition("=")
+            try:
+                value = float(days)
+            except ValueError:
+                value = -1.0
+            if not sep or not table.strip() or value <= 0:
+                raise ConfigError(f"FLYWHEEL_LAKE_RETENTION={self.retention!r}: expected `table=days` with days > 0, "
+                                  f"got {item!r}")
+            out[table.strip()] = value
+        return out
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "MaintenanceSettings":
+        return _from_env(cls, "FLYWHEEL_LAKE_", environ)
+
+
+def _from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | None) -> T:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        raw = env.get(prefix + f.name.upper())
+        if raw is None or raw == "":
+            continue
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        try:
+            values[f.name] = int(raw.replace("_", "")) if kind == "int" else float(raw) if kind == "float" else raw
+        except ValueError:
+            raise ConfigError(f"{prefix}{f.name.upper()}={raw!r} is not a valid {kind}") from None
+    return cls(**values)
+
+
+def describe(cls: type) -> list[tuple[str, str, str]]:
+    """(variable, default, doc) per field of a settings class, for help texts."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                var, _, doc = str(nxt.value.value).partition(": ")
+                docs[node.target.id] = var + "\0" + " ".join(doc.split())
+    out = []
+    for f in dataclasses.fields(cls):
+        var, _, doc = docs.get(f.name, "\0").partition("\0")
+        out.append((var, str(f.default), doc))
+    return out
