@@ -257,7 +257,7 @@ class IngestWorker:
                      .append_column("_partition", partitions.filter(ok))
                      .append_column("_offset", offsets.filter(ok))
                      .append_column("_ingested_at", pa.array([now] * valid.num_rows, ingested.type)))
-            valid = valid.select(SCHEMAS[route.table].names)
+            valid = valid.select(SCHEMAS[route.table].names).cast(SCHEMAS[route.table])
         else:
             valid = SCHEMAS[route.table].empty_table()
         bad_idx = [i for i, r in enumerate(reasons) if r is not None]
@@ -277,7 +277,7 @@ class IngestWorker:
                 "_partition": partitions.take(idx),
                 "_offset": offsets.take(idx),
                 "_ingested_at": pa.array([now] * len(bad_idx), ingested.type),
-            })
+            }, schema=SCHEMAS["quarantine"])
         else:
             invalid = SCHEMAS["quarantine"].empty_table()
         next_offsets: dict[TP, int] = {}
