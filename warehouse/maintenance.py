@@ -1,0 +1,242 @@
+"""Lake maintenance: compaction of small files, retention by age, vacuum of unreferenced files, and stats.
+
+Guarantees, and why they hold:
+- **Ingest is never blocked.** Maintenance does not take the per-table commit lock of `flywheel.warehouse.lake`
+  (ingest's). Delta's optimistic concurrency lets an `optimize` or `delete` commit race an ingest append: appends
+  are blind (they read nothing), so they never conflict with a rewrite of other files; when our commit loses the
+  race, delta-rs raises `CommitFailedError` and we retry on the new snapshot (`MaintenanceSettings.commit_retries`).
+- **Readers never break.** Compaction and retention only *remove files from the table's current version*; the files
+  stay on disk until `vacuum`, which deletes only files removed longer ago than `vacuum_retention_hours`. A DuckDB
+  connection (or a query) that listed a file keeps reading it as long as it lives less than that.
+- **Offsets survive.** The landing watermarks are Delta application transactions; compaction, deletes, vacuum and
+  checkpoints carry them over (tests/warehouse/test_maintenance.py checks `transaction_version` before == after).
+- Two maintenance runs on one table do not overlap: each holds `_locks/<table>.maintenance.lock` (non-blocking;
+  the second one skips the table and says so).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable, WriterProperties
+from deltalake.exceptions import CommitFailedError
+
+from flywheel.config import Settings
+from flywheel.errors import FlywheelError
+from flywheel.schemas.arrow import PARTITION_COLUMN
+from flywheel.warehouse.configuration import MaintenanceSettings
+
+log = logging.getLogger("flywheel.maintenance")
+T = TypeVar("T")
+
+DATE_COLUMN = {**PARTITION_COLUMN, "quality_runs": "window_end"}
+"""The column retention compares with its cutoff, per table; partition columns make a delete drop whole files."""
+
+
+class MaintenanceError(FlywheelError):
+    """A maintenance operation failed; the message names the table and operation."""
+
+
+class MaintenanceBusy(MaintenanceError):
+    """Another maintenance run holds the table. Retryable: it will be free when that run ends."""
+
+    retryable = True
+
+
+@dataclass(frozen=True)
+class TableStats:
+    table: str
+    version: int
+    files: int
+    rows: int
+    bytes: int
+    partitions: int
+    small_files: int
+    """Files below a quarter of the compaction target: what `compact` would rewrite."""
+
+    @property
+    def avg_file_bytes(self) -> int:
+        return self.bytes // self.files if self.files else 0
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    table: str
+    files_removed: int
+    files_added: int
+    version: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    table: str
+    cutoff: date
+    rows_deleted: int
+    files_removed: int
+
+
+@dataclass(frozen=True)
+class VacuumResult:
+    table: str
+    files_deleted: int
+    retention_hours: float
+
+
+def lake_tables(settings: Settings) -> list[str]:
+    """Every Delta table directly under the lake root (the event tables and other stages' tables)."""
+    root = Path(settings.lake)
+    if not root.is_dir():
+        return []
+    return [p.name for p in sorted(root.iterdir())
+            if not p.name.startswith("_") and DeltaTable.is_deltatable(str(p))]
+
+
+def _table(settings: Settings, name: str) -> DeltaTable:
+    path = Path(settings.lake) / name
+    if not DeltaTable.is_deltatable(str(path)):
+        known = ", ".join(lake_tables(settings)) or "none yet"
+        raise MaintenanceError(f"no lake table {name!r} at {path} (tables: {known})")
+    return DeltaTable(str(path))
+
+
+def stats(settings: Settings, name: str, msettings: MaintenanceSettings | None = None) -> TableStats:
+    msettings = msettings or MaintenanceSettings.from_env()
+    dt = _table(settings, name)
+    add = _add_actions(dt)
+    sizes = add.column("size_bytes")
+    part_cols = [c for c in add.column_names if c.startswith("partition.")]
+    partitions = len({tuple(add.column(c)[i].as_py() for c in part_cols) for i in range(add.num_rows)}) \
+        if part_cols else (1 if add.num_rows else 0)
+    small = msettings.target_file_mb * 1024 * 1024 // 4
+    return TableStats(
+        table=name, version=dt.version(), files=add.num_rows,
+        rows=int(pc.sum(add.column("num_records")).as_py() or 0) if add.num_rows else 0,
+        bytes=int(pc.sum(sizes).as_py() or 0) if add.num_rows else 0, partitions=partitions,
+        small_files=int(pc.sum(pc.less(sizes, small)).as_py() or 0) if add.num_rows else 0)
+
+
+def compact(settings: Settings, name: str, msettings: MaintenanceSettings | None = None) -> CompactResult:
+    """Merge small files into files of about `target_file_mb` with row groups of `row_group_rows`.
+
+    Partitions with fewer than `min_files` files are left alone. Safe while ingest appends and readers read.
+    """
+    msettings = msettings or MaintenanceSettings.from_env()
+    props = WriterProperties(compression="ZSTD", max_row_group_size=msettings.row_group_rows)
+    with _maintenance_lock(settings, name):
+
+        def attempt() -> dict[str, Any]:
+            dt = _table(settings, name)
+            partitions = _partitions_to_compact(dt, msettings.min_files)
+            removed = added = 0
+            for filters in partitions:
+                m = dt.optimize.compact(partition_filters=filters or None,
+                                        target_size=msettings.target_file_mb * 1024 * 1024,
+                                        writer_properties=props, max_concurrent_tasks=2)
+                removed += int(m.get("numFilesRemoved", 0))
+                added += int(m.get("numFilesAdded", 0))
+            return {"removed": removed, "added": added, "version": dt.version()}
+
+        out, attempts = _retrying(attempt, f"compaction of {name}", msettings.commit_retries)
+    log.info("compacted %s: %d files -> %d (version %d)", name, out["removed"], out["added"], out["version"])
+    return CompactResult(name, out["removed"], out["added"], out["version"], attempts)
+
+
+def apply_retention(settings: Settings, name: str, days: float, msettings: MaintenanceSettings | None = None,
+                    today: date | None = None) -> RetentionResult:
+    """Delete the rows of `name` whose date is older than `days` days (whole partitions: a metadata commit)."""
+    msettings = msettings or MaintenanceSettings.from_env()
+    column = DATE_COLUMN.get(name)
+    if column is None:
+        raise MaintenanceError(f"retention of {name!r}: no date column known for it; retention applies to "
+                               f"{', '.join(DATE_COLUMN)}")
+    cutoff = (today or datetime.now(timezone.utc).date()) - timedelta(days=days)
+    with _maintenance_lock(settings, name):
+
+        def attempt() -> dict[str, Any]:
+            return _table(settings, name).delete(predicate=f"{column} < '{cutoff.isoformat()}'")
+
+        m, _ = _retrying(attempt, f"retention of {name}", msettings.commit_retries)
+    return RetentionResult(name, cutoff, int(m.get("num_deleted_rows", 0) or 0),
+                           int(m.get("num_removed_files", 0) or 0))
+
+
+def vacuum(settings: Settings, name: str, msettings: MaintenanceSettings | None = None,
+           dry_run: bool = False) -> VacuumResult:
+    """Delete files no version newer than `vacuum_retention_hours` references; checkpoint the log first so the
+    table (and its watermarks) loads fast without the old log entries."""
+    msettings = msettings or MaintenanceSettings.from_env()
+    with _maintenance_lock(settings, name):
+        dt = _table(settings, name)
+        try:
+            deleted = dt.vacuum(retention_hours=int(msettings.vacuum_retention_hours), dry_run=dry_run,
+                                enforce_retention_duration=False)
+            if not dry_run:
+                dt.create_checkpoint()
+        except Exception as exc:
+            raise MaintenanceError(f"vacuum of {name} failed: {exc}") from exc
+    return VacuumResult(name, len(deleted), msettings.vacuum_retention_hours)
+
+
+def _partitions_to_compact(dt: DeltaTable, min_files: int) -> list[list[tuple[str, str, str]]]:
+    add = _add_actions(dt)
+    part_cols = [c for c in add.column_names if c.startswith("partition.")]
+    if not part_cols:
+        return [[]] if add.num_rows >= min_files else []
+    counts: dict[tuple[Any, ...], int] = {}
+    for row in zip(*(add.column(c).to_pylist() for c in part_cols)):
+        counts[row] = counts.get(row, 0) + 1
+    names = [c.removeprefix("partition.") for c in part_cols]
+    return [[(n, "=", _literal(v)) for n, v in zip(names, key)] for key, n_files in sorted(counts.items(), key=str)
+            if n_files >= min_files]
+
+
+def _add_actions(dt: DeltaTable) -> pa.Table:
+    """The current files with their partition values and stats (delta-rs returns arro3; we use pyarrow)."""
+    return pa.table(dt.get_add_actions(flatten=True))
+
+
+def _literal(v: Any) -> str:
+    return v.isoformat() if hasattr(v, "isoformat") else str(v)
+
+
+def _retrying(fn: Callable[[], T], what: str, retries: int) -> tuple[T, int]:
+    for attempt in range(1, retries + 1):
+        try:
+            return fn(), attempt
+        except CommitFailedError as exc:  # a concurrent commit won the race: redo on the new snapshot
+            if attempt == retries:
+                raise MaintenanceError(f"{what} lost {retries} commit races in a row ({exc}); "
+                                       "try again when ingest is quieter") from exc
+            log.info("%s conflicted with a concurrent commit (attempt %d): %s", what, attempt, exc)
+            time.sleep(min(0.05 * 2 ** attempt, 2.0))
+        except FlywheelError:
+            raise
+        except Exception as exc:
+            raise MaintenanceError(f"{what} failed: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def _maintenance_lock(settings: Settings, name: str) -> Iterator[None]:
+    lock_dir = Path(settings.lake) / "_locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.maintenance.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MaintenanceBusy(f"another maintenance run is working on {name}; try again later") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
