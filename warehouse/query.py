@@ -10,6 +10,7 @@ Views (each is a snapshot of the lake as of `connect()`; reconnect to see newer 
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import duckdb
@@ -56,6 +57,9 @@ SELECT i.*,
 FROM inferences i LEFT JOIN fb USING (inference_id)
 """
 
+VIEW_MODULES: list[str] = ["flywheel.warehouse.orphans"]
+"""Modules of later stages that define views over the ones above: each has `register_views(con, settings)`."""
+
 _DEDUP = {
     "inferences": "PARTITION BY inference_id ORDER BY _ingested_at, _topic, _partition, _offset",
     "feedback": "PARTITION BY feedback_id ORDER BY _ingested_at, _topic, _partition, _offset",
@@ -98,6 +102,8 @@ def connect(settings: Settings | None = None, database: str = ":memory:") -> duc
                     listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
                     con.execute(f'CREATE OR REPLACE VIEW "{path.name}" AS SELECT * FROM read_parquet([{listed}], '
                                 "hive_partitioning = true, union_by_name = true)")
+    for name in VIEW_MODULES:
+        importlib.import_module(name).register_views(con, settings)
     return con
 
 
