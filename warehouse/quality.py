@@ -267,21 +267,45 @@ def validate(suite: Suite, rows: pa.Table, sample_size: int = 20) -> list[Expect
 
 
 _DATASOURCE: Any = None
+_GX_VERBOSE = False
+
+
+def set_gx_verbose(verbose: bool) -> None:
+    """Let GX log (INFO) and draw its progress bars on stderr; by default it is silent."""
+    global _GX_VERBOSE
+    _GX_VERBOSE = verbose
+    _set_gx_log_level()
+    if _DATASOURCE is not None:
+        _set_progress_bars(_DATASOURCE.data_context, verbose)
+
+
+def _set_gx_log_level() -> None:
+    # GX sets levels on some of its own loggers when imported (e.g. INFO on data_context.types.base, which then
+    # logs every ephemeral context it creates): set them all, not just the package's root logger.
+    level = logging.INFO if _GX_VERBOSE else logging.ERROR
+    logging.getLogger("great_expectations").setLevel(level)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("great_expectations.") and isinstance(logger, logging.Logger) and logger.level:
+            logger.setLevel(level)
+
+
+def _set_progress_bars(ctx: Any, on: bool) -> None:
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=on)
 
 
 def _gx_datasource() -> Any:
-    """One ephemeral GX context per process, quiet: no progress bars, no usage statistics, no INFO logs."""
+    """One ephemeral GX context per process; quiet unless `set_gx_verbose(True)`."""
     global _DATASOURCE
     if _DATASOURCE is None:
         import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
 
-        for name in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        _set_gx_log_level()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ctx = gx.get_context(mode="ephemeral")
-        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        _set_progress_bars(ctx, _GX_VERBOSE)
         _DATASOURCE = ctx.data_sources.add_pandas("flywheel")
     return _DATASOURCE
 

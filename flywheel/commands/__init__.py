@@ -10,7 +10,7 @@ import importlib
 import click
 
 MODULES: list[str] = [
-    # "flywheel.commands.quality",
+    "flywheel.commands.quality", "flywheel.commands.lake",
     # "flywheel.commands.drift",
 ]
 
