@@ -1,0 +1,57 @@
+"""The `lake-maintenance` flow: compaction, then retention and vacuum, per lake table, as Prefect tasks.
+
+A thin wrapper over `flywheel.warehouse.maintenance`. Each table is its own task so one table's failure (or a
+concurrent maintenance run holding it: `MaintenanceBusy`, retried) does not hide the others' results. Safe to run
+while the ingest worker lands events and queries read (see the module's guarantees).
+
+    from flywheel.flows.maintenance import maintenance_flow
+    maintenance_flow.serve(name="nightly-lake", cron="30 2 * * *")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flywheel.config import Settings
+from flywheel.warehouse import maintenance as m
+from flywheel.warehouse.configuration import MaintenanceSettings
+
+
+def _retry_if_retryable(_task: Any, _run: Any, state: Any) -> bool:
+    exc = state.result(raise_on_failure=False)
+    return bool(getattr(exc, "retryable", False))
+
+
+@task(retries=3, retry_delay_seconds=10, retry_condition_fn=_retry_if_retryable)
+def maintain_table(table: str, vacuum: bool = True) -> dict[str, Any]:
+    """Compact `table`, then (with `vacuum`) apply its retention and vacuum it; returns before/after stats."""
+    settings, ms = Settings.from_env(), MaintenanceSettings.from_env()
+    before = m.stats(settings, table, ms)
+    compacted = m.compact(settings, table, ms)
+    out: dict[str, Any] = {"table": table, "files_before": before.files, "files_removed": compacted.files_removed,
+                           "files_added": compacted.files_added}
+    if vacuum:
+        days = ms.retention_days().get(table)
+        if days is not None and table in m.DATE_COLUMN:
+            out["rows_expired"] = m.apply_retention(settings, table, days, ms).rows_deleted
+        out["files_vacuumed"] = m.vacuum(settings, table, ms).files_deleted
+    after = m.stats(settings, table, ms)
+    out.update(files_after=after.files, rows=after.rows, bytes=after.bytes, version=after.version)
+    return out
+
+
+@flow(name="lake-maintenance")
+def maintenance_flow(tables: list[str] | None = None, vacuum: bool = True) -> list[dict[str, Any]]:
+    """Maintain `tables` (default: every Delta table in the lake); fails if any table's task failed."""
+    names = tables or m.lake_tables(Settings.from_env())
+    # One table after another (two cores; compaction is CPU-bound), every table even when one fails.
+    states = [maintain_table(t, vacuum, return_state=True) for t in names]
+    failed = [t for t, st in zip(names, states) if not st.is_completed()]
+    results = [st.result() for st in states if st.is_completed()]
+    for r in results:
+        get_run_logger().info("%s", r)
+    if failed:
+        raise m.MaintenanceError(f"maintenance failed for {', '.join(failed)} (the other tables were maintained)")
+    return results
