@@ -1,0 +1,484 @@
+"""Alerts: an outbox that never loses one, cooldown suppression, and delivery to a Slack incoming webhook.
+
+Why SQLite and not a Delta table: delivery is a per-row state machine (pending -> sending -> delivered, with
+attempts, leases and next-attempt times) updated by several processes (the drift flow, the live-signal worker,
+`flywheel alerts send`). Those are small transactional row updates, which SQLite does atomically under a file lock
+(WAL, `BEGIN IMMEDIATE`) and Delta does only by rewriting files per update. The outbox lives at
+`AlertSettings.db` (default `$FLYWHEEL_HOME/alerts/outbox.sqlite`); `flywheel alerts list` shows it.
+
+Guarantees:
+- `enqueue` is idempotent: an alert has a stable dedup key (what it is about and its window), so re-running a drift
+  job or replaying a stream never creates a second row for the same alert.
+- Repeats are suppressed for `cooldown_s` per (segment, feature, alert kind): a suppressed alert is still
+  recorded (status `suppressed`), never sent.
+- A row is marked delivered only after Slack answered 2xx. A 429 waits for its Retry-After, a 5xx or a network
+  error backs off exponentially (capped), and in both cases nothing is dropped: the row stays pending for ever
+  until it goes out. Other 4xx (a revoked webhook, a bad payload) park the row as `failed` for a person to look at
+  and `flywheel alerts resend`.
+- Senders claim rows with a lease, so two senders never post the same row at once. Exactly once holds whenever
+  Slack answers; a request whose answer is lost (timeout after Slack got it) is retried, so in that one case a
+  message can arrive twice (Slack webhooks take no idempotency key).
+- The webhook URL is a secret: it is never logged, printed or put in an error message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import random
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from flywheel.errors import ConfigError, FlywheelError
+from flywheel.warehouse.drift_config import env_settings
+
+log = logging.getLogger("flywheel.alerts")
+
+
+class AlertError(FlywheelError):
+    """The outbox could not be read or written, or an alert is malformed."""
+
+
+class Secret:
+    """A string that does not show itself in reprs, logs or tracebacks' locals."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    ENV_NAMES = {"slack_webhook_url": "FLYWHEEL_SLACK_WEBHOOK_URL"}
+
+    slack_webhook_url: Secret | str = field(default="", repr=False)
+    """FLYWHEEL_SLACK_WEBHOOK_URL: Slack incoming-webhook URL (a secret: never logged). Empty: alerts wait in
+    the outbox until one is configured."""
+
+    cooldown_s: float = 3600.0
+    """FLYWHEEL_ALERTS_COOLDOWN_S: a repeat of an alert on the same segment, feature and kind within this many
+    seconds is recorded as suppressed, not sent."""
+
+    db: str = ""
+    """FLYWHEEL_ALERTS_DB: the outbox (SQLite). Default: `$FLYWHEEL_HOME/alerts/outbox.sqlite`."""
+
+    timeout_s: float = 10.0
+    """FLYWHEEL_ALERTS_TIMEOUT_S: HTTP timeout of one webhook call."""
+
+    backoff_s: float = 2.0
+    """FLYWHEEL_ALERTS_BACKOFF_S: first wait after a 5xx or network error; doubles per failed attempt ..."""
+
+    max_backoff_s: float = 300.0
+    """FLYWHEEL_ALERTS_MAX_BACKOFF_S: ... up to this (also caps a Retry-After)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.slack_webhook_url, Secret):
+            object.__setattr__(self, "slack_webhook_url", Secret(str(self.slack_webhook_url)))
+        for name in ("cooldown_s", "timeout_s", "backoff_s", "max_backoff_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"FLYWHEEL_ALERTS_{name.upper()} must not be negative")
+
+    @property
+    def webhook(self) -> Secret:
+        assert isinstance(self.slack_webhook_url, Secret)
+        return self.slack_webhook_url
+
+    def db_path(self, home: Path) -> Path:
+        return Path(self.db) if self.db else Path(home) / "alerts" / "outbox.sqlite"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "AlertSettings":
+        return env_settings(cls, "FLYWHEEL_ALERTS_", environ)
+
+
+# --------------------------------------------------------------------------------------------------- alerts
+
+
+@dataclass(frozen=True)
+class Alert:
+    """What a person needs to act: which segment, what moved (before, after, effect size), when, and the report."""
+
+    kind: str
+    """`data-drift`, `model-drift` or `live:<signal>`."""
+    segment: str
+    window: str
+    items: tuple[dict[str, Any], ...]
+    """One per moved feature/signal: feature, before, after, method, score, threshold (and anything else)."""
+    report: str = ""
+    title: str = ""
+
+    @property
+    def dedup_key(self) -> str:
+        feats = ",".join(sorted(str(i["feature"]) for i in self.items))
+        return hashlib.sha256(f"{self.kind}|{self.segment}|{self.window}|{feats}".encode()).hexdigest()[:32]
+
+    def cooldown_key(self, item: Mapping[str, Any]) -> str:
+        return f"{self.segment}|{item['feature']}|{self.kind}"
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "segment": self.segment, "window": self.window,
+                           "items": list(self.items), "report": self.report, "title": self.title},
+                          ensure_ascii=False, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Alert":
+        d = json.loads(text)
+        return cls(d["kind"], d["segment"], d["window"], tuple(d["items"]), d.get("report", ""), d.get("title", ""))
+
+    @classmethod
+    def from_drift(cls, a: Mapping[str, Any]) -> "Alert":
+        return cls(f"{a['kind']}-drift", a["segment"], a["window"], tuple(a["features"]), a.get("report", ""))
+
+
+def _fmt_score(item: Mapping[str, Any]) -> str:
+    score = item.get("score")
+    method = item.get("method", "")
+    if score is None:
+        return method
+    return f"{method} {float(score):.3g} (threshold {float(item.get('threshold', 0)):g})"
+
+
+def slack_message(alert: Alert) -> dict[str, Any]:
+    """The Block Kit payload of an alert (with a plain `text` fallback for notifications)."""
+    what = {"data-drift": "Data drift (what users send)", "model-drift": "Model drift (outputs and feedback)"}
+    title = alert.title or what.get(alert.kind, f"Live signal: {alert.kind.removeprefix('live:')}")
+    lines = [f"• `{i['feature']}`: {i.get('before', '?')} → {i.get('after', '?')}  ({_fmt_score(i)})"
+             for i in alert.items[:10]]
+    if len(alert.items) > 10:
+        lines.append(f"… and {len(alert.items) - 10} more")
+    report = alert.report
+    report_text = (f"<{report}|Evidently report>" if report.startswith(("http://", "https://")) else
+                   f"Report: `{report}`") if report else "No report for this alert"
+    return {
+        "text": f"{title}: {alert.segment}, {len(alert.items)} moved in {alert.window}",
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
+            {"type": "section", "fields": [
+                {"type": "mrkdwn", "text": f"*Segment*\n{alert.segment}"},
+                {"type": "mrkdwn", "text": f"*Window*\n{alert.window}"},
+            ]},
+            {"type": "section", "text": {"type": "mrkdwn", "text": "*What moved*\n" + "\n".join(lines)}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": report_text}]},
+        ],
+    }
+
+
+# --------------------------------------------------------------------------------------------------- outbox
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+  id INTEGER PRIMARY KEY,
+  dedup_key TEXT NOT NULL UNIQUE,
+  kind TEXT NOT NULL,
+  segment TEXT NOT NULL,
+  window TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('pending', 'sending', 'delivered', 'suppressed', 'failed')),
+  created_at REAL NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_attempt_at REAL NOT NULL,
+  lease_until REAL,
+  last_status INTEGER,
+  last_error TEXT,
+  delivered_at REAL,
+  suppressed_by TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS cooldown (key TEXT PRIMARY KEY, last_at REAL NOT NULL, alert_id INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    dedup_key: str
+    kind: str
+    segment: str
+    window: str
+    status: str
+    created_at: float
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    delivered_at: float | None
+    alert: Alert
+
+
+class Outbox:
+    def __init__(self, path: str | Path, cooldown_s: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            con = sqlite3.connect(self.path, timeout=30)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(_SCHEMA)  # idempotent; executescript commits on its own
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            raise AlertError(f"cannot create the alert outbox {self.path}: {exc}") from exc
+
+    @classmethod
+    def from_settings(cls, home: Path, settings: AlertSettings) -> "Outbox":
+        return cls(settings.db_path(home), settings.cooldown_s)
+
+    @contextmanager
+    def _tx(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        try:
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise AlertError(f"cannot open the alert outbox {self.path}: {exc}") from exc
+        try:
+            con.execute("PRAGMA synchronous=FULL")  # an enqueued alert survives a power cut
+            con.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise AlertError(f"alert outbox {self.path}: {exc}") from exc
+        finally:
+            con.close()
+
+    def enqueue(self, alert: Alert) -> tuple[int, str]:
+        """Record `alert` (idempotent by its dedup key). Returns (row id, status): `pending`, or `suppressed` when
+        every item is in cooldown; items in cooldown are dropped from a pending alert's message."""
+        now = self.clock()
+        with self._tx(immediate=True) as con:
+            row = con.execute("SELECT id, status FROM outbox WHERE dedup_key = ?", (alert.dedup_key,)).fetchone()
+            if row:
+                return int(row[0]), str(row[1])
+            fresh, cooling = [], []
+            for item in alert.items:
+                hit = con.execute("SELECT last_at FROM cooldown WHERE key = ?", (alert.cooldown_key(item),)).fetchone()
+                (cooling if hit and now - float(hit[0]) < self.cooldown_s else fresh).append(item)
+            status = "pending" if fresh else "suppressed"
+            sent = Alert(alert.kind, alert.segment, alert.window, tuple(fresh) or alert.items, alert.report,
+                         alert.title)
+            cur = con.execute(
+                "INSERT INTO outbox (dedup_key, kind, segment, window, payload, status, created_at, "
+                "next_attempt_at, suppressed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (alert.dedup_key, alert.kind, alert.segment, alert.window, sent.to_json(), status, now, now,
+                 ",".join(str(i["feature"]) for i in cooling) or None))
+            rid = int(cur.lastrowid or 0)
+            for item in fresh:
+                con.execute("INSERT INTO cooldown (key, last_at, alert_id) VALUES (?, ?, ?) ON CONFLICT (key) DO "
+                            "UPDATE SET last_at = excluded.last_at, alert_id = excluded.alert_id",
+                            (alert.cooldown_key(item), now, rid))
+        log.info("alert %s on %s: %s", alert.kind, alert.segment, status)
+        return rid, status
+
+    def enqueue_drift(self, drift_alert: Mapping[str, Any]) -> tuple[int, str]:
+        return self.enqueue(Alert.from_drift(drift_alert))
+
+    def rows(self, status: str | None = None, limit: int = 100) -> list[OutboxRow]:
+        with self._tx() as con:
+            q = ("SELECT id, dedup_key, kind, segment, window, status, created_at, attempts, next_attempt_at, "
+                 "last_status, last_error, delivered_at, payload FROM outbox")
+            args: tuple[Any, ...] = ()
+            if status:
+                q += " WHERE status = ?"
+                args = (status,)
+            rows = con.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [OutboxRow(*r[:12], Alert.from_json(r[12])) for r in rows]  # type: ignore[misc]
+
+    def counts(self) -> dict[str, int]:
+        with self._tx() as con:
+            return {s: n for s, n in con.execute("SELECT status, count(*) FROM outbox GROUP BY status")}
+
+    def resend(self, ids: list[int] | None = None, failed: bool = False) -> int:
+        """Queue rows again: the given ids (any status), or every failed row. Returns how many."""
+        now = self.clock()
+        with self._tx(immediate=True) as con:
+            if ids:
+                marks = ",".join("?" * len(ids))
+                cur = con.execute(f"UPDATE outbox SET status = 'pending', next_attempt_at = ?, lease_until = NULL "
+                                  f"WHERE id IN ({marks})", (now, *ids))
+            elif failed:
+                cur = con.execute("UPDATE outbox SET status = 'pending', next_attempt_at = ?, lease_until = NULL "
+                                  "WHERE status = 'failed'", (now,))
+            else:
+                return 0
+            return cur.rowcount
+
+    def claim(self, limit: int = 20, lease_s: float = 60.0) -> list[OutboxRow]:
+        """Take up to `limit` due rows for sending (a crashed sender's rows come back when its lease ends)."""
+        now = self.clock()
+        with self._tx(immediate=True) as con:
+            ids = [r[0] for r in con.execute(
+                "SELECT id FROM outbox WHERE (status = 'pending' AND next_attempt_at <= ?) OR "
+                "(status = 'sending' AND lease_until < ?) ORDER BY id LIMIT ?", (now, now, limit))]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            con.execute(f"UPDATE outbox SET status = 'sending', lease_until = ? WHERE id IN ({marks})",
+                        (now + lease_s, *ids))
+        return self._by_ids(ids)
+
+    def _by_ids(self, ids: list[int]) -> list[OutboxRow]:
+        marks = ",".join("?" * len(ids))
+        with self._tx() as con:
+            rows = con.execute(
+                "SELECT id, dedup_key, kind, segment, window, status, created_at, attempts, next_attempt_at, "
+                f"last_status, last_error, delivered_at, payload FROM outbox WHERE id IN ({marks}) ORDER BY id",
+                ids).fetchall()
+        return [OutboxRow(*r[:12], Alert.from_json(r[12])) for r in rows]  # type: ignore[misc]
+
+    def mark_delivered(self, rid: int, http_status: int) -> None:
+        with self._tx(immediate=True) as con:
+            con.execute("UPDATE outbox SET status = 'delivered', delivered_at = ?, attempts = attempts + 1, "
+                        "last_status = ?, last_error = NULL, lease_until = NULL WHERE id = ?",
+                        (self.clock(), http_status, rid))
+
+    def retry_later(self, rid: int, at: float, http_status: int | None, error: str, count_attempt: bool = True) -> None:
+        with self._tx(immediate=True) as con:
+            con.execute("UPDATE outbox SET status = 'pending', next_attempt_at = ?, attempts = attempts + ?, "
+                        "last_status = ?, last_error = ?, lease_until = NULL WHERE id = ?",
+                        (at, 1 if count_attempt else 0, http_status, error[:500], rid))
+
+    def mark_failed(self, rid: int, http_status: int | None, error: str) -> None:
+        with self._tx(immediate=True) as con:
+            con.execute("UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_status = ?, "
+                        "last_error = ?, lease_until = NULL WHERE id = ?", (http_status, error[:500], rid))
+
+    def pending(self) -> int:
+        with self._tx() as con:
+            return int(con.execute("SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending')").fetchone()[0])
+
+    def next_due(self) -> float | None:
+        with self._tx() as con:
+            r = con.execute("SELECT min(next_attempt_at) FROM outbox WHERE status = 'pending'").fetchone()
+            return float(r[0]) if r and r[0] is not None else None
+
+
+# --------------------------------------------------------------------------------------------------- sending
+
+
+@dataclass
+class DeliveryReport:
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0
+    waiting_until: float | None = None
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        try:
+            return max(email.utils.parsedate_to_datetime(value).timestamp() - now, 0.0)
+        except (TypeError, ValueError):
+            return None
+
+
+class SlackSender:
+    """Posts outbox rows to the webhook, honouring 429 Retry-After and backing off on 5xx and network errors."""
+
+    def __init__(self, outbox: Outbox, settings: AlertSettings) -> None:
+        self.outbox = outbox
+        self.settings = settings
+
+    def _post(self, payload: dict[str, Any]) -> tuple[int | None, dict[str, str], str]:
+        url = self.settings.webhook.reveal()
+        req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.settings.timeout_s) as resp:
+                return resp.status, dict(resp.headers), ""
+        except urllib.error.HTTPError as exc:
+            body = exc.read(300).decode("utf-8", "replace") if exc.fp else ""
+            return exc.code, dict(exc.headers or {}), body
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            # never let the URL into an error message
+            return None, {}, str(reason).replace(url, "<webhook>")
+
+    def deliver(self, limit: int = 50) -> DeliveryReport:
+        """Send what is due now. Stops at the first 429/5xx/network error: the webhook is unwell, so the rest waits
+        with it (their order is kept)."""
+        rep = DeliveryReport()
+        if not self.settings.webhook:
+            return rep
+        rows = self.outbox.claim(limit)
+        for i, row in enumerate(rows):
+            status, headers, body = self._post(slack_message(row.alert))
+            now = self.outbox.clock()
+            if status is not None and 200 <= status < 300:
+                self.outbox.mark_delivered(row.id, status)
+                rep.delivered += 1
+                continue
+            if status == 429 or status is None or status >= 500:
+                if status == 429:
+                    ra = _retry_after({k.lower(): v for k, v in headers.items()}.get("retry-after"), now)
+                    wait = min(ra if ra is not None else self.settings.backoff_s, self.settings.max_backoff_s)
+                else:
+                    wait = min(self.settings.backoff_s * 2 ** row.attempts, self.settings.max_backoff_s)
+                    wait *= 0.8 + 0.4 * random.random()  # jitter, so many senders do not return in step
+                at = now + wait
+                err = f"HTTP {status}: {body[:200]}" if status else f"network error: {body[:200]}"
+                self.outbox.retry_later(row.id, at, status, err)
+                for rest in rows[i + 1:]:
+                    self.outbox.retry_later(rest.id, at, None, "waiting for the webhook to recover",
+                                            count_attempt=False)
+                rep.retried += 1
+                rep.waiting_until = at
+                log.warning("Slack webhook answered %s; alert %d retries in %.1f s", status or "nothing", row.id,
+                            wait)
+                break
+            self.outbox.mark_failed(row.id, status, f"HTTP {status}: {body[:200]}")
+            rep.failed += 1
+            log.error("Slack webhook rejected alert %d with HTTP %s (%s); `flywheel alerts resend %d` after fixing",
+                      row.id, status, body[:200], row.id)
+        return rep
+
+    def drain(self, timeout_s: float, poll_s: float = 0.2) -> DeliveryReport:
+        """Deliver until nothing is pending or `timeout_s` passes, sleeping until the next attempt is due."""
+        total = DeliveryReport()
+        deadline = time.monotonic() + timeout_s
+        while self.settings.webhook and self.outbox.pending():
+            rep = self.deliver()
+            total.delivered += rep.delivered
+            total.retried += rep.retried
+            total.failed += rep.failed
+            if time.monotonic() >= deadline:
+                break
+            due = self.outbox.next_due()
+            wait = poll_s if due is None else min(max(due - self.outbox.clock(), 0.0), poll_s * 10)
+            if rep.delivered == 0:
+                time.sleep(min(max(wait, 0.01), max(deadline - time.monotonic(), 0.0)))
+        total.waiting_until = self.outbox.next_due()
+        return total

@@ -1,0 +1,160 @@
+"""The alert outbox and Slack delivery against a real HTTP server on 127.0.0.1 that fails on purpose."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from flywheel.infra.alerts import Alert, AlertSettings, Outbox, SlackSender, slack_message
+
+
+class FakeSlack:
+    """A webhook endpoint that records every request and answers from a script of statuses (then 200)."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self.attempts = 0
+        self.script: list[tuple[int, dict[str, str]]] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with outer.lock:
+                    outer.attempts += 1
+                    status, headers = outer.script.pop(0) if outer.script else (200, {})
+                    if status == 200:
+                        outer.received.append(json.loads(body))
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(b"ok" if status == 200 else b"rate_limited" if status == 429 else b"oops")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/SECRETTOKEN"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    s = FakeSlack()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _alert(segment: str, feature: str = "output_chars", window: str = "2026-11-01T00:00:00+00:00/2026-11-01T01:00:00+00:00",
+           kind: str = "model-drift") -> Alert:
+    return Alert(kind, segment, window, ({"feature": feature, "method": "wasserstein", "score": 0.6,
+                                          "threshold": 0.1, "before": "997 (mean)", "after": "1,366 (mean)"},),
+                 report="/tmp/reports/r1/app=a.html")
+
+
+def test_message_names_segment_what_moved_window_and_report() -> None:
+    msg = slack_message(_alert("app=assistant,model=oasst"))
+    text = json.dumps(msg, ensure_ascii=False)
+    assert msg["blocks"][0]["type"] == "header"
+    assert "Model drift" in msg["blocks"][0]["text"]["text"]
+    for expected in ("app=assistant,model=oasst", "`output_chars`: 997 (mean) → 1,366 (mean)", "wasserstein 0.6",
+                     "threshold 0.1", "2026-11-01T00:00:00+00:00/2026-11-01T01:00:00+00:00", "/tmp/reports/r1/app=a.html"):
+        assert expected in text
+
+
+def test_enqueue_is_idempotent_and_cooldown_suppresses_repeats(tmp_path: Path) -> None:
+    now = [1000.0]
+    box = Outbox(tmp_path / "o.sqlite", cooldown_s=600, clock=lambda: now[0])
+    rid, status = box.enqueue(_alert("app=a"))
+    assert status == "pending"
+    assert box.enqueue(_alert("app=a")) == (rid, "pending")  # same alert again: same row
+    now[0] += 60
+    # the next window, same segment/feature/kind, inside the cooldown: recorded, not sent
+    _, status = box.enqueue(_alert("app=a", window="w2"))
+    assert status == "suppressed"
+    # another feature or segment is not in cooldown
+    assert box.enqueue(_alert("app=a", feature="latency_ms", window="w2"))[1] == "pending"
+    assert box.enqueue(_alert("app=b", window="w2"))[1] == "pending"
+    now[0] += 600
+    assert box.enqueue(_alert("app=a", window="w3"))[1] == "pending"
+    assert box.counts() == {"pending": 4, "suppressed": 1}
+
+
+def test_every_alert_arrives_exactly_once_through_500s_and_429s(tmp_path: Path, slack: FakeSlack,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = AlertSettings(slack_webhook_url=slack.url, backoff_s=0.05, max_backoff_s=0.5)
+    box = Outbox(tmp_path / "o.sqlite", cooldown_s=0)
+    segments = [f"app=a{i}" for i in range(8)]
+    for seg in segments:
+        box.enqueue(_alert(seg))
+    # Slack is down (500, 503), then rate-limits twice with Retry-After, then recovers.
+    slack.script = [(500, {}), (503, {}), (500, {}), (429, {"Retry-After": "1"}), (500, {}),
+                    (429, {"Retry-After": "0"})]
+    sender = SlackSender(box, settings)
+    first = sender.deliver()
+    assert first.delivered == 0 and first.retried == 1  # nothing lost, nothing sent yet
+    assert box.counts() == {"pending": 8}
+    rep = sender.drain(timeout_s=20)
+    assert rep.failed == 0
+    assert box.counts() == {"delivered": 8}
+    got = [m["blocks"][1]["fields"][0]["text"].split("\n")[1] for m in slack.received]
+    assert sorted(got) == sorted(segments)  # each exactly once
+    assert slack.attempts == 8 + 6
+    # the webhook URL (a secret) is nowhere in the logs or in the outbox
+    assert "SECRETTOKEN" not in caplog.text
+    assert b"SECRETTOKEN" not in (tmp_path / "o.sqlite").read_bytes()
+    assert "SECRETTOKEN" not in repr(settings)
+
+
+def test_retry_after_is_honoured(tmp_path: Path, slack: FakeSlack) -> None:
+    box = Outbox(tmp_path / "o.sqlite", clock=lambda: 5000.0)
+    box.enqueue(_alert("app=a"))
+    slack.script = [(429, {"Retry-After": "30"})]
+    rep = SlackSender(box, AlertSettings(slack_webhook_url=slack.url)).deliver()
+    assert rep.retried == 1 and rep.waiting_until == pytest.approx(5030.0)
+    assert box.claim() == []  # not due before the Retry-After has passed
+
+
+def test_a_4xx_parks_the_alert_until_resend(tmp_path: Path, slack: FakeSlack) -> None:
+    box = Outbox(tmp_path / "o.sqlite")
+    rid, _ = box.enqueue(_alert("app=a"))
+    slack.script = [(404, {})]
+    sender = SlackSender(box, AlertSettings(slack_webhook_url=slack.url))
+    assert sender.deliver().failed == 1
+    assert box.counts() == {"failed": 1}
+    assert box.resend(failed=True) == 1
+    assert sender.deliver().delivered == 1
+    assert len(slack.received) == 1 and box.rows()[0].id == rid
+
+
+def test_unreachable_webhook_keeps_alerts_pending(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite")
+    box.enqueue(_alert("app=a"))
+    settings = AlertSettings(slack_webhook_url="http://127.0.0.1:9/hooks/SECRETTOKEN", timeout_s=1, backoff_s=0.01)
+    rep = SlackSender(box, settings).deliver()
+    assert rep.retried == 1
+    row = box.rows()[0]
+    assert row.status == "pending" and row.last_status is None and "SECRETTOKEN" not in (row.last_error or "")
+
+
+def test_settings_from_env_hide_the_webhook() -> None:
+    s = AlertSettings.from_env({"FLYWHEEL_SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/X/Y/SECRETTOKEN",
+                                "FLYWHEEL_ALERTS_COOLDOWN_S": "120"})
+    assert s.cooldown_s == 120 and s.webhook.reveal().endswith("SECRETTOKEN")
+    assert "SECRETTOKEN" not in repr(s) and "SECRETTOKEN" not in str(s.webhook)

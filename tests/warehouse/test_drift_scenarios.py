@@ -1,0 +1,110 @@
+"""The drift job on scenarios built from the real data in ../shared/data (see flywheel.infra.scenarios)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from flywheel.config import Settings
+from flywheel.infra import scenarios as S
+from flywheel.infra.alerts import Outbox
+from flywheel.warehouse.drift import Window, read_runs, run_drift
+from flywheel.warehouse.drift_config import DriftSettings
+from flywheel.warehouse.query import connect
+
+H = timedelta(hours=1)
+
+
+def _window(i: int, n: int = 1) -> Window:
+    return Window(S.T0 + i * H, S.T0 + (i + n) * H)
+
+
+def test_stationary_30_windows_raise_no_alert(shared_data: Path, settings: Settings) -> None:
+    S.land(settings, S.stationary(shared_data, n_windows=30))
+    ds = DriftSettings(reports="none")
+    drifted, alerts, checked = [], [], 0
+    for w in range(3, 30):
+        run = run_drift(settings, ds, current=_window(w), reference="3h")
+        checked += len(run.effects)
+        drifted += run.drifted
+        alerts += run.alerts
+    assert checked > 27 * 15  # the features really were compared, in every window
+    assert alerts == []
+    assert len(drifted) <= 3, [(e.feature, e.score, e.p_value) for e in drifted]
+
+
+def test_model_version_switch_is_model_drift_on_output_descriptors(shared_data: Path, settings: Settings) -> None:
+    S.land(settings, S.model_change(shared_data, windows_each=4))
+    ds = DriftSettings(reports="none")
+    box = Outbox(settings.home / "outbox.sqlite")
+    runs = {w: run_drift(settings, ds, current=_window(w), reference=_window(0, 3), outbox=box) for w in range(3, 8)}
+    assert runs[3].alerts == [] and runs[3].drifted == []  # before the switch: nothing
+    seg = "app=assistant,model=oasst-llama-30b"
+    after = [e for e in runs[4].drifted if e.segment == seg]
+    assert {"output_chars", "output_words", "output_tokens"} <= {e.feature for e in after}
+    assert all(e.feature.startswith(("output_", "latency", "cost", "has_", "refusal", "apology")) for e in after)
+    # the steady model in the same app does not drift
+    assert not [e for e in runs[4].drifted if "model=gpt" in e.segment]
+    alert = next(a for a in runs[4].alerts if a["segment"] == seg)
+    assert alert["kind"] == "model" and alert["features"][0]["reason"].startswith("large")
+    assert all(not a["segment"].startswith("app=assistant,model=gpt") for r in runs.values() for a in r.alerts)
+    # stored, queryable, and queued once per (segment, kind); later windows are in cooldown
+    con = connect(settings)
+    n = con.execute(f"SELECT count(*) FROM drift_runs WHERE segment = '{seg}' AND drifted AND "
+                    "feature = 'output_chars'").fetchone()[0]
+    assert n == 4
+    # one pending alert per (segment, kind) at the switch; later windows repeat the same features, which the
+    # cooldown suppresses (a feature that starts moving later is news and goes out)
+    assert box.counts().get("suppressed", 0) >= 2
+    sent = [(r.segment, i["feature"]) for r in box.rows("pending") for i in r.alert.items]
+    assert len(sent) == len(set(sent))
+
+
+def test_language_shift_is_data_drift_on_inputs(shared_data: Path, settings: Settings) -> None:
+    S.land(settings, S.language_shift(shared_data, windows_before=4, windows_after=2, share=0.4))
+    ds = DriftSettings(reports="none")
+    before = run_drift(settings, ds, current=_window(3), reference=_window(0, 3))
+    after = run_drift(settings, ds, current=_window(4), reference=_window(0, 3))
+    assert not [e for e in before.drifted if e.feature.startswith("input_")]
+    moved = {e.feature: e for e in after.drifted if e.level == "app"}
+    assert "input_script" in moved and "cjk" in moved["input_script"].after
+    data_alert = next(a for a in after.alerts if a["kind"] == "data")
+    assert "input_script" in [f["feature"] for f in data_alert["features"]]
+
+
+def test_satisfaction_drop_is_flagged_by_the_batch_job(shared_data: Path, settings: Settings) -> None:
+    S.land(settings, S.satisfaction_drop(shared_data, windows_before=4, windows_after=1))
+    ds = DriftSettings(reports="none")
+    steady = run_drift(settings, ds, current=_window(3), reference=_window(0, 3))
+    drop = run_drift(settings, ds, current=_window(4), reference=_window(0, 3))
+    assert not [e for e in steady.drifted if e.feature == "thumbs_up_rate"]
+    (e,) = [e for e in drop.drifted if e.feature == "thumbs_up_rate" and e.level == "app"]
+    assert e.reference_value == pytest.approx(0.8, abs=0.03) and e.current_value == pytest.approx(0.55, abs=0.04)
+    assert any(f["feature"] == "thumbs_up_rate" for a in drop.alerts for f in a["features"])
+
+
+def test_sustained_shift_alerts_on_the_second_window(settings: Settings, shared_data: Path) -> None:
+    # A moderate shift (above threshold, below 2x threshold) alerts only when it persists.
+    S.land(settings, S.satisfaction_drop(shared_data, windows_before=3, windows_after=2, after=0.36))
+    ds = DriftSettings(reports="none", sustain=2, large_factor=100)
+    ref = _window(0, 3)
+    first = run_drift(settings, ds, current=_window(3), reference=ref)
+    second = run_drift(settings, ds, current=_window(4), reference=ref)
+    assert any(e.feature == "thumbs_up_rate" for e in first.drifted) and first.alerts == []
+    (a,) = [a for a in second.alerts if a["segment"] == "app=assistant"]
+    assert a["features"][0]["reason"].startswith("sustained")
+
+
+@pytest.mark.slow
+def test_evidently_reports_are_written_and_linked(shared_data: Path, settings: Settings) -> None:
+    S.land(settings, S.model_change(shared_data, windows_each=2))
+    ds = DriftSettings(report_sample=300, max_reports=2)
+    run = run_drift(settings, ds, current=_window(2), reference=_window(0, 2))
+    path = run.reports["app=assistant,model=oasst-llama-30b"]
+    html = Path(path).read_text()
+    assert "output_chars" in html and Path(path).stat().st_size > 100_000
+    rows = read_runs(settings, f"run_id = '{run.run_id}' AND report_path IS NOT NULL")
+    assert rows.num_rows > 0 and set(rows["report_path"].to_pylist()) == set(run.reports.values())
+    assert run.alerts and all(a["report"] == run.reports[a["segment"]] for a in run.alerts)

@@ -1,0 +1,180 @@
+"""Settings of drift detection, typed and frozen, read from `FLYWHEEL_DRIFT_*` environment variables here only.
+
+Same pattern as `flywheel.config.Settings`: `from_env()` is the only reader of the environment and every field has
+a docstring (shown by `describe()`). `env_settings()` is the small reader the alert and live-signal settings share.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from flywheel.errors import ConfigError
+
+T = TypeVar("T")
+
+# Decision rule per descriptor: the effect-size method and the smallest effect that counts as drift.
+# wasserstein: W1 distance / std of the reference (Evidently's default for numbers, same 0.1 threshold);
+# psi: population stability index on reference deciles; js: Jensen-Shannon distance (base 2) of categories;
+# prop_diff: absolute difference of two proportions; mean_diff: absolute difference of means (0-1 ratings).
+DEFAULT_METHODS: dict[str, tuple[str, float]] = {
+    "input_chars": ("wasserstein", 0.1), "input_tokens": ("wasserstein", 0.1), "input_words": ("wasserstein", 0.1),
+    "input_sentences": ("wasserstein", 0.1), "input_non_letter": ("wasserstein", 0.1),
+    "input_script": ("js", 0.1),
+    "output_chars": ("wasserstein", 0.1), "output_tokens": ("wasserstein", 0.1),
+    "output_words": ("wasserstein", 0.1), "output_sentences": ("wasserstein", 0.1),
+    "output_non_letter": ("wasserstein", 0.1), "output_script": ("js", 0.1),
+    "refusal": ("prop_diff", 0.05), "apology": ("prop_diff", 0.05), "has_code": ("prop_diff", 0.1),
+    "has_json": ("prop_diff", 0.05), "has_link": ("prop_diff", 0.05),
+    "latency_ms": ("wasserstein", 0.15), "cost_usd": ("wasserstein", 0.15),
+    "thumbs_up_rate": ("prop_diff", 0.1), "rating": ("mean_diff", 0.1), "correction_rate": ("prop_diff", 0.05),
+    "flag_rate": ("prop_diff", 0.05), "regenerate_abandon_rate": ("prop_diff", 0.1),
+}
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    window: str = "1d"
+    """FLYWHEEL_DRIFT_WINDOW: length of the current window (`30m`, `6h`, `1d`, `7d`); `drift run` without
+    --current checks the last complete window of this length."""
+
+    reference: str = "7d"
+    """FLYWHEEL_DRIFT_REFERENCE: default reference: this much time right before the current window, or an
+    explicit window `START/END`, or a dataset (a Parquet/Delta path with the inferences' columns)."""
+
+    by: str = "app,model,prompt_version"
+    """FLYWHEEL_DRIFT_BY: segment levels, cumulative: `app,model` checks per app and per app+model."""
+
+    min_samples: int = 200
+    """FLYWHEEL_DRIFT_MIN_SAMPLES: a segment is checked only with this many events on both sides (per feature,
+    counting events that have the feature, e.g. rated ones for the rating)."""
+
+    alpha: float = 0.001
+    """FLYWHEEL_DRIFT_ALPHA: a shift must also be statistically clear (p-value below this) to count: the effect
+    size guards large samples against trivial shifts, the p-value small samples against noise."""
+
+    sustain: int = 2
+    """FLYWHEEL_DRIFT_SUSTAIN: consecutive drifted windows needed before an alert ..."""
+
+    large_factor: float = 2.0
+    """FLYWHEEL_DRIFT_LARGE_FACTOR: ... unless the effect is at least this many times its threshold."""
+
+    thresholds: str = ""
+    """FLYWHEEL_DRIFT_THRESHOLDS: per-feature overrides, `feature=threshold` or `feature=method:threshold`,
+    comma-separated (e.g. `output_chars=psi:0.2,thumbs_up_rate=0.08`)."""
+
+    report_sample: int = 5000
+    """FLYWHEEL_DRIFT_REPORT_SAMPLE: rows per side (random sample) in each Evidently HTML report. Decisions use
+    every row; the report is for people, and Evidently's cost grows with rows."""
+
+    reports: str = "drifted"
+    """FLYWHEEL_DRIFT_REPORTS: which segments get an Evidently report: `drifted`, `all` or `none`."""
+
+    max_reports: int = 10
+    """FLYWHEEL_DRIFT_MAX_REPORTS: at most this many Evidently reports per run (largest effects first)."""
+
+    reports_dir: str = ""
+    """FLYWHEEL_DRIFT_REPORTS_DIR: where reports go. Default: `$FLYWHEEL_HOME/drift_reports`."""
+
+    report_base_url: str = ""
+    """FLYWHEEL_DRIFT_REPORT_BASE_URL: public URL of reports_dir, for links in alerts (default: file paths)."""
+
+    threads: int = 2
+    """FLYWHEEL_DRIFT_THREADS: threads for descriptors and DuckDB."""
+
+    memory_limit: str = "1GB"
+    """FLYWHEEL_DRIFT_MEMORY_LIMIT: DuckDB's memory limit during a run."""
+
+    overrides: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("min_samples", "sustain", "report_sample", "threads"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"FLYWHEEL_DRIFT_{name.upper()} must be positive, got {getattr(self, name)!r}")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"FLYWHEEL_DRIFT_ALPHA must be in (0, 1), got {self.alpha!r}")
+        if self.reports not in ("drifted", "all", "none"):
+            raise ConfigError(f"FLYWHEEL_DRIFT_REPORTS must be drifted, all or none, got {self.reports!r}")
+        object.__setattr__(self, "overrides", _parse_thresholds(self.thresholds))
+
+    def method(self, feature: str) -> tuple[str, float]:
+        """(method, threshold) deciding `feature`."""
+        return self.overrides.get(feature) or DEFAULT_METHODS[feature]
+
+    def levels(self, by: str | None = None) -> list[tuple[str, ...]]:
+        cols = [c.strip() for c in (by if by is not None else self.by).split(",") if c.strip()]
+        for c in cols:
+            if c not in SEGMENT_COLUMNS:
+                raise ConfigError(f"cannot segment by {c!r}; choose from {', '.join(SEGMENT_COLUMNS)}")
+        return [tuple(cols[:i + 1]) for i in range(len(cols))] or [()]
+
+    def reports_path(self, home: Path) -> Path:
+        return Path(self.reports_dir) if self.reports_dir else Path(home) / "drift_reports"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "DriftSettings":
+        return env_settings(cls, "FLYWHEEL_DRIFT_", environ)
+
+
+SEGMENT_COLUMNS = ("app", "model", "model_version", "prompt_template", "prompt_version", "provider")
+
+
+def _parse_thresholds(spec: str) -> dict[str, tuple[str, float]]:
+    out: dict[str, tuple[str, float]] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, value = item.partition("=")
+        if name not in DEFAULT_METHODS or not value:
+            raise ConfigError(f"FLYWHEEL_DRIFT_THRESHOLDS: {item!r} is not `feature=[method:]threshold` with a "
+                              f"known feature ({', '.join(DEFAULT_METHODS)})")
+        method, _, thr = value.rpartition(":")
+        method = method or DEFAULT_METHODS[name][0]
+        if method not in ("wasserstein", "psi", "js", "prop_diff", "mean_diff"):
+            raise ConfigError(f"FLYWHEEL_DRIFT_THRESHOLDS: unknown method {method!r} in {item!r}")
+        try:
+            out[name] = (method, float(thr))
+        except ValueError:
+            raise ConfigError(f"FLYWHEEL_DRIFT_THRESHOLDS: {thr!r} in {item!r} is not a number") from None
+    return out
+
+
+def env_settings(cls: type[T], prefix: str, environ: Mapping[str, str] | None = None) -> T:
+    """Build the frozen dataclass `cls` from `<prefix><FIELD>` variables (ints, floats, bools, str)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if not f.init or f.name == "overrides":
+            continue
+        var = getattr(cls, "ENV_NAMES", {}).get(f.name, prefix + f.name.upper())
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        try:
+            if kind == "int":
+                values[f.name] = int(raw.replace("_", ""))
+            elif kind == "float":
+                values[f.name] = float(raw)
+            elif kind == "bool":
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[f.name] = raw
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from None
+    return cls(**values)
+
+
+def describe(cls: type, prefix: str) -> list[tuple[str, str]]:
+    """(variable, doc) per field, from the field docstrings."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    out = []
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                out.append((prefix + node.target.id.upper(), str(nxt.value.value).split(": ", 1)[-1]))
+    return out
