@@ -52,6 +52,9 @@ class Settings:
     max_event_bytes: int = 1024 * 1024
     """FLYWHEEL_MAX_EVENT_BYTES: larger payloads are quarantined as oversized (the original bytes are kept)."""
 
+    lake_codec: str = "LZ4_RAW"
+    """FLYWHEEL_LAKE_CODEC: Parquet codec of landed files (fast to write; compaction may rewrite them smaller)."""
+
     kafka_fetch_wait_ms: int = 50
     """FLYWHEEL_KAFKA_FETCH_WAIT_MS: longest a fetch waits for data; low keeps freshness on a quiet stream."""
 
@@ -66,6 +69,9 @@ class Settings:
         for name in ("partitions", "flush_max_events", "flush_max_bytes", "max_event_bytes", "broker_port"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive, got {getattr(self, name)!r}")
+        codecs = ("UNCOMPRESSED", "SNAPPY", "GZIP", "BROTLI", "LZ4", "LZ4_RAW", "ZSTD")
+        if self.lake_codec.upper() not in codecs:
+            raise ConfigError(f"{ENV_PREFIX}LAKE_CODEC={self.lake_codec!r} is not one of {', '.join(codecs)}")
         if self.flush_interval_s <= 0:
             raise ConfigError(f"{ENV_PREFIX}FLUSH_INTERVAL_S must be positive, got {self.flush_interval_s!r}")
 

@@ -55,6 +55,13 @@ class IngestStats:
     landed: dict[str, int] = field(default_factory=lambda: {"inferences": 0, "feedback": 0, "quarantine": 0})
     flushes: int = 0
     started: float = field(default_factory=time.monotonic)
+    first_event_at: float | None = None
+    """Monotonic time the first event arrived (after the group join)."""
+    last_commit_at: float | None = None
+    """Monotonic time the last batch became durable."""
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("consume", "validate", "arrange", "dead_letter", "commit"), 0.0))
+    """Where the time went, per stage of the loop."""
 
     @property
     def quarantined(self) -> int:
@@ -73,7 +80,7 @@ class IngestWorker:
                  consumer_config: dict[str, object] | None = None,
                  on_flush: Callable[[IngestStats], None] | None = None) -> None:
         self.settings = settings
-        self.lake = lake or Lake(settings.lake)
+        self.lake = lake or Lake(settings.lake, settings.lake_codec)
         self.stats = IngestStats()
         self.on_flush = on_flush
         self._stop = threading.Event()
@@ -127,8 +134,12 @@ class IngestWorker:
         last_event: float | None = None
         try:
             while not self._stop.is_set():
+                t0 = time.monotonic()
                 msgs = consumer.consume(num_messages=10_000, timeout=0.1)
                 now = time.monotonic()
+                self.stats.seconds["consume"] += now - t0
+                if msgs and self.stats.first_event_at is None:
+                    self.stats.first_event_at = now
                 for m in msgs:
                     err = m.error()
                     if err is None:
@@ -212,9 +223,11 @@ class IngestWorker:
             dead += [(tmsgs[i], r) for i, r in zip(bad_idx, invalid.column("reason").to_pylist())]
         for table in SCHEMAS:
             self._pending_offsets.update(offsets[table])
+        t0 = time.monotonic()
         if dead:
             self._dead_letter(dead)
         now = time.monotonic()
+        self.stats.seconds["dead_letter"] += now - t0
         for table in SCHEMAS:
             parts = per_table[table]
             rows = pa.concat_tables(parts) if parts else SCHEMAS[table].empty_table()
@@ -228,7 +241,10 @@ class IngestWorker:
                         marks.setdefault(tp, off)
             if rows.num_rows == 0 and not marks:
                 continue
+            t0 = time.monotonic()
             result = self.lake.commit(table, rows, marks, self._topic_ids)
+            self.stats.seconds["commit"] += time.monotonic() - t0
+            self.stats.last_commit_at = time.monotonic()
             self._last_watermark_commit[table] = now
             self.stats.landed[table] += result.rows
         self._commit_kafka_offsets()
@@ -243,11 +259,15 @@ class IngestWorker:
 
     def _land_topic(self, route: _Route, msgs: list[Message],
                     now: datetime) -> tuple[pa.Table, pa.Table, list[int], dict[TP, int]]:
+        start = time.monotonic()
         topic = msgs[0].topic()
         values = [m.value() for m in msgs]
         partitions = pa.array([m.partition() for m in msgs], pa.int32())
         offsets = pa.array([m.offset() for m in msgs], pa.int64())
+        t0 = time.monotonic()
         typed, reasons = route.validator.validate(pa.array(values, pa.binary()))
+        t1 = time.monotonic()
+        self.stats.seconds["validate"] += t1 - t0
         ok = pa.array([r is None for r in reasons], pa.bool_())
         ingested = pa.scalar(now, pa.timestamp("us", tz="UTC"))
         valid = typed.filter(ok)
@@ -284,6 +304,7 @@ class IngestWorker:
         for p, o in zip(partitions.to_pylist(), offsets.to_pylist()):
             if o + 1 > next_offsets.get((topic, p), -1):
                 next_offsets[(topic, p)] = o + 1
+        self.stats.seconds["arrange"] += time.monotonic() - start - (t1 - t0)
         return valid, invalid, bad_idx, next_offsets
 
     def _dead_letter(self, dead: list[tuple[Message, str]]) -> None:

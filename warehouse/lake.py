@@ -53,8 +53,9 @@ class CommitResult:
 
 
 class Lake:
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], codec: str = "LZ4_RAW") -> None:
         self.root = Path(root)
+        self.codec = codec.upper()
 
     def path(self, table: str) -> Path:
         if table not in SCHEMAS:
@@ -109,7 +110,7 @@ class Lake:
             try:
                 write_deltalake(
                     dt, rows.cast(SCHEMAS[name]), mode="append", partition_by=[PARTITION_COLUMN[name]],
-                    writer_properties=WriterProperties(compression="ZSTD"),
+                    writer_properties=WriterProperties(compression=self.codec),
                     commit_properties=CommitProperties(app_transactions=txns),
                 )
             except Exception as exc:  # delta-rs raises several unrelated types; all mean the same to the caller
