@@ -37,6 +37,7 @@ DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "compression_type": "lz4",
     "max_request_size": 8 * 1024 * 1024,
     "max_block_ms": 10_000,
+    "bootstrap_timeout_ms": 10_000,  # fail fast, with a clear error, when no broker answers
 }
 
 

@@ -4,60 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from flywheel.infra.alerts import Alert, AlertSettings, Outbox, SlackSender, slack_message
-
-
-class FakeSlack:
-    """A webhook endpoint that records every request and answers from a script of statuses (then 200)."""
-
-    def __init__(self) -> None:
-        self.received: list[dict] = []
-        self.attempts = 0
-        self.script: list[tuple[int, dict[str, str]]] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with outer.lock:
-                    outer.attempts += 1
-                    status, headers = outer.script.pop(0) if outer.script else (200, {})
-                    if status == 200:
-                        outer.received.append(json.loads(body))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(b"ok" if status == 200 else b"rate_limited" if status == 429 else b"oops")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/SECRETTOKEN"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from flywheel.infra.webhook_testing import RecordingWebhook
 
 
 @pytest.fixture
-def slack() -> Iterator[FakeSlack]:
-    s = FakeSlack()
-    try:
-        yield s
-    finally:
-        s.close()
+def slack() -> Iterator[RecordingWebhook]:
+    with RecordingWebhook() as hook:
+        yield hook
 
 
 def _alert(segment: str, feature: str = "output_chars", window: str = "2026-11-01T00:00:00+00:00/2026-11-01T01:00:00+00:00",
@@ -95,7 +54,7 @@ def test_enqueue_is_idempotent_and_cooldown_suppresses_repeats(tmp_path: Path) -
     assert box.counts() == {"pending": 4, "suppressed": 1}
 
 
-def test_every_alert_arrives_exactly_once_through_500s_and_429s(tmp_path: Path, slack: FakeSlack,
+def test_every_alert_arrives_exactly_once_through_500s_and_429s(tmp_path: Path, slack: RecordingWebhook,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     settings = AlertSettings(slack_webhook_url=slack.url, backoff_s=0.05, max_backoff_s=0.5)
@@ -122,7 +81,7 @@ def test_every_alert_arrives_exactly_once_through_500s_and_429s(tmp_path: Path, 
     assert "SECRETTOKEN" not in repr(settings)
 
 
-def test_retry_after_is_honoured(tmp_path: Path, slack: FakeSlack) -> None:
+def test_retry_after_is_honoured(tmp_path: Path, slack: RecordingWebhook) -> None:
     box = Outbox(tmp_path / "o.sqlite", clock=lambda: 5000.0)
     box.enqueue(_alert("app=a"))
     slack.script = [(429, {"Retry-After": "30"})]
@@ -131,7 +90,7 @@ def test_retry_after_is_honoured(tmp_path: Path, slack: FakeSlack) -> None:
     assert box.claim() == []  # not due before the Retry-After has passed
 
 
-def test_a_4xx_parks_the_alert_until_resend(tmp_path: Path, slack: FakeSlack) -> None:
+def test_a_4xx_parks_the_alert_until_resend(tmp_path: Path, slack: RecordingWebhook) -> None:
     box = Outbox(tmp_path / "o.sqlite")
     rid, _ = box.enqueue(_alert("app=a"))
     slack.script = [(404, {})]
