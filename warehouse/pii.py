@@ -1,5 +1,5 @@
-"""PII detectors as DuckDB SQL: which texts contain e-mail addresses, phone numbers, credit-card numbers (Luhn
-checked), IP addresses or API-key-like secrets.
+"""PII detectors as DuckDB SQL: which texts contain e-mail addresses, phone numbers, credit-card numbers (network
+prefix and Luhn checked), IP addresses or API-key-like secrets.
 
 This measures; it does not scrub (curation does). The patterns favour precision over recall: a phone number needs
 separators, a card number needs 13-19 digits that pass the Luhn check, a secret needs a known vendor prefix or an
@@ -17,10 +17,11 @@ PATTERNS: dict[str, str] = {
     # Not inside a longer run of digit groups (a card number is not a phone number).
     "phone": r"(?:^|[^0-9 .-]|[^0-9][ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}"
              r"(?:$|[^0-9 .-]|[ .-](?:$|[^0-9]))",
-    # Issuers' first digits are 2-6 (Mastercard, Amex, Visa, Discover...); group 1 is the candidate number.
-    "credit_card": r"(?:^|[^0-9])([2-6](?:[ -]?[0-9]){12,18})(?:[^0-9]|$)",
-    "ip_address": r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-                  r"|(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}",
+    # Issuers' first digits are 2-6 (Mastercard, Amex, Visa, Discover); not the decimals of a number; group 1 is
+    # the candidate, which `fw_card` checks.
+    "credit_card": r"(?:^|[^0-9.,])([2-6](?:[ -]?[0-9]){12,18})(?:[^0-9]|$)",
+    "ip_address": r"(?:^|[^0-9.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+                  r"(?:$|[^0-9.]|\.(?:$|[^0-9]))|(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}",
     "secret": r"sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}"
               r"|xox[abpr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}"
               r"|(?i:api[_-]?key|secret[_-]?key|access[_-]?token)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9_\-]{16,}",
@@ -34,13 +35,23 @@ ANY_PATTERN = "|".join(f"(?:{p})" for p in PATTERNS.values())
 
 LUHN_MACRO = """
 CREATE OR REPLACE MACRO fw_luhn(d) AS (
-  length(d) BETWEEN 13 AND 19 AND list_sum(list_transform(range(length(d)), lambda i:
+  list_sum(list_transform(range(length(d)), lambda i:
     CASE WHEN i % 2 = 0 THEN CAST(d[length(d) - i] AS INTEGER)
          ELSE 2 * CAST(d[length(d) - i] AS INTEGER) - CASE WHEN CAST(d[length(d) - i] AS INTEGER) >= 5 THEN 9 ELSE 0 END
-    END)) % 10 = 0)
+    END)) % 10 = 0);
+CREATE OR REPLACE MACRO fw_card(d) AS (
+  CASE length(d)
+    WHEN 16 THEN d[1] = '4' OR left(d, 2) BETWEEN '51' AND '55' OR left(d, 4) BETWEEN '2221' AND '2720'
+                 OR left(d, 4) = '6011' OR left(d, 2) = '65'
+    WHEN 15 THEN left(d, 2) IN ('34', '37')
+    WHEN 13 THEN d[1] = '4'
+    WHEN 19 THEN d[1] = '4' OR left(d, 2) = '65'
+    ELSE false END
+  AND fw_luhn(d));
 """
-"""`fw_luhn(digits)`: true when a 13-19 digit string passes the Luhn checksum. Define it on a connection before
-running `flag_sql` expressions."""
+"""`fw_card(digits)`: true when a digit string has a card network's length and prefix (Visa, Mastercard, Amex,
+Discover) and passes the Luhn checksum; together these reject timestamps, decimals and ids that merely pass Luhn
+(one random digit string in ten does). Define it on a connection before running `flag_sql` expressions."""
 
 
 def _lit(pattern: str) -> str:
@@ -59,7 +70,7 @@ def flag_sql(kind: str, column: str, any_column: str) -> str:
     col, pat = f'"{column}"', _lit(PATTERNS[kind])
     if kind == "credit_card":
         test = (f"list_bool_or(list_transform(regexp_extract_all({col}, {pat}, 1), "
-                "lambda c: fw_luhn(regexp_replace(c, '[^0-9]', '', 'g'))))")
+                "lambda c: fw_card(regexp_replace(c, '[^0-9]', '', 'g'))))")
     else:
         test = f"regexp_matches({col}, {pat})"
     return f"CASE WHEN \"{any_column}\" THEN coalesce({test}, false) ELSE false END"

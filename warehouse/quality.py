@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -103,6 +104,8 @@ class SuiteResult:
     window_end: datetime
     rows: int
     results: tuple[ExpectationResult, ...]
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Where the time went: `load` (DuckDB: read, derive, PII scan) and `validate` (GX)."""
 
     @property
     def gate_success(self) -> bool:
@@ -178,9 +181,12 @@ def run_quality(settings: Settings, qsettings: QualitySettings | None = None, *,
             start = _utc(since) if since else (last_window_end(settings, table) or _first_landed(con, table) or until)
             if start > until:
                 raise QualityError(f"window of {table} starts after it ends: {start.isoformat()} > {until.isoformat()}")
+            t0 = time.perf_counter()
             frame = load_window(con, suites[table], start, until)
-            results.append(SuiteResult(table, start, until, frame.num_rows,
-                                       tuple(validate(suites[table], frame, qsettings.sample_size))))
+            t1 = time.perf_counter()
+            checked = tuple(validate(suites[table], frame, qsettings.sample_size))
+            results.append(SuiteResult(table, start, until, frame.num_rows, checked,
+                                       {"load": t1 - t0, "validate": time.perf_counter() - t1}))
     finally:
         con.close()
     run = QualityRun(run_id, run_at, tuple(results))
