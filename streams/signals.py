@@ -1,0 +1,345 @@
+"""Live signals from the stream: per (app, model version), in tumbling windows of a minute (faust tables), judged
+against the windows just before, so a deploy that breaks things alerts within about a window, long before the
+batch drift job runs.
+
+Signals per window and segment: volume (inferences), error rate, latency p95, thumbs-down rate. An inference counts
+as an error when its `metadata` (or an unknown top-level field) carries `error` or `status: "error"`, or its
+output is empty: the contract has no error field, and an app that logs failed calls says so in metadata.
+
+The faust app is its own consumer group (`SignalSettings.group`), separate from the landing workers'
+(`Settings.ingest_group`): it reads the same topics without taking partitions or offsets from them.
+
+Topology (two agents, so each windowed table is updated on the partition of its own key, as faust requires):
+1. `route` reads the inference and feedback topics (both keyed by inference id, so an inference and its feedback
+   share a partition) and remembers each recent inference's segment in a bounded in-memory map; it forwards one
+   small record per inference and per thumbs feedback to an internal topic keyed by segment. Feedback whose
+   inference this worker has not seen (before a restart, or older than the map) is counted under no segment.
+2. `count` folds those records into the tumbling-window table `signals` (changelogged by faust).
+A timer (`check_interval_s`) compares each segment's current window with the mean of the `baseline_windows`
+before it (`SignalDetector`), and hands alerts to the outbox (idempotent per window; cooldown per segment/signal),
+whose sender posts them to Slack off the event loop.
+
+Throughput: faust processes events one by one in Python (about 4k events/s per worker on this machine, see
+STACK-NOTES); run several workers in the group to share partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping, Sequence
+
+from flywheel.config import Settings
+from flywheel.errors import ConfigError
+from flywheel.infra.alerts import Alert, AlertSettings, Outbox, SlackSender
+from flywheel.warehouse.drift_config import env_settings
+
+log = logging.getLogger("flywheel.signals")
+
+# Latency histogram: bucket k holds latencies up to LAT_BASE * LAT_STEP**k ms (10 ms .. about 10 min).
+LAT_BASE, LAT_STEP, LAT_BUCKETS = 10.0, 1.25, 50
+N, ERRORS, THUMBS, DOWNS = 0, 1, 2, 3
+HIST = 4
+WIDTH = HIST + LAT_BUCKETS
+FEEDBACK_WAIT_S = 30.0
+"""How long thumbs whose inference has not been seen yet wait for it before counting as unattributed."""
+
+
+@dataclass(frozen=True)
+class SignalSettings:
+    group: str = "flywheel-signals"
+    """FLYWHEEL_SIGNALS_GROUP: consumer group (and faust app id) of the live-signal workers."""
+
+    window_s: float = 60.0
+    """FLYWHEEL_SIGNALS_WINDOW_S: length of the tumbling windows."""
+
+    baseline_windows: int = 5
+    """FLYWHEEL_SIGNALS_BASELINE_WINDOWS: a window is compared with the mean of this many windows before it."""
+
+    check_interval_s: float = 5.0
+    """FLYWHEEL_SIGNALS_CHECK_INTERVAL_S: how often the current window is judged (it need not be complete)."""
+
+    min_events: int = 50
+    """FLYWHEEL_SIGNALS_MIN_EVENTS: inferences a window (and its baseline) needs before rates are judged."""
+
+    min_thumbs: int = 30
+    """FLYWHEEL_SIGNALS_MIN_THUMBS: thumbs a window (and its baseline) needs before the thumbs-down rate is judged."""
+
+    thumbs_down_delta: float = 0.15
+    """FLYWHEEL_SIGNALS_THUMBS_DOWN_DELTA: alert when the thumbs-down rate rises by this much (absolute) ..."""
+
+    error_rate_delta: float = 0.05
+    """FLYWHEEL_SIGNALS_ERROR_RATE_DELTA: ... the error rate by this much ..."""
+
+    latency_p95_ratio: float = 2.0
+    """FLYWHEEL_SIGNALS_LATENCY_P95_RATIO: ... latency p95 grows by this factor ..."""
+
+    volume_ratio: float = 4.0
+    """FLYWHEEL_SIGNALS_VOLUME_RATIO: ... or a complete window's volume is this many times above or below the
+    baseline mean."""
+
+    z_min: float = 3.0
+    """FLYWHEEL_SIGNALS_Z_MIN: a rate change must also be this many standard errors large (no alarms on noise)."""
+
+    max_tracked: int = 500_000
+    """FLYWHEEL_SIGNALS_MAX_TRACKED: recent inferences whose segment is remembered to attribute their feedback."""
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or self.check_interval_s <= 0 or self.baseline_windows <= 0:
+            raise ConfigError("FLYWHEEL_SIGNALS_WINDOW_S, _CHECK_INTERVAL_S and _BASELINE_WINDOWS must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "SignalSettings":
+        return env_settings(cls, "FLYWHEEL_SIGNALS_", environ)
+
+
+# --------------------------------------------------------------------------------------------------- detection
+
+
+def empty() -> list[int]:
+    return [0] * WIDTH
+
+
+def latency_bucket(ms: float) -> int:
+    if ms <= LAT_BASE:
+        return 0
+    return min(int(math.ceil(math.log(ms / LAT_BASE, LAT_STEP))), LAT_BUCKETS - 1)
+
+
+def p95(stats: Sequence[int]) -> float | None:
+    hist = stats[HIST:]
+    total = sum(hist)
+    if not total:
+        return None
+    acc = 0
+    for k, c in enumerate(hist):
+        acc += c
+        if acc >= 0.95 * total:
+            return LAT_BASE * LAT_STEP ** k
+    return LAT_BASE * LAT_STEP ** (LAT_BUCKETS - 1)
+
+
+def _sum(windows: Iterable[Sequence[int]]) -> list[int]:
+    out = empty()
+    for w in windows:
+        for i, v in enumerate(w):
+            out[i] += v
+    return out
+
+
+@dataclass(frozen=True)
+class Signal:
+    signal: str
+    before: str
+    after: str
+    method: str
+    score: float
+    threshold: float
+
+
+class SignalDetector:
+    """Judges one segment's current window against its baseline windows (pure; no Kafka)."""
+
+    def __init__(self, s: SignalSettings) -> None:
+        self.s = s
+
+    def _rate(self, name: str, k_c: int, n_c: int, k_b: int, n_b: int, delta: float, minimum: int) -> Signal | None:
+        if n_c < minimum or n_b < minimum:
+            return None
+        rc, rb = k_c / n_c, k_b / n_b
+        pooled = (k_c + k_b) / (n_c + n_b)
+        se = math.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / n_c + 1 / n_b))
+        if rc - rb >= delta and (rc - rb) / se >= self.s.z_min:
+            return Signal(name, f"{rb:.1%}", f"{rc:.1%}", "rate increase", rc - rb, delta)
+        return None
+
+    def evaluate(self, current: Sequence[int], baseline: Sequence[Sequence[int]],
+                 current_complete: bool = False) -> list[Signal]:
+        s = self.s
+        base = [b for b in baseline if b[N] or b[THUMBS]]
+        if not base:
+            return []
+        tot = _sum(base)
+        out: list[Signal] = []
+        for sig in (self._rate("thumbs_down_rate", current[DOWNS], current[THUMBS], tot[DOWNS], tot[THUMBS],
+                               s.thumbs_down_delta, s.min_thumbs),
+                    self._rate("error_rate", current[ERRORS], current[N], tot[ERRORS], tot[N], s.error_rate_delta,
+                               s.min_events)):
+            if sig:
+                out.append(sig)
+        if current[N] >= s.min_events and tot[N] >= s.min_events:
+            pc_, pb = p95(current), p95(tot)
+            if pc_ and pb and pc_ / pb >= s.latency_p95_ratio:
+                out.append(Signal("latency_p95_ms", f"{pb:,.0f} ms", f"{pc_:,.0f} ms", "ratio", pc_ / pb,
+                                  s.latency_p95_ratio))
+        mean_n = tot[N] / len(baseline)
+        if current_complete and mean_n >= s.min_events:
+            ratio = current[N] / mean_n
+            if ratio >= s.volume_ratio or ratio <= 1 / s.volume_ratio:
+                out.append(Signal("volume", f"{mean_n:,.0f}/window", f"{current[N]:,}/window", "ratio", ratio,
+                                  s.volume_ratio))
+        return out
+
+
+# --------------------------------------------------------------------------------------------------- parsing
+
+
+def is_error(ev: Mapping[str, Any]) -> bool:
+    meta = ev.get("metadata")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            meta = None
+    for m in (meta if isinstance(meta, dict) else {}, ev):
+        if m.get("error") or str(m.get("status", "")).lower() == "error":
+            return True
+    return not ev.get("output")
+
+
+def segment_of(ev: Mapping[str, Any]) -> str:
+    return f"app={ev.get('app')},model_version={ev.get('model_version') or ev.get('model')}"
+
+
+# --------------------------------------------------------------------------------------------------- faust app
+
+
+def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings | None = None,
+             outbox: Outbox | None = None, **faust_options: Any) -> Any:
+    """The faust app (not started). `faust_options` override faust settings (tests shorten timeouts)."""
+    import faust
+
+    alerts = alerts or AlertSettings.from_env()
+    outbox = outbox or Outbox.from_settings(settings.home, alerts)
+    sender = SlackSender(outbox, alerts)
+    options: dict[str, Any] = dict(
+        broker=[f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")], store="memory://",
+        topic_partitions=settings.partitions, web_enabled=False, consumer_auto_offset_reset="latest",
+        table_cleanup_interval=max(sig.window_s, 1.0), broker_session_timeout=10, broker_heartbeat_interval=1,
+        broker_rebalance_timeout=10, producer_linger_ms=5,
+    )
+    options.update(faust_options)
+    app = faust.App(sig.group, **options)
+    sources = app.topic(settings.inference_topic, settings.feedback_topic, value_serializer="raw",
+                        key_serializer="raw")
+    routed = app.topic(f"{sig.group}-by-segment", internal=True,
+                       key_serializer="raw", value_serializer="json", partitions=settings.partitions)
+    keep = int(sig.baseline_windows + 3) * sig.window_s
+    # Windows follow the time a record was routed (stamped explicitly: an unstamped internal record read back with
+    # timestamp 0 on the embedded broker). Live signals are about now, not about late events' own timestamps.
+    table = app.Table("signals", default=empty, partitions=settings.partitions).tumbling(
+        sig.window_s, expires=keep).relative_to_stream()
+    recent: OrderedDict[str, str] = OrderedDict()
+    waiting: OrderedDict[str, list[Any]] = OrderedDict()  # inference id -> [first seen, thumbs down?...]
+    segments: set[str] = set()
+    detector = SignalDetector(sig)
+
+    @app.agent(sources)
+    async def route(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                ev = json.loads(event.value)
+            except (ValueError, TypeError):
+                continue  # the landing worker quarantines it; nothing to count here
+            if not isinstance(ev, dict):
+                continue
+            now = time.time()
+            if event.message.topic == settings.inference_topic:
+                seg = segment_of(ev)
+                iid = str(ev.get("inference_id"))
+                recent[iid] = seg
+                if len(recent) > sig.max_tracked:
+                    recent.popitem(last=False)
+                try:
+                    latency = float(ev.get("latency_ms") or 0.0)
+                except (TypeError, ValueError):
+                    latency = 0.0
+                await routed.send(key=seg.encode(), value={"k": "i", "e": is_error(ev), "l": latency}, timestamp=now)
+                for down in (waiting.pop(iid)[1:] if iid in waiting else ()):
+                    await routed.send(key=seg.encode(), value={"k": "t", "d": down}, timestamp=now)
+            elif ev.get("kind") == "thumbs" and ev.get("value") in (1, -1, 1.0, -1.0):
+                iid = str(ev.get("inference_id"))
+                down = ev.get("value") in (-1, -1.0)
+                if iid in recent:
+                    await routed.send(key=recent[iid].encode(), value={"k": "t", "d": down}, timestamp=now)
+                else:
+                    # The two topics are read independently, so feedback can overtake its inference: wait a bit.
+                    waiting.setdefault(iid, [now]).append(down)
+            while waiting:
+                iid, entry = next(iter(waiting.items()))
+                if now - entry[0] < FEEDBACK_WAIT_S and len(waiting) <= sig.max_tracked:
+                    break
+                waiting.pop(iid)
+                for down in entry[1:]:
+                    await routed.send(key=b"unattributed", value={"k": "t", "d": down}, timestamp=now)
+
+    @app.agent(routed)
+    async def count(stream: Any) -> None:
+        async for event in stream.events():
+            seg = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+            rec = event.value
+            segments.add(seg)
+            w = list(table[seg].current())
+            if rec.get("k") == "i":
+                w[N] += 1
+                w[ERRORS] += bool(rec.get("e"))
+                w[HIST + latency_bucket(float(rec.get("l") or 0.0))] += 1
+            else:
+                w[THUMBS] += 1
+                w[DOWNS] += bool(rec.get("d"))
+            table[seg] = w
+
+    def window_values(seg: str, now: float) -> tuple[list[int], list[list[int]], tuple[float, float]]:
+        underlying = table.table
+        size = sig.window_s
+        start = now - now % size
+        rng = underlying.window.ranges(start + size / 2)[0]
+        def read(r: Any) -> list[int]:
+            # `in` first: reading a missing key would create it (faust's default factory) and write a changelog
+            return list(underlying[(seg, r)]) if (seg, r) in underlying else empty()
+
+        cur = read(rng)
+        base = [read(underlying.window.ranges(start - k * size + size / 2)[0])
+                for k in range(1, sig.baseline_windows + 1)]
+        return cur, base, (start, start + size)
+
+    async def check() -> None:
+        now = datetime.now(timezone.utc).timestamp()
+        queued = False
+        for seg in sorted(segments):
+            if seg == "unattributed":
+                continue
+            cur, base, (ws, we) = window_values(seg, now)
+            found = detector.evaluate(cur, base)
+            # volume can only be judged on a complete window: the one that just ended
+            prev, prev_base, _ = window_values(seg, now - sig.window_s)
+            found += [s for s in detector.evaluate(prev, prev_base, current_complete=True) if s.signal == "volume"]
+            for s in found:
+                label = (f"{datetime.fromtimestamp(ws, timezone.utc).isoformat(timespec='seconds')}/"
+                         f"{datetime.fromtimestamp(we, timezone.utc).isoformat(timespec='seconds')}")
+                alert = Alert(f"live:{s.signal}", seg, label,
+                              ({"feature": s.signal, "before": s.before, "after": s.after, "method": s.method,
+                                "score": round(s.score, 4), "threshold": s.threshold},),
+                              title=f"Live signal: {s.signal.replace('_', ' ')} moved on {seg}")
+                _, status = await asyncio.to_thread(outbox.enqueue, alert)
+                queued = queued or status == "pending"
+                if status == "pending":
+                    log.warning("live signal %s on %s: %s -> %s", s.signal, seg, s.before, s.after)
+        if queued or outbox.pending():
+            await asyncio.to_thread(sender.deliver)
+
+    @app.timer(interval=sig.check_interval_s)
+    async def checker() -> None:
+        try:
+            await check()
+        except Exception:  # a failing check must not stop the worker; the next tick tries again
+            log.exception("live-signal check failed")
+
+    app.flywheel_check = check  # type: ignore[attr-defined]  # for tests and `flywheel signals --once`
+    return app

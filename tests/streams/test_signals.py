@@ -1,0 +1,118 @@
+"""Live signals: the detector on window counts, and the faust app on the real broker raising a Slack alert."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from flywheel.config import Settings
+from flywheel.infra.alerts import AlertSettings, Outbox
+from flywheel.infra.webhook_testing import RecordingWebhook
+from flywheel.streams.signals import (DOWNS, ERRORS, HIST, N, THUMBS, SignalDetector, SignalSettings, empty,
+                                      is_error, latency_bucket, make_app, p95)
+from flywheel.streams.topics import ensure_topics
+
+
+def _window(n: int = 0, errors: int = 0, thumbs: int = 0, downs: int = 0, latency: float = 500.0) -> list[int]:
+    w = empty()
+    w[N], w[ERRORS], w[THUMBS], w[DOWNS] = n, errors, thumbs, downs
+    w[HIST + latency_bucket(latency)] += n
+    return w
+
+
+def test_detector_flags_sharp_changes_only() -> None:
+    d = SignalDetector(SignalSettings(min_events=50, min_thumbs=30))
+    base = [_window(200, 2, 100, 20) for _ in range(5)]
+    assert d.evaluate(_window(200, 3, 100, 24), base) == []  # noise
+    (s,) = d.evaluate(_window(200, 2, 100, 45), base)
+    assert s.signal == "thumbs_down_rate" and s.before == "20.0%" and s.after == "45.0%"
+    assert [s.signal for s in d.evaluate(_window(200, 60, 100, 20), base)] == ["error_rate"]
+    assert [s.signal for s in d.evaluate(_window(200, 2, 100, 20, latency=5000), base)] == ["latency_p95_ms"]
+    assert [s.signal for s in d.evaluate(_window(10, 0, 100, 20), base, current_complete=True)] == ["volume"]
+    assert d.evaluate(_window(10, 5, 10, 9), base) == []  # too few events to judge
+    assert d.evaluate(_window(200, 2, 100, 45), []) == []  # no baseline yet
+
+
+def test_helpers() -> None:
+    assert is_error({"output": ""}) and is_error({"output": "x", "metadata": '{"error": "timeout"}'})
+    assert is_error({"output": "x", "status": "error"}) and not is_error({"output": "x", "metadata": "{}"})
+    w = empty()
+    for ms in [100.0] * 95 + [3000.0] * 5:
+        w[HIST + latency_bucket(ms)] += 1
+    assert 100 <= p95(w) < 125
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_thumbs_down_jump_alerts_slack_within_a_window(kafka_settings: Settings, tmp_path: Path) -> None:
+    """20% thumbs-down, then 45%: the live signal reaches Slack within one window of the change (windows of 6 s
+    here instead of the default 60 s, so the test takes seconds, not minutes)."""
+    settings = kafka_settings
+    ensure_topics(settings)
+    sig = SignalSettings(group=f"sig-{uuid.uuid4().hex[:8]}", window_s=6, baseline_windows=2, check_interval_s=0.5,
+                         min_events=20, min_thumbs=20)
+    with RecordingWebhook() as hook:
+        alerts = AlertSettings(slack_webhook_url=hook.url, backoff_s=0.1)
+        outbox = Outbox(tmp_path / "outbox.sqlite", cooldown_s=600)
+        app = make_app(settings, sig, alerts, outbox, broker_session_timeout=6, broker_rebalance_timeout=6,
+                       broker_heartbeat_interval=1)
+        state = {"down": 0.2, "stop": False, "switched_at": None, "sent": 0}
+
+        def produce() -> None:
+            p = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+            n = 0
+            rng_state = 0
+            while not state["stop"]:
+                for _ in range(10):
+                    n += 1
+                    iid = f"i{n}"
+                    now = datetime.now(timezone.utc).isoformat()
+                    inf = {"inference_id": iid, "timestamp": now, "app": "support-bot", "model": "m",
+                           "model_version": "v2", "input": "hi", "output": "hello", "latency_ms": 400}
+                    p.produce(settings.inference_topic, json.dumps(inf).encode(), key=iid.encode())
+                    rng_state = (rng_state * 1103515245 + 12345) % 2**31
+                    down = (rng_state / 2**31) < state["down"]
+                    fb = {"feedback_id": f"f{n}", "inference_id": iid, "timestamp": now, "kind": "thumbs",
+                          "value": -1 if down else 1}
+                    p.produce(settings.feedback_topic, json.dumps(fb).encode(), key=iid.encode())
+                p.poll(0)
+                state["sent"] = n
+                time.sleep(0.1)  # about 100 inferences and 100 thumbs per second
+            p.flush(10)
+
+        async def scenario() -> float:
+            await app.start()
+            try:
+                deadline = time.monotonic() + 60
+                while not app.consumer.assignment() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                assert app.consumer.assignment(), "the signals worker never joined its group"
+                producer = threading.Thread(target=produce, daemon=True)
+                producer.start()
+                await asyncio.sleep(sig.window_s * (sig.baseline_windows + 1.5))  # baseline at 20% down
+                assert hook.received == [], "alert during the steady baseline"
+                state["down"] = 0.45
+                switched = time.monotonic()
+                got = await asyncio.to_thread(hook.wait_for, lambda r: len(r) > 0, sig.window_s * 3)
+                latency = time.monotonic() - switched
+                state["stop"] = True
+                producer.join(10)
+                assert got, f"no alert within {sig.window_s * 3} s of the change ({state['sent']} inferences sent)"
+                return latency
+            finally:
+                await app.stop()
+
+        latency = asyncio.run(scenario())
+        assert latency <= sig.window_s + 2 * sig.check_interval_s + 2, latency
+        msg = json.dumps(hook.received[0], ensure_ascii=False)
+        assert "thumbs_down_rate" in msg and "app=support-bot,model_version=v2" in msg
+        assert len(hook.received) == 1  # the same alert is not repeated (cooldown)
+        print(f"live thumbs-down alert {latency:.1f} s after the change (window {sig.window_s} s)")
