@@ -2,7 +2,8 @@
 
 Starts the embedded broker (unless one answers), sends the bundled events (real public feedback data, see
 README.md here) plus one event from the SDK and a few hostile ones, lands them, and queries the views. Re-running
-it is safe: the views show every event once however often it was sent.
+it is safe: `inferences` and `feedback` show every event once however often it was sent (`quarantine` keeps one
+row per rejected message, so each run adds its hostile ones again).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ QUERIES = [
      "SELECT 'inferences' AS view, count(*) AS rows FROM inferences UNION ALL "
      "SELECT 'feedback', count(*) FROM feedback UNION ALL SELECT 'quarantine', count(*) FROM quarantine"),
     ("feedback per model (interactions)",
-     "SELECT model, count(*) AS inferences, sum(thumbs_up) AS up, sum(thumbs_down) AS down, "
-     "round(avg(rating_mean), 2) AS rating, sum(corrections) AS corrections, sum(flags) AS flags "
+     "SELECT model, count(*) AS inferences, sum(thumbs_up)::BIGINT AS up, sum(thumbs_down)::BIGINT AS down, "
+     "round(avg(rating_mean), 2) AS rating, sum(corrections)::BIGINT AS corrections, sum(flags)::BIGINT AS flags "
      "FROM interactions GROUP BY model ORDER BY inferences DESC LIMIT 8"),
     ("why events were quarantined", "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC"),
 ]
