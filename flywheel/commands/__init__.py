@@ -11,7 +11,7 @@ import click
 
 MODULES: list[str] = [
     "flywheel.commands.quality", "flywheel.commands.lake",
-    # "flywheel.commands.drift",
+    "flywheel.commands.drift", "flywheel.commands.alerts",
 ]
 
 

@@ -1,0 +1,64 @@
+"""The `drift` flow: batch drift detection, then delivery of its alerts, as a Prefect flow.
+
+A thin wrapper over `flywheel.warehouse.drift.run_drift` and `flywheel.infra.alerts.SlackSender` (which work
+without Prefect). Drift found is a result, not a failure: the flow succeeds and returns what drifted. Errors a
+retry can help with (`retryable`) are retried; alerts Slack did not take yet stay in the outbox for the next run
+(or `flywheel alerts send`), so a Slack outage never fails or loses a run.
+
+    from flywheel.flows.drift import drift_flow
+    drift_flow.serve(name="daily-drift", cron="15 0 * * *")   # or drift_flow(current="1d") once
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flywheel.config import Settings
+from flywheel.infra.alerts import AlertSettings, Outbox, SlackSender
+from flywheel.warehouse.drift import run_drift
+from flywheel.warehouse.drift_config import DriftSettings
+
+
+def _retry_if_retryable(_task: Any, _run: Any, state: Any) -> bool:
+    exc = state.result(raise_on_failure=False)
+    return bool(getattr(exc, "retryable", False))
+
+
+@task(retries=2, retry_delay_seconds=30, retry_condition_fn=_retry_if_retryable)
+def detect(current: str | None, reference: str | None, by: str | None, reports: bool) -> dict[str, Any]:
+    """One drift run (stored in `drift_runs`, alerts queued in the outbox)."""
+    settings = Settings.from_env()
+    alerts = AlertSettings.from_env()
+    run = run_drift(settings, DriftSettings.from_env(), current=current, reference=reference, by=by,
+                    reports=reports, outbox=Outbox.from_settings(settings.home, alerts))
+    return {"run_id": run.run_id, "window": run.window.label, "reference": run.reference,
+            "n_current": run.n_current, "n_reference": run.n_reference, "checks": len(run.effects),
+            "drifted": sorted({f"{e.segment}: {e.feature}" for e in run.drifted}), "alerts": run.alerts,
+            "reports": run.reports, "timings": run.timings}
+
+
+@task
+def deliver(wait_s: float) -> dict[str, int]:
+    """Post due alerts; what Slack does not take now waits in the outbox (never an error)."""
+    settings = Settings.from_env()
+    alerts = AlertSettings.from_env()
+    box = Outbox.from_settings(settings.home, alerts)
+    if not alerts.webhook:
+        return {"delivered": 0, "pending": box.pending(), "failed": 0}
+    sender = SlackSender(box, alerts)
+    rep = sender.drain(wait_s) if wait_s > 0 else sender.deliver()
+    return {"delivered": rep.delivered, "pending": box.pending(), "failed": rep.failed}
+
+
+@flow(name="drift")
+def drift_flow(current: str | None = None, reference: str | None = None, by: str | None = None,
+               reports: bool = True, deliver_wait_s: float = 30.0) -> dict[str, Any]:
+    """Detect drift for the current window (default: the last complete FLYWHEEL_DRIFT_WINDOW) against the
+    reference (default: FLYWHEEL_DRIFT_REFERENCE), then deliver alerts for up to `deliver_wait_s` seconds."""
+    result = detect(current, reference, by, reports)
+    result["delivery"] = deliver(deliver_wait_s)
+    get_run_logger().info("drift %s: %d checks, %d drifted, %d alerts, delivery %s", result["window"],
+                          result["checks"], len(result["drifted"]), len(result["alerts"]), result["delivery"])
+    return result

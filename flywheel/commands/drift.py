@@ -1,0 +1,180 @@
+"""`flywheel drift run|report` (batch drift detection) and `flywheel signals` (the live-signal worker)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flywheel.config import Settings
+from flywheel.streams.signals import SignalSettings
+from flywheel.warehouse.drift_config import DriftSettings, describe
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.ensure_object(dict).setdefault("settings", Settings.from_env())
+
+
+def _env_help() -> str:
+    return "\n".join(f"  {var:34s} {doc}" for var, doc in describe(DriftSettings, "FLYWHEEL_DRIFT_"))
+
+
+@click.group(help=f"""Detect data drift (what users send) and model drift (outputs, latency, feedback).
+
+Compares a current window with a reference per segment using effect sizes (not bare p-values), stores every
+check in the `drift_runs` table, writes Evidently reports and sends alerts to Slack through the outbox
+(`flywheel alerts`). Settings:
+
+\b
+{_env_help()}
+
+\b
+Example:
+  flywheel drift run --current 1d --reference 7d
+  flywheel drift report --open
+""")
+def drift() -> None:
+    pass
+
+
+@drift.command("run")
+@click.option("--current", metavar="WINDOW", default=None,
+              help="START/END (ISO) or a length such as 1h or 1d: the last complete window of that length. "
+                   "Default: FLYWHEEL_DRIFT_WINDOW.")
+@click.option("--reference", metavar="WINDOW|DATASET", default=None,
+              help="A length (the time just before --current), START/END, or a Parquet/Delta dataset path. "
+                   "Default: FLYWHEEL_DRIFT_REFERENCE.")
+@click.option("--by", metavar="COLUMNS", default=None,
+              help="Segment levels, cumulative (app,model,prompt_version = 3 levels). Default: FLYWHEEL_DRIFT_BY.")
+@click.option("--no-report", is_flag=True, help="Do not write Evidently HTML reports.")
+@click.option("--no-send", is_flag=True, help="Queue alerts in the outbox but do not post them now.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def drift_run(ctx: click.Context, current: str | None, reference: str | None, by: str | None, no_report: bool,
+              no_send: bool, fmt: str) -> None:
+    """Run drift detection once and store it in `drift_runs`.
+
+    Exit code 0 even when something drifted (that is a finding, not an error); alerts go to the outbox and, when
+    FLYWHEEL_SLACK_WEBHOOK_URL is set, to Slack.
+
+    \b
+    Example:
+      flywheel drift run --current 2026-11-27/2026-11-28 --reference 7d --by app,model
+      flywheel drift run --current 1h --reference golden_inputs.parquet --format json
+    """
+    from flywheel.infra.alerts import AlertSettings, Outbox, SlackSender
+    from flywheel.warehouse.drift import run_drift
+
+    s = _settings(ctx)
+    ds = DriftSettings.from_env()
+    alerts = AlertSettings.from_env()
+    outbox = Outbox.from_settings(s.home, alerts)
+    run = run_drift(s, ds, current=current, reference=reference, by=by, reports=not no_report, outbox=outbox)
+    delivered = None
+    if not no_send and alerts.webhook and run.alerts:
+        delivered = SlackSender(outbox, alerts).deliver()
+    if fmt == "json":
+        click.echo(json.dumps(_summary(run, delivered), default=str))
+        return
+    click.echo(f"drift run {run.run_id}: current {run.window.label} ({run.n_current} inferences) vs reference "
+               f"{run.reference} ({run.n_reference})")
+    segs = {(e.level, e.segment) for e in run.effects}
+    click.echo(f"checked {len(run.effects)} feature x segment pairs in {len(segs)} segments; "
+               f"{len(run.drifted)} drifted, {len(run.alerts)} alerts")
+    for e in sorted(run.drifted, key=lambda e: -e.score / e.threshold)[:15]:
+        click.echo(f"  {e.segment:50s} {e.feature:24s} {e.before} -> {e.after}  {e.method} {e.score:.3g} "
+                   f"(threshold {e.threshold:g}, p={e.p_value:.1e})")
+    for seg, path in run.reports.items():
+        click.echo(f"report {seg}: {path}")
+    if run.alerts:
+        where = ("sent to Slack" if delivered and delivered.delivered == len(run.alerts) else
+                 "queued in the outbox (`flywheel alerts list`)")
+        click.echo(f"{len(run.alerts)} alerts {where}")
+
+
+def _summary(run: Any, delivered: Any) -> dict[str, Any]:
+    return {"run_id": run.run_id, "window": run.window.label, "reference": run.reference,
+            "n_current": run.n_current, "n_reference": run.n_reference, "checks": len(run.effects),
+            "drifted": [{"segment": e.segment, "feature": e.feature, "method": e.method, "score": e.score,
+                         "threshold": e.threshold, "p_value": e.p_value, "before": e.before, "after": e.after}
+                        for e in run.drifted],
+            "alerts": run.alerts, "reports": run.reports, "timings": run.timings,
+            "delivered": delivered.delivered if delivered else 0}
+
+
+@drift.command("report")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the page. Default: $FLYWHEEL_HOME/drift_reports/index.html.")
+@click.option("--last", type=int, default=30, show_default=True, help="Windows shown per segment.")
+@click.option("--open", "open_", is_flag=True, help="Open the page in a browser.")
+@click.pass_context
+def drift_report(ctx: click.Context, output: Path | None, last: int, open_: bool) -> None:
+    """Write (and optionally open) the HTML overview: drift scores over time per segment, with links to the
+    Evidently reports.
+
+    \b
+    Example:
+      flywheel drift report --open
+      flywheel drift report --output /srv/www/drift.html --last 90
+    """
+    from flywheel.warehouse.drift_report import write_overview
+
+    s = _settings(ctx)
+    path = output or DriftSettings.from_env().reports_path(s.home) / "index.html"
+    write_overview(s, path, last)
+    click.echo(str(path))
+    if open_:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+
+
+@click.command("signals", help="""Run the live-signal worker: volume, error rate, latency p95 and thumbs-down rate
+per app and model version in tumbling windows, alerting within about a window of a sharp change.
+
+It is its own consumer group (FLYWHEEL_SIGNALS_GROUP), so it never takes partitions from `flywheel ingest`.
+Stop with Ctrl-C. Settings:
+
+\b
+""" + "\n".join(f"  {v:38s} {d}" for v, d in describe(SignalSettings, "FLYWHEEL_SIGNALS_")) + """
+
+\b
+Example:
+  FLYWHEEL_SLACK_WEBHOOK_URL=https://hooks.slack.com/services/... flywheel signals
+""")
+@click.pass_context
+def signals(ctx: click.Context) -> None:
+    import asyncio
+
+    from flywheel.errors import BrokerUnavailable
+    from flywheel.streams.signals import make_app
+    from flywheel.streams.topics import ensure_topics
+
+    s = _settings(ctx)
+    sig = SignalSettings.from_env()
+    ensure_topics(s)
+    app = make_app(s, sig)
+    click.echo(f"live signals on {s.inference_topic}, {s.feedback_topic} (group {sig.group}, windows of "
+               f"{sig.window_s:g} s); Ctrl-C to stop", err=True)
+
+    async def main() -> None:
+        await app.start()
+        try:
+            while not app.should_stop:
+                await asyncio.sleep(1)
+        finally:
+            await app.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise BrokerUnavailable(f"live signals could not reach Kafka at {s.kafka_bootstrap}: {exc}") from None
+    sys.exit(0)
+
+
+COMMANDS = [drift, signals]

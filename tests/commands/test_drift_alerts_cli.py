@@ -1,0 +1,73 @@
+"""`flywheel drift run|report` and `flywheel alerts list|send|resend` through the CLI, on real data."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from flywheel.cli import main
+from flywheel.config import Settings
+from flywheel.infra import scenarios as S
+from flywheel.infra.webhook_testing import RecordingWebhook
+
+H = timedelta(hours=1)
+
+
+def _win(a: int, b: int) -> str:
+    return f"{(S.T0 + a * H).isoformat()}/{(S.T0 + b * H).isoformat()}"
+
+
+def test_drift_run_report_and_alerts(shared_data: Path, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    S.land(settings, S.model_change(shared_data, windows_each=3))
+    env = {"FLYWHEEL_HOME": str(settings.home), "FLYWHEEL_DRIFT_REPORTS": "none", "FLYWHEEL_SLACK_WEBHOOK_URL": ""}
+    runner = CliRunner()
+    for w in (2, 3):
+        res = runner.invoke(main, ["drift", "run", "--current", _win(w, w + 1), "--reference", _win(0, 2),
+                                   "--by", "app,model", "--format", "json"], env=env)
+        assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["n_current"] > 0 and {"segment": "app=assistant,model=oasst-llama-30b", "feature": "output_chars"} \
+        .items() <= next(d for d in out["drifted"] if d["feature"] == "output_chars"
+                         and d["segment"].endswith("oasst-llama-30b")).items()
+    assert out["alerts"] and out["delivered"] == 0  # no webhook configured: queued
+
+    res = runner.invoke(main, ["alerts", "list"], env=env)
+    assert res.exit_code == 0 and "pending" in res.output and "model-drift" in res.output
+
+    with RecordingWebhook() as hook:
+        env_hook = {**env, "FLYWHEEL_SLACK_WEBHOOK_URL": hook.url}
+        res = runner.invoke(main, ["alerts", "send", "--wait", "5"], env=env_hook)
+        assert res.exit_code == 0 and res.output.startswith("delivered "), res.output
+        assert len(hook.received) == int(res.output.split()[1].rstrip(",")) >= 1
+        assert "SECRETTOKEN" not in res.output
+        before = len(hook.received)
+        res = runner.invoke(main, ["alerts", "resend", "1"], env=env_hook)  # a person asks for it again
+        assert res.exit_code == 0 and "queued 1 alerts again" in res.output and "delivered 1," in res.output
+        assert len(hook.received) == before + 1
+
+    res = runner.invoke(main, ["alerts", "list", "--format", "json", "--status", "delivered"], env=env)
+    rows = [json.loads(line) for line in res.output.splitlines()]
+    assert rows and all(r["status"] == "delivered" for r in rows)
+
+    page = tmp_path / "overview.html"
+    res = runner.invoke(main, ["drift", "report", "--output", str(page)], env=env)
+    assert res.exit_code == 0 and page.exists()
+    html = page.read_text()
+    assert "app=assistant,model=oasst-llama-30b" in html and "output_chars" in html and "<svg" in html
+
+
+def test_bad_window_is_a_clear_error(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["drift", "run", "--current", "yesterday-ish"],
+                             env={"FLYWHEEL_HOME": str(tmp_path)})
+    assert res.exit_code == 1
+    assert "Error: 'yesterday-ish' is not a duration like 30m, 6h, 1d or 2w" in res.output
+
+
+def test_alerts_send_without_webhook_says_what_to_set(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["alerts", "send"], env={"FLYWHEEL_HOME": str(tmp_path),
+                                                             "FLYWHEEL_SLACK_WEBHOOK_URL": ""})
+    assert res.exit_code == 1 and "FLYWHEEL_SLACK_WEBHOOK_URL is not set" in res.output
