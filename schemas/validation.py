@@ -369,6 +369,8 @@ class BatchValidator:
         self.max_bytes = max_bytes
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
+        # A batch needs a few times its own size; cap DuckDB so a worker's memory stays bounded and predictable.
+        self.con.execute("SET memory_limit = '1GB'")
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         self._fast = batch_sql(et, guarded=False)
@@ -405,6 +407,9 @@ class BatchValidator:
                 out = self.con.sql(self._guarded).to_arrow_table()
         finally:
             self.con.unregister("batch")
+        # DuckDB keeps a plain projection in scan order (preserve_insertion_order); make sure rather than assume.
+        if not pc.all(pc.equal(out["_row"], pa.array(range(out.num_rows), pa.int64()))).as_py():
+            out = out.sort_by("_row")
         reasons = out.column("reasons").to_pylist()
         merged = [p if p is not None else ("; ".join(r) if r else None) for p, r in zip(pre, reasons)]
         return out.drop_columns(["_row", "reasons"]), merged
