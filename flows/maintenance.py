@@ -15,16 +15,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flywheel.config import Settings
+from flywheel.flows.retry import retry_if_retryable
 from flywheel.warehouse import maintenance as m
 from flywheel.warehouse.configuration import MaintenanceSettings
 
 
-def _retry_if_retryable(_task: Any, _run: Any, state: Any) -> bool:
-    exc = state.result(raise_on_failure=False)
-    return bool(getattr(exc, "retryable", False))
-
-
-@task(retries=3, retry_delay_seconds=10, retry_condition_fn=_retry_if_retryable)
+@task(retries=3, retry_delay_seconds=10, retry_condition_fn=retry_if_retryable)
 def maintain_table(table: str, vacuum: bool = True) -> dict[str, Any]:
     """Compact `table`, then (with `vacuum`) apply its retention and vacuum it; returns before/after stats."""
     settings, ms = Settings.from_env(), MaintenanceSettings.from_env()

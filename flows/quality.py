@@ -16,17 +16,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flywheel.config import Settings
+from flywheel.flows.retry import retry_if_retryable
 from flywheel.warehouse.configuration import QualitySettings
 from flywheel.warehouse.quality import QualityGateFailed, QualityRun, run_quality
 from flywheel.warehouse.report import summary
 
 
-def _retry_if_retryable(_task: Any, _run: Any, state: Any) -> bool:
-    exc = state.result(raise_on_failure=False)
-    return bool(getattr(exc, "retryable", False))
-
-
-@task(retries=2, retry_delay_seconds=30, retry_condition_fn=_retry_if_retryable)
+@task(retries=2, retry_delay_seconds=30, retry_condition_fn=retry_if_retryable)
 def run_gates(since: datetime | None, until: datetime | None, tables: list[str] | None) -> QualityRun:
     """Validate and store one run; retried only on errors marked retryable (a failed gate is not an error here)."""
     return run_quality(Settings.from_env(), QualitySettings.from_env(), since=since, until=until, tables=tables)

@@ -79,10 +79,14 @@ class QualityGateFailed(QualityError):
 
     def __init__(self, run: "QualityRun") -> None:
         self.run = run
-        parts = [f"{s.table} ({', '.join(r.spec.type.removeprefix('expect_') + '(' + r.spec.column + ')' for r in s.failed())})"
+        parts = [f"{s.table} ({', '.join(_short_name(r.spec) for r in s.failed())})"
                  for s in run.suites if not s.gate_success]
         super().__init__(f"quality gate failed for {'; '.join(parts)}; the windows are marked suspect"
                          + (f", report: {run.report}" if run.report else ""))
+
+
+def _short_name(spec: ExpectationSpec) -> str:
+    return f"{spec.type.removeprefix('expect_')}({spec.column})"
 
 
 @dataclass(frozen=True)

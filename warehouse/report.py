@@ -46,8 +46,8 @@ def summary(run: "QualityRun", verbose: bool = False) -> str:
             if r.success and not verbose:
                 continue
             mark = "ok  " if r.success else "FAIL"
-            sample = f" e.g. {json.dumps(r.sample[:5], default=str, ensure_ascii=False)}" if r.sample and not r.success \
-                else ""
+            failed_sample = r.sample[:5] if r.sample and not r.success else None
+            sample = f" e.g. {json.dumps(failed_sample, default=str, ensure_ascii=False)}" if failed_sample else ""
             lines.append(f"  {mark} {r.spec.severity:8s} {r.spec.type}({r.spec.column}): {observed(r)}{sample}")
     if run.report:
         lines.append(f"report: {run.report}")

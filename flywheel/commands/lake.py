@@ -11,6 +11,7 @@ from flywheel.warehouse.configuration import MaintenanceSettings, describe
 
 
 def _settings(ctx: click.Context) -> Settings:
+    # Not flywheel.cli's twin: importing flywheel.cli from here would be circular (cli registers this module).
     return ctx.ensure_object(dict).setdefault("settings", Settings.from_env())
 
 
@@ -24,7 +25,10 @@ def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:,.1f} MB"
 
 
-@click.group(epilog="\b\nSettings:\n" + "\n".join(f"  {v:38s} {d}" for v, _, d in describe(MaintenanceSettings)))
+_SETTINGS_HELP = "\n".join(f"  {var:38s} {doc}" for var, _default, doc in describe(MaintenanceSettings))
+
+
+@click.group(epilog="\b\nSettings:\n" + _SETTINGS_HELP)
 def lake() -> None:
     """Maintain the lake: stats, compaction, retention and vacuum. Safe while ingest runs and queries read.
 

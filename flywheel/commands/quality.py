@@ -16,6 +16,11 @@ _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
+def _settings(ctx: click.Context) -> Settings:
+    # Not flywheel.cli's twin: importing flywheel.cli from here would be circular (cli registers this module).
+    return ctx.ensure_object(dict).setdefault("settings", Settings.from_env())
+
+
 def parse_time(value: str | None, option: str) -> datetime | None:
     """An ISO 8601 time (UTC unless it says otherwise), `now`, or a duration ago: `90m`, `24h`, `7d`."""
     if value is None:
@@ -79,7 +84,7 @@ def run_cmd(ctx: click.Context, since: str | None, until: str | None, tables: tu
     from flywheel.warehouse import quality as q
     from flywheel.warehouse.report import summary
 
-    settings: Settings = ctx.ensure_object(dict).setdefault("settings", Settings.from_env())
+    settings = _settings(ctx)
     q.set_gx_verbose(gx_logs)
     run = q.run_quality(settings, QualitySettings.from_env(), since=parse_time(since, "--since"),
                         until=parse_time(until, "--until"), tables=list(tables) or None, report=not no_report)
@@ -104,7 +109,7 @@ def suspects_cmd(ctx: click.Context, table: str | None, fmt: str) -> None:
     """
     from flywheel.warehouse.quality import suspect_windows
 
-    settings: Settings = ctx.ensure_object(dict).setdefault("settings", Settings.from_env())
+    settings = _settings(ctx)
     windows = suspect_windows(settings, table)
     if fmt == "json":
         for w in windows:

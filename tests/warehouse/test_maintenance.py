@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 
 import pyarrow.parquet as pq
 import pytest
@@ -37,7 +37,8 @@ def _land_in_small_commits(settings: Settings, n_commits: int = 30, per_commit: 
     rows = to_rows(generate(load_corpus(), n_commits * per_commit, seed=3, feedback_rate=0), ingested_at=LANDED)
     inf = rows["inferences"]
     for k in range(n_commits):
-        lake.commit("inferences", inf.slice(k * per_commit, per_commit), {("synthetic.inference", 0): (k + 1) * per_commit})
+        next_offset = {("synthetic.inference", 0): (k + 1) * per_commit}
+        lake.commit("inferences", inf.slice(k * per_commit, per_commit), next_offset)
     return lake
 
 
