@@ -315,6 +315,7 @@ def _gx_datasource() -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ctx = gx.get_context(mode="ephemeral")
+        ctx.enable_analytics(False)  # offline by design; nothing may phone home
         _set_progress_bars(ctx, _GX_VERBOSE)
         _DATASOURCE = ctx.data_sources.add_pandas("flywheel")
     return _DATASOURCE
