@@ -174,6 +174,10 @@ def run_quality(settings: Settings, qsettings: QualitySettings | None = None, *,
     unknown = [t for t in chosen if t not in suites]
     if unknown:
         raise QualityError(f"no expectation suite for {', '.join(unknown)}; suites exist for {', '.join(suites)}")
+    not_landed = [t for t in chosen if t not in SCHEMAS]
+    if not_landed:  # windows are by landing time (`_ingested_at`), which only the landed tables have
+        raise QualityError(f"quality gates apply to the landed tables ({', '.join(SCHEMAS)}), not to "
+                           f"{', '.join(not_landed)}")
     until = _utc(until) if until else datetime.now(timezone.utc)
     run_at = datetime.now(timezone.utc)
     run_id = run_at.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
@@ -226,8 +230,7 @@ def window_sql(suite: Suite, table_columns: list[str]) -> str:
 
 def load_window(con: duckdb.DuckDBPyConnection, suite: Suite, since: datetime, until: datetime) -> pa.Table:
     """The window's rows with the suite's derived columns, as Arrow (see `window_sql`)."""
-    sql = window_sql(suite, SCHEMAS[suite.table].names if suite.table in SCHEMAS else
-                     con.sql(f"SELECT * FROM lake_{suite.table} LIMIT 0").columns)
+    sql = window_sql(suite, SCHEMAS[suite.table].names)
     try:
         return con.sql(sql, params={"since": since, "until": until}).to_arrow_table()
     except duckdb.Error as exc:
@@ -242,8 +245,7 @@ def validate(suite: Suite, rows: pa.Table, sample_size: int = 20) -> list[Expect
     frame = rows.to_pandas()
     expectations = []
     for i, spec in enumerate(suite.expectations):
-        kwargs = dict(spec.kwargs)
-        expectations.append(gx_class(spec.type)(**kwargs, severity=spec.severity, notes=spec.notes or None,
+        expectations.append(gx_class(spec.type)(**spec.kwargs, severity=spec.severity, notes=spec.notes or None,
                                                 meta={"flywheel_index": i}))
     gx_suite = gx.ExpectationSuite(name=f"{suite.table}-{uuid.uuid4().hex[:8]}", expectations=expectations)
     asset_name = f"{suite.table}-{uuid.uuid4().hex[:8]}"

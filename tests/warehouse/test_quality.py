@@ -221,3 +221,8 @@ def test_an_empty_window_passes_and_unknown_tables_are_refused(settings: Setting
     assert run.success and [s.rows for s in run.suites] == [0, 0]
     with pytest.raises(QualityError, match="no expectation suite for quarantine"):
         run_quality(settings, QualitySettings(), tables=["quarantine"], report=False)
+    (settings.home / "suites").mkdir()
+    (settings.home / "suites" / "runs.yaml").write_text(
+        "table: quality_runs\nexpectations:\n  - {type: expect_column_values_to_not_be_null, column: run_id}\n")
+    with pytest.raises(QualityError, match="apply to the landed tables"):
+        run_quality(settings, QualitySettings(suites_dir=str(settings.home / "suites")), tables=["quality_runs"])
