@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -179,7 +180,8 @@ def vacuum(settings: Settings, name: str, msettings: MaintenanceSettings | None 
     with _maintenance_lock(settings, name):
         dt = _table(settings, name)
         try:
-            deleted = dt.vacuum(retention_hours=int(msettings.vacuum_retention_hours), dry_run=dry_run,
+            # delta-rs takes whole hours: round up, never down (0.5 h must not become 0 and delete what readers use)
+            deleted = dt.vacuum(retention_hours=math.ceil(msettings.vacuum_retention_hours), dry_run=dry_run,
                                 enforce_retention_duration=False)
             if not dry_run:
                 dt.create_checkpoint()
