@@ -184,13 +184,12 @@ class IngestWorker:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps: list[TP] = [(p.topic, p.partition) for p in partitions]
-        for p in partitions:
-            table = self._routes[p.topic].table
-            tp = (p.topic, p.partition)
-            marks = [self.lake.watermarks(t, [tp], self._topic_ids)[tp] for t in (table, "quarantine")]
-            known = [m for m in marks if m is not None]
-            # Resume where the furthest-behind table stands; rows the other table already has are dropped at commit.
-            p.offset = min(known) if len(known) == len(marks) else OFFSET_BEGINNING
+        marks = {table: self.lake.watermarks(table, tps, self._topic_ids) for table in SCHEMAS}
+        for p, tp in zip(partitions, tps):
+            # Resume where the furthest-behind table this partition feeds stands; rows the other table already
+            # has are dropped at commit. A table that never landed this partition means: from the beginning.
+            feeds = [marks[self._routes[p.topic].table][tp], marks["quarantine"][tp]]
+            p.offset = OFFSET_BEGINNING if None in feeds else min(m for m in feeds if m is not None)
         log.info("assigned %s, resuming at %s", tps, [p.offset for p in partitions])
         self._assigned = True
         consumer.assign(partitions)
@@ -205,7 +204,8 @@ class IngestWorker:
     # ------------------------------------------------------------------------------------------------ landing
 
     def flush(self, force_watermarks: bool = False) -> None:
-        msgs, self._buffer, self._buffer_bytes, self._oldest = self._buffer, [], 0, None
+        msgs, nbytes = self._buffer, self._buffer_bytes
+        self._buffer, self._buffer_bytes, self._oldest = [], 0, None
         now_wall = datetime.now(timezone.utc)
         per_table: dict[str, list[pa.Table]] = {t: [] for t in SCHEMAS}
         offsets: dict[str, dict[TP, int]] = {t: {} for t in SCHEMAS}
@@ -249,7 +249,7 @@ class IngestWorker:
             self.stats.landed[table] += result.rows
         self._commit_kafka_offsets()
         self.stats.consumed += len(msgs)
-        self.stats.consumed_bytes += sum(len(m.value() or b"") for m in msgs)
+        self.stats.consumed_bytes += nbytes
         self.stats.flushes += 1
         if msgs and self.on_flush:
             self.on_flush(self.stats)

@@ -56,6 +56,7 @@ class Lake:
     def __init__(self, root: str | os.PathLike[str], codec: str = "LZ4_RAW") -> None:
         self.root = Path(root)
         self.codec = codec.upper()
+        self._tables: dict[str, DeltaTable] = {}
 
     def path(self, table: str) -> Path:
         if table not in SCHEMAS:
@@ -99,7 +100,7 @@ class Lake:
         dropped; a batch that brings nothing new and moves no watermark commits nothing.
         """
         with self._lock(name):
-            dt = self.table(name)
+            dt = self._latest(name)
             ids = topic_ids or {}
             current = {tp: dt.transaction_version(app_id(tp[0], tp[1], ids.get(tp[0]))) for tp in next_offsets}
             rows = _drop_landed(rows, current)
@@ -114,9 +115,19 @@ class Lake:
                     commit_properties=CommitProperties(app_transactions=txns),
                 )
             except Exception as exc:  # delta-rs raises several unrelated types; all mean the same to the caller
+                self._tables.pop(name, None)  # reload from the log next time rather than trust this state
                 raise LakeError(f"commit of {rows.num_rows} rows to lake table {name!r} at {self.path(name)} "
                                 f"failed: {exc}") from exc
             return CommitResult(name, rows.num_rows, dt.version())
+
+    def _latest(self, name: str) -> DeltaTable:
+        """The table at its latest version: loaded once, then brought up to date from the log's new entries."""
+        dt = self._tables.get(name)
+        if dt is None:
+            dt = self._tables[name] = self.table(name)
+        else:
+            dt.update_incremental()
+        return dt
 
     @contextmanager
     def _lock(self, name: str) -> Iterator[None]:
