@@ -226,3 +226,24 @@ def test_an_empty_window_passes_and_unknown_tables_are_refused(settings: Setting
         "table: quality_runs\nexpectations:\n  - {type: expect_column_values_to_not_be_null, column: run_id}\n")
     with pytest.raises(QualityError, match="apply to the landed tables"):
         run_quality(settings, QualitySettings(suites_dir=str(settings.home / "suites")), tables=["quality_runs"])
+
+
+def test_quality_settings_come_from_the_environment_and_are_checked() -> None:
+    from flywheel.errors import ConfigError
+
+    q = QualitySettings.from_env({"FLYWHEEL_QUALITY_FUTURE_SKEW_S": "60", "FLYWHEEL_QUALITY_HORIZON_DAYS": "2",
+                                  "FLYWHEEL_QUALITY_PII_MAX_SHARE": "0.01"})
+    params = q.params()
+    assert (params["min_ingest_lag_s"], params["horizon_s"], params["pii_mostly"]) == (-60.0, 172_800.0, 0.99)
+    assert "rating" in params["feedback_kinds"]  # the sets come from the event contract, not a copy
+    with pytest.raises(ConfigError, match="FLYWHEEL_QUALITY_PII_MAX_SHARE must lie in"):
+        QualitySettings.from_env({"FLYWHEEL_QUALITY_PII_MAX_SHARE": "5"})
+    with pytest.raises(ConfigError, match="FLYWHEEL_QUALITY_SAMPLE_SIZE='many' is not a valid int"):
+        QualitySettings.from_env({"FLYWHEEL_QUALITY_SAMPLE_SIZE": "many"})
+
+
+def test_pii_family_can_be_narrowed_to_some_kinds(tmp_path: Path) -> None:
+    (tmp_path / "notes.yaml").write_text("table: feedback\npii:\n  columns: [reason]\n  kinds: [email, secret]\n")
+    suite = load_suites(QualitySettings().params(), tmp_path)["feedback"]
+    assert {k: v for k, v in suite.pii_flags.items() if v[1] == "reason"} == {
+        "pii_email_in_reason": ("email", "reason"), "pii_secret_in_reason": ("secret", "reason")}
