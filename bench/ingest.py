@@ -1,11 +1,12 @@
 """Ingest throughput: the landing worker against a raw consumer baseline, measured in the same run.
 
-    python bench/ingest.py [--events 200000] [--partitions 3]
+    python bench/ingest.py [--events 200000] [--partitions 4] [--workers 1,2]
 
 1. builds N realistic events (inference and feedback, built from ../shared/data, or the bundled corpus);
 2. produces them to fresh topics on the embedded broker (or FLYWHEEL_KAFKA_BOOTSTRAP);
 3. baseline: a plain confluent-kafka consumer reads the same topics and discards (events/s, MB/s);
-4. the landing worker (`flywheel ingest`, in a subprocess) lands them: validated, in Delta, durable;
+4. the landing worker (`flywheel ingest`, in subprocesses: 1, then 2 in one group, ...) lands them: validated, in
+   Delta, durable, each configuration into a lake of its own;
 5. prints both rates, their ratio, the worker's peak RSS, and where the worker's time went.
 
 Rates are counted from the first message received to the last message consumed (baseline) or the last commit
@@ -39,8 +40,28 @@ from flywheel.config import Settings
 from flywheel.streams.ingest import IngestWorker
 st = IngestWorker(Settings.from_env()).run(until_idle=3)
 print(json.dumps({"consumed": st.consumed, "bytes": st.consumed_bytes, "landed": st.landed,
-                  "seconds": st.last_commit_at - st.first_event_at, "stages": st.seconds}))
+                  "first": st.first_event_at, "last": st.last_commit_at, "stages": st.seconds}))
 """
+
+
+def run_workers(s: Settings, n: int) -> dict:
+    """Land the topics with `n` worker processes in one group; wall time from the first event any of them got to
+    the last commit any of them made (CLOCK_MONOTONIC is shared by the processes of one machine)."""
+    env = {**os.environ, "FLYWHEEL_HOME": str(s.home), "FLYWHEEL_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+           "FLYWHEEL_BROKER_PORT": str(s.broker_port), "FLYWHEEL_TOPIC_PREFIX": s.topic_prefix,
+           "FLYWHEEL_INGEST_GROUP": s.ingest_group}
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    results = []
+    for p in procs:
+        out, _ = p.communicate()
+        assert p.returncode == 0
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    active = [r for r in results if r["first"] is not None]
+    stages = {k: sum(r["stages"][k] for r in results) for k in results[0]["stages"]}
+    return {"consumed": sum(r["consumed"] for r in results), "bytes": sum(r["bytes"] for r in results),
+            "landed": {k: sum(r["landed"][k] for r in results) for k in results[0]["landed"]},
+            "seconds": max(r["last"] for r in active) - min(r["first"] for r in active), "stages": stages}
 
 
 def produce(s: Settings, payloads: list[tuple[str, bytes]]) -> float:
@@ -80,7 +101,9 @@ def raw_consume(s: Settings, n: int) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000)
-    ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--workers", default="1", help="worker-process counts to measure, comma-separated (on 2 "
+                    "cores, 2 processes measured slower than 1)")
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
@@ -109,22 +132,22 @@ def main() -> None:
         t_raw, raw_bytes = raw_consume(s, len(payloads))
         raw_rate = len(payloads) / t_raw
 
-        env = {**os.environ, "FLYWHEEL_HOME": str(s.home), "FLYWHEEL_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-               "FLYWHEEL_BROKER_PORT": str(s.broker_port), "FLYWHEEL_TOPIC_PREFIX": s.topic_prefix,
-               "FLYWHEEL_INGEST_GROUP": s.ingest_group}
-        out = subprocess.run([sys.executable, "-c", WORKER], env=env, capture_output=True, text=True, check=True)
-        res = json.loads(out.stdout.strip().splitlines()[-1])
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        assert res["consumed"] == len(payloads), res
-        lane_rate = res["consumed"] / res["seconds"]
-
-        print(f"\n{'':24s}{'events/s':>12s}{'MB/s':>9s}")
-        print(f"{'raw consumer (baseline)':24s}{raw_rate:12,.0f}{raw_bytes / t_raw / 1e6:9.1f}")
-        print(f"{'landing worker':24s}{lane_rate:12,.0f}{res['bytes'] / res['seconds'] / 1e6:9.1f}")
-        print(f"ratio lane/raw: {lane_rate / raw_rate:.2f}   (goal >= 0.25 and >= 100,000 events/s)")
-        print(f"landed {res['landed']}; worker peak RSS {peak_rss_mb:,.0f} MB")
-        busy = sum(res["stages"].values())
-        print("worker time by stage: " + ", ".join(f"{k} {v:.2f}s ({v / busy:.0%})" for k, v in res["stages"].items()))
+        print(f"\n{'':30s}{'events/s':>12s}{'MB/s':>9s}{'vs raw':>8s}{'peak RSS':>10s}")
+        print(f"{'raw consumer (baseline)':30s}{raw_rate:12,.0f}{raw_bytes / t_raw / 1e6:9.1f}{1:8.2f}")
+        for n in [int(x) for x in args.workers.split(",")]:
+            sn = s.replace(home=home / f"workers-{n}", ingest_group=f"{s.ingest_group}-{n}")
+            res = run_workers(sn, n)
+            peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            assert res["consumed"] == len(payloads), res
+            rate = res["consumed"] / res["seconds"]
+            label = f"landing, {n} worker process{'es' if n > 1 else ''}"
+            print(f"{label:30s}{rate:12,.0f}{res['bytes'] / res['seconds'] / 1e6:9.1f}{rate / raw_rate:8.2f}"
+                  f"{peak_rss_mb:8,.0f}MB")
+            busy = sum(v for k, v in res["stages"].items() if k != "idle")
+            print("    busy time by stage: " + ", ".join(f"{k} {v:.1f}s ({v / busy:.0%})" for k, v in
+                                                      res["stages"].items() if k != "idle")
+                  + f"; landed {res['landed']}")
+        print("goal: a lane at >= 0.25 of the raw rate and >= 100,000 events/s; peak RSS is the largest worker's")
     finally:
         if started:
             broker.stop(s)

@@ -60,8 +60,8 @@ class IngestStats:
     last_commit_at: float | None = None
     """Monotonic time the last batch became durable."""
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("consume", "validate", "arrange", "dead_letter", "commit"), 0.0))
-    """Where the time went, per stage of the loop."""
+        ("consume", "idle", "validate", "arrange", "dead_letter", "commit"), 0.0))
+    """Where the time went, per stage of the loop (`idle`: polls that returned nothing)."""
 
     @property
     def quarantined(self) -> int:
@@ -137,7 +137,7 @@ class IngestWorker:
                 t0 = time.monotonic()
                 msgs = consumer.consume(num_messages=10_000, timeout=0.1)
                 now = time.monotonic()
-                self.stats.seconds["consume"] += now - t0
+                self.stats.seconds["consume" if msgs else "idle"] += now - t0
                 if msgs and self.stats.first_event_at is None:
                     self.stats.first_event_at = now
                 for m in msgs:
