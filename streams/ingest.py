@@ -147,11 +147,11 @@ class IngestWorker:
                         self._buffer_bytes += len(m.value() or b"")
                     elif err.code() != KafkaError._PARTITION_EOF:
                         log.warning("kafka error on %s[%s]: %s", m.topic(), m.partition(), err)
+                if msgs and self._oldest is None:
+                    self._oldest = now
                 if msgs or (last_event is None and self._assigned):
                     # Idle time counts from the first assignment: joining the group can take seconds.
                     last_event = now
-                    if self._oldest is None:
-                        self._oldest = now
                 if self._due(now):
                     self.flush()
                 elif self._buffer == [] and self._watermarks_due(now):
