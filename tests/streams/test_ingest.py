@@ -88,7 +88,9 @@ def test_sdk_events_land_and_a_restart_lands_only_what_is_new(kafka_settings: Se
 
 
 def test_an_event_is_queryable_within_five_seconds(kafka_settings: Settings) -> None:
-    s = kafka_settings
+    defaults = Settings()
+    s = kafka_settings.replace(flush_interval_s=defaults.flush_interval_s, flush_max_events=defaults.flush_max_events,
+                               flush_max_bytes=defaults.flush_max_bytes)
     worker = IngestWorker(s)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
