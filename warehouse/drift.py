@@ -52,7 +52,16 @@ MODEL_FEATURES = ("output_chars", "output_tokens", "output_words", "output_sente
 FEEDBACK_FEATURES = ("thumbs_up_rate", "rating", "correction_rate", "flag_rate", "regenerate_abandon_rate")
 FEATURES = DATA_FEATURES + MODEL_FEATURES + FEEDBACK_FEATURES
 CATEGORICAL = ("input_script", "output_script")
+REPORT_COLUMNS = 8
+"""Features shown in an Evidently report: the segment's drifted ones, most drifted first."""
 assert set(FEATURES) == set(DEFAULT_METHODS)
+
+LOCAL_FACTOR = 1.5
+"""A sub-segment alerts on features its parent already alerts on only with an effect this many times larger."""
+
+DESCRIPTORS_TABLE = "descriptors"
+DESCRIPTOR_VERSION = 1
+"""Bump when a descriptor's definition changes: cached rows of other versions are then computed again."""
 
 RUNS_TABLE = "drift_runs"
 RUNS_SCHEMA = pa.schema([
@@ -162,7 +171,9 @@ _LINEAGE = ("_ingested_at", "_topic", "_partition", "_offset")
 
 _FEEDBACK_SQL = """
 WITH fb AS (
-  SELECT * FROM lake_feedback WHERE event_date >= $d0
+  SELECT feedback_id, inference_id, kind, value, scale_min, scale_max, signal, _ingested_at, _topic, _partition,
+    _offset
+  FROM lake_feedback WHERE event_date >= $d0
   QUALIFY row_number() OVER (PARTITION BY feedback_id ORDER BY _ingested_at, _topic, _partition, _offset) = 1
 ), agg AS (
   SELECT inference_id,
@@ -173,18 +184,22 @@ WITH fb AS (
     count(*) FILTER (WHERE kind = 'flag') AS flags,
     count(*) FILTER (WHERE kind = 'implicit') AS implicits,
     count(*) FILTER (WHERE kind = 'implicit' AND signal IN ('regenerate', 'abandon')) AS regen
-  FROM fb GROUP BY inference_id
-), d AS (
-  SELECT * FROM described
-  QUALIFY row_number() OVER (PARTITION BY inference_id ORDER BY _ingested_at, _topic, _partition, _offset) = 1
+  FROM fb WHERE inference_id IN (SELECT inference_id FROM _ids) GROUP BY inference_id
 )
-SELECT d.* EXCLUDE (_ingested_at, _topic, _partition, _offset),
+SELECT _rn,
   CASE WHEN agg.thumbs > 0 THEN agg.ups::DOUBLE / agg.thumbs END AS thumbs_up_rate,
   agg.rating AS rating,
   (coalesce(agg.corrections, 0) > 0)::DOUBLE AS correction_rate,
   (coalesce(agg.flags, 0) > 0)::DOUBLE AS flag_rate,
   CASE WHEN agg.implicits > 0 THEN (agg.regen > 0)::DOUBLE END AS regenerate_abandon_rate
-FROM d LEFT JOIN agg USING (inference_id)
+FROM _ids LEFT JOIN agg USING (inference_id)
+ORDER BY _rn
+"""
+
+_DEDUP_SQL = """
+SELECT _rn FROM _ids
+QUALIFY row_number() OVER (PARTITION BY inference_id ORDER BY _ingested_at, _topic, _partition, _offset) = 1
+ORDER BY _rn
 """
 
 
@@ -198,22 +213,67 @@ def _connect(settings: Settings, ds: DriftSettings) -> duckdb.DuckDBPyConnection
     return con
 
 
-def load_window(con: duckdb.DuckDBPyConnection, window: Window, ds: DriftSettings,
-                batch_rows: int = 20_000) -> pa.Table:
-    """Descriptors and feedback signals of the inferences stamped in `window` (one row per inference id)."""
+def load_window(con: duckdb.DuckDBPyConnection, window: Window, ds: DriftSettings, lake: Path | None = None,
+                batch_rows: int = 50_000) -> pa.Table:
+    """Descriptors and feedback signals of the inferences stamped in `window` (one row per inference id).
+
+    With `lake`, descriptors are cached in its `descriptors` table: each inference is described once in its life
+    (a window is usually the current window of one run and the reference of the next ones), and only inferences
+    not described yet are read with their text.
+    """
+    params = {"s": window.start, "e": window.end, "d0": window.start.date(),
+              "d1": (window.end - timedelta(microseconds=1)).date()}
+    cached = _cached(con, lake, params) if lake is not None else None
     cols = ", ".join(_INFERENCE_COLS + _LINEAGE)
-    reader = con.sql(
-        f"SELECT {cols} FROM lake_inferences WHERE timestamp >= $s AND timestamp < $e "
-        "AND event_date BETWEEN $d0 AND $d1",
-        params={"s": window.start, "e": window.end, "d0": window.start.date(),
-                "d1": (window.end - timedelta(microseconds=1)).date()},
-    ).to_arrow_reader(batch_rows)
+    sql = (f"SELECT {cols} FROM lake_inferences WHERE timestamp >= $s AND timestamp < $e "
+           "AND event_date BETWEEN $d0 AND $d1")
+    if cached is not None and cached.num_rows:
+        con.register("_cached_ids", cached.select(["inference_id"]))
+        sql += " AND inference_id NOT IN (SELECT inference_id FROM _cached_ids)"
+    reader = con.sql(sql, params=params).to_arrow_reader(batch_rows)
     described = describe_batches(reader, threads=ds.threads)
-    return _with_feedback(con, described, window.start.date())
+    if described is not None and lake is not None:
+        _cache(lake, described)
+    parts = [t for t in (cached, described) if t is not None and t.num_rows]
+    if not parts:
+        return _with_feedback(con, None, window.start.date())
+    both = parts[0] if len(parts) == 1 else pa.concat_tables(
+        [parts[0], parts[1].cast(parts[0].schema)] if len(parts) == 2 else parts)
+    return _with_feedback(con, both, window.start.date())
+
+
+def _cached(con: duckdb.DuckDBPyConnection, lake: Path, params: dict[str, Any]) -> pa.Table | None:
+    path = lake / DESCRIPTORS_TABLE
+    if not DeltaTable.is_deltatable(str(path)):
+        return None
+    files = DeltaTable(str(path)).file_uris()
+    if not files:
+        return None
+    t = con.sql("SELECT * EXCLUDE (event_date, descriptor_version) FROM read_parquet($f, hive_partitioning = true, "
+                "union_by_name = true) WHERE descriptor_version = $v AND timestamp >= $s AND timestamp < $e AND "
+                "event_date BETWEEN $d0 AND $d1", params={**params, "f": files, "v": DESCRIPTOR_VERSION}
+                ).to_arrow_table()
+    for c in CATEGORICAL:  # stored as strings; described batches carry them as dictionaries
+        t = t.set_column(t.column_names.index(c), c, pc.dictionary_encode(t[c]))
+    return t
+
+
+def _cache(lake: Path, described: pa.Table) -> None:
+    t = described
+    for c in CATEGORICAL:
+        t = t.set_column(t.column_names.index(c), c, pc.cast(t[c], pa.string()))
+    t = t.append_column("event_date", pc.cast(t["timestamp"], pa.date32()))
+    t = t.append_column("descriptor_version", pa.array(np.full(t.num_rows, DESCRIPTOR_VERSION, np.int32)))
+    try:
+        # Appends never conflict in Delta; two runs describing the same rows at once only duplicate cache rows,
+        # which the per-inference dedup of every read removes.
+        write_deltalake(str(lake / DESCRIPTORS_TABLE), t, mode="append", partition_by=["event_date"])
+    except Exception as exc:  # the cache only saves time: a run must not fail on it
+        log.warning("could not cache %d descriptors in %s: %s", t.num_rows, lake / DESCRIPTORS_TABLE, exc)
 
 
 def load_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset, ds: DriftSettings,
-                 batch_rows: int = 20_000) -> pa.Table:
+                 batch_rows: int = 50_000) -> pa.Table:
     """Descriptors of a reference dataset; feedback signals are taken from its columns when it has them."""
     import pyarrow.dataset as pds
 
@@ -250,13 +310,28 @@ def load_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset, ds: DriftSett
 
 
 def _with_feedback(con: duckdb.DuckDBPyConnection, described: pa.Table | None, since: date) -> pa.Table:
+    """One row per inference id (the first landed), with its feedback signals appended.
+
+    Only narrow columns (ids, lineage, row numbers) go through DuckDB: joining the descriptor table itself there
+    would materialize more copies of it."""
     if described is None:
         return pa.table({})
-    con.register("described", described)
+
+    def register(t: pa.Table, cols: list[str]) -> None:
+        con.register("_ids", t.select(cols).append_column("_rn", pa.array(np.arange(t.num_rows, dtype=np.int64))))
+
     try:
-        return con.sql(_FEEDBACK_SQL, params={"d0": since}).to_arrow_table()
+        if pc.count_distinct(described["inference_id"]).as_py() != described.num_rows:  # re-sent events landed twice
+            register(described, ["inference_id", *_LINEAGE])
+            described = described.take(con.sql(_DEDUP_SQL).to_arrow_table()["_rn"])
+        register(described, ["inference_id"])
+        fb = con.sql(_FEEDBACK_SQL, params={"d0": since}).to_arrow_table()
     finally:
-        con.unregister("described")
+        con.unregister("_ids")
+    out = described.drop_columns([c for c in _LINEAGE if c in described.column_names])
+    for c in FEEDBACK_FEATURES:
+        out = out.append_column(c, fb[c])
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- running
@@ -275,6 +350,8 @@ class DriftRun:
     n_reference: int = 0
     n_current: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    frames: tuple[pa.Table, pa.Table] | None = field(default=None, repr=False)
+    """(reference, current) descriptor tables, when `run_drift(keep_frames=True)` (benchmarks, notebooks)."""
 
     @property
     def drifted(self) -> list[Effect]:
@@ -299,14 +376,14 @@ def compute_effects(ref: pa.Table, cur: pa.Table, ds: DriftSettings, by: str | N
     for feature in features:
         method, threshold = ds.method(feature)
         r, c = _features(ref, feature), _features(cur, feature)
-        for s in segs:
-            out.extend(compare(feature, method, threshold, r, c, s, ds.alpha, ds.min_samples, SCRIPTS))
+        out.extend(compare(feature, method, threshold, r, c, segs, ds.alpha, ds.min_samples, SCRIPTS))
     return out
 
 
 def run_drift(settings: Settings, ds: DriftSettings | None = None, *, current: Window | str | None = None,
               reference: Window | Dataset | str | None = None, by: str | None = None,
-              now: datetime | None = None, reports: bool = True, outbox: Any = None) -> DriftRun:
+              now: datetime | None = None, reports: bool = True, outbox: Any = None,
+              keep_frames: bool = False) -> DriftRun:
     """Run drift detection for one current window (see the module docstring). `outbox`: an
     `flywheel.infra.alerts.Outbox` to hand alerts to (None: do not enqueue, only record)."""
     ds = ds or DriftSettings.from_env()
@@ -318,10 +395,11 @@ def run_drift(settings: Settings, ds: DriftSettings | None = None, *, current: W
     timings: dict[str, float] = {}
     con = _connect(settings, ds)
     try:
+        lake = Path(settings.lake) if ds.cache else None
         ref = (load_dataset(con, reference, ds) if isinstance(reference, Dataset)
-               else load_window(con, reference, ds))
+               else load_window(con, reference, ds, lake))
         timings["load_reference_s"] = time.perf_counter() - t0
-        cur = load_window(con, current, ds)
+        cur = load_window(con, current, ds, lake)
         timings["load_current_s"] = time.perf_counter() - t0 - timings["load_reference_s"]
         t1 = time.perf_counter()
         effects = compute_effects(ref, cur, ds, by)
@@ -340,7 +418,7 @@ def run_drift(settings: Settings, ds: DriftSettings | None = None, *, current: W
     for a in alerts:
         a["report"] = _report_link(report_paths.get(a["segment"], ""), ds)
     run = DriftRun(run_id, current, reference.label, effects, alerts, report_paths, ref.num_rows, cur.num_rows,
-                   timings)
+                   timings, (ref, cur) if keep_frames else None)
     _store(settings, run, decided, report_paths)
     if outbox is not None:
         for a in alerts:
@@ -401,15 +479,17 @@ def _alerts(decided: Sequence[tuple[Effect, bool, str]], current: Window) -> lis
         if alert:
             groups.setdefault((e.level, e.segment, drift_kind(e.feature)), []).append((e, reason))
     out = []
-    seen: list[tuple[str, str, tuple[Any, ...]]] = []
+    seen: list[tuple[str, str, dict[str, float]]] = []
     for (level, segment, kind), items in sorted(groups.items(), key=lambda kv: (len(kv[0][0]), kv[0])):
         items.sort(key=lambda x: -x[0].score / x[0].threshold)
-        # A sub-segment that is all of its parent (one model under the app, ...) would repeat the parent's alert.
-        signature = tuple(sorted((e.feature, e.n_reference, e.n_current) for e, _ in items))
-        if any(k == kind and sig == signature and segment.startswith(parent + ",") for parent, k, sig in
-               ((p, k, sig) for p, k, sig in seen)):
+        # A sub-segment whose shift is just its share of a shift its parent already alerts on (the whole app's
+        # users switched language, ...) would repeat the parent's alert: it alerts only if its features are new
+        # or its effect is clearly larger than the parent's (the cause is local to it: one model's new version).
+        mine = {e.feature: e.score for e, _ in items}
+        if any(k == kind and segment.startswith(parent + ",") and set(mine) <= set(theirs)
+               and all(mine[f] <= LOCAL_FACTOR * theirs[f] for f in mine) for parent, k, theirs in seen):
             continue
-        seen.append((segment, kind, signature))
+        seen.append((segment, kind, mine))
         out.append({
             "type": "drift", "kind": kind, "level": level, "segment": segment,
             "window": current.label, "report": "",
@@ -482,10 +562,13 @@ def write_reports(ref: pa.Table, cur: pa.Table, decided: Sequence[tuple[Effect, 
     if ref.num_rows == 0 or cur.num_rows == 0:
         return {}
     scores: dict[tuple[str, str], float] = {}
+    moved: dict[str, dict[str, float]] = {}
     for e, _alert, _ in decided:
         key = (e.level, e.segment)
-        if ds.reports == "all" or e.drifted:
+        if ds.reports == "all" or (ds.reports == "drifted" and e.drifted):
             scores[key] = max(scores.get(key, 0.0), e.score / e.threshold)
+        if e.drifted:
+            moved.setdefault(e.segment, {})[e.feature] = e.score / e.threshold
     chosen = list(dict.fromkeys([*first, *sorted(scores, key=lambda k: -scores[k])]))[:ds.max_reports]
     if not chosen:
         return {}
@@ -502,8 +585,10 @@ def write_reports(ref: pa.Table, cur: pa.Table, decided: Sequence[tuple[Effect, 
         ri = rng.choice(ri, min(len(ri), ds.report_sample), replace=False)
         ci = rng.choice(ci, min(len(ci), ds.report_sample), replace=False)
         path = out_dir / f"{_slug(segment)}.html"
+        # Evidently's cost grows with columns (about 1 s for 3, 5-9 s for 22 here): show what moved, most first.
+        columns = sorted(moved.get(segment, {}), key=lambda f: -moved[segment][f])[:REPORT_COLUMNS] or None
         evidently_report(ref.take(np.sort(ri)), cur.take(np.sort(ci)), ds, path,
-                         title=f"{segment} | {current.label} vs {reference_label}")
+                         title=f"{segment} | {current.label} vs {reference_label}", columns=columns)
         out[segment] = str(path)
     return out
 
@@ -520,12 +605,16 @@ def _frame(t: pa.Table) -> Any:
     return df
 
 
-def evidently_report(ref: pa.Table, cur: pa.Table, ds: DriftSettings, path: Path, title: str = "") -> Path:
-    """Evidently's DataDriftPreset over the descriptors and feedback signals, saved as self-contained HTML."""
+def evidently_report(ref: pa.Table, cur: pa.Table, ds: DriftSettings, path: Path, title: str = "",
+                     columns: Sequence[str] | None = None) -> Path:
+    """Evidently's DataDriftPreset over `columns` (default: every descriptor and feedback signal), saved as
+    self-contained HTML."""
     from evidently import DataDefinition, Dataset as EvDataset, Report
     from evidently.presets import DataDriftPreset
 
     rdf, cdf = _frame(ref), _frame(cur)
+    if columns:
+        rdf, cdf = rdf[list(columns)], cdf[list(columns)]
     # Evidently cannot judge a column that is empty on one side: leave those out of the report.
     cols = [c for c in rdf.columns if rdf[c].notna().any() and cdf[c].notna().any()]
     # proportions are yes/no per inference: Evidently tests them as categories (its z-test needs that)

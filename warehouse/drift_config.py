@@ -72,11 +72,13 @@ class DriftSettings:
     """FLYWHEEL_DRIFT_REPORT_SAMPLE: rows per side (random sample) in each Evidently HTML report. Decisions use
     every row; the report is for people, and Evidently's cost grows with rows."""
 
-    reports: str = "drifted"
-    """FLYWHEEL_DRIFT_REPORTS: which segments get an Evidently report: `drifted`, `all` or `none`."""
+    reports: str = "alerts"
+    """FLYWHEEL_DRIFT_REPORTS: which segments get an Evidently report (of their drifted features): `alerts` (the
+    segments that alert), `drifted` (also those that drifted without alerting), `all`, or `none`."""
 
-    max_reports: int = 10
-    """FLYWHEEL_DRIFT_MAX_REPORTS: at most this many Evidently reports per run (largest effects first)."""
+    max_reports: int = 5
+    """FLYWHEEL_DRIFT_MAX_REPORTS: at most this many Evidently reports per run (alerts first, then the largest
+    effects); each costs about 1-5 s."""
 
     reports_dir: str = ""
     """FLYWHEEL_DRIFT_REPORTS_DIR: where reports go. Default: `$FLYWHEEL_HOME/drift_reports`."""
@@ -84,10 +86,14 @@ class DriftSettings:
     report_base_url: str = ""
     """FLYWHEEL_DRIFT_REPORT_BASE_URL: public URL of reports_dir, for links in alerts (default: file paths)."""
 
+    cache: bool = True
+    """FLYWHEEL_DRIFT_CACHE: keep each inference's descriptors in the lake table `descriptors`, so an inference is
+    described once, not in every run whose windows include it."""
+
     threads: int = 2
     """FLYWHEEL_DRIFT_THREADS: threads for descriptors and DuckDB."""
 
-    memory_limit: str = "1GB"
+    memory_limit: str = "512MB"
     """FLYWHEEL_DRIFT_MEMORY_LIMIT: DuckDB's memory limit during a run."""
 
     overrides: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False, compare=False)
@@ -98,8 +104,8 @@ class DriftSettings:
                 raise ConfigError(f"FLYWHEEL_DRIFT_{name.upper()} must be positive, got {getattr(self, name)!r}")
         if not 0 < self.alpha < 1:
             raise ConfigError(f"FLYWHEEL_DRIFT_ALPHA must be in (0, 1), got {self.alpha!r}")
-        if self.reports not in ("drifted", "all", "none"):
-            raise ConfigError(f"FLYWHEEL_DRIFT_REPORTS must be drifted, all or none, got {self.reports!r}")
+        if self.reports not in ("alerts", "drifted", "all", "none"):
+            raise ConfigError(f"FLYWHEEL_DRIFT_REPORTS must be alerts, drifted, all or none, got {self.reports!r}")
         object.__setattr__(self, "overrides", _parse_thresholds(self.thresholds))
 
     def method(self, feature: str) -> tuple[str, float]:

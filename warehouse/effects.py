@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from scipy import special, stats
 
 BINS = 128
+QUANTILE_SAMPLE = 200_000
 # Reference quantiles that bound the bins: uniform, plus finer steps in both tails, where long-tailed descriptors
 # (lengths, latency, cost) have wide bins and a linear CDF inside a bin would be a poor guess.
 _TAIL = np.array([1e-4, 3e-4, 1e-3, 2e-3, 4e-3])
@@ -101,17 +102,24 @@ def _num(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def compare(feature: str, method: str, threshold: float, ref: np.ndarray, cur: np.ndarray, segs: Segments,
-            alpha: float, min_samples: int, categories: Sequence[str] = ()) -> list[Effect]:
-    """Effects of one feature for every segment of `segs` with at least `min_samples` values on both sides."""
+def compare(feature: str, method: str, threshold: float, ref: np.ndarray, cur: np.ndarray,
+            segs: Segments | Sequence[Segments], alpha: float, min_samples: int,
+            categories: Sequence[str] = ()) -> list[Effect]:
+    """Effects of one feature for every segment (of every level given) with at least `min_samples` values on both
+    sides. Numbers are binned once for all levels."""
+    levels = [segs] if isinstance(segs, Segments) else list(segs)
     if method in ("wasserstein", "psi"):
-        return _numeric(feature, method, threshold, _num(ref), _num(cur), segs, alpha, min_samples)
-    if method == "js":
-        return _categorical(feature, threshold, np.asarray(ref), np.asarray(cur), segs, alpha, min_samples,
-                            categories)
-    if method in ("prop_diff", "mean_diff"):
-        return _means(feature, method, threshold, _num(ref), _num(cur), segs, alpha, min_samples)
-    raise ValueError(f"unknown drift method {method!r}")
+        return _numeric(feature, method, threshold, _num(ref), _num(cur), levels, alpha, min_samples)
+    out: list[Effect] = []
+    for lv in levels:
+        if method == "js":
+            out += _categorical(feature, threshold, np.asarray(ref), np.asarray(cur), lv, alpha, min_samples,
+                                categories)
+        elif method in ("prop_diff", "mean_diff"):
+            out += _means(feature, method, threshold, _num(ref), _num(cur), lv, alpha, min_samples)
+        else:
+            raise ValueError(f"unknown drift method {method!r}")
+    return out
 
 
 def _level(segs: Segments) -> str:
@@ -124,14 +132,15 @@ def _fmt(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
-def _numeric(feature: str, method: str, threshold: float, ref: np.ndarray, cur: np.ndarray, segs: Segments,
-             alpha: float, min_samples: int) -> list[Effect]:
+def _numeric(feature: str, method: str, threshold: float, ref: np.ndarray, cur: np.ndarray,
+             levels: Sequence[Segments], alpha: float, min_samples: int) -> list[Effect]:
     rv, cv = ~np.isnan(ref), ~np.isnan(cur)
     if not rv.any() or not cv.any():
         return []
     r, c = ref[rv], cur[cv]
-    rs, cs = segs.ref[rv], segs.cur[cv]
-    inner = np.unique(np.quantile(r, _GRID))
+    # Bin edges need only approximate quantiles: a large reference is subsampled for them (the counts use all).
+    q_src = r if len(r) <= QUANTILE_SAMPLE else np.random.default_rng(0).choice(r, QUANTILE_SAMPLE, replace=False)
+    inner = np.unique(np.quantile(q_src, _GRID))
     lo, hi = min(r.min(), c.min()), max(r.max(), c.max())
     edges = np.concatenate([[lo], inner[(inner > lo) & (inner < hi)], [hi]])
     nb = len(edges) - 1
@@ -139,6 +148,17 @@ def _numeric(feature: str, method: str, threshold: float, ref: np.ndarray, cur: 
         edges, nb = np.array([lo, lo + 1.0]), 1
     rb = np.clip(np.searchsorted(edges[1:-1], r, side="right"), 0, nb - 1)
     cb = np.clip(np.searchsorted(edges[1:-1], c, side="right"), 0, nb - 1)
+    out: list[Effect] = []
+    for segs in levels:
+        out += _numeric_level(feature, method, threshold, r, c, rb, cb, segs.ref[rv], segs.cur[cv], segs, edges,
+                              alpha, min_samples)
+    return out
+
+
+def _numeric_level(feature: str, method: str, threshold: float, r: np.ndarray, c: np.ndarray, rb: np.ndarray,
+                   cb: np.ndarray, rs: np.ndarray, cs: np.ndarray, segs: Segments, edges: np.ndarray, alpha: float,
+                   min_samples: int) -> list[Effect]:
+    nb = len(edges) - 1
     S = len(segs.labels)
     hr = np.bincount(rs * nb + rb, minlength=S * nb).reshape(S, nb).astype(np.float64)
     hc = np.bincount(cs * nb + cb, minlength=S * nb).reshape(S, nb).astype(np.float64)

@@ -108,3 +108,22 @@ def test_evidently_reports_are_written_and_linked(shared_data: Path, settings: S
     rows = read_runs(settings, f"run_id = '{run.run_id}' AND report_path IS NOT NULL")
     assert rows.num_rows > 0 and set(rows["report_path"].to_pylist()) == set(run.reports.values())
     assert run.alerts and all(a["report"] == run.reports[a["segment"]] for a in run.alerts)
+
+
+def test_descriptor_cache_gives_the_same_answer(shared_data: Path, settings: Settings) -> None:
+    S.land(settings, S.model_change(shared_data, windows_each=2))
+    ref, cur = _window(0, 2), _window(2)
+
+    def effects(ds: DriftSettings) -> list[tuple[str, str, float]]:
+        run = run_drift(settings, ds, current=cur, reference=ref)
+        return sorted((e.segment, e.feature, round(e.score, 9)) for e in run.effects)
+
+    cold = effects(DriftSettings(reports="none"))
+    con = connect(settings)
+    cached = con.execute("SELECT count(*), count(DISTINCT inference_id) FROM descriptors").fetchone()
+    n = con.execute("SELECT count(*) FROM inferences WHERE timestamp < $e", {"e": cur.end}).fetchone()[0]
+    assert cached[0] == cached[1] == n  # every inference of both windows, once
+    assert effects(DriftSettings(reports="none")) == cold  # from the cache
+    assert effects(DriftSettings(reports="none", cache=False)) == cold
+    con = connect(settings)
+    assert con.execute("SELECT count(*) FROM descriptors").fetchone()[0] == n  # nothing described twice
