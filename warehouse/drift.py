@@ -279,8 +279,8 @@ def load_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset, ds: DriftSett
 
     path = dataset.path
     try:
-        src = (DeltaTable(str(path)).to_pyarrow_dataset() if DeltaTable.is_deltatable(str(path))
-               else pds.dataset(str(path), format="parquet"))
+        is_delta = path.is_dir() and DeltaTable.is_deltatable(str(path))
+        src = DeltaTable(str(path)).to_pyarrow_dataset() if is_delta else pds.dataset(str(path), format="parquet")
     except Exception as exc:
         raise DriftError(f"cannot read reference dataset {path}: {exc}") from exc
     names = set(src.schema.names)
@@ -540,8 +540,8 @@ def read_runs(settings: Settings, where: str = "TRUE") -> pa.Table:
         return RUNS_SCHEMA.empty_table()
     con = duckdb.connect()
     try:
-        return con.execute(f"SELECT * FROM read_parquet($f) WHERE {where} ORDER BY window_start, level, segment, "
-                           "feature", {"f": files}).to_arrow_table()
+        return con.sql(f"SELECT * FROM read_parquet($f) WHERE {where} ORDER BY window_start, level, segment, "
+                       "feature", params={"f": files}).to_arrow_table()
     finally:
         con.close()
 

@@ -127,3 +127,21 @@ def test_descriptor_cache_gives_the_same_answer(shared_data: Path, settings: Set
     assert effects(DriftSettings(reports="none", cache=False)) == cold
     con = connect(settings)
     assert con.execute("SELECT count(*) FROM descriptors").fetchone()[0] == n  # nothing described twice
+
+
+def test_reference_dataset_from_a_parquet_file(shared_data: Path, settings: Settings, tmp_path: Path) -> None:
+    """A fixed reference (e.g. a golden set exported once) instead of a window of the lake."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    english = S.all_answers(shared_data)[:1500]
+    golden = tmp_path / "golden.parquet"
+    pq.write_table(pa.table({"app": ["assistant"] * len(english), "model": ["oasst"] * len(english),
+                             "prompt_version": ["v1"] * len(english), "input": [p for p, _ in english],
+                             "output": [o for _, o in english]}), golden)
+    S.land(settings, S.language_shift(shared_data, windows_before=1, windows_after=1, share=0.4))
+    ds = DriftSettings(reports="none")
+    run = run_drift(settings, ds, current=_window(1), reference=str(golden))
+    assert run.reference == f"dataset:{golden}" and run.n_reference == 1500
+    assert any(e.feature == "input_script" and e.level == "app" for e in run.drifted)
+    assert not [e for e in run.effects if e.feature == "thumbs_up_rate"]  # the dataset has no feedback
