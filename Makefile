@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench bench-ingest lint clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
 
+# Each benchmark prints its figure next to a baseline measured in the same run (the machine is shared and noisy).
 bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/maintenance.py
+	$(BIN)/python bench/drift.py
+
+bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py
 
 clean:
