@@ -179,7 +179,9 @@ class SignalDetector:
                 out.append(Signal("latency_p95_ms", f"{pb:,.0f} ms", f"{pc_:,.0f} ms", "ratio", pc_ / pb,
                                   s.latency_p95_ratio))
         mean_n = tot[N] / len(baseline)
-        if current_complete and mean_n >= s.min_events:
+        # volume needs whole windows throughout: a partial one (the worker started in it) would look like a jump
+        if current_complete and len(baseline) == s.baseline_windows and all(b[N] for b in baseline) \
+                and mean_n >= s.min_events:
             ratio = current[N] / mean_n
             if ratio >= s.volume_ratio or ratio <= 1 / s.volume_ratio:
                 out.append(Signal("volume", f"{mean_n:,.0f}/window", f"{current[N]:,}/window", "ratio", ratio,
@@ -238,6 +240,7 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings | No
     recent: OrderedDict[str, str] = OrderedDict()
     waiting: OrderedDict[str, list[Any]] = OrderedDict()  # inference id -> [first seen, thumbs down?...]
     segments: set[str] = set()
+    first_seen: dict[str, float] = {}  # windows that began before a segment was first counted are partial
     detector = SignalDetector(sig)
 
     @app.agent(sources)
@@ -284,7 +287,9 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings | No
         async for event in stream.events():
             seg = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
             rec = event.value
-            segments.add(seg)
+            if seg not in segments:
+                segments.add(seg)
+                first_seen[seg] = time.time()
             w = list(table[seg].current())
             if rec.get("k") == "i":
                 w[N] += 1
@@ -318,8 +323,10 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings | No
             cur, base, (ws, we) = window_values(seg, now)
             found = detector.evaluate(cur, base)
             # volume can only be judged on a complete window: the one that just ended
-            prev, prev_base, _ = window_values(seg, now - sig.window_s)
-            found += [s for s in detector.evaluate(prev, prev_base, current_complete=True) if s.signal == "volume"]
+            prev, prev_base, (ps, _) = window_values(seg, now - sig.window_s)
+            if ps - sig.window_s * sig.baseline_windows >= first_seen.get(seg, now):
+                found += [s for s in detector.evaluate(prev, prev_base, current_complete=True)
+                          if s.signal == "volume"]
             for s in found:
                 label = (f"{datetime.fromtimestamp(ws, timezone.utc).isoformat(timespec='seconds')}/"
                          f"{datetime.fromtimestamp(we, timezone.utc).isoformat(timespec='seconds')}")

@@ -41,6 +41,44 @@ def test_detector_flags_sharp_changes_only() -> None:
     assert d.evaluate(_window(200, 2, 100, 45), []) == []  # no baseline yet
 
 
+@pytest.mark.parametrize("offset_s", [0.0, 30.0, 55.0])
+def test_default_settings_alert_within_a_minute_of_the_change(offset_s: float) -> None:
+    """Minute windows, judged every 5 s, 5 thumbs/s: thumbs-down 20% -> 45% at `offset_s` into a window.
+    A replay of the worker's timeline on window counts (the broker test below runs it for real, faster)."""
+    import random
+
+    s = SignalSettings()
+    d = SignalDetector(s)
+    rng = random.Random(int(offset_s))
+    rate, window = 5, s.window_s
+    change = 10 * window + offset_s  # after ten steady windows
+    events = []  # (time, thumbs down?)
+    t = 0.0
+    while t < change + 3 * window:
+        t += rng.expovariate(rate)
+        events.append((t, rng.random() < (0.45 if t >= change else 0.2)))
+
+    def counts(a: float, b: float) -> list[int]:
+        w = empty()
+        for ts, down in events:
+            if a <= ts < b:
+                w[N] += 1
+                w[THUMBS] += 1
+                w[DOWNS] += down
+                w[HIST + latency_bucket(400.0)] += 1
+        return w
+
+    check, fired = 0.0, None
+    while check < change + 3 * window and fired is None:
+        check += s.check_interval_s
+        start = check - check % window
+        base = [counts(start - k * window, start - (k - 1) * window) for k in range(1, s.baseline_windows + 1)]
+        if any(x.signal == "thumbs_down_rate" for x in d.evaluate(counts(start, check), base)):
+            fired = check
+    assert fired is not None and fired >= change  # never before the change (no false alarm in 10 windows)
+    assert fired - change < 60, fired - change
+
+
 def test_helpers() -> None:
     assert is_error({"output": ""}) and is_error({"output": "x", "metadata": '{"error": "timeout"}'})
     assert is_error({"output": "x", "status": "error"}) and not is_error({"output": "x", "metadata": "{}"})
@@ -52,9 +90,13 @@ def test_helpers() -> None:
 
 @pytest.mark.slow
 @pytest.mark.broker
-def test_thumbs_down_jump_alerts_slack_within_a_window(kafka_settings: Settings, tmp_path: Path) -> None:
+def test_thumbs_down_jump_alerts_slack_within_a_window(kafka_settings: Settings, tmp_path: Path,
+                                                        shared_data: Path) -> None:
     """20% thumbs-down, then 45%: the live signal reaches Slack within one window of the change (windows of 6 s
     here instead of the default 60 s, so the test takes seconds, not minutes)."""
+    from flywheel.infra.scenarios import all_answers
+
+    answers = all_answers(shared_data)
     settings = kafka_settings
     ensure_topics(settings)
     sig = SignalSettings(group=f"sig-{uuid.uuid4().hex[:8]}", window_s=6, baseline_windows=2, check_interval_s=0.5,
@@ -75,8 +117,9 @@ def test_thumbs_down_jump_alerts_slack_within_a_window(kafka_settings: Settings,
                     n += 1
                     iid = f"i{n}"
                     now = datetime.now(timezone.utc).isoformat()
+                    prompt, output = answers[n % len(answers)]
                     inf = {"inference_id": iid, "timestamp": now, "app": "support-bot", "model": "m",
-                           "model_version": "v2", "input": "hi", "output": "hello", "latency_ms": 400}
+                           "model_version": "v2", "input": prompt, "output": output, "latency_ms": 400}
                     p.produce(settings.inference_topic, json.dumps(inf).encode(), key=iid.encode())
                     rng_state = (rng_state * 1103515245 + 12345) % 2**31
                     down = (rng_state / 2**31) < state["down"]
