@@ -366,6 +366,21 @@ def _features(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
+def _dataset_levels(ref: pa.Table, ds: DriftSettings, by: str | None) -> str:
+    """The segment columns a reference dataset can serve: those it has values for, in order. A golden set without
+    an `app` column is the reference of all traffic, not of an app named null."""
+    cols = [c for lv in ds.levels(by)[-1:] for c in lv]
+    usable = []
+    for c in cols:
+        if c not in ref.column_names or ref[c].null_count == ref.num_rows:
+            break
+        usable.append(c)
+    if usable != cols:
+        log.info("reference dataset has no %s: segmenting by %s only", cols[len(usable)],
+                 ",".join(usable) or "nothing (all traffic)")
+    return ",".join(usable)
+
+
 def compute_effects(ref: pa.Table, cur: pa.Table, ds: DriftSettings, by: str | None = None,
                     features: Sequence[str] = FEATURES) -> list[Effect]:
     """Every feature's effect in every segment with enough data (pure: no I/O)."""
@@ -402,6 +417,8 @@ def run_drift(settings: Settings, ds: DriftSettings | None = None, *, current: W
         cur = load_window(con, current, ds, lake)
         timings["load_current_s"] = time.perf_counter() - t0 - timings["load_reference_s"]
         t1 = time.perf_counter()
+        if isinstance(reference, Dataset):
+            by = _dataset_levels(ref, ds, by)
         effects = compute_effects(ref, cur, ds, by)
         timings["effects_s"] = time.perf_counter() - t1
         run_id = f"{current.start:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -574,8 +591,8 @@ def write_reports(ref: pa.Table, cur: pa.Table, decided: Sequence[tuple[Effect, 
         return {}
     out_dir = ds.reports_path(settings.home) / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
-    segs = {s.level: s for s in segment_levels(ref, cur, ds.levels(None) + [tuple(lv.split(",")) if lv else ()
-                                                                          for lv, _ in chosen])}
+    levels = list(dict.fromkeys(tuple(lv.split(",")) if lv else () for lv, _ in chosen))
+    segs = {s.level: s for s in segment_levels(ref, cur, levels)}
     out: dict[str, str] = {}
     rng = np.random.default_rng(0)
     for level, segment in chosen:

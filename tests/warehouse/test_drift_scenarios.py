@@ -145,3 +145,18 @@ def test_reference_dataset_from_a_parquet_file(shared_data: Path, settings: Sett
     assert run.reference == f"dataset:{golden}" and run.n_reference == 1500
     assert any(e.feature == "input_script" and e.level == "app" for e in run.drifted)
     assert not [e for e in run.effects if e.feature == "thumbs_up_rate"]  # the dataset has no feedback
+
+
+def test_reference_dataset_without_segment_columns_serves_all_traffic(shared_data: Path, settings: Settings,
+                                                                      tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    english = S.all_answers(shared_data)[:1500]
+    golden = tmp_path / "golden.parquet"
+    pq.write_table(pa.table({"input": [p for p, _ in english], "output": [o for _, o in english]}), golden)
+    S.land(settings, S.language_shift(shared_data, windows_before=1, windows_after=1, share=0.4))
+    run = run_drift(settings, DriftSettings(report_sample=200), current=_window(1), reference=str(golden))
+    assert {e.segment for e in run.effects} == {"all"}
+    assert list(run.reports) == ["all"] and Path(run.reports["all"]).exists()
+    assert any(e.feature == "input_script" for e in run.drifted)
