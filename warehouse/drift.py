@@ -423,7 +423,10 @@ def run_drift(settings: Settings, ds: DriftSettings | None = None, *, current: W
         timings["effects_s"] = time.perf_counter() - t1
         run_id = f"{current.start:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         history = _history(settings, current, ds, effects)
-        decided = [_decide(e, current, ds, history) for e in effects]
+        # An alert from one window alone must stand out from every check of the run (Bonferroni), or a stationary
+        # stream's chance extremes (p ~ 1e-4 among ~60 checks per run, seen on the real data) would page people.
+        large_alpha = ds.alpha / max(len(effects), 1)
+        decided = [_decide(e, current, ds, history, large_alpha) for e in effects]
         alerts = _alerts(decided, current)
         t2 = time.perf_counter()
         report_paths = (write_reports(ref, cur, decided, settings, ds, run_id, current, reference.label,
@@ -471,10 +474,11 @@ def _history(settings: Settings, current: Window, ds: DriftSettings,
 
 
 def _decide(e: Effect, current: Window, ds: DriftSettings,
-            history: dict[tuple[str, str, str, datetime, datetime], bool]) -> tuple[Effect, bool, str]:
+            history: dict[tuple[str, str, str, datetime, datetime], bool],
+            large_alpha: float | None = None) -> tuple[Effect, bool, str]:
     if not e.drifted:
         return e, False, ""
-    if e.score >= ds.large_factor * e.threshold:
+    if e.score >= ds.large_factor * e.threshold and e.p_value < (ds.alpha if large_alpha is None else large_alpha):
         return e, True, f"large: {e.score:.3g} >= {ds.large_factor:g} x threshold {e.threshold:g}"
     end, length = current.start, current.length
     for _ in range(ds.sustain - 1):

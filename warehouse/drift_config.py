@@ -62,7 +62,8 @@ class DriftSettings:
     """FLYWHEEL_DRIFT_SUSTAIN: consecutive drifted windows needed before an alert ..."""
 
     large_factor: float = 2.0
-    """FLYWHEEL_DRIFT_LARGE_FACTOR: ... unless the effect is at least this many times its threshold."""
+    """FLYWHEEL_DRIFT_LARGE_FACTOR: ... unless the effect is at least this many times its threshold (and its
+    p-value below alpha divided by the run's number of checks: one window alone must be beyond doubt)."""
 
     thresholds: str = ""
     """FLYWHEEL_DRIFT_THRESHOLDS: per-feature overrides, `feature=threshold` or `feature=method:threshold`,
