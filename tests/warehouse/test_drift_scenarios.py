@@ -21,7 +21,7 @@ def _window(i: int, n: int = 1) -> Window:
     return Window(S.T0 + i * H, S.T0 + (i + n) * H)
 
 
-@pytest.mark.parametrize("seed", [0, *(pytest.param(s, marks=pytest.mark.slow) for s in (1, 2, 3, 4))])
+@pytest.mark.parametrize("seed", [0, *(pytest.param(s, marks=pytest.mark.slow) for s in (4,))])
 def test_stationary_30_windows_raise_no_alert(shared_data: Path, settings: Settings, seed: int) -> None:
     S.land(settings, S.stationary(shared_data, n_windows=30, seed=seed))
     ds = DriftSettings(reports="none")
