@@ -608,8 +608,12 @@ def write_reports(ref: pa.Table, cur: pa.Table, decided: Sequence[tuple[Effect, 
         path = out_dir / f"{_slug(segment)}.html"
         # Evidently's cost grows with columns (about 1 s for 3, 5-9 s for 22 here): show what moved, most first.
         columns = sorted(moved.get(segment, {}), key=lambda f: -moved[segment][f])[:REPORT_COLUMNS] or None
-        evidently_report(ref.take(np.sort(ri)), cur.take(np.sort(ci)), ds, path,
-                         title=f"{segment} | {current.label} vs {reference_label}", columns=columns)
+        try:
+            evidently_report(ref.take(np.sort(ri)), cur.take(np.sort(ci)), ds, path,
+                             title=f"{segment} | {current.label} vs {reference_label}", columns=columns)
+        except Exception:  # a report is for people: the decisions, the run and its alerts must not fail with it
+            log.exception("Evidently report for %s failed; the run is stored without it", segment)
+            continue
         out[segment] = str(path)
     return out
 
