@@ -148,6 +148,7 @@ Example:
 @click.pass_context
 def signals(ctx: click.Context) -> None:
     import asyncio
+    import signal
 
     from flywheel.errors import BrokerUnavailable
     from flywheel.streams.signals import make_app
@@ -161,17 +162,20 @@ def signals(ctx: click.Context) -> None:
                f"{sig.window_s:g} s); Ctrl-C to stop", err=True)
 
     async def main() -> None:
+        # Ctrl-C / SIGTERM end the wait, then the app stops cleanly (leaves its group, commits offsets); letting
+        # asyncio cancel the running task instead left faust stopping inside a cancelled task, and it hung.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         await app.start()
         try:
-            while not app.should_stop:
-                await asyncio.sleep(1)
+            await stop.wait()
         finally:
             await app.stop()
 
     try:
         asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
     except OSError as exc:
         raise BrokerUnavailable(f"live signals could not reach Kafka at {s.kafka_bootstrap}: {exc}") from None
     sys.exit(0)

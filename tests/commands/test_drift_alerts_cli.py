@@ -6,6 +6,7 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from flywheel.cli import main
@@ -71,3 +72,28 @@ def test_alerts_send_without_webhook_says_what_to_set(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["alerts", "send"], env={"FLYWHEEL_HOME": str(tmp_path),
                                                              "FLYWHEEL_SLACK_WEBHOOK_URL": ""})
     assert res.exit_code == 1 and "FLYWHEEL_SLACK_WEBHOOK_URL is not set" in res.output
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_signals_worker_runs_and_stops_cleanly_on_sigint(kafka_settings: Settings) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    s = kafka_settings
+    env = {**os.environ, "FLYWHEEL_HOME": str(s.home), "FLYWHEEL_BROKER_PORT": str(s.broker_port),
+           "FLYWHEEL_TOPIC_PREFIX": s.topic_prefix, "FLYWHEEL_SIGNALS_GROUP": f"{s.ingest_group}-signals"}
+    proc = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "signals"], env=env, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert "live signals on" in proc.stderr.readline()
+        time.sleep(6)  # joined its group by now
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
