@@ -81,6 +81,10 @@ def drift_run(ctx: click.Context, current: str | None, reference: str | None, by
         return
     click.echo(f"drift run {run.run_id}: current {run.window.label} ({run.n_current} inferences) vs reference "
                f"{run.reference} ({run.n_reference})")
+    for side, n in (("current window", run.n_current), ("reference", run.n_reference)):
+        if n == 0:
+            click.echo(f"nothing to compare: no inferences in the {side} (check --current/--reference and "
+                       "that `flywheel ingest` has landed events)", err=True)
     segs = {(e.level, e.segment) for e in run.effects}
     click.echo(f"checked {len(run.effects)} feature x segment pairs in {len(segs)} segments; "
                f"{len(run.drifted)} drifted, {len(run.alerts)} alerts")
