@@ -72,8 +72,7 @@ def generate(home: Path, rows: int, shared: Path) -> None:
             inv = np.argsort(np.concatenate([p[0] for p in parts]))
             prompts = pa.concat_arrays([p[1] for p in parts]).take(inv)
             outputs = pa.concat_arrays([p[2] for p in parts]).take(inv)
-            ts = start + timedelta(seconds=1) * 0
-            seconds = np.sort(rng.random(n)) * 86399 + done / rows * 0
+            seconds = np.sort(rng.random(n)) * 86399
             stamps = pa.array((np.datetime64(start.replace(tzinfo=None), "us")
                                + (seconds * 1e6).astype("timedelta64[us]")), pa.timestamp("us", tz="UTC"))
             ids = pa.array([f"{side}-{done + i}" for i in range(n)])

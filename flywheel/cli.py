@@ -57,10 +57,10 @@ def config_cmd(ctx: click.Context) -> None:
     Example:
       FLYWHEEL_HOME=/data/flywheel flywheel config
     """
-    from flywheel.config import describe
+    from flywheel.config import Settings, describe
 
     s = _settings(ctx)
-    for var, _default, doc in describe():
+    for var, _default, doc in describe(Settings):
         value = getattr(s, var.removeprefix("FLYWHEEL_").lower())
         click.echo(f"{var:28s} {str(value):28s} {doc}")
 

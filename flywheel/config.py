@@ -6,11 +6,13 @@ so tests build one directly instead of patching the environment.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 from flywheel.errors import ConfigError
 
@@ -103,51 +105,57 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _parse(f, raw)
-        return cls(**values)
+        return env_settings(cls, ENV_PREFIX, environ)
 
 
-def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    try:
-        if kind == "int":
-            return int(raw.replace("_", ""))
-        if kind == "float":
-            return float(raw)
-        if kind == "Path":
-            return Path(raw)
-        return raw
-    except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind}") from None
+T = TypeVar("T")
 
 
-def describe() -> list[tuple[str, str, str]]:
-    """(variable, default, doc) for every setting, for `--help` texts and the README."""
-    out = []
-    docs = _field_docs()
-    for f in dataclasses.fields(Settings):
-        default = f.default if f.default is not dataclasses.MISSING else ""
-        out.append((ENV_PREFIX + f.name.upper(), str(default), docs.get(f.name, "")))
-    return out
+def env_settings(cls: type[T], prefix: str, environ: Mapping[str, str] | None = None) -> T:
+    """Build the frozen settings dataclass `cls` from `<prefix><FIELD>` variables (or the names in its
+    `ENV_NAMES`): the one reader of the environment that every stage's settings use. Fields typed int, float,
+    bool and Path are parsed; a value that does not parse is a `ConfigError` naming the variable."""
+    env = os.environ if environ is None else environ
+    names: dict[str, str] = getattr(cls, "ENV_NAMES", {})
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if not f.init:
+            continue
+        var = names.get(f.name, prefix + f.name.upper())
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        try:
+            if kind == "int":
+                values[f.name] = int(raw.replace("_", ""))
+            elif kind == "float":
+                values[f.name] = float(raw)
+            elif kind == "bool":
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif kind == "Path":
+                values[f.name] = Path(raw)
+            else:
+                values[f.name] = raw
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from None
+    return cls(**values)
 
 
-def _field_docs() -> dict[str, str]:
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(Settings))
+def describe(cls: type, prefix: str = ENV_PREFIX) -> list[tuple[str, str, str]]:
+    """(variable, default, doc) per field of a settings dataclass, from the docstring under each field (which
+    starts with the variable's name and a colon), for `--help` texts and `flywheel config`."""
+    tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                docs[node.target.id] = str(nxt.value.value).split(": ", 1)[-1]
-    return docs
-
-
+                docs[node.target.id] = " ".join(str(nxt.value.value).split(": ", 1)[-1].split())
+    names: dict[str, str] = getattr(cls, "ENV_NAMES", {})
+    out = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.init and f.name in docs:
+            default = f.default if f.default is not dataclasses.MISSING else ""
+            out.append((names.get(f.name, prefix + f.name.upper()), str(default), docs[f.name]))
+    return out

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from flywheel.config import env_settings
 from flywheel.errors import ConfigError, FlywheelError
-from flywheel.warehouse.drift_config import env_settings
 
 log = logging.getLogger("flywheel.alerts")
 

@@ -35,10 +35,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
-from flywheel.config import Settings
+from flywheel.config import Settings, env_settings
 from flywheel.errors import ConfigError
 from flywheel.infra.alerts import Alert, AlertSettings, Outbox, SlackSender
-from flywheel.warehouse.drift_config import env_settings
 
 log = logging.getLogger("flywheel.signals")
 

@@ -2,23 +2,18 @@
 `FLYWHEEL_QUALITY_*` and `FLYWHEEL_LAKE_*` environment variables here and nowhere else.
 
 Same pattern as `flywheel.config.Settings`: `from_env()` is the only reader of the environment, and every field
-carries a docstring that `describe()` turns into help text.
+carries a docstring that `flywheel.config.describe()` turns into help text.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import os
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping
 
+from flywheel.config import env_settings
 from flywheel.errors import ConfigError
 from flywheel.schemas.contract import FEEDBACK_KINDS, FEEDBACK_SOURCES
-
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class QualitySettings:
@@ -86,7 +81,7 @@ class QualitySettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "QualitySettings":
-        return _from_env(cls, "FLYWHEEL_QUALITY_", environ)
+        return env_settings(cls, "FLYWHEEL_QUALITY_", environ)
 
 
 DEFAULT_RETENTION = "quarantine=90"
@@ -142,36 +137,4 @@ class MaintenanceSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "MaintenanceSettings":
-        return _from_env(cls, "FLYWHEEL_LAKE_", environ)
-
-
-def _from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | None) -> T:
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        raw = env.get(prefix + f.name.upper())
-        if raw is None or raw == "":
-            continue
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        try:
-            values[f.name] = int(raw.replace("_", "")) if kind == "int" else float(raw) if kind == "float" else raw
-        except ValueError:
-            raise ConfigError(f"{prefix}{f.name.upper()}={raw!r} is not a valid {kind}") from None
-    return cls(**values)
-
-
-def describe(cls: type) -> list[tuple[str, str, str]]:
-    """(variable, default, doc) per field of a settings class, for help texts."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                var, _, doc = str(nxt.value.value).partition(": ")
-                docs[node.target.id] = var + "\0" + " ".join(doc.split())
-    out = []
-    for f in dataclasses.fields(cls):
-        var, _, doc = docs.get(f.name, "\0").partition("\0")
-        out.append((var, str(f.default), doc))
-    return out
+        return env_settings(cls, "FLYWHEEL_LAKE_", environ)

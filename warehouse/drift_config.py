@@ -1,22 +1,18 @@
 """Settings of drift detection, typed and frozen, read from `FLYWHEEL_DRIFT_*` environment variables here only.
 
 Same pattern as `flywheel.config.Settings`: `from_env()` is the only reader of the environment and every field has
-a docstring (shown by `describe()`). `env_settings()` is the small reader the alert and live-signal settings share.
+a docstring (shown by `flywheel.config.describe()`); `flywheel.config.env_settings()` reads them, as it does for
+every stage's settings.
 """
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Mapping
 
+from flywheel.config import env_settings
 from flywheel.errors import ConfigError
-
-T = TypeVar("T")
 
 # Decision rule per descriptor: the effect-size method and the smallest effect that counts as drift.
 # wasserstein: W1 distance / std of the reference (Evidently's default for numbers, same 0.1 threshold);
@@ -97,7 +93,7 @@ class DriftSettings:
     memory_limit: str = "512MB"
     """FLYWHEEL_DRIFT_MEMORY_LIMIT: DuckDB's memory limit during a run."""
 
-    overrides: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False, compare=False)
+    overrides: dict[str, tuple[str, float]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("min_samples", "sustain", "report_sample", "threads"):
@@ -146,42 +142,4 @@ def _parse_thresholds(spec: str) -> dict[str, tuple[str, float]]:
             out[name] = (method, float(thr))
         except ValueError:
             raise ConfigError(f"FLYWHEEL_DRIFT_THRESHOLDS: {thr!r} in {item!r} is not a number") from None
-    return out
-
-
-def env_settings(cls: type[T], prefix: str, environ: Mapping[str, str] | None = None) -> T:
-    """Build the frozen dataclass `cls` from `<prefix><FIELD>` variables (ints, floats, bools, str)."""
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if not f.init or f.name == "overrides":
-            continue
-        var = getattr(cls, "ENV_NAMES", {}).get(f.name, prefix + f.name.upper())
-        raw = env.get(var)
-        if raw is None or raw == "":
-            continue
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        try:
-            if kind == "int":
-                values[f.name] = int(raw.replace("_", ""))
-            elif kind == "float":
-                values[f.name] = float(raw)
-            elif kind == "bool":
-                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            else:
-                values[f.name] = raw
-        except ValueError:
-            raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from None
-    return cls(**values)
-
-
-def describe(cls: type, prefix: str) -> list[tuple[str, str]]:
-    """(variable, doc) per field, from the field docstrings."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    out = []
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                out.append((prefix + node.target.id.upper(), str(nxt.value.value).split(": ", 1)[-1]))
     return out

@@ -9,7 +9,7 @@ import click
 
 from flywheel.config import Settings
 from flywheel.infra.alerts import AlertSettings, Outbox, SlackSender
-from flywheel.warehouse.drift_config import describe
+from flywheel.config import describe
 
 
 def _outbox(ctx: click.Context) -> tuple[Outbox, AlertSettings]:
@@ -22,9 +22,7 @@ def _outbox(ctx: click.Context) -> tuple[Outbox, AlertSettings]:
 accepted it, so an outage or rate limit delays alerts but loses none. Settings:
 
 \b
-""" + "\n".join(f"  {v:34s} {d}" for v, d in
-                [("FLYWHEEL_SLACK_WEBHOOK_URL", "Slack incoming-webhook URL (a secret: never printed).")]
-                + describe(AlertSettings, "FLYWHEEL_ALERTS_")[1:]) + """
+""" + "\n".join(f"  {v:34s} {d}" for v, _default, d in describe(AlertSettings, "FLYWHEEL_ALERTS_")) + """
 
 \b
 Example:

@@ -11,7 +11,8 @@ import click
 
 from flywheel.config import Settings
 from flywheel.streams.signals import SignalSettings
-from flywheel.warehouse.drift_config import DriftSettings, describe
+from flywheel.config import describe
+from flywheel.warehouse.drift_config import DriftSettings
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -19,7 +20,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _env_help() -> str:
-    return "\n".join(f"  {var:34s} {doc}" for var, doc in describe(DriftSettings, "FLYWHEEL_DRIFT_"))
+    return "\n".join(f"  {var:34s} {doc}" for var, _default, doc in describe(DriftSettings, "FLYWHEEL_DRIFT_"))
 
 
 @click.group(help=f"""Detect data drift (what users send) and model drift (outputs, latency, feedback).
@@ -143,7 +144,7 @@ It is its own consumer group (FLYWHEEL_SIGNALS_GROUP), so it never takes partiti
 Stop with Ctrl-C. Settings:
 
 \b
-""" + "\n".join(f"  {v:38s} {d}" for v, d in describe(SignalSettings, "FLYWHEEL_SIGNALS_")) + """
+""" + "\n".join(f"  {v:38s} {d}" for v, _default, d in describe(SignalSettings, "FLYWHEEL_SIGNALS_")) + """
 
 \b
 Example:

@@ -7,7 +7,8 @@ import json
 import click
 
 from flywheel.config import Settings
-from flywheel.warehouse.configuration import MaintenanceSettings, describe
+from flywheel.config import describe
+from flywheel.warehouse.configuration import MaintenanceSettings
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -25,7 +26,7 @@ def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:,.1f} MB"
 
 
-_SETTINGS_HELP = "\n".join(f"  {var:38s} {doc}" for var, _default, doc in describe(MaintenanceSettings))
+_SETTINGS_HELP = "\n".join(f"  {var:38s} {doc}" for var, _default, doc in describe(MaintenanceSettings, "FLYWHEEL_LAKE_"))
 
 
 @click.group(epilog="\b\nSettings:\n" + _SETTINGS_HELP)

@@ -10,7 +10,8 @@ import click
 
 from flywheel.config import Settings
 from flywheel.errors import ConfigError
-from flywheel.warehouse.configuration import QualitySettings, describe
+from flywheel.config import describe
+from flywheel.warehouse.configuration import QualitySettings
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -40,7 +41,7 @@ def parse_time(value: str | None, option: str) -> datetime | None:
 
 
 def _settings_help() -> str:
-    return "\n".join(f"  {var:44s} {doc}" for var, _default, doc in describe(QualitySettings))
+    return "\n".join(f"  {var:44s} {doc}" for var, _default, doc in describe(QualitySettings, "FLYWHEEL_QUALITY_"))
 
 
 @click.group()
