@@ -108,6 +108,7 @@ class FlywheelClient:
                                               "add `type` or the id fields"], event)
         payload = encode(event)
         if self.validate:
+            # Validate what goes on the wire (datetimes as strings, tuples as lists), exactly as the worker will.
             reasons = check_event(et, json.loads(payload))
             if len(payload) > self.settings.max_event_bytes:
                 reasons.append(f"payload of {len(payload)} bytes exceeds the {self.settings.max_event_bytes}"

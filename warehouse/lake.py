@@ -88,7 +88,7 @@ class Lake:
         """Next offset to read per topic-partition, as committed with the table's data (None: never landed)."""
         if not DeltaTable.is_deltatable(str(self.path(name))):
             return {tp: None for tp in partitions}
-        dt = self.table(name)
+        dt = self._latest(name)
         ids = topic_ids or {}
         return {tp: dt.transaction_version(app_id(tp[0], tp[1], ids.get(tp[0]))) for tp in partitions}
 

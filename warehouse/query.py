@@ -67,19 +67,26 @@ _DEDUP = {
 }
 
 
-def _source(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> str:
-    """A SQL table expression over the current files of `table` (an empty typed relation if there are none)."""
-    files: list[str] = []
-    if DeltaTable.is_deltatable(str(lake.path(table))):
-        files = DeltaTable(str(lake.path(table))).file_uris()
+def _scan(path: Path, columns: list[str] | None = None) -> str | None:
+    """A SQL table expression over the files of the Delta table's current version at `path` (None if it has
+    none). Delta keeps partition values in paths, not in the files: hive_partitioning reads them back."""
+    if not DeltaTable.is_deltatable(str(path)):
+        return None
+    files = DeltaTable(str(path)).file_uris()
     if not files:
-        name = f"_empty_{table}"
-        con.register(name, SCHEMAS[table].empty_table())
-        return name
+        return None
     listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    cols = ", ".join(f'"{n}"' for n in SCHEMAS[table].names)
-    # Delta keeps partition values in paths, not in the files: hive_partitioning reads them back.
+    cols = ", ".join(f'"{n}"' for n in columns) if columns else "*"
     return f"(SELECT {cols} FROM read_parquet([{listed}], hive_partitioning = true, union_by_name = true))"
+
+
+def _source(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> str:
+    """`_scan` of a core table, or an empty relation of its schema when it has no files yet."""
+    scan = _scan(lake.path(table), SCHEMAS[table].names)
+    if scan is None:
+        scan = f"_empty_{table}"
+        con.register(scan, SCHEMAS[table].empty_table())
+    return scan
 
 
 def connect(settings: Settings | None = None, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
@@ -96,12 +103,9 @@ def connect(settings: Settings | None = None, database: str = ":memory:") -> duc
     # Tables other stages keep in the lake (quality runs, drift runs, alert outbox, ...) get a view of their name.
     if lake.root.is_dir():
         for path in sorted(lake.root.iterdir()):
-            if path.name not in SCHEMAS and not path.name.startswith("_") and DeltaTable.is_deltatable(str(path)):
-                files = DeltaTable(str(path)).file_uris()
-                if files:
-                    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                    con.execute(f'CREATE OR REPLACE VIEW "{path.name}" AS SELECT * FROM read_parquet([{listed}], '
-                                "hive_partitioning = true, union_by_name = true)")
+            scan = None if path.name in SCHEMAS or path.name.startswith("_") else _scan(path)
+            if scan is not None:
+                con.execute(f'CREATE OR REPLACE VIEW "{path.name}" AS SELECT * FROM {scan}')
     for name in VIEW_MODULES:
         importlib.import_module(name).register_views(con, settings)
     return con
@@ -114,7 +118,3 @@ def query(sql: str, settings: Settings | None = None) -> pa.Table:
         return con.sql(sql).to_arrow_table()
     finally:
         con.close()
-
-
-def lake_path(settings: Settings) -> Path:
-    return Path(settings.lake)
