@@ -109,6 +109,7 @@ class IngestWorker:
         self._pending_offsets: dict[TP, int] = {}
         self._consumer: Consumer | None = None
         self._assigned = False
+        self._broken = False
         self._topic_ids: dict[str, str] = {}
         self._dlq: Producer | None = None
 
@@ -166,7 +167,7 @@ class IngestWorker:
                 consumer.close()
             finally:
                 self._consumer = None
-                if self._dlq is not None:
+                if self._dlq is not None and not self._broken:
                     self._dlq.flush(10)
         return self.stats
 
@@ -195,8 +196,10 @@ class IngestWorker:
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Land what we hold before another worker takes the partitions over.
-        self.flush(force_watermarks=True)
+        # Land what we hold before another worker takes the partitions over (unless landing failed: then the
+        # lake is left exactly as the last successful commit made it, for the next owner to resume from).
+        if not self._broken:
+            self.flush(force_watermarks=True)
         for p in partitions:
             self._pending_offsets.pop((p.topic, p.partition), None)
         consumer.unassign()
@@ -204,6 +207,19 @@ class IngestWorker:
     # ------------------------------------------------------------------------------------------------ landing
 
     def flush(self, force_watermarks: bool = False) -> None:
+        """Land the buffered batch: dead letters first, then one commit per table with its watermarks."""
+        if self._broken:
+            raise FlywheelError("this worker stopped landing after a failed commit; start a new one, it resumes "
+                                "where the lake is")
+        try:
+            self._flush(force_watermarks)
+        except BaseException:
+            # After a partial failure nothing more may be committed from this worker's state (a watermark-only
+            # commit could claim rows that never landed): a new worker resumes from the lake instead.
+            self._broken = True
+            raise
+
+    def _flush(self, force_watermarks: bool) -> None:
         msgs, nbytes = self._buffer, self._buffer_bytes
         self._buffer, self._buffer_bytes, self._oldest = [], 0, None
         now_wall = datetime.now(timezone.utc)
@@ -221,8 +237,6 @@ class IngestWorker:
             offsets[route.table].update(next_offsets)
             offsets["quarantine"].update(next_offsets)
             dead += [(tmsgs[i], r) for i, r in zip(bad_idx, invalid.column("reason").to_pylist())]
-        for table in SCHEMAS:
-            self._pending_offsets.update(offsets[table])
         t0 = time.monotonic()
         if dead:
             self._dead_letter(dead)
@@ -235,7 +249,7 @@ class IngestWorker:
             stale = force_watermarks or now - self._last_watermark_commit.get(table, 0.0) >= WATERMARK_INTERVAL_S
             if rows.num_rows == 0 and not stale:
                 continue
-            if stale:  # also record partitions this table has not heard from lately
+            if stale:  # also record partitions this table has not heard from lately (landed by earlier flushes)
                 for tp, off in self._pending_offsets.items():
                     if self._feeds(table, tp[0]):
                         marks.setdefault(tp, off)
@@ -247,6 +261,9 @@ class IngestWorker:
             self.stats.last_commit_at = time.monotonic()
             self._last_watermark_commit[table] = now
             self.stats.landed[table] += result.rows
+        # Only now is this batch landed in every table it feeds.
+        for table in SCHEMAS:
+            self._pending_offsets.update(offsets[table])
         self._commit_kafka_offsets()
         self.stats.consumed += len(msgs)
         self.stats.consumed_bytes += nbytes

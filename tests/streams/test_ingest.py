@@ -6,11 +6,15 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from flywheel.config import Settings
+from flywheel.errors import FlywheelError
 from flywheel.infra.sample import hostile_payloads
 from flywheel.schemas.contract import event_type_of
 from flywheel.streams.client import FlywheelClient
 from flywheel.streams.ingest import IngestWorker
+from flywheel.warehouse.lake import Lake, LakeError
 from flywheel.warehouse.query import connect
 
 from .conftest import Produced, read_topic
@@ -137,3 +141,40 @@ def test_two_workers_share_the_partitions_and_land_everything_once(
     assert con.execute("SELECT count(*), count(DISTINCT (_topic, _partition, _offset)) FROM lake_inferences"
                        ).fetchone() == (total, total)
     assert all(w.stats.consumed > 0 for w in workers), [w.stats.consumed for w in workers]
+
+
+class _FailingLake(Lake):
+    """A lake whose `fail_at`-th commit raises, as a full disk or a lost object store would."""
+
+    def __init__(self, root: str, fail_at: int) -> None:
+        super().__init__(root)
+        self.calls, self.fail_at = 0, fail_at
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise LakeError("injected: disk full")
+        return super().commit(*args, **kwargs)
+
+
+def test_a_failed_commit_stops_the_worker_and_a_new_one_loses_nothing(
+        produced: Produced, sample_events: list[dict[str, Any]]) -> None:
+    s = produced.settings.replace(flush_max_events=300)
+    produced.settings = s
+    for e in sample_events:
+        produced.event(e)
+    produced.flush()
+    failed = IngestWorker(s, _FailingLake(s.lake, fail_at=4))
+    with pytest.raises(LakeError, match="injected"):
+        failed.run(until_idle=2)
+    # The failed worker commits nothing more (a watermark-only commit could claim rows that never landed) ...
+    with pytest.raises(FlywheelError, match="stopped landing after a failed commit"):
+        failed.flush(force_watermarks=True)
+    # ... and the next one lands exactly what is missing.
+    IngestWorker(s).run(until_idle=2)
+    con = connect(s)
+    n_inf, n_fb = len(produced.valid["inference"]), len(produced.valid["feedback"])
+    assert con.execute("SELECT count(*), count(DISTINCT _offset || _topic || _partition) FROM lake_inferences"
+                       ).fetchone() == (n_inf, n_inf)
+    assert con.execute("SELECT count(*), count(DISTINCT _offset || _topic || _partition) FROM lake_feedback"
+                       ).fetchone() == (n_fb, n_fb)
