@@ -9,27 +9,55 @@ replay after a crash lands nothing twice, and a crash before a commit loses noth
 
 Commits to one table are serialized across processes on this host by a file lock, and the watermark is re-read
 under it, so two workers that briefly own the same partition during a rebalance cannot both land its rows.
+
+The Parquet files are written here with pyarrow and then committed, with the app transactions, by
+`DeltaTable.create_write_transaction`, rather than by `write_deltalake`: a landing commit is almost all compression
+of ~1 KB texts, which `write_deltalake` does on one core after copying the batch to split it by partition, while
+here a big commit is split into a few files compressed in parallel, and the Delta log stats are computed only for
+the columns a filter can skip files on. What `write_deltalake` checked before writing (the table's columns, no
+nulls where the table has none) is checked here too.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from functools import cache
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction
 
 from flywheel.errors import FlywheelError
-from flywheel.schemas.arrow import PARTITION_COLUMN, SCHEMAS
+from flywheel.schemas.arrow import LINEAGE, PARTITION_COLUMN, SCHEMAS
+from flywheel.schemas.contract import EVENT_TYPES
 
 TABLES = tuple(SCHEMAS)
 TopicPartition = tuple[str, int]
+
+WRITERS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+"""Files one commit may write in parallel (one core each)."""
+MIN_FILE_BYTES = 16 << 20
+"""A commit is split across writers only into files of at least this much Arrow data (roughly half that as
+Parquet): each split adds a small file for compaction to merge, and below this the threads cost more than they save."""
+
+# pyarrow's LZ4 is the LZ4_RAW codec; the framed LZ4 that delta-rs wrote for "LZ4" is deprecated by Parquet.
+_PYARROW_CODEC = {"UNCOMPRESSED": "NONE", "LZ4_RAW": "LZ4", "LZ4": "LZ4", "SNAPPY": "SNAPPY", "GZIP": "GZIP",
+                  "BROTLI": "BROTLI", "ZSTD": "ZSTD"}
+_IDS = {f.name for et in EVENT_TYPES.values() for f in et.fields if f.kind == "id"} | {"event_id"}
 
 
 class LakeError(FlywheelError):
@@ -74,7 +102,8 @@ class Lake:
                 if not DeltaTable.is_deltatable(str(path)):
                     DeltaTable.create(str(path), schema=SCHEMAS[name], partition_by=[PARTITION_COLUMN[name]],
                                       mode="ignore", name=name,
-                                      configuration={"delta.checkpointInterval": "50"})
+                                      configuration={"delta.checkpointInterval": "50",
+                                                     "delta.dataSkippingStatsColumns": ",".join(stats_columns(name))})
 
     def table(self, name: str) -> DeltaTable:
         try:
@@ -109,16 +138,41 @@ class Lake:
                 return CommitResult(name, 0, None)
             txns = [Transaction(app_id(tp[0], tp[1], ids.get(tp[0])), off) for tp, off in sorted(advance.items())]
             try:
-                write_deltalake(
-                    dt, rows.cast(SCHEMAS[name]), mode="append", partition_by=[PARTITION_COLUMN[name]],
-                    writer_properties=WriterProperties(compression=self.codec),
-                    commit_properties=CommitProperties(app_transactions=txns),
-                )
+                rows = _conform(dt, name, rows)
+                dt.create_write_transaction(self._write_files(name, rows), "append", dt.schema(),
+                                            partition_by=[PARTITION_COLUMN[name]],
+                                            commit_properties=CommitProperties(app_transactions=txns))
+                dt.update_incremental()  # the commit does not move this object to the version it made
             except Exception as exc:  # delta-rs raises several unrelated types; all mean the same to the caller
                 self._tables.pop(name, None)  # reload from the log next time rather than trust this state
                 raise LakeError(f"commit of {rows.num_rows} rows to lake table {name!r} at {self.path(name)} "
                                 f"failed: {exc}") from exc
             return CommitResult(name, rows.num_rows, dt.version())
+
+    def _write_files(self, name: str, rows: pa.Table) -> list[AddAction]:
+        """Write `rows` under the table, a file (or, for a big batch, up to `WRITERS` files written in parallel) per
+        partition value; the add actions that commit them."""
+        part = PARTITION_COLUMN[name]
+        values = pc.unique(rows[part]).to_pylist()
+        pieces = []
+        for value in values:
+            same = rows if len(values) == 1 else rows.filter(pc.equal(rows[part], value))
+            same = same.drop_columns([part])  # Delta keeps partition values in paths, not in the files
+            step = -(-same.num_rows // max(1, min(WRITERS, same.nbytes // MIN_FILE_BYTES)))
+            pieces += [(value, same.slice(start, step)) for start in range(0, same.num_rows, step)]
+        if len(pieces) <= 1:
+            return [self._write_file(name, *p) for p in pieces]
+        with ThreadPoolExecutor(min(WRITERS, len(pieces))) as pool:  # pyarrow releases the GIL while it writes
+            return list(pool.map(lambda p: self._write_file(name, *p), pieces))
+
+    def _write_file(self, name: str, value: date, rows: pa.Table) -> AddAction:
+        part = PARTITION_COLUMN[name]  # a date column in every table
+        rel = f"{part}={value.isoformat()}/part-{uuid.uuid4()}-c000.{self.codec.lower().replace('_', '')}.parquet"
+        path = self.path(name) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rows, str(path), compression=_PYARROW_CODEC[self.codec])
+        return AddAction(rel, path.stat().st_size, {part: value.isoformat()}, int(time.time() * 1000), True,
+                         _file_stats(rows, stats_columns(name)))
 
     def _latest(self, name: str) -> DeltaTable:
         """The table at its latest version: loaded once, then brought up to date from the log's new entries."""
@@ -141,6 +195,59 @@ class Lake:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@cache
+def stats_columns(name: str) -> tuple[str, ...]:
+    """The columns whose min, max and null count each file's add action carries (the table's
+    `delta.dataSkippingStatsColumns`): ids, integers, timestamps and the lineage columns, which filters can skip
+    files on. Bounds of the ~1 KB texts would be long, slow to compute and no use for skipping."""
+    lineage = {f.name for f in LINEAGE}
+    return tuple(f.name for f in SCHEMAS[name] if f.name != PARTITION_COLUMN[name] and (
+        f.name in _IDS or f.name in lineage or pa.types.is_integer(f.type)
+        or pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)))
+
+
+@cache
+def _delta_columns(name: str) -> dict[str, Any]:
+    return {f.name: f.type for f in DeltaSchema.from_arrow(SCHEMAS[name]).fields}
+
+
+def _conform(dt: DeltaTable, name: str, rows: pa.Table) -> pa.Table:
+    """`rows` in the table's schema, or LakeError if they do not fit it (what `write_deltalake` refused)."""
+    rows = rows.cast(SCHEMAS[name])
+    fields = dt.schema().fields
+    if {f.name: f.type for f in fields} != _delta_columns(name):
+        raise LakeError(f"lake table {name!r} has the columns {[f.name for f in fields]}, this build writes "
+                        f"{SCHEMAS[name].names} (or their types differ)")
+    nulls = [f.name for f in fields if not f.nullable and rows[f.name].null_count]
+    if nulls:
+        raise LakeError(f"nulls in the non-nullable columns {nulls} of lake table {name!r}")
+    return rows
+
+
+def _file_stats(rows: pa.Table, columns: tuple[str, ...]) -> str:
+    minimum, maximum, nulls = {}, {}, {}
+    for c in columns:
+        col = rows[c]
+        nulls[c] = col.null_count
+        if col.null_count < len(col):
+            bounds = pc.min_max(col)
+            minimum[c], maximum[c] = _stat(bounds["min"].as_py()), _stat(bounds["max"].as_py(), up=True)
+    return json.dumps({"numRecords": rows.num_rows, "minValues": minimum, "maxValues": maximum, "nullCount": nulls})
+
+
+def _stat(v: Any, up: bool = False) -> Any:
+    """A bound as the Delta log writes it. Timestamps there have milliseconds: a maximum is rounded up, never
+    down, so a reader skipping files on it cannot skip a row it should have read."""
+    if isinstance(v, datetime):
+        v = v.astimezone(timezone.utc)
+        if up and v.microsecond % 1000:
+            v += timedelta(microseconds=1000 - v.microsecond % 1000)
+        return v.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if isinstance(v, date):
+        return v.isoformat()
+    return v
+
+
 def _drop_landed(rows: pa.Table, current: Mapping[TopicPartition, int | None]) -> pa.Table:
     if rows.num_rows == 0:
         return rows
@@ -151,4 +258,5 @@ def _drop_landed(rows: pa.Table, current: Mapping[TopicPartition, int | None]) -
         stale = pc.and_(pc.and_(pc.equal(rows["_topic"], topic), pc.equal(rows["_partition"], partition)),
                         pc.less(rows["_offset"], wm))
         keep = pc.invert(stale) if keep is None else pc.and_(keep, pc.invert(stale))
-    return rows if keep is None else rows.filter(keep)
+    # Filtering copies every column, ~1 KB a row; a replay is rare, so look before copying.
+    return rows if keep is None or pc.all(keep).as_py() else rows.filter(keep)

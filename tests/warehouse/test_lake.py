@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from pathlib import Path
 
+import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
 
+import flywheel.warehouse.lake as lake_module
 from flywheel.config import Settings
 from flywheel.schemas.arrow import SCHEMAS
-from flywheel.warehouse.lake import Lake
+from flywheel.warehouse.lake import Lake, LakeError, stats_columns
 
 NOW = datetime(2026, 11, 2, tzinfo=timezone.utc)
 
@@ -51,3 +57,57 @@ def test_a_watermark_only_commit_moves_the_watermark(settings: Settings) -> None
     lake.ensure()
     lake.commit("quarantine", SCHEMAS["quarantine"].empty_table(), {("t", 1): 40})
     assert lake.watermarks("quarantine", [("t", 1)]) == {("t", 1): 40}
+
+
+def test_files_are_partitioned_and_the_log_has_stats_only_where_filters_can_use_them(settings: Settings) -> None:
+    lake = Lake(settings.lake)
+    lake.ensure()
+    rows = _quarantine([0, 1, 2])
+    day = pa.array([NOW.date(), NOW.date(), date(2026, 11, 1)], pa.date32())
+    late = datetime(2026, 11, 2, 0, 0, 0, 1500, tzinfo=timezone.utc)  # not a whole millisecond
+    rows = rows.set_column(rows.schema.get_field_index("quarantine_date"), "quarantine_date", day)
+    rows = rows.set_column(rows.schema.get_field_index("_ingested_at"), "_ingested_at",
+                           pa.array([NOW, NOW, late], rows.schema.field("_ingested_at").type))
+    lake.commit("quarantine", rows, {("t", 0): 3})
+    dt = lake.table("quarantine")
+    files = dt.file_uris()
+    assert sorted(Path(f).parent.name for f in files) == ["quarantine_date=2026-11-01", "quarantine_date=2026-11-02"]
+    assert "quarantine_date" not in pq.read_schema(files[0]).names  # the value lives in the path
+    got = duckdb.sql(f"SELECT _offset, quarantine_date FROM read_parquet({files!r}, hive_partitioning = true) "
+                     "ORDER BY _offset").fetchall()
+    assert got == [(0, NOW.date()), (1, NOW.date()), (2, date(2026, 11, 1))]
+    adds = {a["partition.quarantine_date"]: a for a in pa.table(dt.get_add_actions(flatten=True)).to_pylist()}
+    assert adds[NOW.date()]["num_records"] == 2
+    assert (adds[NOW.date()]["min._offset"], adds[NOW.date()]["max._offset"]) == (0, 1)
+    assert adds[date(2026, 11, 1)]["max._ingested_at"] == datetime(2026, 11, 2, 0, 0, 0, 2000, tzinfo=timezone.utc)
+    assert "min.payload" not in adds[NOW.date()] and "min.reason" not in adds[NOW.date()]
+    assert set(stats_columns("quarantine")) >= {"_partition", "_offset", "_ingested_at", "event_id"}
+
+
+def test_a_big_commit_is_written_as_files_in_parallel_and_committed_once(settings: Settings, monkeypatch) -> None:
+    monkeypatch.setattr(lake_module, "MIN_FILE_BYTES", 1)
+    monkeypatch.setattr(lake_module, "WRITERS", 3)
+    lake = Lake(settings.lake)
+    lake.ensure()
+    before = lake.table("quarantine").version()
+    assert lake.commit("quarantine", _quarantine(list(range(10))), {("t", 0): 10}).rows == 10
+    dt = lake.table("quarantine")
+    assert (dt.version(), len(dt.file_uris())) == (before + 1, 3)
+    assert sorted(dt.to_pyarrow_table()["_offset"].to_pylist()) == list(range(10))
+    assert lake.watermarks("quarantine", [("t", 0)]) == {("t", 0): 10}
+
+
+def test_rows_that_do_not_fit_the_table_commit_nothing(settings: Settings) -> None:
+    lake = Lake(settings.lake)
+    older = pa.schema([f for f in SCHEMAS["quarantine"] if f.name != "key"])  # a table this build cannot write
+    DeltaTable.create(str(lake.path("quarantine")), schema=older, partition_by=["quarantine_date"])
+    with pytest.raises(LakeError, match="columns"):
+        lake.commit("quarantine", _quarantine([0]), {("t", 0): 1})
+    stricter = pa.schema([f.with_nullable(False) if f.name == "event_id" else f for f in SCHEMAS["quarantine"]])
+    other = Lake(settings.home / "other")
+    DeltaTable.create(str(other.path("quarantine")), schema=stricter, partition_by=["quarantine_date"])
+    with pytest.raises(LakeError, match="event_id"):  # the row has no event_id; the table says it must
+        other.commit("quarantine", _quarantine([0]), {("t", 0): 1})
+    for lk in (lake, other):
+        assert lk.table("quarantine").version() == 0
+        assert lk.watermarks("quarantine", [("t", 0)]) == {("t", 0): None}
