@@ -21,9 +21,10 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,6 +39,7 @@ from flywheel.streams.topics import ensure_topics, topic_ids
 from flywheel.warehouse.lake import Lake, TopicPartition as TP
 
 log = logging.getLogger("flywheel.ingest")
+_T = TypeVar("_T")
 
 WATERMARK_INTERVAL_S = 10.0
 """A table that received no rows still records how far the batches went, at most this often, so that a restart
@@ -61,7 +63,9 @@ class IngestStats:
     """Monotonic time the last batch became durable."""
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("consume", "idle", "validate", "arrange", "dead_letter", "commit"), 0.0))
-    """Where the time went, per stage of the loop (`idle`: polls that returned nothing)."""
+    """Where the time went, per stage of the loop (`idle`: polls that returned nothing). The two topics are
+    validated, and the tables committed, side by side: those stages add up the time of each, which can exceed
+    the wall time they took."""
 
     @property
     def quarantined(self) -> int:
@@ -112,6 +116,10 @@ class IngestWorker:
         self._broken = False
         self._topic_ids: dict[str, str] = {}
         self._dlq: Producer | None = None
+        # Each topic has its own validator (and DuckDB connection) and each table its own commit lock, so the two
+        # topics are validated, and the tables committed, side by side: DuckDB and delta-rs release the GIL, and a
+        # flush otherwise leaves one of the two cores idle.
+        self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -130,6 +138,7 @@ class IngestWorker:
         self._dlq = Producer({"bootstrap.servers": self.settings.kafka_bootstrap, "enable.idempotence": True,
                               "linger.ms": 5, "compression.type": "zstd", "message.max.bytes": 64 * 1024 * 1024})
         consumer = self._consumer = Consumer(self._consumer_config)
+        self._pool = ThreadPoolExecutor(len(SCHEMAS), thread_name_prefix="flywheel-land")
         consumer.subscribe(list(self._routes), on_assign=self._on_assign, on_revoke=self._on_revoke)
         started = time.monotonic()
         last_event: float | None = None
@@ -167,6 +176,8 @@ class IngestWorker:
                 consumer.close()
             finally:
                 self._consumer = None
+                self._pool.shutdown()
+                self._pool = None
                 if self._dlq is not None and not self._broken:
                     self._dlq.flush(10)
         return self.stats
@@ -229,9 +240,13 @@ class IngestWorker:
         by_topic: dict[str, list[Message]] = {}
         for m in msgs:
             by_topic.setdefault(m.topic(), []).append(m)
+        landing = {topic: self._submit(self._land_topic, self._routes[topic], tmsgs, now_wall)
+                   for topic, tmsgs in by_topic.items()}
         for topic, tmsgs in by_topic.items():
             route = self._routes[topic]
-            valid, invalid, bad_idx, next_offsets = self._land_topic(route, tmsgs, now_wall)
+            valid, invalid, bad_idx, next_offsets, seconds = landing[topic].result()
+            for stage, spent in seconds.items():
+                self.stats.seconds[stage] += spent
             per_table[route.table].append(valid)
             per_table["quarantine"].append(invalid)
             offsets[route.table].update(next_offsets)
@@ -242,6 +257,7 @@ class IngestWorker:
             self._dead_letter(dead)
         now = time.monotonic()
         self.stats.seconds["dead_letter"] += now - t0
+        commits: dict[str, Future[tuple[int, float]]] = {}
         for table in SCHEMAS:
             parts = per_table[table]
             rows = pa.concat_tables(parts) if parts else SCHEMAS[table].empty_table()
@@ -255,12 +271,20 @@ class IngestWorker:
                         marks.setdefault(tp, off)
             if rows.num_rows == 0 and not marks:
                 continue
-            t0 = time.monotonic()
-            result = self.lake.commit(table, rows, marks, self._topic_ids)
-            self.stats.seconds["commit"] += time.monotonic() - t0
+            commits[table] = self._submit(self._commit, table, rows, marks)
+        failures = []
+        for table, commit in commits.items():
+            try:
+                landed, spent = commit.result()
+            except BaseException as exc:  # wait for every commit before failing: none may still be running
+                failures.append(exc)
+                continue
+            self.stats.seconds["commit"] += spent
             self.stats.last_commit_at = time.monotonic()
             self._last_watermark_commit[table] = now
-            self.stats.landed[table] += result.rows
+            self.stats.landed[table] += landed
+        if failures:
+            raise failures[0]
         # Only now is this batch landed in every table it feeds.
         for table in SCHEMAS:
             self._pending_offsets.update(offsets[table])
@@ -271,11 +295,27 @@ class IngestWorker:
         if msgs and self.on_flush:
             self.on_flush(self.stats)
 
+    def _submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        done: Future[_T] = Future()  # outside run(): in this thread
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:
+            done.set_exception(exc)
+        return done
+
+    def _commit(self, table: str, rows: pa.Table, marks: dict[TP, int]) -> tuple[int, float]:
+        t0 = time.monotonic()
+        result = self.lake.commit(table, rows, marks, self._topic_ids)
+        return result.rows, time.monotonic() - t0
+
     def _feeds(self, table: str, topic: str) -> bool:
         return table == "quarantine" or self._routes[topic].table == table
 
-    def _land_topic(self, route: _Route, msgs: list[Message],
-                    now: datetime) -> tuple[pa.Table, pa.Table, list[int], dict[TP, int]]:
+    def _land_topic(self, route: _Route, msgs: list[Message], now: datetime
+                    ) -> tuple[pa.Table, pa.Table, list[int], dict[TP, int], dict[str, float]]:
+        """(valid rows, quarantined rows, indices of the invalid messages, next offsets, seconds per stage)."""
         start = time.monotonic()
         topic = msgs[0].topic()
         values = [m.value() for m in msgs]
@@ -284,7 +324,6 @@ class IngestWorker:
         t0 = time.monotonic()
         typed, reasons = route.validator.validate(pa.array(values, pa.binary()))
         t1 = time.monotonic()
-        self.stats.seconds["validate"] += t1 - t0
         ok = pa.array([r is None for r in reasons], pa.bool_())
         ingested = pa.scalar(now, pa.timestamp("us", tz="UTC"))
         valid = typed.filter(ok)
@@ -321,8 +360,8 @@ class IngestWorker:
         for p, o in zip(partitions.to_pylist(), offsets.to_pylist()):
             if o + 1 > next_offsets.get((topic, p), -1):
                 next_offsets[(topic, p)] = o + 1
-        self.stats.seconds["arrange"] += time.monotonic() - start - (t1 - t0)
-        return valid, invalid, bad_idx, next_offsets
+        seconds = {"validate": t1 - t0, "arrange": time.monotonic() - start - (t1 - t0)}
+        return valid, invalid, bad_idx, next_offsets, seconds
 
     def _dead_letter(self, dead: list[tuple[Message, str]]) -> None:
         assert self._dlq is not None

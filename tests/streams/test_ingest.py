@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any
@@ -148,11 +149,10 @@ class _FailingLake(Lake):
 
     def __init__(self, root: str, fail_at: int) -> None:
         super().__init__(root)
-        self.calls, self.fail_at = 0, fail_at
+        self.calls, self.fail_at = itertools.count(1), fail_at  # the worker commits tables from several threads
 
     def commit(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        if self.calls == self.fail_at:
+        if next(self.calls) == self.fail_at:
             raise LakeError("injected: disk full")
         return super().commit(*args, **kwargs)
 
