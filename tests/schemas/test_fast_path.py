@@ -1,0 +1,133 @@
+"""The fast path changes the speed, never the verdict: with and without it the batch validator returns the same
+typed rows and reasons, on valid, hostile and tricky input, alone or mixed."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pyarrow as pa
+import pytest
+
+from flywheel.infra.sample import generate, hostile_payloads, load_corpus
+from flywheel.schemas.contract import EVENT_TYPES, event_type_of
+from flywheel.schemas.validation import BatchValidator
+
+LIMIT = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def events() -> list[dict]:
+    return list(generate(load_corpus(), 600, seed=5))
+
+
+def _valid(events: list[dict], name: str) -> list[dict]:
+    return [e for e in events if event_type_of(e) is EVENT_TYPES[name]]
+
+
+def _tricky(e: dict) -> list[bytes]:
+    """Payloads that are valid, or nearly, in ways a strict reader could get wrong."""
+    enc = lambda o, **kw: json.dumps(o, **kw).encode()  # noqa: E731
+    id_field = "inference_id" if "output" in e else "feedback_id"
+    out = [
+        enc(e, indent=2),  # raw newlines between tokens
+        enc(e, separators=(",", ":")),  # compact
+        enc(e)[:-1] + b' }',
+        b"  " + enc(e),
+        enc(e) + b" " + enc(e),  # two objects in one message
+        enc({**e, "metadata": {"k": 1, "nested": {"input": [1, 2]}}}),
+        enc({**e, "metadata": {"k": "now a string"}}),
+        enc({**e, "metadata": {}}),
+        enc({**e, "metadata": None}),
+        enc({**e, "metadata": [1]}),
+        enc({**e, "brand_new_field": {"x": 1}}),
+        enc(e)[:-1] + b', "metadata": {"a": 1}, "metadata": {"a": 2}}',
+        enc({**e, "timestamp": "2026-11-01t10:00:00.123456789z"}),
+        enc({**e, "timestamp": "2026-11-01 10:00:00+05:30"}),
+        enc({**e, "timestamp": "2026-02-30T10:00:00Z"}),
+        enc({**e, id_field: "é" * 256}),
+        enc({**e, id_field: "é" * 257}),
+        enc({**e, "schema_version": 2.0}),
+        enc({**e, "schema_version": -0}),
+        enc({**e, "type": "feedback" if "output" in e else "inference"}),
+        enc(e)[:-1] + b', "note": "\\ud800"}',
+        enc(e)[:-1] + b', "cost_usd": Infinity}',
+    ]
+    if "output" in e:
+        chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi", "name": "u1"}]
+        out += [
+            enc({**e, "input": chat}),
+            enc({**e, "input": chat}).replace(b'"input": [', b'"input" :[', 1),
+            enc({**e, "input": [{"role": "user", "content": None}]}),
+            enc({**e, "input": [{"role": "user"}]}),
+            enc({**e, "input": []}),
+            enc({**e, "input": {"role": "user", "content": "x"}}),
+            enc({**e, "input": ["hi"]}),
+            enc({**e, "metadata": {"input": [{"role": "user", "content": "x"}]}, "input": "plain"}),
+        ]
+    else:
+        out += [
+            enc({**e, "kind": "rating", "value": 4, "scale": [1, 10]}),
+            enc({**e, "kind": "rating", "value": 4, "scale": [10, 1]}),
+            enc({**e, "kind": "rating", "value": 4, "scale": [1, None]}),
+            enc({**e, "kind": "rating", "value": 4, "scale": [1, 2, 3]}),
+            enc({**e, "kind": "thumbs", "value": 0}),
+        ]
+    return out
+
+
+_VALIDATORS: dict[tuple[str, bool], BatchValidator] = {}
+
+
+def _both(name: str, payloads: list[bytes]) -> tuple[tuple, tuple, BatchValidator]:
+    for fast in (True, False):
+        if (name, fast) not in _VALIDATORS:
+            _VALIDATORS[name, fast] = BatchValidator(EVENT_TYPES[name], LIMIT, fast=fast)
+    fast = _VALIDATORS[name, True]
+    fast.rows_fast = 0
+    arr = pa.array(payloads, pa.binary())
+    return fast.validate(arr), _VALIDATORS[name, False].validate(arr), fast
+
+
+def _same(a: pa.Table, b: pa.Table) -> bool:
+    # NaN never equals itself in Table.equals; an invalid `NaN` value is typed as NaN on both paths.
+    return a.equals(b) or (a.schema == b.schema and repr(a.to_pylist()) == repr(b.to_pylist()))
+
+
+@pytest.mark.parametrize("name", ["inference", "feedback"])
+def test_valid_events_take_the_fast_path_with_the_same_rows(events: list[dict], name: str) -> None:
+    payloads = [json.dumps(e).encode() for e in _valid(events, name)]
+    (typed, reasons), (typed_full, reasons_full), fast = _both(name, payloads)
+    assert reasons == reasons_full == [None] * len(payloads)
+    assert typed.equals(typed_full)
+    assert fast.rows_fast == len(payloads)
+
+
+@pytest.mark.parametrize("name", ["inference", "feedback"])
+def test_each_tricky_or_hostile_payload_gets_the_full_validators_verdict(events: list[dict], name: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    valid = _valid(events, name)
+    odd = [p for e in valid[:3] for p in _tricky(e)] + [p for _, p in hostile_payloads(valid, 60, big_bytes=2 * LIMIT)]
+    clean = [json.dumps(e).encode() for e in valid[:20]]
+    # Each odd payload alone in its chunk, then as the one odd event of a chunk of valid ones.
+    for chunk, batch in ((1, odd), (len(clean) + 1, [p for o in odd for p in (*clean, o)])):
+        monkeypatch.setattr("flywheel.schemas.validation.CHUNK_ROWS", chunk)
+        (typed, reasons), (typed_full, reasons_full), fast = _both(name, batch)
+        for i, payload in enumerate(batch):
+            assert reasons[i] == reasons_full[i], payload[:300]
+            assert _same(typed.slice(i, 1), typed_full.slice(i, 1)), payload[:300]
+        assert fast.rows_fast > 0
+
+
+@pytest.mark.parametrize("name", ["inference", "feedback"])
+def test_a_shuffled_mix_spanning_many_chunks_matches(events: list[dict], name: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("flywheel.schemas.validation.CHUNK_ROWS", 16)
+    valid = _valid(events, name)
+    mix = [json.dumps(e).encode() for e in valid] + [p for e in valid[:5] for p in _tricky(e)]
+    mix += [p for _, p in hostile_payloads(valid, 40, big_bytes=2 * LIMIT)]
+    random.Random(7).shuffle(mix)
+    (typed, reasons), (typed_full, reasons_full), fast = _both(name, mix)
+    assert reasons == reasons_full
+    assert _same(typed, typed_full)
+    assert 0 < fast.rows_fast < len(mix)  # some chunks were clean, some were not
