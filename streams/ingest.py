@@ -120,6 +120,10 @@ class IngestWorker:
         # topics are validated, and the tables committed, side by side: DuckDB and delta-rs release the GIL, and a
         # flush otherwise leaves one of the two cores idle.
         self._pool: ThreadPoolExecutor | None = None
+        # Landing a batch runs on its own thread while this one goes on consuming the next: at most one batch is in
+        # flight, so batches still land (and commit their offsets) in order and memory stays bounded.
+        self._lander: ThreadPoolExecutor | None = None
+        self._landing: Future[None] | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -140,6 +144,7 @@ class IngestWorker:
                               "linger.ms": 5, "compression.type": "zstd", "message.max.bytes": 64 * 1024 * 1024})
         consumer = self._consumer = Consumer(self._consumer_config)
         self._pool = ThreadPoolExecutor(len(SCHEMAS), thread_name_prefix="flywheel-land")
+        self._lander = ThreadPoolExecutor(1, thread_name_prefix="flywheel-lander")
         consumer.subscribe(list(self._routes), on_assign=self._on_assign, on_revoke=self._on_revoke)
         started = time.monotonic()
         last_event: float | None = None
@@ -163,22 +168,29 @@ class IngestWorker:
                 if msgs or (last_event is None and self._assigned):
                     # Idle time counts from the first assignment: joining the group can take seconds.
                     last_event = now
+                if self._landing is not None and self._landing.done():
+                    self._wait_landed()  # a failed landing stops the loop here
                 if self._due(now):
-                    self.flush()
-                elif self._buffer == [] and self._watermarks_due(now):
+                    self._hand_off()
+                elif self._buffer == [] and self._landing is None and self._watermarks_due(now):
                     self.flush(force_watermarks=True)
-                if until_idle is not None and not self._buffer:
+                if until_idle is not None and not self._buffer and self._landing is None:
                     since = last_event if last_event is not None else started + JOIN_GRACE_S
                     if now - since >= until_idle:
                         break
             self.flush(force_watermarks=True)
         finally:
             try:
+                if self._landing is not None and not self._landing.done():
+                    self._landing.exception()  # let the batch in flight finish; its failure is already raised
                 consumer.close()
             finally:
                 self._consumer = None
-                self._pool.shutdown()
-                self._pool = None
+                self._landing = None
+                for pool in (self._lander, self._pool):
+                    if pool is not None:
+                        pool.shutdown()
+                self._lander = self._pool = None
                 if self._dlq is not None and not self._broken:
                     self._dlq.flush(10)
         return self.stats
@@ -196,6 +208,8 @@ class IngestWorker:
     # ------------------------------------------------------------------------------------------------ rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not self._broken:
+            self._wait_landed()  # the watermarks read below must include the batch in flight
         tps: list[TP] = [(p.topic, p.partition) for p in partitions]
         marks = {table: self.lake.watermarks(table, tps, self._topic_ids) for table in SCHEMAS}
         for p, tp in zip(partitions, tps):
@@ -219,21 +233,45 @@ class IngestWorker:
     # ------------------------------------------------------------------------------------------------ landing
 
     def flush(self, force_watermarks: bool = False) -> None:
-        """Land the buffered batch: dead letters first, then one commit per table with its watermarks."""
+        """Land the buffered batch and wait until it is landed: dead letters first, then one commit per table
+        with its watermarks."""
+        self._hand_off(force_watermarks)
+        self._wait_landed()
+
+    def _hand_off(self, force_watermarks: bool = False) -> None:
+        """Start landing the buffered batch, once the batch in flight (if any) has landed."""
+        self._wait_landed()
         if self._broken:
             raise FlywheelError("this worker stopped landing after a failed commit; start a new one, it resumes "
                                 "where the lake is")
+        msgs, nbytes = self._buffer, self._buffer_bytes
+        self._buffer, self._buffer_bytes, self._oldest = [], 0, None
+        if self._lander is None:  # outside run(): in this thread
+            self._landing = Future()
+            try:
+                self._landing.set_result(self._land(msgs, nbytes, force_watermarks))
+            except BaseException as exc:
+                self._landing.set_exception(exc)
+        else:
+            self._landing = self._lander.submit(self._land, msgs, nbytes, force_watermarks)
+
+    def _wait_landed(self) -> None:
+        landing, self._landing = self._landing, None
+        if landing is not None:
+            landing.result()
+            # On this thread: the consumer must not be called from two threads at once.
+            self._commit_kafka_offsets()
+
+    def _land(self, msgs: list[Message], nbytes: int, force_watermarks: bool) -> None:
         try:
-            self._flush(force_watermarks)
+            self._flush(msgs, nbytes, force_watermarks)
         except BaseException:
             # After a partial failure nothing more may be committed from this worker's state (a watermark-only
             # commit could claim rows that never landed): a new worker resumes from the lake instead.
             self._broken = True
             raise
 
-    def _flush(self, force_watermarks: bool) -> None:
-        msgs, nbytes = self._buffer, self._buffer_bytes
-        self._buffer, self._buffer_bytes, self._oldest = [], 0, None
+    def _flush(self, msgs: list[Message], nbytes: int, force_watermarks: bool) -> None:
         now_wall = datetime.now(timezone.utc)
         per_table: dict[str, list[pa.Table]] = {t: [] for t in SCHEMAS}
         offsets: dict[str, dict[TP, int]] = {t: {} for t in SCHEMAS}
@@ -289,7 +327,6 @@ class IngestWorker:
         # Only now is this batch landed in every table it feeds.
         for table in SCHEMAS:
             self._pending_offsets.update(offsets[table])
-        self._commit_kafka_offsets()
         self.stats.consumed += len(msgs)
         self.stats.consumed_bytes += nbytes
         self.stats.flushes += 1
