@@ -13,14 +13,15 @@ starts with `{` and ends with `}`: a JSON value cannot then continue from one pa
 brace a parser expects a comma, a closing bracket or the end, never `{`; inside a string the raw newline between two
 payloads is an error), and since each payload yields at least one row, exactly `n` rows mean one row per payload.
 
-Two contract fields have a free type: `input` (a string or a list of messages) goes to one of two reads by a cheap
-textual guess that Arrow's strictness then verifies, and `metadata` (any object) is inferred by Arrow only to see
-where it is present; its text comes from DuckDB, on those rows only.
+Two contract fields have a free type. `input` (a string or a list of messages) is read as a string, unless a cheap
+textual guess renamed it to a key read as a list of messages: Arrow's strictness then verifies the guess. `metadata`
+(any object) is inferred by Arrow only to see where it is present; its text comes from DuckDB, on those rows only.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 
 import duckdb
 import pyarrow as pa
@@ -56,47 +57,34 @@ class FastPath:
         self.et = et
         strict = [(f.name, STRICT_TYPES[f.kind]) for f in et.fields if f.kind in STRICT_TYPES]
         self._has_input = any(f.kind == "input" for f in et.fields)
-        self._schemas = {"text": pa.schema(strict + ([("input", pa.string())] if self._has_input else [])),
-                         "chat": pa.schema(strict + [("input", MESSAGES)])}
+        # A chat input is read under a key of its own: a name no producer can know, so none can collide with it.
+        self._chat_key = f"__flywheel_chat_{secrets.token_hex(8)}"
+        self._schema = pa.schema(strict + ([("input", pa.string()), (self._chat_key, MESSAGES)]
+                                           if self._has_input else []))
         self.sql = _check_sql(et, rfc3339)
 
     def read(self, text: pa.StringArray, first_row: int) -> pa.Table | None:
-        """The strict fields of every payload of the chunk, with `_row` (first_row + i) and `raw`, in an order of
-        its own; or None when Arrow refuses the chunk, or it has a field the contract does not know."""
+        """The strict fields of every payload of the chunk, with `_row` (first_row + i) and `raw`; or None when
+        Arrow refuses the chunk, or it has a field the contract does not know."""
         n = len(text)
         if n == 0 or text.null_count or not pc.all(pc.starts_with(text, "{")).as_py() \
                 or not pc.all(pc.ends_with(text, "}")).as_py():
             return None
-        rows = pa.array(range(first_row, first_row + n), pa.int64())
-        if not self._has_input:
-            return self._read(text, rows, "text")
-        chat = pc.match_substring_regex(text, CHAT_INPUT)
-        parts = []
-        for kind, mask in (("text", pc.invert(chat)), ("chat", chat)):
-            idx = pc.indices_nonzero(mask)
-            if len(idx) == n:
-                return self._read(text, rows, kind)
-            if len(idx):
-                part = self._read(text.take(idx), rows.take(idx), kind)
-                if part is None:
-                    return None
-                parts.append(part)
-        return pa.concat_tables(parts)
-
-    def _read(self, text: pa.StringArray, rows: pa.Int64Array, kind: str) -> pa.Table | None:
-        schema = self._schemas[kind]
-        longest = pc.max(pc.binary_length(text)).as_py()
+        routed = text
+        if self._has_input:  # `"input": [` becomes `"<chat key>":[`, once per payload
+            routed = pc.replace_substring_regex(text, CHAT_INPUT, f'"{self._chat_key}":[', max_replacements=1)
+        longest = pc.max(pc.binary_length(routed)).as_py()
         block = max(MIN_BLOCK_BYTES, 1 << (longest + 2).bit_length())  # a payload never spans two blocks
-        joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(text)], pa.int32()), text), "\n")[0]
+        joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, n], pa.int32()), routed), "\n")[0]
         try:
             table = pj.read_json(pa.BufferReader(joined.as_buffer()), read_options=pj.ReadOptions(block_size=block),
-                                 parse_options=pj.ParseOptions(explicit_schema=schema,
+                                 parse_options=pj.ParseOptions(explicit_schema=self._schema,
                                                                unexpected_field_behavior="infer"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
-        if table.num_rows != len(text) or set(table.column_names) - set(schema.names) - {"metadata"}:
+        if table.num_rows != n or set(table.column_names) - set(self._schema.names) - {"metadata"}:
             return None  # one payload held several objects, or an unknown field: the full validator keeps it
-        has_metadata = pa.array([False] * len(text))
+        has_metadata = pa.array([False] * n)
         if "metadata" in table.column_names:
             meta = table["metadata"]
             if not (pa.types.is_struct(meta.type) or pa.types.is_null(meta.type)):
@@ -104,14 +92,19 @@ class FastPath:
             has_metadata = pc.is_valid(meta)
             table = table.drop_columns(["metadata"])
         if self._has_input:
+            chat = table[self._chat_key]
+            # A chat input only where the replacement made one, and never beside a text `input` (a duplicate key
+            # the replacement hid from Arrow).
+            was_routed = pc.not_equal(pc.binary_length(routed), pc.binary_length(text))
+            if pc.any(pc.and_(pc.is_valid(chat), pc.or_(pc.invert(was_routed), pc.is_valid(table["input"])))).as_py():
+                return None
             try:
-                messages = table["input"].cast(MESSAGES) if kind == "chat" else pa.nulls(len(text), MESSAGES)
+                messages = chat.cast(MESSAGES)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 return None
-            texts = pa.nulls(len(text), pa.string()) if kind == "chat" else table["input"]
-            table = table.drop_columns(["input"]).append_column("input", texts).append_column("input_messages",
-                                                                                               messages)
-        return (table.append_column("_has_metadata", has_metadata).append_column("_row", rows)
+            table = table.drop_columns([self._chat_key]).append_column("input_messages", messages)
+        return (table.append_column("_has_metadata", has_metadata)
+                .append_column("_row", pa.array(range(first_row, first_row + n), pa.int64()))
                 .append_column("raw", text))
 
     def check(self, con: duckdb.DuckDBPyConnection, read: pa.Table) -> pa.Table:

@@ -431,9 +431,13 @@ class BatchValidator:
         # (preserve_insertion_order): sort by row when needed, rather than assume.
         if not pc.all(pc.equal(out["_row"], pa.array(range(out.num_rows), pa.int64()))).as_py():
             out = out.sort_by("_row")
-        reasons = out.column("reasons").to_pylist()
-        merged = [p if p is not None else ("; ".join(r) if r else None) for p, r in zip(pre, reasons)]
-        return out.drop_columns(["_row", "reasons"]), merged
+        # Reason texts are Python strings for the invalid rows only: a batch is mostly valid events.
+        reasons = out.column("reasons")
+        broken = pc.indices_nonzero(pc.fill_null(pc.greater(pc.list_value_length(reasons), 0), False)).to_pylist()
+        for i, r in zip(broken, reasons.take(pa.array(broken, pa.int64())).to_pylist()):
+            if pre[i] is None:
+                pre[i] = "; ".join(r)
+        return out.drop_columns(["_row", "reasons"]), pre
 
     def _validate_fast(self, text: pa.StringArray) -> tuple[list[pa.Table], list[tuple[int, int]]]:
         """The rows the fast path validated (one table, or none), and the [start, stop) chunks it left over."""

@@ -64,6 +64,10 @@ def _tricky(e: dict) -> list[bytes]:
             enc({**e, "input": {"role": "user", "content": "x"}}),
             enc({**e, "input": ["hi"]}),
             enc({**e, "metadata": {"input": [{"role": "user", "content": "x"}]}, "input": "plain"}),
+            enc({"metadata": {"input": [{"role": "user", "content": "x"}]}, **{k: v for k, v in e.items()
+                                                                              if k != "input"}}),
+            enc(e)[:-1] + b', "input": [{"role": "user", "content": "again"}]}',  # a duplicate `input`
+            enc({**e, "input": chat})[:-1] + b', "input": "again"}',
         ]
     else:
         out += [
