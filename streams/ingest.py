@@ -21,6 +21,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -46,6 +47,9 @@ WATERMARK_INTERVAL_S = 10.0
 does not re-read a long stretch on its behalf."""
 
 
+IN_FLIGHT = 2
+"""Batches being landed at once (one validating, one committing) while the next is consumed."""
+
 JOIN_GRACE_S = 30.0
 """With --until-idle, how long a worker that was given no partition yet waits before idle time starts counting."""
 
@@ -70,6 +74,14 @@ class IngestStats:
     @property
     def quarantined(self) -> int:
         return self.landed["quarantine"]
+
+
+@dataclass
+class _Batch:
+    """A validated batch waiting to be committed: rows and next offsets per table."""
+
+    rows: dict[str, list[pa.Table]]
+    offsets: dict[str, dict[TP, int]]
 
 
 @dataclass
@@ -120,10 +132,11 @@ class IngestWorker:
         # topics are validated, and the tables committed, side by side: DuckDB and delta-rs release the GIL, and a
         # flush otherwise leaves one of the two cores idle.
         self._pool: ThreadPoolExecutor | None = None
-        # Landing a batch runs on its own thread while this one goes on consuming the next: at most one batch is in
-        # flight, so batches still land (and commit their offsets) in order and memory stays bounded.
-        self._lander: ThreadPoolExecutor | None = None
-        self._landing: Future[None] | None = None
+        # Landing runs beside consuming, in two stages of one thread each: a batch is validated (and its dead
+        # letters sent) while the batch before it is committed. Commits stay in batch order, and at most
+        # IN_FLIGHT batches are being landed, so memory stays bounded.
+        self._stages: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+        self._in_flight: deque[Future[None]] = deque()
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -143,8 +156,9 @@ class IngestWorker:
         self._dlq = Producer({"bootstrap.servers": self.settings.kafka_bootstrap, "enable.idempotence": True,
                               "linger.ms": 5, "compression.type": "zstd", "message.max.bytes": 64 * 1024 * 1024})
         consumer = self._consumer = Consumer(self._consumer_config)
-        self._pool = ThreadPoolExecutor(len(SCHEMAS), thread_name_prefix="flywheel-land")
-        self._lander = ThreadPoolExecutor(1, thread_name_prefix="flywheel-lander")
+        self._pool = ThreadPoolExecutor(len(SCHEMAS) + len(self._routes), thread_name_prefix="flywheel-land")
+        self._stages = (ThreadPoolExecutor(1, thread_name_prefix="flywheel-prepare"),
+                        ThreadPoolExecutor(1, thread_name_prefix="flywheel-commit"))
         consumer.subscribe(list(self._routes), on_assign=self._on_assign, on_revoke=self._on_revoke)
         started = time.monotonic()
         last_event: float | None = None
@@ -168,29 +182,29 @@ class IngestWorker:
                 if msgs or (last_event is None and self._assigned):
                     # Idle time counts from the first assignment: joining the group can take seconds.
                     last_event = now
-                if self._landing is not None and self._landing.done():
-                    self._wait_landed()  # a failed landing stops the loop here
+                while self._in_flight and self._in_flight[0].done():
+                    self._collect()  # a failed landing stops the loop here
                 if self._due(now):
                     self._hand_off()
-                elif self._buffer == [] and self._landing is None and self._watermarks_due(now):
+                elif self._buffer == [] and not self._in_flight and self._watermarks_due(now):
                     self.flush(force_watermarks=True)
-                if until_idle is not None and not self._buffer and self._landing is None:
+                if until_idle is not None and not self._buffer and not self._in_flight:
                     since = last_event if last_event is not None else started + JOIN_GRACE_S
                     if now - since >= until_idle:
                         break
             self.flush(force_watermarks=True)
         finally:
             try:
-                if self._landing is not None and not self._landing.done():
-                    self._landing.exception()  # let the batch in flight finish; its failure is already raised
+                for landing in self._in_flight:
+                    landing.exception()  # let batches in flight finish: after a failure they commit nothing
                 consumer.close()
             finally:
                 self._consumer = None
-                self._landing = None
-                for pool in (self._lander, self._pool):
+                self._in_flight.clear()
+                for pool in (*(self._stages or ()), self._pool):
                     if pool is not None:
                         pool.shutdown()
-                self._lander = self._pool = None
+                self._stages = self._pool = None
                 if self._dlq is not None and not self._broken:
                     self._dlq.flush(10)
         return self.stats
@@ -239,42 +253,37 @@ class IngestWorker:
         self._wait_landed()
 
     def _hand_off(self, force_watermarks: bool = False) -> None:
-        """Start landing the buffered batch, once the batch in flight (if any) has landed."""
-        self._wait_landed()
+        """Start landing the buffered batch (waiting, if IN_FLIGHT batches are being landed, for the oldest)."""
+        while len(self._in_flight) >= IN_FLIGHT:
+            self._collect()
         if self._broken:
             raise FlywheelError("this worker stopped landing after a failed commit; start a new one, it resumes "
                                 "where the lake is")
         msgs, nbytes = self._buffer, self._buffer_bytes
         self._buffer, self._buffer_bytes, self._oldest = [], 0, None
-        if self._lander is None:  # outside run(): in this thread
-            self._landing = Future()
-            try:
-                self._landing.set_result(self._land(msgs, nbytes, force_watermarks))
-            except BaseException as exc:
-                self._landing.set_exception(exc)
+        if self._stages is None:  # outside run(): in this thread
+            prepared = _done(self._prepare, msgs)
+            self._in_flight.append(_done(self._commit_batch, prepared, len(msgs), nbytes, force_watermarks))
         else:
-            self._landing = self._lander.submit(self._land, msgs, nbytes, force_watermarks)
+            prepare, commit = self._stages
+            prepared = prepare.submit(self._prepare, msgs)
+            self._in_flight.append(commit.submit(self._commit_batch, prepared, len(msgs), nbytes, force_watermarks))
+
+    def _collect(self) -> None:
+        """Wait for the oldest batch in flight to land (raising its failure), then tell Kafka."""
+        self._in_flight.popleft().result()
+        # On this thread: the consumer must not be called from two threads at once.
+        self._commit_kafka_offsets()
 
     def _wait_landed(self) -> None:
-        landing, self._landing = self._landing, None
-        if landing is not None:
-            landing.result()
-            # On this thread: the consumer must not be called from two threads at once.
-            self._commit_kafka_offsets()
+        while self._in_flight:
+            self._collect()
 
-    def _land(self, msgs: list[Message], nbytes: int, force_watermarks: bool) -> None:
-        try:
-            self._flush(msgs, nbytes, force_watermarks)
-        except BaseException:
-            # After a partial failure nothing more may be committed from this worker's state (a watermark-only
-            # commit could claim rows that never landed): a new worker resumes from the lake instead.
-            self._broken = True
-            raise
-
-    def _flush(self, msgs: list[Message], nbytes: int, force_watermarks: bool) -> None:
+    def _prepare(self, msgs: list[Message]) -> _Batch:
+        """First stage: validate each topic's messages (side by side), arrange the rows per table, and send the
+        invalid ones to the dead-letter topic."""
         now_wall = datetime.now(timezone.utc)
-        per_table: dict[str, list[pa.Table]] = {t: [] for t in SCHEMAS}
-        offsets: dict[str, dict[TP, int]] = {t: {} for t in SCHEMAS}
+        batch = _Batch({t: [] for t in SCHEMAS}, {t: {} for t in SCHEMAS})
         dead: list[tuple[Message, str]] = []
         by_topic: dict[str, list[Message]] = {}
         for m in msgs:
@@ -286,21 +295,41 @@ class IngestWorker:
             valid, invalid, bad_idx, next_offsets, seconds = landing[topic].result()
             for stage, spent in seconds.items():
                 self.stats.seconds[stage] += spent
-            per_table[route.table].append(valid)
-            per_table["quarantine"].append(invalid)
-            offsets[route.table].update(next_offsets)
-            offsets["quarantine"].update(next_offsets)
+            batch.rows[route.table].append(valid)
+            batch.rows["quarantine"].append(invalid)
+            batch.offsets[route.table].update(next_offsets)
+            batch.offsets["quarantine"].update(next_offsets)
             dead += [(tmsgs[i], r) for i, r in zip(bad_idx, invalid.column("reason").to_pylist())]
         t0 = time.monotonic()
         if dead:
             self._dead_letter(dead)
+        self.stats.seconds["dead_letter"] += time.monotonic() - t0
+        return batch
+
+    def _commit_batch(self, prepared: Future[_Batch], n: int, nbytes: int, force_watermarks: bool) -> None:
+        """Second stage: one commit per table with its watermarks, in batch order; after a failure, none."""
+        if self._broken:
+            raise FlywheelError("an earlier batch failed to land; this one was not committed")
+        try:
+            self._commit_tables(prepared.result(), force_watermarks)
+        except BaseException:
+            # After a partial failure nothing more may be committed from this worker's state (a watermark-only
+            # commit could claim rows that never landed): a new worker resumes from the lake instead.
+            self._broken = True
+            raise
+        self.stats.consumed += n
+        self.stats.consumed_bytes += nbytes
+        self.stats.flushes += 1
+        if n and self.on_flush:
+            self.on_flush(self.stats)
+
+    def _commit_tables(self, batch: _Batch, force_watermarks: bool) -> None:
         now = time.monotonic()
-        self.stats.seconds["dead_letter"] += now - t0
         commits: dict[str, Future[tuple[int, float]]] = {}
         for table in SCHEMAS:
-            parts = per_table[table]
+            parts = batch.rows[table]
             rows = pa.concat_tables(parts) if parts else SCHEMAS[table].empty_table()
-            marks = dict(offsets[table])
+            marks = dict(batch.offsets[table])
             stale = force_watermarks or now - self._last_watermark_commit.get(table, 0.0) >= WATERMARK_INTERVAL_S
             if rows.num_rows == 0 and not stale:
                 continue
@@ -326,22 +355,10 @@ class IngestWorker:
             raise failures[0]
         # Only now is this batch landed in every table it feeds.
         for table in SCHEMAS:
-            self._pending_offsets.update(offsets[table])
-        self.stats.consumed += len(msgs)
-        self.stats.consumed_bytes += nbytes
-        self.stats.flushes += 1
-        if msgs and self.on_flush:
-            self.on_flush(self.stats)
+            self._pending_offsets.update(batch.offsets[table])
 
     def _submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
-        if self._pool is not None:
-            return self._pool.submit(fn, *args)
-        done: Future[_T] = Future()  # outside run(): in this thread
-        try:
-            done.set_result(fn(*args))
-        except BaseException as exc:
-            done.set_exception(exc)
-        return done
+        return self._pool.submit(fn, *args) if self._pool is not None else _done(fn, *args)
 
     def _commit(self, table: str, rows: pa.Table, marks: dict[TP, int]) -> tuple[int, float]:
         t0 = time.monotonic()
@@ -427,6 +444,16 @@ class IngestWorker:
                                   asynchronous=True)
         except Exception as exc:  # informational only: the lake holds the offsets that matter
             log.debug("kafka offset commit skipped: %s", exc)
+
+
+def _done(fn: Callable[..., _T], *args: object) -> Future[_T]:
+    """`fn(*args)` run in this thread, as a completed future."""
+    done: Future[_T] = Future()
+    try:
+        done.set_result(fn(*args))
+    except BaseException as exc:
+        done.set_exception(exc)
+    return done
 
 
 def _kafka_ts(m: Message) -> datetime | None:
