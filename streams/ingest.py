@@ -64,7 +64,7 @@ class IngestStats:
     first_event_at: float | None = None
     """Monotonic time the first event arrived (after the group join)."""
     last_commit_at: float | None = None
-    """Monotonic time the last batch became durable."""
+    """Monotonic time the last rows became durable (a commit that only moves watermarks does not count)."""
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("consume", "idle", "validate", "arrange", "dead_letter", "commit"), 0.0))
     """Where the time went, per stage of the loop (`idle`: polls that returned nothing). The two topics are
@@ -137,6 +137,7 @@ class IngestWorker:
         # IN_FLIGHT batches are being landed, so memory stays bounded.
         self._stages: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
         self._in_flight: deque[Future[None]] = deque()
+        self._preparing: Future[_Batch] | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -160,6 +161,10 @@ class IngestWorker:
         self._stages = (ThreadPoolExecutor(1, thread_name_prefix="flywheel-prepare"),
                         ThreadPoolExecutor(1, thread_name_prefix="flywheel-commit"))
         consumer.subscribe(list(self._routes), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        for route in self._routes.values():
+            # Plan the validating queries and load the JSON reader now, while the group is being joined, not
+            # while the first events wait.
+            route.validator.validate(pa.array([b"{}"], pa.binary()))
         started = time.monotonic()
         last_event: float | None = None
         try:
@@ -211,9 +216,15 @@ class IngestWorker:
 
     def _due(self, now: float) -> bool:
         s = self.settings
-        return bool(self._buffer) and (
-            len(self._buffer) >= s.flush_max_events or self._buffer_bytes >= s.flush_max_bytes
-            or (self._oldest is not None and now - self._oldest >= s.flush_interval_s))
+        if not self._buffer:
+            return False
+        if len(self._buffer) >= s.flush_max_events or self._buffer_bytes >= s.flush_max_bytes \
+                or (self._oldest is not None and now - self._oldest >= s.flush_interval_s):
+            return True
+        # Validating is the slowest stage: when it has nothing to do, a batch an eighth full goes at once rather
+        # than leave it waiting for the consumer to fill a whole one (as at the start, or after a pause).
+        return (self._preparing is None or self._preparing.done()) and (
+            len(self._buffer) >= s.flush_max_events // 8 or self._buffer_bytes >= s.flush_max_bytes // 8)
 
     def _watermarks_due(self, now: float) -> bool:
         return bool(self._pending_offsets) and any(
@@ -266,7 +277,7 @@ class IngestWorker:
             self._in_flight.append(_done(self._commit_batch, prepared, len(msgs), nbytes, force_watermarks))
         else:
             prepare, commit = self._stages
-            prepared = prepare.submit(self._prepare, msgs)
+            prepared = self._preparing = prepare.submit(self._prepare, msgs)
             self._in_flight.append(commit.submit(self._commit_batch, prepared, len(msgs), nbytes, force_watermarks))
 
     def _collect(self) -> None:
@@ -348,7 +359,8 @@ class IngestWorker:
                 failures.append(exc)
                 continue
             self.stats.seconds["commit"] += spent
-            self.stats.last_commit_at = time.monotonic()
+            if landed:
+                self.stats.last_commit_at = time.monotonic()
             self._last_watermark_commit[table] = now
             self.stats.landed[table] += landed
         if failures:
