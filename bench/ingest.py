@@ -144,7 +144,7 @@ def main() -> None:
             print(f"{label:30s}{rate:12,.0f}{res['bytes'] / res['seconds'] / 1e6:9.1f}{rate / raw_rate:8.2f}"
                   f"{peak_rss_mb:8,.0f}MB")
             busy = sum(v for k, v in res["stages"].items() if k != "idle")
-            print("    busy time by stage: " + ", ".join(f"{k} {v:.1f}s ({v / busy:.0%})" for k, v in
+            print("    time by stage (they overlap: the worker is a pipeline): " + ", ".join(f"{k} {v:.1f}s ({v / busy:.0%})" for k, v in
                                                       res["stages"].items() if k != "idle")
                   + f"; landed {res['landed']}")
         print("goal: a lane at >= 0.25 of the raw rate and >= 100,000 events/s; peak RSS is the largest worker's")
