@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -481,12 +482,13 @@ def _raw_table(rows: pa.Array | list[int], text: pa.Array) -> pa.Table:
 
 def _chunks(sizes: pa.Array) -> list[tuple[int, int]]:
     """[start, stop) of consecutive chunks of at most CHUNK_ROWS rows and (but for a single row) CHUNK_BYTES."""
-    bounds, start, nbytes = [], 0, 0
-    for i, size in enumerate(pc.fill_null(sizes, 0).to_pylist()):
-        if i > start and (i - start >= CHUNK_ROWS or nbytes + size > CHUNK_BYTES):
-            bounds.append((start, i))
-            start, nbytes = i, 0
-        nbytes += size
-    if start < len(sizes) or not bounds:
-        bounds.append((start, len(sizes)))
-    return bounds
+    n = len(sizes)
+    ends = np.cumsum(pc.fill_null(sizes, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    bounds, start = [], 0
+    while start < n:
+        base = int(ends[start - 1]) if start else 0
+        fits = int(np.searchsorted(ends, base + CHUNK_BYTES, side="right"))
+        stop = max(start + 1, min(start + CHUNK_ROWS, fits))
+        bounds.append((start, stop))
+        start = stop
+    return bounds or [(0, 0)]
