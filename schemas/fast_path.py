@@ -61,7 +61,7 @@ class FastPath:
         self._chat_key = f"__flywheel_chat_{secrets.token_hex(8)}"
         self._schema = pa.schema(strict + ([("input", pa.string()), (self._chat_key, MESSAGES)]
                                            if self._has_input else []))
-        self.sql = _check_sql(et, rfc3339)
+        self.sql, self.columns = _check_sql(et, rfc3339)
 
     def read(self, text: pa.StringArray, first_row: int) -> pa.Table | None:
         """The strict fields of every payload of the chunk, with `_row` (first_row + i) and `raw`; or None when
@@ -108,12 +108,20 @@ class FastPath:
                 .append_column("raw", text))
 
     def check(self, con: duckdb.DuckDBPyConnection, read: pa.Table) -> pa.Table:
-        """Typed rows of `read` (the full validator's columns, but `reasons`) and `_ok`: the row breaks no rule."""
+        """Typed rows of `read` (the full validator's columns, but `reasons`) and `_ok`: the row breaks no rule.
+
+        The query returns only the columns it derives; the others (the long texts among them) are taken from
+        `read` as they are, rather than copied through DuckDB and back."""
         con.register("fast", read)
         try:
-            return con.sql(self.sql).to_arrow_table()
+            derived = con.sql(self.sql).to_arrow_table()
         finally:
             con.unregister("fast")
+        if not derived["_row"].equals(read["_row"]):  # `read` is in row order; DuckDB keeps scan order, but check
+            derived = derived.sort_by("_row")
+        columns = {name: derived[name] if name in derived.column_names else read[name] for name in self.columns}
+        return pa.table({"_row": derived["_row"], **columns, "extra": pa.nulls(read.num_rows, pa.string()),
+                         "_ok": derived["_ok"]})
 
 
 def _field(f: Field, rfc3339: str) -> tuple[list[tuple[str, str]], str]:
@@ -123,7 +131,7 @@ def _field(f: Field, rfc3339: str) -> tuple[list[tuple[str, str]], str]:
     if k == "input":
         last_user = ("coalesce(list_last(list_filter(input_messages, lambda m: m.role = 'user')).content, "
                      "list_last(input_messages).content)")
-        return ([("input_messages", "input_messages"),
+        return ([("input_messages", _ident("input_messages")),
                  ("input", f"CASE WHEN input_messages IS NOT NULL THEN {last_user} ELSE input END")],
                 "input_messages IS NULL OR (len(input_messages) > 0 AND "
                 "len(list_filter(input_messages, lambda m: m.role IS NULL OR m.content IS NULL)) = 0)")
@@ -154,7 +162,8 @@ def _field(f: Field, rfc3339: str) -> tuple[list[tuple[str, str]], str]:
     return [(f.name, typed)], " AND ".join(ok) or "true"
 
 
-def _check_sql(et: EventType, rfc3339: str) -> str:
+def _check_sql(et: EventType, rfc3339: str) -> tuple[str, list[str]]:
+    """The checking query over `fast`, and the names of the typed columns (the query returns those it derives)."""
     cols: list[tuple[str, str]] = []
     valid: list[str] = []
     for f in et.fields:
@@ -167,7 +176,7 @@ def _check_sql(et: EventType, rfc3339: str) -> str:
     # Every field is valid when a rule is looked at, so a rule only needs its own condition, over typed columns.
     rules = [f"NOT (kind = {_q(r.kind)} AND NOT coalesce({r.sql}, false))" for r in et.rules] or ["true"]
     typed = ",\n    ".join(f"{expr} AS {_ident(name)}" for name, expr in cols)
-    names = ", ".join(_ident(name) for name, _ in cols if name != "type")
+    derived = "".join(f"{_ident(name)}, " for name, expr in cols if name != "type" and expr != _ident(name))
     return f"""
 WITH typed AS (
   SELECT _row,
@@ -175,6 +184,6 @@ WITH typed AS (
     {" AND ".join(f"({c})" for c in valid)} AS _fields_ok
   FROM fast
 )
-SELECT _row, {names}, NULL::VARCHAR AS extra, _fields_ok AND {" AND ".join(f"({r})" for r in rules)} AS _ok
+SELECT _row, {derived}_fields_ok AND {" AND ".join(f"({r})" for r in rules)} AS _ok
 FROM typed
-"""
+""", [name for name, _ in cols if name != "type"]
