@@ -391,19 +391,22 @@ class IngestWorker:
         t0 = time.monotonic()
         typed, reasons = route.validator.validate(pa.array(values, pa.binary()))
         t1 = time.monotonic()
-        ok = pa.array([r is None for r in reasons], pa.bool_())
         ingested = pa.scalar(now, pa.timestamp("us", tz="UTC"))
-        valid = typed.filter(ok)
+        bad_idx = [i for i, r in enumerate(reasons) if r is not None]
+        valid, valid_partitions, valid_offsets = typed, partitions, offsets
+        if bad_idx:  # filtering copies every column, the long texts too: only when something is to be left out
+            ok = pa.array([r is None for r in reasons], pa.bool_())
+            valid, valid_partitions, valid_offsets = typed.filter(ok), partitions.filter(ok), offsets.filter(ok)
         if valid.num_rows:
+            n = valid.num_rows
             valid = (valid.append_column("event_date", pc.cast(valid["timestamp"], pa.date32()))
-                     .append_column("_topic", pa.array([topic] * valid.num_rows, pa.string()))
-                     .append_column("_partition", partitions.filter(ok))
-                     .append_column("_offset", offsets.filter(ok))
-                     .append_column("_ingested_at", pa.array([now] * valid.num_rows, ingested.type)))
+                     .append_column("_topic", pa.repeat(pa.scalar(topic, pa.string()), n))
+                     .append_column("_partition", valid_partitions)
+                     .append_column("_offset", valid_offsets)
+                     .append_column("_ingested_at", pa.repeat(ingested, n)))
             valid = valid.select(SCHEMAS[route.table].names).cast(SCHEMAS[route.table])
         else:
             valid = SCHEMAS[route.table].empty_table()
-        bad_idx = [i for i, r in enumerate(reasons) if r is not None]
         if bad_idx:
             idx = pa.array(bad_idx, pa.int64())
             ids = typed[route.event_type.id_field].take(idx)
@@ -423,10 +426,10 @@ class IngestWorker:
             }, schema=SCHEMAS["quarantine"])
         else:
             invalid = SCHEMAS["quarantine"].empty_table()
-        next_offsets: dict[TP, int] = {}
-        for p, o in zip(partitions.to_pylist(), offsets.to_pylist()):
-            if o + 1 > next_offsets.get((topic, p), -1):
-                next_offsets[(topic, p)] = o + 1
+        # The next offset to read, per partition: one past the highest offset seen.
+        highest = pa.table({"p": partitions, "o": offsets}).group_by("p").aggregate([("o", "max")])
+        next_offsets: dict[TP, int] = {(topic, p): o + 1 for p, o in zip(highest["p"].to_pylist(),
+                                                                          highest["o_max"].to_pylist())}
         seconds = {"validate": t1 - t0, "arrange": time.monotonic() - start - (t1 - t0)}
         return valid, invalid, bad_idx, next_offsets, seconds
 
