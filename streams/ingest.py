@@ -1,18 +1,20 @@
 """The landing worker: Kafka -> validated Arrow batches -> Delta tables, exactly once.
 
-One loop per process, in its own consumer group (`Settings.ingest_group`); several processes share the partitions.
-Per flush (by count, bytes or age, see `Settings.flush_*`):
+One consuming loop per process, in its own consumer group (`Settings.ingest_group`); several processes share the
+partitions. The loop cuts batches (by count, bytes or age, see `Settings.flush_*`) and hands each to a two-stage
+pipeline, so that consuming, validating and committing overlap:
 
-1. the batch's payloads are validated per topic in one vectorized pass (`flywheel.schemas.validation`);
-2. invalid events are produced to the dead-letter topic with their reason and original bytes, and that producer is
-   flushed (the dead-letter topic is at-least-once: a crash before step 3 can repeat a message there; its headers
-   carry the source topic, partition and offset so readers can tell);
-3. each table's rows are committed to the lake together with the next offset of every partition they came from
-   (`flywheel.warehouse.lake`), which is the only offset that matters: on (re)assignment a partition resumes from
-   the lowest watermark of the tables it feeds. Kafka's committed offsets are written afterwards for lag
-   monitoring only.
+1. prepare: the batch's payloads are validated per topic, the two topics side by side, vectorized
+   (`flywheel.schemas.validation`); invalid events are produced to the dead-letter topic with their reason and
+   original bytes, and that producer is flushed (the dead-letter topic is at-least-once: a crash before step 2 can
+   repeat a message there; its headers carry the source topic, partition and offset so readers can tell);
+2. commit, in batch order: each table's rows are committed to the lake together with the next offset of every
+   partition they came from (`flywheel.warehouse.lake`), which is the only offset that matters: on (re)assignment
+   a partition resumes from the lowest watermark of the tables it feeds. Kafka's committed offsets are written
+   afterwards, by the consuming thread, for lag monitoring only.
 
-Nothing is acknowledged before it is durable, and a bad event never stops the lane.
+At most `IN_FLIGHT` batches are in the pipeline; after a failed commit no later batch commits. Nothing is
+acknowledged before it is durable, and a bad event never stops the lane.
 """
 
 from __future__ import annotations
@@ -155,6 +157,9 @@ class IngestWorker:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
+        for route in self._routes.values():
+            # Plan the validating queries and load the JSON reader now, not while the first events wait.
+            route.validator.validate(pa.array([b"{}"], pa.binary()))
         self._dlq = Producer({"bootstrap.servers": self.settings.kafka_bootstrap, "enable.idempotence": True,
                               "linger.ms": 5, "compression.type": "zstd", "message.max.bytes": 64 * 1024 * 1024})
         consumer = self._consumer = Consumer(self._consumer_config)
@@ -162,10 +167,6 @@ class IngestWorker:
         self._stages = (ThreadPoolExecutor(1, thread_name_prefix="flywheel-prepare"),
                         ThreadPoolExecutor(1, thread_name_prefix="flywheel-commit"))
         consumer.subscribe(list(self._routes), on_assign=self._on_assign, on_revoke=self._on_revoke)
-        for route in self._routes.values():
-            # Plan the validating queries and load the JSON reader now, while the group is being joined, not
-            # while the first events wait.
-            route.validator.validate(pa.array([b"{}"], pa.binary()))
         started = time.monotonic()
         last_event: float | None = None
         gc_threshold = gc.get_threshold()
