@@ -37,7 +37,7 @@ STRICT_TYPES = {"id": pa.string(), "string": pa.string(), "text": pa.string(), "
 than Arrow's timestamp parser."""
 
 CHAT_INPUT = r'"input"\s*:\s*\['
-"""Payloads whose `input` looks like a list of messages; a wrong guess only makes Arrow refuse the group."""
+"""Payloads whose `input` looks like a list of messages; a wrong guess only makes Arrow refuse the chunk."""
 
 MIN_BLOCK_BYTES = 1 << 20
 
