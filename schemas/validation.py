@@ -3,9 +3,11 @@
 Both read the same `Field` lists and produce the same reason texts (`_Messages`); tests hold them to the same
 verdict on a corpus of valid and hostile events, so an event gets one verdict whichever path sees it.
 
-The batch validator is one DuckDB query over an Arrow table of raw payloads: each payload is parsed once into a
-struct of JSON values, types are checked on those values, and every violation becomes a reason. Per-event Python
-only runs for byte-level problems (invalid UTF-8) and only inside a batch that has them.
+The batch validator's full query runs over an Arrow table of raw payloads: DuckDB's JSON functions parse each
+payload into a struct of values and the JSON type of every field, types are checked on those, and every violation
+becomes a reason. Chunks of valid events are typed faster by Arrow's strict reader (`flywheel.schemas.fast_path`)
+and only reach the full query when something in them is wrong. Per-event Python only runs for byte-level problems
+(invalid UTF-8) and only inside a batch that has them.
 """
 
 from __future__ import annotations
