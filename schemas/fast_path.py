@@ -84,7 +84,7 @@ class FastPath:
             return None
         if table.num_rows != n or set(table.column_names) - set(self._schema.names) - {"metadata"}:
             return None  # one payload held several objects, or an unknown field: the full validator keeps it
-        has_metadata = pa.array([False] * n)
+        has_metadata = pa.repeat(pa.scalar(False), n)
         if "metadata" in table.column_names:
             meta = table["metadata"]
             if not (pa.types.is_struct(meta.type) or pa.types.is_null(meta.type)):

@@ -450,7 +450,10 @@ class BatchValidator:
         read, full = [], []
         for a, b in chunks:
             part = self._fast_path.read(text.slice(a, b - a), a)
-            (full if part is None else read).append((a, b) if part is None else part)
+            if part is None:
+                full.append((a, b))
+            else:
+                read.append(part)
         if not read:
             return [], full
         checked = self._fast_path.check(self.con, pa.concat_tables(read) if len(read) > 1 else read[0])

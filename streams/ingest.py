@@ -293,6 +293,8 @@ class IngestWorker:
     def _collect(self) -> None:
         """Wait for the oldest batch in flight to land (raising its failure), then tell Kafka."""
         self._in_flight.popleft().result()
+        if self._preparing is not None and self._preparing.done():
+            self._preparing = None  # its future holds the whole prepared batch: let it go once landed
         # On this thread: the consumer must not be called from two threads at once.
         self._commit_kafka_offsets()
 
