@@ -219,11 +219,14 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings | No
     alerts = alerts or AlertSettings.from_env()
     outbox = outbox or Outbox.from_settings(settings.home, alerts)
     sender = SlackSender(outbox, alerts)
+    datadir = settings.home / "faust" / sig.group  # faust's default is a directory in the working directory
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = dict(
         broker=[f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")], store="memory://",
         topic_partitions=settings.partitions, web_enabled=False, consumer_auto_offset_reset="latest",
         table_cleanup_interval=max(sig.window_s, 1.0), broker_session_timeout=10, broker_heartbeat_interval=1,
         broker_rebalance_timeout=10, producer_linger_ms=5,
+        datadir=str(datadir),
     )
     options.update(faust_options)
     app = faust.App(sig.group, **options)

@@ -180,7 +180,8 @@ def run_quality(settings: Settings, qsettings: QualitySettings | None = None, *,
                            f"{', '.join(not_landed)}")
     until = _utc(until) if until else datetime.now(timezone.utc)
     run_at = datetime.now(timezone.utc)
-    run_id = run_at.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    # Milliseconds in the id keep runs (and their report files) in time order when two start in the same second.
+    run_id = f"{run_at:%Y%m%dT%H%M%S}.{run_at.microsecond // 1000:03d}Z-{uuid.uuid4().hex[:8]}"
     con = connect(settings)
     try:
         con.execute(pii.LUHN_MACRO)
