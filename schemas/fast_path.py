@@ -8,22 +8,27 @@ a duplicate key, invalid JSON). So a chunk is read once by Arrow, its values are
 columns, and only if all of that succeeds are its rows taken from here. Anything else (Arrow refuses, a value is out
 of range, an unknown field, ...) sends the chunk to the full validator. This path never produces a reason.
 
-Arrow reads the payloads joined by newlines, as a stream. That row i is payload i holds because every payload
-starts with `{` and ends with `}`: a JSON value cannot then continue from one payload into the next (after a closing
-brace a parser expects a comma, a closing bracket or the end, never `{`; inside a string the raw newline between two
-payloads is an error), and since each payload yields at least one row, exactly `n` rows mean one row per payload.
+Arrow reads the chunk's payloads joined by newlines, as a stream, from one buffer built for it (the only copy of the
+payloads made here). That row i is payload i holds because every payload starts with `{` and ends with `}`: a JSON
+value cannot then continue from one payload into the next (after a closing brace a parser expects a comma, a closing
+bracket or the end, never `{`; inside a string the raw newline between two payloads is an error), and since each
+payload yields at least one row, exactly `n` rows mean one row per payload.
 
 Two contract fields have a free type. `input` (a string or a list of messages) is read as a string, unless a cheap
-textual guess renamed it to a key read as a list of messages: Arrow's strictness then verifies the guess. `metadata`
-(any object) is inferred by Arrow only to see where it is present; its text comes from DuckDB, on those rows only.
+textual guess renamed it, in the chunk's buffer, to a key of the same length read as a list of messages: Arrow's
+strictness then verifies the guess. `metadata` (any object) is inferred by Arrow only to see where it is present; its
+text comes from DuckDB, on those rows only.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import string
+from typing import Sequence
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
@@ -57,27 +62,44 @@ class FastPath:
         self.et = et
         strict = [(f.name, STRICT_TYPES[f.kind]) for f in et.fields if f.kind in STRICT_TYPES]
         self._has_input = any(f.kind == "input" for f in et.fields)
-        # A chat input is read under a key of its own: a name no producer can know, so none can collide with it.
-        self._chat_key = f"__flywheel_chat_{secrets.token_hex(8)}"
+        self._chat_key = _chat_key({f.name for f in et.fields})
         self._schema = pa.schema(strict + ([("input", pa.string()), (self._chat_key, MESSAGES)]
                                            if self._has_input else []))
         self.sql, self.columns = _check_sql(et, rfc3339)
 
-    def read(self, text: pa.StringArray, first_row: int) -> pa.Table | None:
-        """The strict fields of every payload of the chunk, with `_row` (first_row + i) and `raw`; or None when
-        Arrow refuses the chunk, or it has a field the contract does not know."""
-        n = len(text)
-        if n == 0 or text.null_count or not pc.all(pc.starts_with(text, "{")).as_py() \
-                or not pc.all(pc.ends_with(text, "}")).as_py():
+    def read(self, values: Sequence[bytes], sizes: np.ndarray, first_row: int) -> pa.Table | None:
+        """The strict fields of every payload of the chunk (`values`, of byte lengths `sizes`), with `_row`
+        (first_row + i) and `raw` (the payload as read, newline included); or None when Arrow refuses the chunk, or
+        it has a field the contract does not know."""
+        n = len(values)
+        if n == 0:
             return None
-        routed = text
-        if self._has_input:  # `"input": [` becomes `"<chat key>":[`, once per payload
-            routed = pc.replace_substring_regex(text, CHAT_INPUT, f'"{self._chat_key}":[', max_replacements=1)
-        longest = pc.max(pc.binary_length(routed)).as_py()
-        block = max(MIN_BLOCK_BYTES, 1 << (longest + 2).bit_length())  # a payload never spans two blocks
-        joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, n], pa.int32()), routed), "\n")[0]
+        # One buffer: payload, newline, payload, newline... A row of `raw` is a payload and its newline.
+        buffer = bytearray(b"\n").join([*values, b""])
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(sizes + 1, out=offsets[1:])
+        large = offsets[-1] > np.iinfo(np.int32).max
+        raw = pa.Array.from_buffers(pa.large_binary() if large else pa.binary(), n,
+                                    [None, pa.py_buffer(offsets if large else offsets.astype(np.int32)),
+                                     pa.py_buffer(buffer)])
         try:
-            table = pj.read_json(pa.BufferReader(joined.as_buffer()), read_options=pj.ReadOptions(block_size=block),
+            text = raw.cast(pa.large_string() if large else pa.string())
+        except pa.ArrowInvalid:  # not UTF-8
+            return None
+        if not pc.all(pc.starts_with(text, "{")).as_py() or not pc.all(pc.ends_with(text, "}\n")).as_py():
+            return None
+        routed = np.zeros(n, np.bool_)
+        if self._has_input:  # `"input": [` becomes `"<chat key>": [`, at the first match in each payload
+            found = pc.find_substring_regex(text, CHAT_INPUT).to_numpy()
+            routed = found >= 0
+            if routed.any():
+                at = offsets[:-1][routed] + found[routed] + 1  # just after the opening quote
+                np.frombuffer(buffer, np.uint8)[at[:, None] + np.arange(len(self._chat_key))] = \
+                    np.frombuffer(self._chat_key.encode(), np.uint8)
+        longest = int(sizes.max()) + 1
+        block = max(MIN_BLOCK_BYTES, 1 << (longest + 2).bit_length())  # a payload never spans two blocks
+        try:
+            table = pj.read_json(pa.BufferReader(pa.py_buffer(buffer)), read_options=pj.ReadOptions(block_size=block),
                                  parse_options=pj.ParseOptions(explicit_schema=self._schema,
                                                                unexpected_field_behavior="infer"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -93,10 +115,11 @@ class FastPath:
             table = table.drop_columns(["metadata"])
         if self._has_input:
             chat = table[self._chat_key]
-            # A chat input only where the replacement made one, and never beside a text `input` (a duplicate key
-            # the replacement hid from Arrow).
-            was_routed = pc.not_equal(pc.binary_length(routed), pc.binary_length(text))
-            if pc.any(pc.and_(pc.is_valid(chat), pc.or_(pc.invert(was_routed), pc.is_valid(table["input"])))).as_py():
+            # A chat input exactly where the rename made one (had it renamed a key inside `metadata`, whose text
+            # is taken from `raw`, the row goes to the full validator), and never beside a text `input` (a
+            # duplicate key the rename hid from Arrow).
+            if not pc.all(pc.equal(pc.is_valid(chat), pa.array(routed))).as_py() \
+                    or pc.any(pc.and_(pc.is_valid(chat), pc.is_valid(table["input"]))).as_py():
                 return None
             try:
                 messages = chat.cast(MESSAGES)
@@ -122,6 +145,15 @@ class FastPath:
         columns = {name: derived[name] if name in derived.column_names else read[name] for name in self.columns}
         return pa.table({"_row": derived["_row"], **columns, "extra": pa.nulls(read.num_rows, pa.string()),
                          "_ok": derived["_ok"]})
+
+
+def _chat_key(taken: set[str]) -> str:
+    """The key a chat input is read under: as long as `input`, so that the rename happens in place, and no field of
+    the contract. A producer may still send it: `read` checks that it appears exactly where the rename put it."""
+    while True:
+        key = "".join(secrets.choice(string.ascii_letters) for _ in "input")
+        if key not in taken:
+            return key
 
 
 def _field(f: Field, rfc3339: str) -> tuple[list[tuple[str, str]], str]:

@@ -17,7 +17,7 @@ import json
 import math
 import re
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import duckdb
 import numpy as np
@@ -399,36 +399,20 @@ class BatchValidator:
         self.rows_fast = 0
         """Rows the fast path accepted (the rest went through the full query)."""
 
-    def validate(self, payloads: pa.Array) -> tuple[pa.Table, list[str | None]]:
-        """Validate `payloads` (binary). Returns the typed rows (row i is payload i) and, per row, the reason it is
-        invalid joined with '; ' (None when valid). Rows with byte-level problems are null in the typed table."""
-        pre: list[str | None] = [None] * len(payloads)
-        sizes = pc.binary_length(payloads)
-        over = pc.fill_null(pc.greater(sizes, self.max_bytes), False)
-        if pc.any(over).as_py():
-            for i in pc.indices_nonzero(over).to_pylist():
-                pre[i] = M.oversized(sizes[i].as_py(), self.max_bytes)
-            payloads = pc.if_else(over, pa.scalar(None, pa.binary()), payloads)
+    def validate(self, payloads: pa.Array | Sequence[bytes | None]) -> tuple[pa.Table, list[str | None]]:
+        """Validate `payloads` (a binary array, or a list of bytes as a consumer hands them over). Returns the typed
+        rows (row i is payload i) and, per row, the reason it is invalid joined with '; ' (None when valid). Rows
+        with byte-level problems are null in the typed table."""
+        values = payloads.to_pylist() if isinstance(payloads, pa.Array) else payloads
         try:
-            text = payloads.cast(pa.string())
-        except pa.ArrowInvalid:
-            values = payloads.to_pylist()
-            clean: list[str | None] = []
-            for i, v in enumerate(values):
-                try:
-                    clean.append(None if v is None else v.decode("utf-8"))
-                except UnicodeDecodeError:
-                    pre[i] = M.invalid_utf8
-                    clean.append(None)
-            text = pa.array(clean, pa.string())
-        parts, full = self._validate_fast(text)
+            sizes = np.fromiter(map(len, values), np.int64, len(values))
+        except TypeError:  # a message without a value (a tombstone)
+            sizes = np.fromiter((len(v or b"") for v in values), np.int64, len(values))
+        chunks = _chunks(sizes)
+        parts, full = self._validate_fast(values, sizes, chunks)
+        pre: list[str | None] = [None] * len(values)
         if full:
-            rows = pa.concat_arrays([pa.array(range(a, b), pa.int64()) for a, b in full])
-            batch = _raw_table(rows, pa.concat_arrays([text.slice(a, b - a) for a, b in full]))
-            try:
-                parts.append(self._query(self._full, batch))
-            except duckdb.InvalidInputException:  # a malformed payload: rerun with syntax checks
-                parts.append(self._query(self._guarded, batch))
+            parts.append(self._validate_full(values, sizes, full, pre))
         out = pa.concat_tables(parts) if len(parts) != 1 else parts[0]
         # Chunks come back in any order, and DuckDB keeps a plain projection in scan order
         # (preserve_insertion_order): sort by row when needed, rather than assume.
@@ -442,14 +426,16 @@ class BatchValidator:
                 pre[i] = "; ".join(r)
         return out.drop_columns(["_row", "reasons"]), pre
 
-    def _validate_fast(self, text: pa.StringArray) -> tuple[list[pa.Table], list[tuple[int, int]]]:
+    def _validate_fast(self, values: Sequence[bytes | None], sizes: np.ndarray, chunks: list[tuple[int, int]]
+                       ) -> tuple[list[pa.Table], list[tuple[int, int]]]:
         """The rows the fast path validated (one table, or none), and the [start, stop) chunks it left over."""
-        chunks = _chunks(pc.binary_length(text))
         if self._fast_path is None:
             return [], chunks
         read, full = [], []
         for a, b in chunks:
-            part = self._fast_path.read(text.slice(a, b - a), a)
+            part = None
+            if sizes[a:b].max(initial=0) <= self.max_bytes and None not in values[a:b]:
+                part = self._fast_path.read(values[a:b], sizes[a:b], a)
             if part is None:
                 full.append((a, b))
             else:
@@ -473,6 +459,35 @@ class BatchValidator:
             "reasons", pa.array([[]] * checked.num_rows, pa.list_(pa.string())))
         return [accepted.select(self._schema.names).cast(self._schema)], full
 
+    def _validate_full(self, values: Sequence[bytes | None], sizes: np.ndarray, chunks: list[tuple[int, int]],
+                       pre: list[str | None]) -> pa.Table:
+        """Typed rows and reasons of the payloads in `chunks`, by the full query; byte-level reasons go to `pre`."""
+        rows = [i for a, b in chunks for i in range(a, b)]
+        kept: list[bytes | None] = []
+        for i in rows:
+            v = values[i]
+            if v is not None and sizes[i] > self.max_bytes:
+                pre[i] = M.oversized(int(sizes[i]), self.max_bytes)
+                v = None
+            kept.append(v)
+        payloads = pa.array(kept, pa.binary())
+        try:
+            text = payloads.cast(pa.string())
+        except pa.ArrowInvalid:
+            clean: list[str | None] = []
+            for i, v in zip(rows, kept):
+                try:
+                    clean.append(None if v is None else v.decode("utf-8"))
+                except UnicodeDecodeError:
+                    pre[i] = M.invalid_utf8
+                    clean.append(None)
+            text = pa.array(clean, pa.string())
+        batch = _raw_table(rows, text)
+        try:
+            return self._query(self._full, batch)
+        except duckdb.InvalidInputException:  # a malformed payload: rerun with syntax checks
+            return self._query(self._guarded, batch)
+
     def _query(self, sql: str, batch: pa.Table) -> pa.Table:
         self.con.register("batch", batch)
         try:
@@ -485,10 +500,10 @@ def _raw_table(rows: pa.Array | list[int], text: pa.Array) -> pa.Table:
     return pa.table({"_row": pa.array(rows, pa.int64()), "raw": text})
 
 
-def _chunks(sizes: pa.Array) -> list[tuple[int, int]]:
+def _chunks(sizes: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) of consecutive chunks of at most CHUNK_ROWS rows and (but for a single row) CHUNK_BYTES."""
     n = len(sizes)
-    ends = np.cumsum(pc.fill_null(sizes, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    ends = np.cumsum(sizes, dtype=np.int64)
     bounds, start = [], 0
     while start < n:
         base = int(ends[start - 1]) if start else 0
