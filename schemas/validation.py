@@ -46,6 +46,7 @@ class _Messages:
     not_object = "event must be a JSON object"
     duplicate_key = "event has a duplicate key"
     invalid_utf8 = "payload is not valid UTF-8"
+    no_value = "message has no value (a tombstone)"
 
     @staticmethod
     def oversized(size: int, limit: int) -> str:
@@ -99,8 +100,11 @@ class _DuplicateKey(ValueError):
     pass
 
 
-def parse_payload(payload: bytes | str, max_bytes: int | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+def parse_payload(payload: bytes | str | None, max_bytes: int | None = None
+                  ) -> tuple[dict[str, Any] | None, list[str]]:
     """Parse one raw payload the way the worker does; return the object or the reasons it cannot be one."""
+    if payload is None:
+        return None, [M.no_value]
     raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
     if max_bytes is not None and len(raw) > max_bytes:
         return None, [M.oversized(len(raw), max_bytes)]
@@ -211,7 +215,7 @@ def check_event(et: EventType, obj: dict[str, Any]) -> list[str]:
     return reasons
 
 
-def validate_payload(et: EventType, payload: bytes | str, max_bytes: int | None = None) -> list[str]:
+def validate_payload(et: EventType, payload: bytes | str | None, max_bytes: int | None = None) -> list[str]:
     obj, reasons = parse_payload(payload, max_bytes)
     return reasons if obj is None else check_event(et, obj)
 
@@ -466,7 +470,9 @@ class BatchValidator:
         kept: list[bytes | None] = []
         for i in rows:
             v = values[i]
-            if v is not None and sizes[i] > self.max_bytes:
+            if v is None:
+                pre[i] = M.no_value
+            elif sizes[i] > self.max_bytes:
                 pre[i] = M.oversized(int(sizes[i]), self.max_bytes)
                 v = None
             kept.append(v)

@@ -100,6 +100,16 @@ def test_reasons(et_name: str, event: dict, expected: list[str]) -> None:
     assert _batch(et_name, [payload]) == ["; ".join(expected) if expected else None]
 
 
+def test_a_message_without_a_value_gets_a_reason_on_both_paths() -> None:
+    valid = json.dumps({"inference_id": "i1", "timestamp": "2026-11-01T00:00:00Z", "app": "a", "model": "m",
+                        "input": "q", "output": "a"}).encode()
+    for fast in (True, False):
+        typed, reasons = BatchValidator(INFERENCE, LIMIT, fast=fast).validate([None, valid, None])
+        assert reasons == ["message has no value (a tombstone)", None, "message has no value (a tombstone)"]
+        assert typed["inference_id"].to_pylist() == [None, "i1", None]
+    assert validate_payload(INFERENCE, None) == ["message has no value (a tombstone)"]
+
+
 def test_typed_rows_of_a_chat_input() -> None:
     event = {"inference_id": "a", "timestamp": "2026-11-01T23:30:00-02:00", "app": "x", "model": "m",
              "input": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},

@@ -39,7 +39,11 @@ class Produced:
         self.hostile.append((topic_name, label, payload))
         self._send(self.topic(topic_name), payload, None)
 
-    def _send(self, topic: str, value: bytes, key: bytes | None) -> None:
+    def tombstone(self, topic_name: str, key: bytes) -> None:
+        """A message with a key and no value, as compacted topics use to delete a key."""
+        self._send(self.topic(topic_name), None, key)
+
+    def _send(self, topic: str, value: bytes | None, key: bytes | None) -> None:
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key)

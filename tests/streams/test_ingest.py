@@ -72,6 +72,30 @@ def test_hostile_events_are_quarantined_with_a_reason_and_valid_ones_all_land(
                                                                         s.feedback_topic.encode())
 
 
+def test_messages_without_a_value_are_quarantined_and_the_lane_goes_on(
+        produced: Produced, sample_events: list[dict[str, Any]]) -> None:
+    s = produced.settings
+    events = sample_events[:40]
+    for i, event in enumerate(events):
+        produced.event(event)
+        if i % 10 == 0:  # tombstones (a null value, as compacted topics use) between valid events, on both topics
+            for name in ("inference", "feedback"):
+                produced.tombstone(name, b"deleted-key")
+    produced.flush()
+
+    stats = IngestWorker(s).run(until_idle=2)
+
+    assert stats.landed["inferences"] == len(produced.valid["inference"])
+    assert stats.landed["feedback"] == len(produced.valid["feedback"])
+    assert stats.quarantined == 8
+    con = connect(s)
+    rows = con.sql("SELECT DISTINCT reason, payload IS NULL, key FROM quarantine").fetchall()
+    con.close()
+    assert rows == [("message has no value (a tombstone)", True, b"deleted-key")]
+    dead = read_topic(s, s.deadletter_topic, s.partitions)
+    assert len(dead) == 8 and all(m.value() is None for m in dead)
+
+
 def test_sdk_events_land_and_a_restart_lands_only_what_is_new(kafka_settings: Settings) -> None:
     s = kafka_settings
     with FlywheelClient(s) as fw:
