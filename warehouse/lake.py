@@ -41,6 +41,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction
 
+from flywheel.config import Settings
 from flywheel.errors import FlywheelError
 from flywheel.schemas.arrow import LINEAGE, PARTITION_COLUMN, SCHEMAS
 from flywheel.schemas.contract import EVENT_TYPES
@@ -81,7 +82,7 @@ class CommitResult:
 
 
 class Lake:
-    def __init__(self, root: str | os.PathLike[str], codec: str = "LZ4_RAW") -> None:
+    def __init__(self, root: str | os.PathLike[str], codec: str = Settings.lake_codec) -> None:
         self.root = Path(root)
         self.codec = codec.upper()
         self._tables: dict[str, DeltaTable] = {}
@@ -167,7 +168,8 @@ class Lake:
 
     def _write_file(self, name: str, value: date, rows: pa.Table) -> AddAction:
         part = PARTITION_COLUMN[name]  # a date column in every table
-        rel = f"{part}={value.isoformat()}/part-{uuid.uuid4()}-c000.{self.codec.lower().replace('_', '')}.parquet"
+        codec = "" if self.codec == "UNCOMPRESSED" else f".{self.codec.lower().replace('_', '')}"  # as Spark names them
+        rel = f"{part}={value.isoformat()}/part-{uuid.uuid4()}-c000{codec}.parquet"
         path = self.path(name) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(rows, str(path), compression=_PYARROW_CODEC[self.codec])

@@ -46,10 +46,21 @@ def _watermark(settings: Settings) -> int | None:
     return DeltaTable(str(Lake(settings.lake).path("inferences"))).transaction_version("synthetic.inference[0]")
 
 
+def _codecs(settings: Settings) -> set[str]:
+    """The codecs of every column chunk of the current files of `inferences`."""
+    out = set()
+    for uri in DeltaTable(str(Lake(settings.lake).path("inferences"))).file_uris():
+        meta = pq.ParquetFile(uri).metadata
+        out |= {meta.row_group(g).column(c).compression for g in range(meta.num_row_groups)
+                for c in range(meta.num_columns)}
+    return out
+
+
 def test_compaction_merges_files_and_keeps_rows_watermarks_and_open_readers(settings: Settings) -> None:
     _land_in_small_commits(settings)
     before = stats(settings, "inferences")
     assert (before.files, before.rows, before.partitions) == (30, 3000, 1) and before.small_files == 30
+    assert _codecs(settings) == {"UNCOMPRESSED"}  # landed fast ...
     reader = connect(settings)  # lists the 30 small files now
     expected = reader.sql(CHECK).fetchall()
 
@@ -62,6 +73,7 @@ def test_compaction_merges_files_and_keeps_rows_watermarks_and_open_readers(sett
     files = DeltaTable(str(Lake(settings.lake).path("inferences"))).file_uris()
     meta = pq.ParquetFile(files[0]).metadata
     assert meta.num_row_groups == 1 and meta.row_group(0).num_rows == 3000  # one row group, not 30 tiny ones
+    assert _codecs(settings) == {"ZSTD"}  # ... and compacted small
     # The reader that listed the old files still reads them (they are not deleted until vacuum) ...
     assert reader.sql(CHECK).fetchall() == expected
     # ... and a new reader sees the same data through the compacted file.
