@@ -151,7 +151,7 @@ def _chat_key(taken: set[str]) -> str:
     """The key a chat input is read under: as long as `input`, so that the rename happens in place, and no field of
     the contract. A producer may still send it: `read` checks that it appears exactly where the rename put it."""
     while True:
-        key = "".join(secrets.choice(string.ascii_letters) for _ in "input")
+        key = "".join(secrets.choice(string.ascii_letters) for _ in range(len("input")))
         if key not in taken:
             return key
 
