@@ -1,13 +1,15 @@
 """Ingest throughput: the landing worker against a raw consumer baseline, measured in the same run.
 
-    python bench/ingest.py [--events 200000] [--partitions 4] [--workers 1,2]
+    python bench/ingest.py [--events 200000] [--partitions 4] [--workers 1,2] [--repeat 3]
 
 1. builds N realistic events (inference and feedback, built from ../shared/data, or the bundled corpus);
 2. produces them to fresh topics on the embedded broker (or FLYWHEEL_KAFKA_BOOTSTRAP);
 3. baseline: a plain confluent-kafka consumer reads the same topics and discards (events/s, MB/s);
 4. the landing worker (`flywheel ingest`, in subprocesses: 1, then 2 in one group, ...) lands them: validated, in
    Delta, durable, each configuration into a lake of its own;
-5. prints both rates, their ratio, the worker's peak RSS, and where the worker's time went.
+5. repeats 3 and 4 (`--repeat`, 3 rounds by default: this machine is shared and one round varies by about 10%),
+   then prints the median rates, the median of each round's ratio, the ranges, the worker's peak RSS, and where the
+   worker's time went.
 
 Rates are counted from the first message received to the last message consumed (baseline) or the last commit
 (worker), so the consumer-group join (seconds on the embedded broker) is excluded from both.
@@ -20,6 +22,7 @@ import gc
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,7 +108,11 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--workers", default="1", help="worker-process counts to measure, comma-separated (on 2 "
                     "cores, 2 processes measured slower than 1)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of baseline-then-workers; medians are reported "
+                    "(on a shared machine one round varies by about 10%%)")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
 
     home = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
     base = Settings.from_env()
@@ -136,23 +143,40 @@ def main() -> None:
         gc.collect()
         gc.freeze()
 
-        t_raw, raw_bytes = raw_consume(s, len(payloads))
-        raw_rate = len(payloads) / t_raw
+        counts = [int(x) for x in args.workers.split(",")]
+        raw: list[tuple[float, int]] = []
+        landed: dict[int, list[dict]] = {n: [] for n in counts}
+        for r in range(args.repeat):
+            # Each round measures the baseline and then every worker count, so a ratio compares neighbours in time.
+            raw.append(raw_consume(s, len(payloads)))
+            for n in counts:
+                sn = s.replace(home=home / f"workers-{n}-{r}", ingest_group=f"{s.ingest_group}-{n}-{r}")
+                res = run_workers(sn, n)
+                assert res["consumed"] == len(payloads), res
+                landed[n].append(res)
+            print(f"round {r + 1}/{args.repeat}: raw {len(payloads) / raw[-1][0]:,.0f} events/s; " + ", ".join(
+                f"{n} worker{'s' if n > 1 else ''} {len(payloads) / landed[n][-1]['seconds']:,.0f}" for n in counts))
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
-        print(f"\n{'':30s}{'events/s':>12s}{'MB/s':>9s}{'vs raw':>8s}{'peak RSS':>10s}")
-        print(f"{'raw consumer (baseline)':30s}{raw_rate:12,.0f}{raw_bytes / t_raw / 1e6:9.1f}{1:8.2f}")
-        for n in [int(x) for x in args.workers.split(",")]:
-            sn = s.replace(home=home / f"workers-{n}", ingest_group=f"{s.ingest_group}-{n}")
-            res = run_workers(sn, n)
-            peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            assert res["consumed"] == len(payloads), res
-            rate = res["consumed"] / res["seconds"]
+        raw_rates = [len(payloads) / t for t, _ in raw]
+        raw_rate = statistics.median(raw_rates)
+        raw_mbs = statistics.median(b / t / 1e6 for t, b in raw)
+        print(f"\nmedians of {args.repeat} round{'s' if args.repeat > 1 else ''} (range in brackets)")
+        print(f"{'':30s}{'events/s':>12s}{'MB/s':>9s}{'vs raw':>8s}{'peak RSS':>10s}")
+        print(f"{'raw consumer (baseline)':30s}{raw_rate:12,.0f}{raw_mbs:9.1f}{1:8.2f}{'':10s}"
+              f"  [{min(raw_rates):,.0f}-{max(raw_rates):,.0f}]")
+        for n in counts:
+            rates = [res["consumed"] / res["seconds"] for res in landed[n]]
+            ratios = [rate / rr for rate, rr in zip(rates, raw_rates)]  # each against its own round's baseline
+            rate = statistics.median(rates)
+            mbs = statistics.median(res["bytes"] / res["seconds"] / 1e6 for res in landed[n])
             label = f"landing, {n} worker process{'es' if n > 1 else ''}"
-            print(f"{label:30s}{rate:12,.0f}{res['bytes'] / res['seconds'] / 1e6:9.1f}{rate / raw_rate:8.2f}"
-                  f"{peak_rss_mb:8,.0f}MB")
+            print(f"{label:30s}{rate:12,.0f}{mbs:9.1f}{statistics.median(ratios):8.2f}{peak_rss_mb:8,.0f}MB"
+                  f"  [{min(rates):,.0f}-{max(rates):,.0f}; {min(ratios):.2f}-{max(ratios):.2f}]")
+            res = landed[n][rates.index(statistics.median_low(rates))]
             busy = sum(v for k, v in res["stages"].items() if k != "idle")
-            print("    time by stage (they overlap: the worker is a pipeline): " + ", ".join(f"{k} {v:.1f}s ({v / busy:.0%})" for k, v in
-                                                      res["stages"].items() if k != "idle")
+            print("    time by stage in the median round (they overlap: the worker is a pipeline): " + ", ".join(
+                f"{k} {v:.1f}s ({v / busy:.0%})" for k, v in res["stages"].items() if k != "idle")
                   + f"; landed {res['landed']}")
         print("goal: a lane at >= 0.25 of the raw rate and >= 100,000 events/s; peak RSS is the largest worker's")
     finally:
