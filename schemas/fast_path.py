@@ -127,7 +127,7 @@ class FastPath:
                 return None
             table = table.drop_columns([self._chat_key]).append_column("input_messages", messages)
         return (table.append_column("_has_metadata", has_metadata)
-                .append_column("_row", pa.array(range(first_row, first_row + n), pa.int64()))
+                .append_column("_row", pa.array(np.arange(first_row, first_row + n, dtype=np.int64)))
                 .append_column("raw", text))
 
     def check(self, con: duckdb.DuckDBPyConnection, read: pa.Table) -> pa.Table:

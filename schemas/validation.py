@@ -420,7 +420,7 @@ class BatchValidator:
         out = pa.concat_tables(parts) if len(parts) != 1 else parts[0]
         # Chunks come back in any order, and DuckDB keeps a plain projection in scan order
         # (preserve_insertion_order): sort by row when needed, rather than assume.
-        if not pc.all(pc.equal(out["_row"], pa.array(range(out.num_rows), pa.int64()))).as_py():
+        if not pc.all(pc.equal(out["_row"], pa.array(np.arange(out.num_rows, dtype=np.int64)))).as_py():
             out = out.sort_by("_row")
         # Reason texts are Python strings for the invalid rows only: a batch is mostly valid events.
         reasons = out.column("reasons")
@@ -460,7 +460,8 @@ class BatchValidator:
             checked = checked.filter(keep)
         self.rows_fast += checked.num_rows
         accepted = checked.drop_columns(["_ok"]).append_column(
-            "reasons", pa.array([[]] * checked.num_rows, pa.list_(pa.string())))
+            "reasons", pa.ListArray.from_arrays(pa.array(np.zeros(checked.num_rows + 1, np.int32)),
+                                                pa.array([], pa.string())))
         return [accepted.select(self._schema.names).cast(self._schema)], full
 
     def _validate_full(self, values: Sequence[bytes | None], sizes: np.ndarray, chunks: list[tuple[int, int]],
