@@ -21,7 +21,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,8 +42,11 @@ import json, sys, time
 from flywheel.config import Settings
 from flywheel.streams.ingest import IngestWorker
 st = IngestWorker(Settings.from_env()).run(until_idle=3)
+# VmHWM, not ru_maxrss: the latter also counts the bench process this one was forked from (its 1M payloads).
+hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"consumed": st.consumed, "bytes": st.consumed_bytes, "landed": st.landed,
-                  "first": st.first_event_at, "last": st.last_commit_at, "stages": st.seconds}))
+                  "first": st.first_event_at, "last": st.last_commit_at, "stages": st.seconds,
+                  "peak_rss_mb": hwm_kb / 1024}))
 """
 
 
@@ -65,7 +67,8 @@ def run_workers(s: Settings, n: int) -> dict:
     stages = {k: sum(r["stages"][k] for r in results) for k in results[0]["stages"]}
     return {"consumed": sum(r["consumed"] for r in results), "bytes": sum(r["bytes"] for r in results),
             "landed": {k: sum(r["landed"][k] for r in results) for k in results[0]["landed"]},
-            "seconds": max(r["last"] for r in active) - min(r["first"] for r in active), "stages": stages}
+            "seconds": max(r["last"] for r in active) - min(r["first"] for r in active), "stages": stages,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
 
 
 def produce(s: Settings, payloads: list[tuple[str, bytes]]) -> float:
@@ -156,7 +159,6 @@ def main() -> None:
                 landed[n].append(res)
             print(f"round {r + 1}/{args.repeat}: raw {len(payloads) / raw[-1][0]:,.0f} events/s; " + ", ".join(
                 f"{n} worker{'s' if n > 1 else ''} {len(payloads) / landed[n][-1]['seconds']:,.0f}" for n in counts))
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
         raw_rates = [len(payloads) / t for t, _ in raw]
         raw_rate = statistics.median(raw_rates)
@@ -169,6 +171,7 @@ def main() -> None:
             rates = [res["consumed"] / res["seconds"] for res in landed[n]]
             ratios = [rate / rr for rate, rr in zip(rates, raw_rates)]  # each against its own round's baseline
             rate = statistics.median(rates)
+            peak_rss_mb = max(res["peak_rss_mb"] for res in landed[n])  # the worker's own, not other children's
             mbs = statistics.median(res["bytes"] / res["seconds"] / 1e6 for res in landed[n])
             label = f"landing, {n} worker process{'es' if n > 1 else ''}"
             print(f"{label:30s}{rate:12,.0f}{mbs:9.1f}{statistics.median(ratios):8.2f}{peak_rss_mb:8,.0f}MB"
