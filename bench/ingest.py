@@ -21,6 +21,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -185,6 +186,7 @@ def main() -> None:
     finally:
         if started:
             broker.stop(s)
+        shutil.rmtree(home, ignore_errors=True)  # a lake per round and worker count: GBs, of no use afterwards
 
 
 if __name__ == "__main__":
