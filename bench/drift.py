@@ -17,8 +17,10 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -201,6 +203,8 @@ def main() -> None:
     args = ap.parse_args()
     shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     home = args.home or Path(tempfile.mkdtemp(prefix="bench-drift-"))
+    if args.home is None and not args.generate_only:
+        atexit.register(shutil.rmtree, home, True)  # the lake is of no use after the run
     if not (home / "lake" / "inferences").exists():
         t = time.perf_counter()
         generate(home, args.rows, shared)

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -53,6 +55,7 @@ def main() -> None:
     ap.add_argument("--commits", type=int, default=600)
     args = ap.parse_args()
     settings = Settings(home=Path(tempfile.mkdtemp(prefix="fw-bench-maint-")))
+    atexit.register(shutil.rmtree, settings.home, True)  # the lake is of no use after the run
     base = to_rows(generate(load_corpus(), 20_000, seed=2, feedback_rate=0),
                    ingested_at=datetime(2026, 11, 20, tzinfo=timezone.utc))["inferences"]
     lake = Lake(settings.lake)

@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -90,6 +92,8 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="FLYWHEEL_HOME to land into (kept afterwards)")
     args = ap.parse_args()
     home = args.keep or Path(tempfile.mkdtemp(prefix="fw-bench-quality-"))
+    if args.keep is None:
+        atexit.register(shutil.rmtree, home, True)  # the lake is of no use after the run
     settings = Settings(home=home)
     t0 = time.perf_counter()
     landed = land(settings, args.events)
@@ -124,7 +128,8 @@ def main() -> None:
         print(f"  {s.table:10s} {s.rows:>9,} rows  load+derive {s.seconds['load']:5.2f} s  "
               f"GX {s.seconds['validate']:5.2f} s  {len(s.results)} expectations  "
               f"gate {'passed' if s.gate_success else 'failed'}")
-    print(f"(GX import, paid once per process: {gx_import:.1f} s; report: {run.report})")
+    kept = "" if args.keep else ", removed at exit: --keep HOME keeps it"
+    print(f"(GX import, paid once per process: {gx_import:.1f} s; report: {run.report}{kept})")
     sys.exit(0 if elapsed < 30 else 1)
 
 
