@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flywheel.schemas.contract import DEFAULT_RATING_SCALE, EventType, Field
-from flywheel.schemas.fast_path import FastPath
+from flywheel.schemas.fast_path import FastPath, _ident, _q
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
@@ -225,14 +225,6 @@ def validate_payload(et: EventType, payload: bytes | str | None, max_bytes: int 
 _NUMERIC_JSON = "('BIGINT', 'UBIGINT', 'DOUBLE')"
 _TRANSFORM_TYPE = {"id": "VARCHAR", "string": "VARCHAR", "text": "VARCHAR", "enum": "VARCHAR", "timestamp": "VARCHAR",
                    "number": "DOUBLE", "integer": "BIGINT", "object": "JSON", "input": "JSON", "scale": "JSON"}
-
-
-def _q(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name + '"'
 
 
 def _field_sql(f: Field, i: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
