@@ -45,15 +45,35 @@ class Field:
         return {"id": ID_MAX_LENGTH, "string": NAME_MAX_LENGTH, "enum": NAME_MAX_LENGTH}.get(self.kind)
 
 
+Test = Literal["one_of", "present", "non_empty", "less", "within"]
+
+
 @dataclass(frozen=True)
 class Rule:
-    """A rule across fields of one feedback kind: `sql` over the typed columns and `check` over the typed dict say
-    the same thing (tests/schemas/test_validation.py holds them to it)."""
+    """A rule across fields of one feedback kind, as a test on the typed values that each validator renders in its
+    own terms (SQL in the batch query, Arrow compute on the fast path, Python per event): `one_of` (`args[0]` is one
+    of `args[1:]`), `present` (not null), `non_empty` (a non-empty string), `less` (`args[0] < args[1]`) and
+    `within` (`args[0]` is null or between `args[1]` and `args[2]`). `fields` are those a rule is about: when one of
+    them is already wrong, the rule is not reported too."""
 
     kind: str
     reason: str
-    sql: str
+    test: Test
+    args: tuple[str | float, ...]
     fields: tuple[str, ...] = ()
+
+    @property
+    def sql(self) -> str:
+        a = self.args
+        if self.test == "one_of":
+            return f"{a[0]} IN ({', '.join(f'{v:g}' for v in a[1:])})"
+        if self.test == "present":
+            return f"{a[0]} IS NOT NULL"
+        if self.test == "non_empty":
+            return f"{a[0]} IS NOT NULL AND length({a[0]}) > 0"
+        if self.test == "less":
+            return f"{a[0]} < {a[1]}"
+        return f"{a[0]} IS NULL OR {a[0]} BETWEEN {a[1]} AND {a[2]}"
 
 
 @dataclass(frozen=True)
@@ -131,19 +151,18 @@ FEEDBACK = EventType(
         *_COMMON_TAIL,
     ),
     rules=(
-        Rule("thumbs", "thumbs feedback needs value 1 or -1", "value IN (1, -1)", ("value",)),
-        Rule("rating", "rating feedback needs a value", "value IS NOT NULL", ("value",)),
-        Rule("rating", "rating scale must have min < max", "scale_min < scale_max", ("scale",)),
-        Rule("rating", "rating value must lie within its scale",
-             "value IS NULL OR value BETWEEN scale_min AND scale_max", ("value", "scale")),
-        Rule("correction", "correction feedback needs a non-empty `correction`",
-             "correction IS NOT NULL AND length(correction) > 0", ("correction",)),
-        Rule("preference", "preference feedback needs `other_inference_id`", "other_inference_id IS NOT NULL",
+        Rule("thumbs", "thumbs feedback needs value 1 or -1", "one_of", ("value", 1, -1), ("value",)),
+        Rule("rating", "rating feedback needs a value", "present", ("value",), ("value",)),
+        Rule("rating", "rating scale must have min < max", "less", ("scale_min", "scale_max"), ("scale",)),
+        Rule("rating", "rating value must lie within its scale", "within", ("value", "scale_min", "scale_max"),
+             ("value", "scale")),
+        Rule("correction", "correction feedback needs a non-empty `correction`", "non_empty", ("correction",),
+             ("correction",)),
+        Rule("preference", "preference feedback needs `other_inference_id`", "present", ("other_inference_id",),
              ("other_inference_id",)),
-        Rule("preference", "preference feedback needs value 1, -1 or 0", "value IN (1, -1, 0)", ("value",)),
-        Rule("flag", "flag feedback needs a `reason`", "reason IS NOT NULL AND length(reason) > 0", ("reason",)),
-        Rule("implicit", "implicit feedback needs a `signal`", "signal IS NOT NULL AND length(signal) > 0",
-             ("signal",)),
+        Rule("preference", "preference feedback needs value 1, -1 or 0", "one_of", ("value", 1, -1, 0), ("value",)),
+        Rule("flag", "flag feedback needs a `reason`", "non_empty", ("reason",), ("reason",)),
+        Rule("implicit", "implicit feedback needs a `signal`", "non_empty", ("signal",), ("signal",)),
     ),
 )
 

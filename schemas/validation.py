@@ -17,14 +17,14 @@ import json
 import math
 import re
 from datetime import datetime
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flywheel.schemas.contract import DEFAULT_RATING_SCALE, EventType, Field
+from flywheel.schemas.contract import DEFAULT_RATING_SCALE, EventType, Field, Rule
 from flywheel.schemas.fast_path import FastPath, _ident, _q
 
 INT64_MAX = 2**63 - 1
@@ -170,19 +170,19 @@ def _check_value(f: Field, v: Any) -> tuple[Any, list[str]]:
     raise AssertionError(k)
 
 
-# Python forms of the contract's cross-field rules, keyed by their reason (the SQL forms live in the contract).
-_RULE_CHECKS: dict[str, Callable[[dict[str, Any]], bool]] = {
-    "thumbs feedback needs value 1 or -1": lambda e: e["value"] in (1, -1),
-    "rating feedback needs a value": lambda e: e["value"] is not None,
-    "rating scale must have min < max": lambda e: e["scale_min"] < e["scale_max"],
-    "rating value must lie within its scale": lambda e: e["value"] is None
-    or e["scale_min"] <= e["value"] <= e["scale_max"],
-    "correction feedback needs a non-empty `correction`": lambda e: bool(e["correction"]),
-    "preference feedback needs `other_inference_id`": lambda e: e["other_inference_id"] is not None,
-    "preference feedback needs value 1, -1 or 0": lambda e: e["value"] in (1, -1, 0),
-    "flag feedback needs a `reason`": lambda e: bool(e["reason"]),
-    "implicit feedback needs a `signal`": lambda e: bool(e["signal"]),
-}
+def _rule_holds(rule: Rule, e: dict[str, Any]) -> bool:
+    """The contract's cross-field rule over one typed event (see `Rule`)."""
+    a = rule.args
+    v = e[a[0]]
+    if rule.test == "one_of":
+        return v in a[1:]
+    if rule.test == "present":
+        return v is not None
+    if rule.test == "non_empty":
+        return bool(v)
+    if rule.test == "less":
+        return v < e[a[1]]
+    return v is None or e[a[1]] <= v <= e[a[2]]
 
 
 def check_event(et: EventType, obj: dict[str, Any]) -> list[str]:
@@ -210,7 +210,7 @@ def check_event(et: EventType, obj: dict[str, Any]) -> list[str]:
         typed["scale_min"], typed["scale_max"] = scale
         for rule in et.rules:
             if rule.kind == typed["kind"] and not (set(rule.fields) & bad):
-                if not _RULE_CHECKS[rule.reason](typed):
+                if not _rule_holds(rule, typed):
                     reasons.append(rule.reason)
     return reasons
 
