@@ -84,6 +84,16 @@ def test_files_are_partitioned_and_the_log_has_stats_only_where_filters_can_use_
     assert set(stats_columns("quarantine")) >= {"_partition", "_offset", "_ingested_at", "event_id"}
 
 
+def test_free_texts_are_written_without_dictionary_or_statistics(settings: Settings) -> None:
+    lake = Lake(settings.lake)
+    lake.ensure()
+    lake.commit("quarantine", _quarantine([0, 1]), {("t", 0): 2})
+    meta = pq.ParquetFile(lake.table("quarantine").file_uris()[0]).metadata.row_group(0)
+    columns = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert columns["payload"].statistics is None and not columns["payload"].has_dictionary_page
+    assert columns["_offset"].statistics.has_min_max and columns["reason"].has_dictionary_page
+
+
 def test_a_big_commit_is_written_as_files_in_parallel_and_committed_once(settings: Settings, monkeypatch) -> None:
     monkeypatch.setattr(lake_module, "MIN_FILE_BYTES", 1)
     monkeypatch.setattr(lake_module, "WRITERS", 3)
