@@ -45,7 +45,7 @@ class Settings:
     flush_max_events: int = 100_000
     """FLYWHEEL_FLUSH_MAX_EVENTS: the landing worker commits a batch once it holds this many events ..."""
 
-    flush_max_bytes: int = 64 * 1024 * 1024
+    flush_max_bytes: int = 32 * 1024 * 1024
     """FLYWHEEL_FLUSH_MAX_BYTES: ... or this many bytes of payload ..."""
 
     flush_interval_s: float = 1.0
