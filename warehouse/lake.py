@@ -173,8 +173,8 @@ class Lake:
         path = self.path(name) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         short = _short_columns(name)
-        pq.write_table(rows, str(path), compression=_PYARROW_CODEC[self.codec], use_dictionary=short,
-                       write_statistics=short)
+        pq.write_table(rows, str(path), compression=_PYARROW_CODEC[self.codec], write_statistics=short,
+                       use_dictionary=[c for c in short if c not in _IDS])  # ids are distinct too
         return AddAction(rel, path.stat().st_size, {part: value.isoformat()}, int(time.time() * 1000), True,
                          _file_stats(rows, stats_columns(name)))
 
@@ -212,9 +212,10 @@ def stats_columns(name: str) -> tuple[str, ...]:
 
 @cache
 def _short_columns(name: str) -> list[str]:
-    """The columns a landed file dictionary-encodes and keeps min/max statistics for: all but the free texts
-    (outputs, prompts, corrections, JSON, payloads). Those are mostly distinct, so a dictionary is built only to be
-    dropped, and bounds of ~1 KB texts filter nothing; writing both cost ~20% of the Parquet writer's time."""
+    """The columns a landed file keeps min/max statistics for, and but for the ids dictionary-encodes: all but the
+    free texts (outputs, prompts, corrections, JSON, payloads). Those are mostly distinct, so a dictionary is built
+    only to be dropped, and bounds of ~1 KB texts filter nothing; writing both cost ~20% of the Parquet writer's
+    time."""
     free = {f.name for et in EVENT_TYPES.values() for f in et.fields if f.kind in ("text", "input", "object")}
     free |= {"input_messages", "extra", "payload"}
     return [f.name for f in SCHEMAS[name] if f.name not in free and f.name != PARTITION_COLUMN[name]]

@@ -84,7 +84,7 @@ def test_files_are_partitioned_and_the_log_has_stats_only_where_filters_can_use_
     assert set(stats_columns("quarantine")) >= {"_partition", "_offset", "_ingested_at", "event_id"}
 
 
-def test_free_texts_are_written_without_dictionary_or_statistics(settings: Settings) -> None:
+def test_free_texts_and_ids_are_written_without_dictionary_and_texts_without_statistics(settings: Settings) -> None:
     lake = Lake(settings.lake)
     lake.ensure()
     lake.commit("quarantine", _quarantine([0, 1]), {("t", 0): 2})
@@ -92,6 +92,7 @@ def test_free_texts_are_written_without_dictionary_or_statistics(settings: Setti
     columns = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
     assert columns["payload"].statistics is None and not columns["payload"].has_dictionary_page
     assert columns["_offset"].statistics.has_min_max and columns["reason"].has_dictionary_page
+    assert columns["event_id"].statistics is not None and not columns["event_id"].has_dictionary_page
 
 
 def test_a_big_commit_is_written_as_files_in_parallel_and_committed_once(settings: Settings, monkeypatch) -> None:
