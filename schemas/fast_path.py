@@ -79,8 +79,8 @@ class FastPath:
 
     def read(self, values: Sequence[bytes], sizes: np.ndarray, first_row: int) -> pa.Table | None:
         """The strict fields of every payload of the chunk (`values`, of byte lengths `sizes`), with `_row`
-        (first_row + i) and `raw` (the payload as read, newline included); or None when Arrow refuses the chunk, or
-        it has a field the contract does not know."""
+        (first_row + i) and `raw` (the payload as read, newline included, if the chunk has a `metadata`, else null);
+        or None when Arrow refuses the chunk, or it has a field the contract does not know."""
         n = len(values)
         if n == 0:
             return None
@@ -144,7 +144,7 @@ class FastPath:
     def _join(self, values: Sequence[bytes]) -> memoryview:
         """`values` joined, each followed by a newline, in the buffer the last chunk used if nothing holds it any
         more (else in a new one). Fresh memory for every chunk cost a page fault per 4 KB, a sixth of the worker's,
-        and the join twice the time."""
+        and the join twice the time. The buffer keeps the size of the largest chunk (CHUNK_BYTES, or one payload)."""
         try:
             self._joined.seek(0)
             self._joined.writelines(chain.from_iterable(zip(values, repeat(b"\n"))))
