@@ -292,7 +292,8 @@ def _chat_inputs(messages: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.Array]:
 def _take(values: pa.ChunkedArray, at: np.ndarray) -> pa.Array:
     """`values[at]` for increasing `at`, chunk by chunk: `ChunkedArray.take` first concatenates every chunk, here
     all the messages' texts of a batch, to take a few of them."""
-    bounds = np.cumsum([0] + [len(c) for c in values.chunks])
+    at = np.asarray(at, np.int64)
+    bounds = np.cumsum([0] + [len(c) for c in values.chunks], dtype=np.int64)
     cut = np.searchsorted(at, bounds)
     parts = [values.chunk(i).take(pa.array(at[cut[i]:cut[i + 1]] - bounds[i]))
              for i in range(values.num_chunks) if cut[i] < cut[i + 1]]
@@ -310,16 +311,12 @@ def _timestamps(con: duckdb.DuckDBPyConnection, text: pa.ChunkedArray) -> pa.Chu
         return _duckdb(con, pa.table({"v": text}), "TRY_CAST(v AS TIMESTAMPTZ)")
 
 
-def _object_text(con: duckdb.DuckDBPyConnection, read: pa.Table, name: str, present: Any) -> pa.Array:
+def _object_text(con: duckdb.DuckDBPyConnection, read: pa.Table, name: str, present: Any) -> pa.ChunkedArray:
     """A free-form object field's JSON text, as the full validator writes it (by DuckDB, from the payload)."""
-    at = pc.indices_nonzero(present).to_numpy()
-    if len(at) == 0:
-        return pa.nulls(read.num_rows, pa.string())
-    text = _duckdb(con, read.select(["raw"]).take(at),
-                   f"json_transform(raw, {_q(json.dumps({name: 'JSON'}))}).{_ident(name)}::VARCHAR")
-    where = np.full(read.num_rows, -1, np.int64)
-    where[at] = np.arange(len(at))
-    return text.take(pa.array(where, mask=where < 0))
+    if not pc.any(present).as_py():
+        return pa.chunked_array([pa.nulls(read.num_rows, pa.string())])
+    extract = f"json_transform(raw, {_q(json.dumps({name: 'JSON'}))}).{_ident(name)}::VARCHAR"
+    return _duckdb(con, pa.table({"raw": read["raw"], "present": present}), f"CASE WHEN present THEN {extract} END")
 
 
 def _duckdb(con: duckdb.DuckDBPyConnection, table: pa.Table, expr: str) -> pa.ChunkedArray:
