@@ -22,8 +22,10 @@ text comes from DuckDB, on those rows only.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import operator
 import secrets
 import string
 from itertools import chain, repeat
@@ -76,6 +78,8 @@ class FastPath:
             ("input_messages", "input") if f.kind == "input" else ("scale_min", "scale_max") if f.kind == "scale"
             else (f.name,))]
         """The typed columns `check` returns, as the full validator names them."""
+        self._long = {f.name for f in et.fields if f.kind in ("text", "input")} | {"input_messages", "raw"}
+        """Columns of long texts, which `check` leaves in the chunks Arrow's reader made."""
 
     def read(self, values: Sequence[bytes], sizes: np.ndarray, first_row: int) -> pa.Table | None:
         """The strict fields of every payload of the chunk (`values`, of byte lengths `sizes`), with `_row`
@@ -163,11 +167,11 @@ class FastPath:
         projection, 62 ms. DuckDB is still asked for what only it knows: the JSON text of `metadata`, and
         timestamps Arrow's parser refuses."""
         n = read.num_rows
-        long = {f.name for f in self.et.fields if f.kind in ("text", "input")} | {"input_messages", "raw"}
         # Arrow's reader makes a record batch per block, and an expression pays per batch (a regex is compiled for
         # each): the short columns are made one chunk first, which costs them a small copy.
-        short = read.select([c for c in read.column_names if c not in long]).combine_chunks()
-        columns = {**{c: short[c] for c in short.column_names}, **{c: read[c] for c in read.column_names if c in long}}
+        short = read.select([c for c in read.column_names if c not in self._long]).combine_chunks()
+        columns = {**{c: short[c] for c in short.column_names},
+                   **{c: read[c] for c in read.column_names if c in self._long}}
         typed: dict[str, Any] = {}  # derived typed columns: an expression over `columns`, or an array
         masks = []
         for f in self.et.fields:
@@ -181,9 +185,7 @@ class FastPath:
         for rule in self.et.rules:
             applies = pc.coalesce(pc.field("kind") == rule.kind, _FALSE)
             masks.append(~(applies & ~pc.coalesce(_rule(rule, typed), _FALSE)))
-        ok = masks[0]
-        for mask in masks[1:]:
-            ok = ok & mask
+        ok = _all(masks)
         derived = {name: e for name, e in typed.items() if isinstance(e, pc.Expression)}
         plan = ac.Declaration.from_sequence([
             ac.Declaration("table_source", ac.TableSourceNodeOptions(pa.table(columns))),
@@ -243,10 +245,11 @@ def _field(f: Field, read: pa.Table, columns: dict[str, Any], con: duckdb.DuckDB
         checks.append(v >= f.minimum)
     if f.default is not None:
         typed[f.name] = pc.coalesce(v, pc.scalar(f.default))
-    valid = None
-    for c in checks:
-        valid = c if valid is None else valid & c
-    return v.is_valid(), valid, typed
+    return v.is_valid(), _all(checks) if checks else None, typed
+
+
+def _all(conditions: list[pc.Expression]) -> pc.Expression:
+    return functools.reduce(operator.and_, conditions)
 
 
 def _rule(rule: Rule, typed: dict[str, Any]) -> pc.Expression:
