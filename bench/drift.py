@@ -40,7 +40,7 @@ CHUNK = 100_000
 
 def generate(home: Path, rows: int, shared: Path) -> None:
     from flywheel.config import Settings
-    from flywheel.infra import scenarios as S
+    from flywheel.infra.testing import scenarios as S
 
     settings = Settings(home=home)
     answers = [x for x in S.all_answers(shared) if "rlhf-1-llama-30b-8k" not in x[0]]
@@ -120,12 +120,12 @@ import json, sys, time
 from pathlib import Path
 import pyarrow.parquet as pq
 from flywheel.config import Settings
-from flywheel.warehouse.drift import run_drift, Window
-from flywheel.warehouse.drift_config import DriftSettings
+from flywheel.warehouse.drift.run import run_drift, Window
+from flywheel.warehouse.drift.settings import DriftSettings
 home, t0, mode = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 import shutil
 from datetime import datetime, timezone, timedelta
-from flywheel.warehouse.drift import DESCRIPTORS_TABLE, _connect, load_window
+from flywheel.warehouse.drift.run import DESCRIPTORS_TABLE, _connect, load_window
 T0 = datetime.fromtimestamp(t0, timezone.utc)
 s = Settings(home=home)
 ds = DriftSettings.from_env()
@@ -156,7 +156,7 @@ import json, sys, time
 from pathlib import Path
 import pyarrow.parquet as pq
 home = Path(sys.argv[1])
-from flywheel.warehouse.drift import FEATURES, CATEGORICAL
+from flywheel.warehouse.drift.run import FEATURES, CATEGORICAL
 from evidently import DataDefinition, Dataset, Report
 from evidently.presets import DataDriftPreset
 def frame(p):

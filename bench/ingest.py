@@ -34,7 +34,7 @@ from confluent_kafka import Consumer, Producer
 
 from flywheel.config import Settings
 from flywheel.infra import broker
-from flywheel.infra.sample import generate, load_corpus
+from flywheel.infra.testing.corpus import generate, load_corpus
 from flywheel.schemas.contract import event_type_of
 from flywheel.streams.topics import ensure_topics
 

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
 from flywheel.config import Settings
-from flywheel.infra.land import to_rows
-from flywheel.infra.sample import generate, load_corpus
+from flywheel.infra.testing.land import to_rows
+from flywheel.infra.testing.corpus import generate, load_corpus
 from flywheel.warehouse.lake import Lake
 from flywheel.warehouse.maintenance import compact, stats
 from flywheel.warehouse.query import connect

@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flywheel.config import Settings
-from flywheel.infra.land import to_rows
-from flywheel.infra.sample import generate, load_corpus
+from flywheel.infra.testing.land import to_rows
+from flywheel.infra.testing.corpus import generate, load_corpus
 from flywheel.warehouse.lake import Lake
 
 BASE_INFERENCES = 20_000
@@ -114,8 +114,8 @@ def main() -> None:
 
     gx_import = time.perf_counter() - t0
 
-    from flywheel.warehouse.configuration import QualitySettings
-    from flywheel.warehouse.quality import run_quality
+    from flywheel.warehouse.quality.settings import QualitySettings
+    from flywheel.warehouse.quality.gates import run_quality
 
     t0 = time.perf_counter()
     run = run_quality(settings, QualitySettings(), since=since, until=until)

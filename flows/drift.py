@@ -1,6 +1,6 @@
 """The `drift` flow: batch drift detection, then delivery of its alerts, as a Prefect flow.
 
-A thin wrapper over `flywheel.warehouse.drift.run_drift` and `flywheel.infra.alerts.SlackSender` (which work
+A thin wrapper over `flywheel.warehouse.drift.run_drift` and `flywheel.warehouse.alerts.outbox.SlackSender` (which work
 without Prefect). Drift found is a result, not a failure: the flow succeeds and returns what drifted. Errors a
 retry can help with (`retryable`) are retried; alerts Slack did not take yet stay in the outbox for the next run
 (or `flywheel alerts send`), so a Slack outage never fails or loses a run.
@@ -16,9 +16,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flywheel.config import Settings
-from flywheel.infra.alerts import AlertSettings, Outbox, SlackSender
-from flywheel.warehouse.drift import run_drift
-from flywheel.warehouse.drift_config import DriftSettings
+from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender
+from flywheel.warehouse.drift.run import run_drift
+from flywheel.warehouse.drift.settings import DriftSettings
 
 
 def _retry_if_retryable(_task: Any, _run: Any, state: Any) -> bool:

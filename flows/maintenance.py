@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from flywheel.config import Settings
 from flywheel.flows.retry import retry_if_retryable
 from flywheel.warehouse import maintenance as m
-from flywheel.warehouse.configuration import MaintenanceSettings
+from flywheel.warehouse.maintenance import MaintenanceSettings
 
 
 @task(retries=3, retry_delay_seconds=10, retry_condition_fn=retry_if_retryable)

@@ -17,9 +17,9 @@ from prefect import flow, get_run_logger, task
 
 from flywheel.config import Settings
 from flywheel.flows.retry import retry_if_retryable
-from flywheel.warehouse.configuration import QualitySettings
-from flywheel.warehouse.quality import QualityGateFailed, QualityRun, run_quality
-from flywheel.warehouse.report import summary
+from flywheel.warehouse.quality.settings import QualitySettings
+from flywheel.warehouse.quality.gates import QualityGateFailed, QualityRun, run_quality
+from flywheel.warehouse.quality.report import summary
 
 
 @task(retries=2, retry_delay_seconds=30, retry_condition_fn=retry_if_retryable)

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from flywheel.config import Settings, env_settings
 from flywheel.errors import ConfigError
-from flywheel.infra.alerts import Alert, AlertSettings, Outbox, SlackSender
+from flywheel.warehouse.alerts.outbox import Alert, AlertSettings, Outbox, SlackSender
 
 log = logging.getLogger("flywheel.signals")
 

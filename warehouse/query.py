@@ -57,7 +57,7 @@ SELECT i.*,
 FROM inferences i LEFT JOIN fb USING (inference_id)
 """
 
-VIEW_MODULES: list[str] = ["flywheel.warehouse.orphans"]
+VIEW_MODULES: list[str] = ["flywheel.warehouse.quality.orphans"]
 """Modules of later stages that define views over the ones above: each has `register_views(con, settings)`."""
 
 _DEDUP = {

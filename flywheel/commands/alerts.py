@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import click
 
 from flywheel.config import Settings
-from flywheel.infra.alerts import AlertSettings, Outbox, SlackSender
+from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender
 from flywheel.config import describe
 
 

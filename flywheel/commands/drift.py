@@ -12,7 +12,7 @@ import click
 from flywheel.config import Settings
 from flywheel.streams.signals import SignalSettings
 from flywheel.config import describe
-from flywheel.warehouse.drift_config import DriftSettings
+from flywheel.warehouse.drift.settings import DriftSettings
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -66,8 +66,8 @@ def drift_run(ctx: click.Context, current: str | None, reference: str | None, by
       flywheel drift run --current 2026-11-27/2026-11-28 --reference 7d --by app,model
       flywheel drift run --current 1h --reference golden_inputs.parquet --format json
     """
-    from flywheel.infra.alerts import AlertSettings, Outbox, SlackSender
-    from flywheel.warehouse.drift import run_drift
+    from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender
+    from flywheel.warehouse.drift.run import run_drift
 
     s = _settings(ctx)
     ds = DriftSettings.from_env()
@@ -125,7 +125,7 @@ def drift_report(ctx: click.Context, output: Path | None, last: int, open_: bool
       flywheel drift report --open
       flywheel drift report --output /srv/www/drift.html --last 90
     """
-    from flywheel.warehouse.drift_report import write_overview
+    from flywheel.warehouse.drift.overview import write_overview
 
     s = _settings(ctx)
     path = output or DriftSettings.from_env().reports_path(s.home) / "index.html"

@@ -8,7 +8,7 @@ import click
 
 from flywheel.config import Settings
 from flywheel.config import describe
-from flywheel.warehouse.configuration import MaintenanceSettings
+from flywheel.warehouse.maintenance import MaintenanceSettings
 
 
 def _settings(ctx: click.Context) -> Settings:

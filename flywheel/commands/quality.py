@@ -11,7 +11,7 @@ import click
 from flywheel.config import Settings
 from flywheel.errors import ConfigError
 from flywheel.config import describe
-from flywheel.warehouse.configuration import QualitySettings
+from flywheel.warehouse.quality.settings import QualitySettings
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -82,8 +82,8 @@ def run_cmd(ctx: click.Context, since: str | None, until: str | None, tables: tu
       flywheel quality run --since 2026-11-27T00:00:00Z --until 2026-11-28T00:00:00Z --table feedback
       flywheel quality run --since 1h --all --format json
     """
-    from flywheel.warehouse import quality as q
-    from flywheel.warehouse.report import summary
+    from flywheel.warehouse.quality import gates as q
+    from flywheel.warehouse.quality.report import summary
 
     settings = _settings(ctx)
     q.set_gx_verbose(gx_logs)
@@ -108,7 +108,7 @@ def suspects_cmd(ctx: click.Context, table: str | None, fmt: str) -> None:
     Example:
       flywheel quality suspects --table feedback --format json
     """
-    from flywheel.warehouse.quality import suspect_windows
+    from flywheel.warehouse.quality.gates import suspect_windows
 
     settings = _settings(ctx)
     windows = suspect_windows(settings, table)
@@ -133,7 +133,7 @@ def suites_cmd() -> None:
     Example:
       FLYWHEEL_QUALITY_SUITES_DIR=./team-suites flywheel quality suites
     """
-    from flywheel.warehouse.suites import load_suites
+    from flywheel.warehouse.quality.suites import load_suites
 
     qs = QualitySettings.from_env()
     for table, suite in load_suites(qs.params(), qs.suites_dir or None).items():
@@ -146,8 +146,8 @@ def suites_cmd() -> None:
 
 
 def _as_json(run: object, show_all: bool) -> dict[str, object]:
-    from flywheel.warehouse.quality import QualityRun
-    from flywheel.warehouse.report import observed
+    from flywheel.warehouse.quality.gates import QualityRun
+    from flywheel.warehouse.quality.report import observed
 
     assert isinstance(run, QualityRun)
     return {"run_id": run.run_id, "success": run.success, "report": str(run.report) if run.report else None,

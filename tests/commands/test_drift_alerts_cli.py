@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from flywheel.cli import main
 from flywheel.config import Settings
-from flywheel.infra import scenarios as S
-from flywheel.infra.webhook_testing import RecordingWebhook
+from flywheel.infra.testing import scenarios as S
+from flywheel.infra.testing.webhook import RecordingWebhook
 
 H = timedelta(hours=1)
 

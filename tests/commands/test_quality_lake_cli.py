@@ -17,7 +17,7 @@ from flywheel.cli import main
 from flywheel.commands import lake as lake_cmds
 from flywheel.commands import quality as quality_cmds
 from flywheel.config import Settings
-from flywheel.infra.land import to_rows
+from flywheel.infra.testing.land import to_rows
 from flywheel.warehouse.lake import Lake
 
 FLYWHEEL = Path(sys.executable).with_name("flywheel")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from flywheel.config import Settings
-from flywheel.infra import scenarios as S
-from flywheel.infra.webhook_testing import RecordingWebhook
+from flywheel.infra.testing import scenarios as S
+from flywheel.infra.testing.webhook import RecordingWebhook
 
 
 @pytest.mark.slow

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from flywheel.config import Settings
-from flywheel.infra.land import to_rows
+from flywheel.infra.testing.land import to_rows
 from flywheel.warehouse.lake import Lake
-from flywheel.warehouse.quality import QualityGateFailed, suspect_windows
+from flywheel.warehouse.quality.gates import QualityGateFailed, suspect_windows
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from flywheel.infra.sample import generate, load_corpus
+from flywheel.infra.testing.corpus import generate, load_corpus
 from flywheel.schemas import docs
 from flywheel.schemas.contract import event_type_of
 

@@ -7,7 +7,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from flywheel.infra.sample import generate, hostile_payloads, load_corpus
+from flywheel.infra.testing.corpus import generate, hostile_payloads, load_corpus
 from flywheel.schemas.contract import EVENT_TYPES, FEEDBACK, INFERENCE, event_type_of
 from flywheel.schemas.validation import BatchValidator, validate_payload
 

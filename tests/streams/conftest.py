@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from flywheel.config import Settings
-from flywheel.infra.sample import generate, load_corpus
+from flywheel.infra.testing.corpus import generate, load_corpus
 from flywheel.schemas.contract import event_type_of
 from flywheel.streams.topics import ensure_topics
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from flywheel.config import Settings
-from flywheel.infra.alerts import AlertSettings, Outbox
-from flywheel.infra.scenarios import sampling_report
+from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox
+from flywheel.infra.testing.scenarios import sampling_report
 from flywheel.streams.client import FlywheelClient
 from flywheel.streams.ingest import IngestWorker
 from flywheel.streams.signals import SignalSettings, make_app
-from flywheel.warehouse.drift import Window, run_drift
-from flywheel.warehouse.drift_config import DriftSettings
+from flywheel.warehouse.drift.run import Window, run_drift
+from flywheel.warehouse.drift.settings import DriftSettings
 
 T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
 

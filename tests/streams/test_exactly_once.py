@@ -16,7 +16,7 @@ import pytest
 from deltalake import DeltaTable
 
 from flywheel.config import Settings
-from flywheel.infra.sample import generate, hostile_payloads, load_corpus
+from flywheel.infra.testing.corpus import generate, hostile_payloads, load_corpus
 from flywheel.schemas.contract import event_type_of
 from flywheel.warehouse.query import connect
 

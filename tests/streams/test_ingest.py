@@ -11,7 +11,7 @@ import pytest
 
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError
-from flywheel.infra.sample import hostile_payloads
+from flywheel.infra.testing.corpus import hostile_payloads
 from flywheel.schemas.contract import event_type_of
 from flywheel.streams.client import FlywheelClient
 from flywheel.streams.ingest import IngestWorker

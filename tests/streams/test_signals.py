@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka import Producer
 
 from flywheel.config import Settings
-from flywheel.infra.alerts import AlertSettings, Outbox
-from flywheel.infra.webhook_testing import RecordingWebhook
+from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox
+from flywheel.infra.testing.webhook import RecordingWebhook
 from flywheel.streams.signals import (DOWNS, ERRORS, HIST, N, THUMBS, SignalDetector, SignalSettings, empty,
                                       is_error, latency_bucket, make_app, p95)
 from flywheel.streams.topics import ensure_topics
@@ -94,7 +94,7 @@ def test_thumbs_down_jump_alerts_slack_within_a_window(kafka_settings: Settings,
                                                         shared_data: Path) -> None:
     """20% thumbs-down, then 45%: the live signal reaches Slack within one window of the change (windows of 6 s
     here instead of the default 60 s, so the test takes seconds, not minutes)."""
-    from flywheel.infra.scenarios import all_answers
+    from flywheel.infra.testing.scenarios import all_answers
 
     answers = all_answers(shared_data)
     settings = kafka_settings

@@ -15,11 +15,11 @@ from confluent_kafka import Producer
 from deltalake import DeltaTable
 
 from flywheel.config import Settings
-from flywheel.infra.land import to_rows
-from flywheel.infra.sample import generate, load_corpus
+from flywheel.infra.testing.land import to_rows
+from flywheel.infra.testing.corpus import generate, load_corpus
 from flywheel.streams.ingest import IngestWorker
 from flywheel.streams.topics import ensure_topics
-from flywheel.warehouse.configuration import MaintenanceSettings
+from flywheel.warehouse.maintenance import MaintenanceSettings
 from flywheel.warehouse.lake import Lake
 from flywheel.warehouse.maintenance import (MaintenanceBusy, MaintenanceError, _maintenance_lock, apply_retention,
                                             compact, lake_tables, stats, vacuum)

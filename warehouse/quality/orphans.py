@@ -14,7 +14,7 @@ from __future__ import annotations
 import duckdb
 
 from flywheel.config import Settings
-from flywheel.warehouse.configuration import QualitySettings
+from flywheel.warehouse.quality.settings import QualitySettings
 
 VIEWS_SQL = """
 CREATE OR REPLACE VIEW unmatched_feedback AS

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pytest
 
 from flywheel.config import Settings
-from flywheel.infra.land import to_rows
-from flywheel.warehouse.configuration import QualitySettings
+from flywheel.infra.testing.land import to_rows
+from flywheel.warehouse.quality.settings import QualitySettings
 from flywheel.warehouse.lake import Lake
-from flywheel.warehouse.quality import (QualityError, run_quality, suspect_windows, last_window_end)
+from flywheel.warehouse.quality.gates import (QualityError, run_quality, suspect_windows, last_window_end)
 from flywheel.warehouse.query import connect
-from flywheel.warehouse.suites import SuiteError, load_suites
+from flywheel.warehouse.quality.suites import SuiteError, load_suites
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 N_INF, N_FB = 200, 150

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from flywheel.warehouse import descriptors as D
+from flywheel.warehouse.drift import descriptors as D
 
 
 def _table(inputs: list, outputs: list) -> pa.Table:

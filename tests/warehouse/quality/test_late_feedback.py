@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Producer
 
 from flywheel.config import Settings
-from flywheel.infra.land import to_rows
+from flywheel.infra.testing.land import to_rows
 from flywheel.streams.ingest import IngestWorker
 from flywheel.streams.topics import ensure_topics
 from flywheel.warehouse.lake import Lake

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pytest
 from scipy import stats
 
-from flywheel.warehouse.drift import compute_effects
-from flywheel.warehouse.drift_config import DriftSettings
-from flywheel.warehouse.effects import compare, segment_levels
+from flywheel.warehouse.drift.run import compute_effects
+from flywheel.warehouse.drift.settings import DriftSettings
+from flywheel.warehouse.drift.effects import compare, segment_levels
 
 
 def _segs(n_ref: int, n_cur: int):

@@ -9,8 +9,8 @@ from typing import Iterator
 
 import pytest
 
-from flywheel.infra.alerts import Alert, AlertSettings, Outbox, SlackSender, slack_message
-from flywheel.infra.webhook_testing import RecordingWebhook
+from flywheel.warehouse.alerts.outbox import Alert, AlertSettings, Outbox, SlackSender, slack_message
+from flywheel.infra.testing.webhook import RecordingWebhook
 
 
 @pytest.fixture

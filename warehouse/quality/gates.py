@@ -1,7 +1,7 @@
 """Quality gates: validate the rows that landed in a window against the expectation suites with Great Expectations,
 record every result in the `quality_runs` lake table, and mark failed windows suspect.
 
-How a run works, per table with a suite (`flywheel.warehouse.suites`):
+How a run works, per table with a suite (`flywheel.warehouse.quality.suites`):
 1. DuckDB reads the raw landed rows of the window (`_ingested_at` in `[since, until)`, one row per landed message,
    so duplicates show) and computes the suite's per-row derived columns and PII flags in one pass. Only the
    columns the expectations read reach pandas: text is scanned in DuckDB, never copied to Python.
@@ -36,8 +36,8 @@ from flywheel.config import Settings
 from flywheel.errors import FlywheelError
 from flywheel.schemas.arrow import SCHEMAS, TS
 from flywheel.warehouse import pii
-from flywheel.warehouse.configuration import QualitySettings
-from flywheel.warehouse.suites import ExpectationSpec, Suite, gx_class, load_suites
+from flywheel.warehouse.quality.settings import QualitySettings
+from flywheel.warehouse.quality.suites import ExpectationSpec, Suite, gx_class, load_suites
 
 log = logging.getLogger("flywheel.quality")
 
@@ -202,7 +202,7 @@ def run_quality(settings: Settings, qsettings: QualitySettings | None = None, *,
     if store:
         store_run(settings, run)
     if report:
-        from flywheel.warehouse.report import write_report
+        from flywheel.warehouse.quality.report import write_report
 
         run = QualityRun(run.run_id, run.run_at, run.suites, write_report(run, reports_dir(settings, qsettings)))
     return run

@@ -1,5 +1,4 @@
-"""Settings of the warehouse's own stages (quality gates, lake maintenance), typed and frozen, read from
-`FLYWHEEL_QUALITY_*` and `FLYWHEEL_LAKE_*` environment variables here and nowhere else.
+"""Settings of the quality gates, typed and frozen, read from `FLYWHEEL_QUALITY_*` environment variables.
 
 Same pattern as `flywheel.config.Settings`: `from_env()` is the only reader of the environment, and every field
 carries a docstring that `flywheel.config.describe()` turns into help text.
@@ -82,59 +81,3 @@ class QualitySettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "QualitySettings":
         return env_settings(cls, "FLYWHEEL_QUALITY_", environ)
-
-
-DEFAULT_RETENTION = "quarantine=90"
-
-
-@dataclass(frozen=True)
-class MaintenanceSettings:
-    """How lake maintenance compacts, expires and vacuums the lake's Delta tables."""
-
-    target_file_mb: int = 256
-    """FLYWHEEL_LAKE_TARGET_FILE_MB: compaction writes files of about this size (64-512 recommended)."""
-
-    row_group_rows: int = 1_000_000
-    """FLYWHEEL_LAKE_ROW_GROUP_ROWS: rows per Parquet row group in compacted files (100k or more scans fast)."""
-
-    min_files: int = 2
-    """FLYWHEEL_LAKE_MIN_FILES: a partition is compacted only when it holds at least this many files."""
-
-    retention: str = DEFAULT_RETENTION
-    """FLYWHEEL_LAKE_RETENTION: days to keep per table, `table=days[,table=days]` by partition date; a table not
-    named is kept forever."""
-
-    vacuum_retention_hours: float = 168.0
-    """FLYWHEEL_LAKE_VACUUM_RETENTION_HOURS: vacuum deletes only files removed from the table longer ago than this,
-    so readers that listed them (queries, `connect()` snapshots) keep working."""
-
-    commit_retries: int = 10
-    """FLYWHEEL_LAKE_COMMIT_RETRIES: attempts of a maintenance commit that conflicts with a concurrent one."""
-
-    def __post_init__(self) -> None:
-        for name in ("target_file_mb", "row_group_rows", "min_files", "commit_retries"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"FLYWHEEL_LAKE_{name.upper()} must be positive, got {getattr(self, name)!r}")
-        if self.vacuum_retention_hours < 0:
-            raise ConfigError(f"FLYWHEEL_LAKE_VACUUM_RETENTION_HOURS must not be negative, got "
-                              f"{self.vacuum_retention_hours!r}")
-        self.retention_days()  # fail at start-up, not at the first vacuum
-
-    def retention_days(self) -> dict[str, float]:
-        """FLYWHEEL_LAKE_RETENTION parsed: days to keep per table."""
-        out: dict[str, float] = {}
-        for item in filter(None, (p.strip() for p in self.retention.split(","))):
-            table, sep, days = item.partition("=")
-            try:
-                value = float(days)
-            except ValueError:
-                value = -1.0
-            if not sep or not table.strip() or value <= 0:
-                raise ConfigError(f"FLYWHEEL_LAKE_RETENTION={self.retention!r}: expected `table=days` with days > 0, "
-                                  f"got {item!r}")
-            out[table.strip()] = value
-        return out
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "MaintenanceSettings":
-        return env_settings(cls, "FLYWHEEL_LAKE_", environ)

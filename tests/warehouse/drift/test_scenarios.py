@@ -1,4 +1,4 @@
-"""The drift job on scenarios built from the real data in ../shared/data (see flywheel.infra.scenarios)."""
+"""The drift job on scenarios built from the real data in ../shared/data (see flywheel.infra.testing.scenarios)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from flywheel.config import Settings
-from flywheel.infra import scenarios as S
-from flywheel.infra.alerts import Outbox
-from flywheel.warehouse.drift import Window, read_runs, run_drift
-from flywheel.warehouse.drift_config import DriftSettings
+from flywheel.infra.testing import scenarios as S
+from flywheel.warehouse.alerts.outbox import Outbox
+from flywheel.warehouse.drift.run import Window, read_runs, run_drift
+from flywheel.warehouse.drift.settings import DriftSettings
 from flywheel.warehouse.query import connect
 
 H = timedelta(hours=1)

@@ -2,17 +2,17 @@
 
 A run (`run_drift`):
 1. reads the inferences of each side with one streaming DuckDB scan (only the window's date partitions, text never
-   held whole in memory), computes their descriptors (`flywheel.warehouse.descriptors`) and joins each inference's
+   held whole in memory), computes their descriptors (`flywheel.warehouse.drift.descriptors`) and joins each inference's
    feedback signals (thumbs-up rate, normalized rating, correction, flag, regenerate/abandon);
 2. compares every feature in every segment of every level (`--by app,model,prompt_version` gives three levels)
-   with the effect sizes of `flywheel.warehouse.effects`, on all rows;
+   with the effect sizes of `flywheel.warehouse.drift.effects`, on all rows;
 3. decides alerts: a drifted feature alerts when it drifted in `sustain` consecutive windows (read back from
    `drift_runs`) or its effect is `large_factor` times its threshold;
 4. writes Evidently HTML reports for the segments that drifted (or all, see `DriftSettings.reports`) on a random
    sample of `report_sample` rows per side: Evidently is the human-facing view, not the decision (it would cost
    minutes on millions of rows; the decision statistics above take seconds);
 5. appends one row per (segment, feature) to the Delta table `<lake>/drift_runs` (a DuckDB view `drift_runs`);
-6. hands the alerts to the outbox (`flywheel.infra.alerts`), which delivers them to Slack.
+6. hands the alerts to the outbox (`flywheel.warehouse.alerts.outbox`), which delivers them to Slack.
 
 Data drift is about what users send (input descriptors); model drift about what the model answers and how users
 take it (output descriptors, latency, cost, feedback signals).
@@ -38,9 +38,9 @@ from deltalake import DeltaTable, write_deltalake
 
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError
-from flywheel.warehouse.descriptors import SCRIPTS, describe_batches
-from flywheel.warehouse.drift_config import DEFAULT_METHODS, SEGMENT_COLUMNS, DriftSettings
-from flywheel.warehouse.effects import Effect, compare, segment_levels
+from flywheel.warehouse.drift.descriptors import SCRIPTS, describe_batches
+from flywheel.warehouse.drift.settings import DEFAULT_METHODS, SEGMENT_COLUMNS, DriftSettings
+from flywheel.warehouse.drift.effects import Effect, compare, segment_levels
 
 log = logging.getLogger("flywheel.drift")
 
@@ -400,7 +400,7 @@ def run_drift(settings: Settings, ds: DriftSettings | None = None, *, current: W
               now: datetime | None = None, reports: bool = True, outbox: Any = None,
               keep_frames: bool = False) -> DriftRun:
     """Run drift detection for one current window (see the module docstring). `outbox`: an
-    `flywheel.infra.alerts.Outbox` to hand alerts to (None: do not enqueue, only record)."""
+    `flywheel.warehouse.alerts.outbox.Outbox` to hand alerts to (None: do not enqueue, only record)."""
     ds = ds or DriftSettings.from_env()
     t0 = time.perf_counter()
     if current is None or isinstance(current, str):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from flywheel.warehouse.quality import ExpectationResult, QualityRun
+    from flywheel.warehouse.quality.gates import ExpectationResult, QualityRun
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
