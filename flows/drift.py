@@ -11,6 +11,7 @@ retry can help with (`retryable`) are retried; alerts Slack did not take yet sta
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -32,10 +33,10 @@ def detect(current: str | None, reference: str | None, by: str | None, reports: 
     settings = Settings.from_env()
     alerts = AlertSettings.from_env()
     run = run_drift(settings, DriftSettings.from_env(), current=current, reference=reference, by=by,
-                    reports=reports, outbox=Outbox.from_settings(settings.home, alerts))
+                    reports=reports, sink=Outbox.from_settings(settings.home, alerts))
     return {"run_id": run.run_id, "window": run.window.label, "reference": run.reference,
             "n_current": run.n_current, "n_reference": run.n_reference, "checks": len(run.effects),
-            "drifted": sorted({f"{e.segment}: {e.feature}" for e in run.drifted}), "alerts": run.alerts,
+            "drifted": sorted({f"{e.segment}: {e.feature}" for e in run.drifted}), "alerts": [json.loads(a.to_json()) for a in run.alerts],
             "reports": run.reports, "timings": run.timings}
 
 

@@ -37,7 +37,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from flywheel.config import Settings, env_settings
 from flywheel.errors import ConfigError
-from flywheel.warehouse.alerts.outbox import Alert, AlertSettings, Outbox, SlackSender
+from flywheel.schemas.alerts import Alert, AlertItem
+from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender
 
 log = logging.getLogger("flywheel.signals")
 
@@ -333,8 +334,7 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings | No
                 label = (f"{datetime.fromtimestamp(ws, timezone.utc).isoformat(timespec='seconds')}/"
                          f"{datetime.fromtimestamp(we, timezone.utc).isoformat(timespec='seconds')}")
                 alert = Alert(f"live:{s.signal}", seg, label,
-                              ({"feature": s.signal, "before": s.before, "after": s.after, "method": s.method,
-                                "score": round(s.score, 4), "threshold": s.threshold},),
+                              (AlertItem(s.signal, s.before, s.after, s.method, round(s.score, 4), s.threshold),),
                               title=f"Live signal: {s.signal.replace('_', ' ')} moved on {seg}")
                 _, status = await asyncio.to_thread(outbox.enqueue, alert)
                 queued = queued or status == "pending"

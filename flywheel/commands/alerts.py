@@ -57,13 +57,13 @@ def alerts_list(ctx: click.Context, status: str | None, limit: int, fmt: str) ->
             click.echo(json.dumps({"id": r.id, "status": r.status, "kind": r.kind, "segment": r.segment,
                                    "window": r.window, "created_at": _ts(r.created_at), "attempts": r.attempts,
                                    "last_status": r.last_status, "last_error": r.last_error,
-                                   "delivered_at": _ts(r.delivered_at), "items": list(r.alert.items),
+                                   "delivered_at": _ts(r.delivered_at), "items": [i.to_dict() for i in r.alert.items],
                                    "report": r.alert.report}, ensure_ascii=False, default=str))
         return
     counts = box.counts()
     click.echo(", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no alerts")
     for r in rows:
-        feats = ", ".join(str(i["feature"]) for i in r.alert.items)
+        feats = ", ".join(r.alert.features)
         extra = f" (last: {r.last_error})" if r.last_error and r.status != "delivered" else ""
         click.echo(f"{r.id:5d} {r.status:10s} {_ts(r.created_at)} {r.kind:18s} {r.segment} [{feats}] "
                    f"attempts {r.attempts}{extra}")

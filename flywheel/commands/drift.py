@@ -73,7 +73,7 @@ def drift_run(ctx: click.Context, current: str | None, reference: str | None, by
     ds = DriftSettings.from_env()
     alerts = AlertSettings.from_env()
     outbox = Outbox.from_settings(s.home, alerts)
-    run = run_drift(s, ds, current=current, reference=reference, by=by, reports=not no_report, outbox=outbox)
+    run = run_drift(s, ds, current=current, reference=reference, by=by, reports=not no_report, sink=outbox)
     delivered = None
     if not no_send and alerts.webhook and run.alerts:
         delivered = SlackSender(outbox, alerts).deliver()
@@ -106,7 +106,7 @@ def _summary(run: Any, delivered: Any) -> dict[str, Any]:
             "drifted": [{"segment": e.segment, "feature": e.feature, "method": e.method, "score": e.score,
                          "threshold": e.threshold, "p_value": e.p_value, "before": e.before, "after": e.after}
                         for e in run.drifted],
-            "alerts": run.alerts, "reports": run.reports, "timings": run.timings,
+            "alerts": [json.loads(a.to_json()) for a in run.alerts], "reports": run.reports, "timings": run.timings,
             "delivered": delivered.delivered if delivered else 0}
 
 

@@ -72,4 +72,4 @@ def test_sdk_to_lake_to_drift(kafka_settings: Settings, shared_data: Path) -> No
     moved = {e.feature for e in run.drifted if e.level == "app,model"}
     assert {"output_chars", "output_words"} <= moved
     assert not moved & {"input_chars", "input_script", "thumbs_up_rate"}  # same prompts, same satisfaction
-    assert [a["kind"] for a in run.alerts] == ["model"]
+    assert [a.kind for a in run.alerts] == ["model-drift"]

@@ -24,7 +24,6 @@ Guarantees:
 from __future__ import annotations
 
 import email.utils
-import hashlib
 import json
 import logging
 import random
@@ -39,6 +38,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from flywheel.config import env_settings
 from flywheel.errors import ConfigError, FlywheelError
+from flywheel.schemas.alerts import Alert, AlertItem
 
 log = logging.getLogger("flywheel.alerts")
 
@@ -117,58 +117,17 @@ class AlertSettings:
         return env_settings(cls, "FLYWHEEL_ALERTS_", environ)
 
 
-# --------------------------------------------------------------------------------------------------- alerts
-
-
-@dataclass(frozen=True)
-class Alert:
-    """What a person needs to act: which segment, what moved (before, after, effect size), when, and the report."""
-
-    kind: str
-    """`data-drift`, `model-drift` or `live:<signal>`."""
-    segment: str
-    window: str
-    items: tuple[dict[str, Any], ...]
-    """One per moved feature/signal: feature, before, after, method, score, threshold (and anything else)."""
-    report: str = ""
-    title: str = ""
-
-    @property
-    def dedup_key(self) -> str:
-        feats = ",".join(sorted(str(i["feature"]) for i in self.items))
-        return hashlib.sha256(f"{self.kind}|{self.segment}|{self.window}|{feats}".encode()).hexdigest()[:32]
-
-    def cooldown_key(self, item: Mapping[str, Any]) -> str:
-        return f"{self.segment}|{item['feature']}|{self.kind}"
-
-    def to_json(self) -> str:
-        return json.dumps({"kind": self.kind, "segment": self.segment, "window": self.window,
-                           "items": list(self.items), "report": self.report, "title": self.title},
-                          ensure_ascii=False, default=str)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Alert":
-        d = json.loads(text)
-        return cls(d["kind"], d["segment"], d["window"], tuple(d["items"]), d.get("report", ""), d.get("title", ""))
-
-    @classmethod
-    def from_drift(cls, a: Mapping[str, Any]) -> "Alert":
-        return cls(f"{a['kind']}-drift", a["segment"], a["window"], tuple(a["features"]), a.get("report", ""))
-
-
-def _fmt_score(item: Mapping[str, Any]) -> str:
-    score = item.get("score")
-    method = item.get("method", "")
-    if score is None:
-        return method
-    return f"{method} {float(score):.3g} (threshold {float(item.get('threshold', 0)):g})"
+def _fmt_score(item: AlertItem) -> str:
+    if item.score is None:
+        return item.method
+    return f"{item.method} {item.score:.3g} (threshold {item.threshold or 0:g})"
 
 
 def slack_message(alert: Alert) -> dict[str, Any]:
     """The Block Kit payload of an alert (with a plain `text` fallback for notifications)."""
     what = {"data-drift": "Data drift (what users send)", "model-drift": "Model drift (outputs and feedback)"}
     title = alert.title or what.get(alert.kind, f"Live signal: {alert.kind.removeprefix('live:')}")
-    lines = [f"• `{i['feature']}`: {i.get('before', '?')} → {i.get('after', '?')}  ({_fmt_score(i)})"
+    lines = [f"• `{i.feature}`: {i.before} → {i.after}  ({_fmt_score(i)})"
              for i in alert.items[:10]]
     if len(alert.items) > 10:
         lines.append(f"… and {len(alert.items) - 10} more")
@@ -284,13 +243,12 @@ class Outbox:
                 hit = con.execute("SELECT last_at FROM cooldown WHERE key = ?", (alert.cooldown_key(item),)).fetchone()
                 (cooling if hit and now - float(hit[0]) < self.cooldown_s else fresh).append(item)
             status = "pending" if fresh else "suppressed"
-            sent = Alert(alert.kind, alert.segment, alert.window, tuple(fresh) or alert.items, alert.report,
-                         alert.title)
+            sent = alert.with_items(tuple(fresh) or alert.items)
             cur = con.execute(
                 "INSERT INTO outbox (dedup_key, kind, segment, window, payload, status, created_at, "
                 "next_attempt_at, suppressed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (alert.dedup_key, alert.kind, alert.segment, alert.window, sent.to_json(), status, now, now,
-                 ",".join(str(i["feature"]) for i in cooling) or None))
+                 ",".join(i.feature for i in cooling) or None))
             rid = int(cur.lastrowid or 0)
             for item in fresh:
                 con.execute("INSERT INTO cooldown (key, last_at, alert_id) VALUES (?, ?, ?) ON CONFLICT (key) DO "
@@ -298,9 +256,6 @@ class Outbox:
                             (alert.cooldown_key(item), now, rid))
         log.info("alert %s on %s: %s", alert.kind, alert.segment, status)
         return rid, status
-
-    def enqueue_drift(self, drift_alert: Mapping[str, Any]) -> tuple[int, str]:
-        return self.enqueue(Alert.from_drift(drift_alert))
 
     def rows(self, status: str | None = None, limit: int = 100) -> list[OutboxRow]:
         with self._tx() as con:

@@ -12,7 +12,8 @@ A run (`run_drift`):
    sample of `report_sample` rows per side: Evidently is the human-facing view, not the decision (it would cost
    minutes on millions of rows; the decision statistics above take seconds);
 5. appends one row per (segment, feature) to the Delta table `<lake>/drift_runs` (a DuckDB view `drift_runs`);
-6. hands the alerts to the outbox (`flywheel.warehouse.alerts.outbox`), which delivers them to Slack.
+6. hands the alerts (`flywheel.schemas.alerts.Alert`) to the sink it was given: the outbox of
+   `flywheel.warehouse.alerts`, which delivers them to Slack.
 
 Data drift is about what users send (input descriptors); model drift about what the model answers and how users
 take it (output descriptors, latency, cost, feedback signals).
@@ -38,6 +39,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError
+from flywheel.schemas.alerts import Alert, AlertItem, AlertSink
 from flywheel.warehouse.drift.descriptors import SCRIPTS, describe_batches
 from flywheel.warehouse.drift.settings import DEFAULT_METHODS, SEGMENT_COLUMNS, DriftSettings
 from flywheel.warehouse.drift.effects import Effect, compare, segment_levels
@@ -343,8 +345,8 @@ class DriftRun:
     window: Window
     reference: str
     effects: list[Effect]
-    alerts: list[dict[str, Any]]
-    """One per (segment, drift kind) that alerted: {segment, level, kind, window, features: [...], report}."""
+    alerts: list[Alert]
+    """One per (segment, drift kind) that alerted, with its features and report."""
     reports: dict[str, str] = field(default_factory=dict)
     """segment -> path of its Evidently HTML report."""
     n_reference: int = 0
@@ -397,10 +399,10 @@ def compute_effects(ref: pa.Table, cur: pa.Table, ds: DriftSettings, by: str | N
 
 def run_drift(settings: Settings, ds: DriftSettings | None = None, *, current: Window | str | None = None,
               reference: Window | Dataset | str | None = None, by: str | None = None,
-              now: datetime | None = None, reports: bool = True, outbox: Any = None,
+              now: datetime | None = None, reports: bool = True, sink: AlertSink | None = None,
               keep_frames: bool = False) -> DriftRun:
-    """Run drift detection for one current window (see the module docstring). `outbox`: an
-    `flywheel.warehouse.alerts.outbox.Outbox` to hand alerts to (None: do not enqueue, only record)."""
+    """Run drift detection for one current window (see the module docstring). `sink`: where alerts go (the
+    outbox of `flywheel.warehouse.alerts`; None: do not enqueue, only record)."""
     ds = ds or DriftSettings.from_env()
     t0 = time.perf_counter()
     if current is None or isinstance(current, str):
@@ -430,19 +432,18 @@ def run_drift(settings: Settings, ds: DriftSettings | None = None, *, current: W
         alerts = _alerts(decided, current)
         t2 = time.perf_counter()
         report_paths = (write_reports(ref, cur, decided, settings, ds, run_id, current, reference.label,
-                                      first=[(a["level"], a["segment"]) for a in alerts])
+                                      first=[(a.level, a.segment) for a in alerts])
                         if reports and ds.reports != "none" else {})
         timings["reports_s"] = time.perf_counter() - t2
     finally:
         con.close()
-    for a in alerts:
-        a["report"] = _report_link(report_paths.get(a["segment"], ""), ds)
+    alerts = [a.with_report(_report_link(report_paths.get(a.segment, ""), ds)) for a in alerts]
     run = DriftRun(run_id, current, reference.label, effects, alerts, report_paths, ref.num_rows, cur.num_rows,
                    timings, (ref, cur) if keep_frames else None)
     _store(settings, run, decided, report_paths)
-    if outbox is not None:
+    if sink is not None:
         for a in alerts:
-            outbox.enqueue_drift(a)
+            sink.enqueue(a)
     timings["total_s"] = time.perf_counter() - t0
     log.info("drift run %s over %s: %d effects, %d drifted, %d alerts", run_id, current.label, len(effects),
              len(run.drifted), len(alerts))
@@ -494,7 +495,7 @@ def _report_link(path: str, ds: DriftSettings) -> str:
     return path
 
 
-def _alerts(decided: Sequence[tuple[Effect, bool, str]], current: Window) -> list[dict[str, Any]]:
+def _alerts(decided: Sequence[tuple[Effect, bool, str]], current: Window) -> list[Alert]:
     groups: dict[tuple[str, str, str], list[tuple[Effect, str]]] = {}
     for e, alert, reason in decided:
         if alert:
@@ -511,14 +512,10 @@ def _alerts(decided: Sequence[tuple[Effect, bool, str]], current: Window) -> lis
                and all(mine[f] <= LOCAL_FACTOR * theirs[f] for f in mine) for parent, k, theirs in seen):
             continue
         seen.append((segment, kind, mine))
-        out.append({
-            "type": "drift", "kind": kind, "level": level, "segment": segment,
-            "window": current.label, "report": "",
-            "features": [{"feature": e.feature, "method": e.method, "score": round(e.score, 4),
-                          "threshold": e.threshold, "before": e.before, "after": e.after,
-                          "n_reference": e.n_reference, "n_current": e.n_current, "reason": reason}
-                         for e, reason in items],
-        })
+        out.append(Alert(f"{kind}-drift", segment, current.label,
+                         tuple(AlertItem(e.feature, e.before, e.after, e.method, round(e.score, 4), e.threshold,
+                                         reason, e.n_reference, e.n_current) for e, reason in items),
+                         level=level))
     return out
 
 

@@ -9,7 +9,8 @@ from typing import Iterator
 
 import pytest
 
-from flywheel.warehouse.alerts.outbox import Alert, AlertSettings, Outbox, SlackSender, slack_message
+from flywheel.schemas.alerts import Alert, AlertItem
+from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender, slack_message
 from flywheel.infra.testing.webhook import RecordingWebhook
 
 
@@ -21,8 +22,8 @@ def slack() -> Iterator[RecordingWebhook]:
 
 def _alert(segment: str, feature: str = "output_chars", window: str = "2026-11-01T00:00:00+00:00/2026-11-01T01:00:00+00:00",
            kind: str = "model-drift") -> Alert:
-    return Alert(kind, segment, window, ({"feature": feature, "method": "wasserstein", "score": 0.6,
-                                          "threshold": 0.1, "before": "997 (mean)", "after": "1,366 (mean)"},),
+    return Alert(kind, segment, window, (AlertItem(feature, method="wasserstein", score=0.6, threshold=0.1,
+                                                   before="997 (mean)", after="1,366 (mean)"),),
                  report="/tmp/reports/r1/app=a.html")
 
 

@@ -40,7 +40,7 @@ def test_model_version_switch_is_model_drift_on_output_descriptors(shared_data: 
     S.land(settings, S.model_change(shared_data, windows_each=4))
     ds = DriftSettings(reports="none")
     box = Outbox(settings.home / "outbox.sqlite")
-    runs = {w: run_drift(settings, ds, current=_window(w), reference=_window(0, 3), outbox=box) for w in range(3, 8)}
+    runs = {w: run_drift(settings, ds, current=_window(w), reference=_window(0, 3), sink=box) for w in range(3, 8)}
     assert runs[3].alerts == [] and runs[3].drifted == []  # before the switch: nothing
     seg = "app=assistant,model=oasst-llama-30b"
     after = [e for e in runs[4].drifted if e.segment == seg]
@@ -48,9 +48,9 @@ def test_model_version_switch_is_model_drift_on_output_descriptors(shared_data: 
     assert all(e.feature.startswith(("output_", "latency", "cost", "has_", "refusal", "apology")) for e in after)
     # the steady model in the same app does not drift
     assert not [e for e in runs[4].drifted if "model=gpt" in e.segment]
-    alert = next(a for a in runs[4].alerts if a["segment"] == seg)
-    assert alert["kind"] == "model" and alert["features"][0]["reason"].startswith("large")
-    assert all(not a["segment"].startswith("app=assistant,model=gpt") for r in runs.values() for a in r.alerts)
+    alert = next(a for a in runs[4].alerts if a.segment == seg)
+    assert alert.kind == "model-drift" and alert.items[0].reason.startswith("large")
+    assert all(not a.segment.startswith("app=assistant,model=gpt") for r in runs.values() for a in r.alerts)
     # stored, queryable, and queued once per (segment, kind); later windows are in cooldown
     con = connect(settings)
     n = con.execute(f"SELECT count(*) FROM drift_runs WHERE segment = '{seg}' AND drifted AND "
@@ -59,7 +59,7 @@ def test_model_version_switch_is_model_drift_on_output_descriptors(shared_data: 
     # one pending alert per (segment, kind) at the switch; later windows repeat the same features, which the
     # cooldown suppresses (a feature that starts moving later is news and goes out)
     assert box.counts().get("suppressed", 0) >= 2
-    sent = [(r.segment, i["feature"]) for r in box.rows("pending") for i in r.alert.items]
+    sent = [(r.segment, i.feature) for r in box.rows("pending") for i in r.alert.items]
     assert len(sent) == len(set(sent))
 
 
@@ -71,8 +71,8 @@ def test_language_shift_is_data_drift_on_inputs(shared_data: Path, settings: Set
     assert not [e for e in before.drifted if e.feature.startswith("input_")]
     moved = {e.feature: e for e in after.drifted if e.level == "app"}
     assert "input_script" in moved and "cjk" in moved["input_script"].after
-    data_alert = next(a for a in after.alerts if a["kind"] == "data")
-    assert "input_script" in [f["feature"] for f in data_alert["features"]]
+    data_alert = next(a for a in after.alerts if a.kind == "data-drift")
+    assert "input_script" in data_alert.features
 
 
 def test_satisfaction_drop_is_flagged_by_the_batch_job(shared_data: Path, settings: Settings) -> None:
@@ -83,7 +83,7 @@ def test_satisfaction_drop_is_flagged_by_the_batch_job(shared_data: Path, settin
     assert not [e for e in steady.drifted if e.feature == "thumbs_up_rate"]
     (e,) = [e for e in drop.drifted if e.feature == "thumbs_up_rate" and e.level == "app"]
     assert e.reference_value == pytest.approx(0.8, abs=0.03) and e.current_value == pytest.approx(0.55, abs=0.04)
-    assert any(f["feature"] == "thumbs_up_rate" for a in drop.alerts for f in a["features"])
+    assert any("thumbs_up_rate" in a.features for a in drop.alerts)
 
 
 def test_sustained_shift_alerts_on_the_second_window(settings: Settings, shared_data: Path) -> None:
@@ -94,8 +94,8 @@ def test_sustained_shift_alerts_on_the_second_window(settings: Settings, shared_
     first = run_drift(settings, ds, current=_window(3), reference=ref)
     second = run_drift(settings, ds, current=_window(4), reference=ref)
     assert any(e.feature == "thumbs_up_rate" for e in first.drifted) and first.alerts == []
-    (a,) = [a for a in second.alerts if a["segment"] == "app=assistant"]
-    assert a["features"][0]["reason"].startswith("sustained")
+    (a,) = [a for a in second.alerts if a.segment == "app=assistant"]
+    assert a.items[0].reason.startswith("sustained")
 
 
 @pytest.mark.slow
@@ -108,7 +108,7 @@ def test_evidently_reports_are_written_and_linked(shared_data: Path, settings: S
     assert "output_chars" in html and Path(path).stat().st_size > 100_000
     rows = read_runs(settings, f"run_id = '{run.run_id}' AND report_path IS NOT NULL")
     assert rows.num_rows > 0 and set(rows["report_path"].to_pylist()) == set(run.reports.values())
-    assert run.alerts and all(a["report"] == run.reports[a["segment"]] for a in run.alerts)
+    assert run.alerts and all(a.report == run.reports[a.segment] for a in run.alerts)
 
 
 def test_descriptor_cache_gives_the_same_answer(shared_data: Path, settings: Settings) -> None:
