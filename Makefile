@@ -35,5 +35,15 @@ bench: $(STAMP)
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py
 
+# ruff over everything; mypy over the package. mypy cannot follow setuptools' package-dir mapping (schemas/ is
+# flywheel.schemas, ...), so it checks a tree of symlinks laid out as the installed package is.
+TYPECHECK := build/typecheck
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/flywheel
+	ln -s $(CURDIR)/flywheel/* $(TYPECHECK)/flywheel/
+	for d in schemas streams warehouse flows infra; do ln -s $(CURDIR)/$$d $(TYPECHECK)/flywheel/$$d; done
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p flywheel
+
 clean:
 	rm -rf $(VENV) .flywheel .pytest_cache

@@ -27,7 +27,7 @@ from flywheel.config import Settings
 from flywheel.infra.testing.land import to_rows
 from flywheel.infra.testing.corpus import generate, load_corpus
 from flywheel.warehouse.lake import Lake
-from flywheel.warehouse.maintenance import compact, stats
+from flywheel.warehouse.maintenance import MaintenanceSettings, compact, stats
 from flywheel.warehouse.query import connect
 
 QUERY = "SELECT model, count(*), avg(latency_ms), sum(output_tokens) FROM inferences GROUP BY model"
@@ -70,13 +70,13 @@ def main() -> None:
                                pa.array(range(k * per, (k + 1) * per), pa.int64()))
         lake.commit("inferences", rows, {("bench.inference", 0): (k + 1) * per})
     print(f"landed {per * args.commits:,} rows in {args.commits} commits in {time.perf_counter() - t0:.1f} s")
-    before = stats(settings, "inferences")
+    before = stats(settings, "inferences", MaintenanceSettings())
     rg_before = row_groups(settings)
     q_small = best_query_seconds(settings)
     t0 = time.perf_counter()
-    compact(settings, "inferences")
+    compact(settings, "inferences", MaintenanceSettings())
     t_compact = time.perf_counter() - t0
-    after = stats(settings, "inferences")
+    after = stats(settings, "inferences", MaintenanceSettings())
     q_large = best_query_seconds(settings)
     print(f"before: {before.files} files, {rg_before} row groups, {before.bytes / 2**20:.0f} MB; "
           f"query {q_small * 1000:.0f} ms (baseline)")

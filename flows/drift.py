@@ -15,24 +15,20 @@ import json
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from flywheel.config import Settings
-from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender
+from flywheel.environment import Environment
+from flywheel.flows.retry import retry_if_retryable
+from flywheel.warehouse.alerts.outbox import Outbox, SlackSender
 from flywheel.warehouse.drift.run import run_drift
-from flywheel.warehouse.drift.settings import DriftSettings
 
 
-def _retry_if_retryable(_task: Any, _run: Any, state: Any) -> bool:
-    exc = state.result(raise_on_failure=False)
-    return bool(getattr(exc, "retryable", False))
-
-
-@task(retries=2, retry_delay_seconds=30, retry_condition_fn=_retry_if_retryable)
-def detect(current: str | None, reference: str | None, by: str | None, reports: bool) -> dict[str, Any]:
+@task(retries=2, retry_delay_seconds=30, retry_condition_fn=retry_if_retryable, cache_policy=NO_CACHE)
+def detect(env: Environment, current: str | None, reference: str | None, by: str | None,
+           reports: bool) -> dict[str, Any]:
     """One drift run (stored in `drift_runs`, alerts queued in the outbox)."""
-    settings = Settings.from_env()
-    alerts = AlertSettings.from_env()
-    run = run_drift(settings, DriftSettings.from_env(), current=current, reference=reference, by=by,
+    settings, alerts = env.core, env.alerts
+    run = run_drift(settings, env.drift, current=current, reference=reference, by=by,
                     reports=reports, sink=Outbox.from_settings(settings.home, alerts))
     return {"run_id": run.run_id, "window": run.window.label, "reference": run.reference,
             "n_current": run.n_current, "n_reference": run.n_reference, "checks": len(run.effects),
@@ -40,11 +36,10 @@ def detect(current: str | None, reference: str | None, by: str | None, reports: 
             "reports": run.reports, "timings": run.timings}
 
 
-@task
-def deliver(wait_s: float) -> dict[str, int]:
+@task(cache_policy=NO_CACHE)
+def deliver(env: Environment, wait_s: float) -> dict[str, int]:
     """Post due alerts; what Slack does not take now waits in the outbox (never an error)."""
-    settings = Settings.from_env()
-    alerts = AlertSettings.from_env()
+    settings, alerts = env.core, env.alerts
     box = Outbox.from_settings(settings.home, alerts)
     if not alerts.webhook:
         return {"delivered": 0, "pending": box.pending(), "failed": 0}
@@ -58,8 +53,9 @@ def drift_flow(current: str | None = None, reference: str | None = None, by: str
                reports: bool = True, deliver_wait_s: float = 30.0) -> dict[str, Any]:
     """Detect drift for the current window (default: the last complete FLYWHEEL_DRIFT_WINDOW) against the
     reference (default: FLYWHEEL_DRIFT_REFERENCE), then deliver alerts for up to `deliver_wait_s` seconds."""
-    result = detect(current, reference, by, reports)
-    result["delivery"] = deliver(deliver_wait_s)
+    env = Environment.load()  # a flow run is an edge: its settings are read once, here, and passed down
+    result = detect(env, current, reference, by, reports)
+    result["delivery"] = deliver(env, deliver_wait_s)
     get_run_logger().info("drift %s: %d checks, %d drifted, %d alerts, delivery %s", result["window"],
                           result["checks"], len(result["drifted"]), len(result["alerts"]), result["delivery"])
     return result

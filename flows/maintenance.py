@@ -13,17 +13,17 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from flywheel.config import Settings
+from flywheel.environment import Environment
 from flywheel.flows.retry import retry_if_retryable
 from flywheel.warehouse import maintenance as m
-from flywheel.warehouse.maintenance import MaintenanceSettings
 
 
-@task(retries=3, retry_delay_seconds=10, retry_condition_fn=retry_if_retryable)
-def maintain_table(table: str, vacuum: bool = True) -> dict[str, Any]:
+@task(retries=3, retry_delay_seconds=10, retry_condition_fn=retry_if_retryable, cache_policy=NO_CACHE)
+def maintain_table(env: Environment, table: str, vacuum: bool = True) -> dict[str, Any]:
     """Compact `table`, then (with `vacuum`) apply its retention and vacuum it; returns before/after stats."""
-    settings, ms = Settings.from_env(), MaintenanceSettings.from_env()
+    settings, ms = env.core, env.maintenance
     before = m.stats(settings, table, ms)
     compacted = m.compact(settings, table, ms)
     out: dict[str, Any] = {"table": table, "files_before": before.files, "files_removed": compacted.files_removed,
@@ -41,9 +41,10 @@ def maintain_table(table: str, vacuum: bool = True) -> dict[str, Any]:
 @flow(name="lake-maintenance")
 def maintenance_flow(tables: list[str] | None = None, vacuum: bool = True) -> list[dict[str, Any]]:
     """Maintain `tables` (default: every Delta table in the lake); fails if any table's task failed."""
-    names = tables or m.lake_tables(Settings.from_env())
+    env = Environment.load()  # a flow run is an edge: its settings are read once, here, and passed down
+    names = tables or m.lake_tables(env.core)
     # One table after another (two cores; compaction is CPU-bound), every table even when one fails.
-    states = [maintain_table(t, vacuum, return_state=True) for t in names]
+    states = [maintain_table(env, t, vacuum, return_state=True) for t in names]
     failed = [t for t, st in zip(names, states) if not st.is_completed()]
     results = [st.result() for st in states if st.is_completed()]
     for r in results:

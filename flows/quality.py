@@ -14,18 +14,19 @@ from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from flywheel.config import Settings
+from flywheel.environment import Environment
 from flywheel.flows.retry import retry_if_retryable
-from flywheel.warehouse.quality.settings import QualitySettings
 from flywheel.warehouse.quality.gates import QualityGateFailed, QualityRun, run_quality
 from flywheel.warehouse.quality.report import summary
 
 
-@task(retries=2, retry_delay_seconds=30, retry_condition_fn=retry_if_retryable)
-def run_gates(since: datetime | None, until: datetime | None, tables: list[str] | None) -> QualityRun:
+@task(retries=2, retry_delay_seconds=30, retry_condition_fn=retry_if_retryable, cache_policy=NO_CACHE)
+def run_gates(env: Environment, since: datetime | None, until: datetime | None,
+              tables: list[str] | None) -> QualityRun:
     """Validate and store one run; retried only on errors marked retryable (a failed gate is not an error here)."""
-    return run_quality(Settings.from_env(), QualitySettings.from_env(), since=since, until=until, tables=tables)
+    return run_quality(env.core, env.quality, since=since, until=until, tables=tables)
 
 
 @flow(name="quality")
@@ -33,7 +34,8 @@ def quality_flow(since: datetime | None = None, until: datetime | None = None,
                  tables: list[str] | None = None) -> dict[str, Any]:
     """Validate what landed in `[since, until)` (default: since the previous run, until now); fail on a failed
     gate. Returns the run id, verdict, report path and per-table row counts."""
-    run = run_gates(since, until, tables)
+    env = Environment.load()  # a flow run is an edge: its settings are read once, here, and passed down
+    run = run_gates(env, since, until, tables)
     get_run_logger().info("%s", summary(run))
     if not run.success:
         raise QualityGateFailed(run)

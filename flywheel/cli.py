@@ -1,22 +1,19 @@
-"""The `flywheel` command: a thin layer over the library. Library errors become `Error: ...` and exit code 1."""
+"""The `flywheel` command: a thin layer over the library. Library errors become `Error: ...` and exit code 1.
+
+Each command lives in `flywheel.commands` (one module per stage) and gets its settings through
+`flywheel.commands.options.pass_env`, read once per invocation.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import click
 
-from flywheel.config import Settings
+from flywheel.commands import alerts, config, demo, drift, lake, lane, quality
 from flywheel.errors import FlywheelError
-
-
-def _settings(ctx: click.Context) -> Settings:
-    return ctx.ensure_object(dict).setdefault("settings", Settings.from_env())
 
 
 class _Group(click.Group):
@@ -45,257 +42,9 @@ def main(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-# ------------------------------------------------------------------------------------------------------ config
-
-
-@main.command("config")
-@click.pass_context
-def config_cmd(ctx: click.Context) -> None:
-    """Show every setting, its environment variable and its current value.
-
-    \b
-    Example:
-      FLYWHEEL_HOME=/data/flywheel flywheel config
-    """
-    from flywheel.config import Settings, describe
-
-    s = _settings(ctx)
-    for var, _default, doc in describe(Settings):
-        value = getattr(s, var.removeprefix("FLYWHEEL_").lower())
-        click.echo(f"{var:28s} {str(value):28s} {doc}")
-
-
-# ------------------------------------------------------------------------------------------------------ broker
-
-
-@main.group()
-def broker() -> None:
-    """Run the embedded Kafka broker (Tansu, in memory: data is lost when it stops).
-
-    Point FLYWHEEL_KAFKA_BOOTSTRAP at a real cluster to use that instead.
-    """
-
-
-@broker.command("start")
-@click.pass_context
-def broker_start(ctx: click.Context) -> None:
-    """Start the embedded broker on 127.0.0.1:$FLYWHEEL_BROKER_PORT and create the topics.
-
-    Does nothing (but say so) when a broker already answers there.
-
-    \b
-    Example:
-      FLYWHEEL_BROKER_PORT=19092 flywheel broker start
-    """
-    from flywheel.infra import broker as b
-    from flywheel.streams.topics import ensure_topics
-
-    s = _settings(ctx)
-    st, started = b.start(s)
-    if started:
-        click.echo(f"started the embedded broker on {st.address} (pid {st.pid}, log {st.log})")
-    else:
-        click.echo(f"a broker is already running on {st.address}" + (f" (pid {st.pid})" if st.pid else ""))
-    created = ensure_topics(s)
-    if created:
-        click.echo(f"created topics {', '.join(created)} with {s.partitions} partitions")
-
-
-@broker.command("stop")
-@click.pass_context
-def broker_stop(ctx: click.Context) -> None:
-    """Stop the embedded broker started by `flywheel broker start`.
-
-    \b
-    Example:
-      flywheel broker stop
-    """
-    from flywheel.infra import broker as b
-
-    s = _settings(ctx)
-    click.echo("stopped the embedded broker" if b.stop(s) else f"no embedded broker was running under {s.home}")
-
-
-@broker.command("status")
-@click.pass_context
-def broker_status(ctx: click.Context) -> None:
-    """Say whether a broker answers on the embedded broker's port. Exit code 1 when none does.
-
-    \b
-    Example:
-      flywheel broker status || flywheel broker start
-    """
-    from flywheel.infra import broker as b
-
-    st = b.status(_settings(ctx))
-    state = "running" if st.reachable else "not running"
-    click.echo(f"broker on {st.address}: {state}" + (f" (embedded, pid {st.pid}, log {st.log})" if st.pid else ""))
-    sys.exit(0 if st.reachable else 1)
-
-
-# ------------------------------------------------------------------------------------------------------ send
-
-
-@main.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
-@click.option("--skip-invalid", is_flag=True, help="Do not send lines that break the contract.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.pass_context
-def send(ctx: click.Context, file: Path, rate: float | None, skip_invalid: bool, no_progress: bool) -> None:
-    """Produce the events of a JSONL FILE (one inference or feedback event per line).
-
-    Lines are told apart by a `type` key or by their fields. Invalid lines are reported and still sent, so the
-    worker quarantines them with their reason, unless --skip-invalid.
-
-    \b
-    Example:
-      flywheel send events.jsonl --rate 500
-    """
-    from flywheel.streams.client import FlywheelClient
-    from flywheel.streams.send import count_lines, send_file
-    from flywheel.streams.topics import ensure_topics
-
-    s = _settings(ctx)
-    ensure_topics(s)
-    total = count_lines(file)
-    with FlywheelClient(s, validate=False) as client:
-        with click.progressbar(length=total, label=f"sending {file.name}", file=sys.stderr,
-                               hidden=no_progress or not sys.stderr.isatty()) as bar:
-            report = send_file(client, file, rate=rate, skip_invalid=skip_invalid, progress=bar.update)
-    click.echo(f"sent {report.total} events ({report.sent['inference']} inference, {report.sent['feedback']} "
-               f"feedback) to {s.kafka_bootstrap}")
-    if report.invalid:
-        verb = "skipped" if skip_invalid else "sent anyway, they will be quarantined"
-        click.echo(f"{len(report.invalid)} lines break the contract ({verb}):", err=True)
-        for n, reason in report.invalid[:5]:
-            click.echo(f"  line {n}: {reason}", err=True)
-
-
-# ------------------------------------------------------------------------------------------------------ ingest
-
-
-@main.command()
-@click.option("--until-idle", type=float, default=None, metavar="SECONDS",
-              help="Exit after SECONDS without a new event (default: run until stopped).")
-@click.pass_context
-def ingest(ctx: click.Context, until_idle: float | None) -> None:
-    """Land events from Kafka in the lake, exactly once, quarantining invalid ones.
-
-    Start several to share the partitions (same FLYWHEEL_INGEST_GROUP). Stop with Ctrl-C or SIGTERM: the worker
-    lands what it holds first. A killed worker resumes exactly where the lake is.
-
-    \b
-    Example:
-      flywheel ingest                 # run as a service
-      flywheel ingest --until-idle 5  # drain the topics, then exit
-    """
-    from flywheel.streams.ingest import IngestStats, IngestWorker
-
-    s = _settings(ctx)
-    last = [0.0]
-
-    def report(st: IngestStats) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 2:
-            last[0] = now
-            rate = st.consumed / max(now - st.started, 1e-9)
-            click.echo(f"consumed {st.consumed}  inferences {st.landed['inferences']}  feedback "
-                       f"{st.landed['feedback']}  quarantined {st.quarantined}  ({rate:,.0f} events/s)", err=True)
-
-    worker = IngestWorker(s, on_flush=report)
-    click.echo(f"landing {s.inference_topic}, {s.feedback_topic} from {s.kafka_bootstrap} into {s.lake}", err=True)
-    st = worker.run(until_idle=until_idle, install_signal_handlers=True)
-    click.echo(f"landed {st.landed['inferences']} inferences, {st.landed['feedback']} feedback, quarantined "
-               f"{st.quarantined} (of {st.consumed} consumed)")
-
-
-# ------------------------------------------------------------------------------------------------------ sql
-
-
-@main.command()
-@click.argument("query")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-@click.option("--limit", type=int, default=None, help="Show at most this many rows (table format).")
-@click.pass_context
-def sql(ctx: click.Context, query: str, fmt: str, limit: int | None) -> None:
-    """Run a SQL QUERY (DuckDB) over the lake's views.
-
-    Views: inferences, feedback, interactions, quarantine (deduplicated), and lake_inferences, lake_feedback,
-    lake_quarantine (raw, one row per landed message).
-
-    \b
-    Example:
-      flywheel sql "SELECT model, avg(thumbs_up - thumbs_down) FROM interactions GROUP BY model"
-      flywheel sql "SELECT reason, count(*) FROM quarantine GROUP BY reason" --format csv
-    """
-    import duckdb
-
-    from flywheel.warehouse.query import connect
-
-    con = connect(_settings(ctx))
-    try:
-        rel = con.sql(query)
-    except duckdb.Error as exc:
-        raise FlywheelError(f"query failed: {exc}") from None
-    if rel is None:
-        return
-    if fmt == "table":
-        rel.show(max_rows=limit or 40, max_width=200)
-    elif fmt == "csv":
-        import csv
-
-        w = csv.writer(sys.stdout)
-        w.writerow(rel.columns)
-        for row in rel.fetchall():
-            w.writerow(row)
-    else:
-        cols = rel.columns
-        for row in rel.fetchall():
-            click.echo(json.dumps(dict(zip(cols, row)), default=str, ensure_ascii=False))
-
-
-# ------------------------------------------------------------------------------------------------------ demo
-
-
-@main.command()
-@click.pass_context
-def demo(ctx: click.Context) -> None:
-    """Run the flywheel end to end on the embedded defaults with bundled real feedback data.
-
-    Starts the embedded broker (unless one answers), sends events, lands them and queries the views. Safe to
-    re-run: the views show each event once.
-
-    \b
-    Example:
-      FLYWHEEL_HOME=/tmp/fw flywheel demo
-    """
-    from flywheel.infra.demo import run
-
-    run(_settings(ctx), echo=click.echo)
-
-
-# ------------------------------------------------------------------------------------------------------ schema
-
-
-@main.command()
-@click.option("--format", "fmt", type=click.Choice(["markdown", "json-schema"]), default="markdown",
-              show_default=True)
-def schema(fmt: str) -> None:
-    """Print the event contract: the reference doc, or JSON Schema for other producers.
-
-    \b
-    Example:
-      flywheel schema --format json-schema > flywheel-events.schema.json
-    """
-    from flywheel.schemas import docs
-
-    click.echo(docs.markdown() if fmt == "markdown" else json.dumps(docs.json_schema(), indent=2))
-
-
-from flywheel.commands import register  # noqa: E402  (stages register their command groups on `main`)
-
-register(main)
+for _module in (config, lane, demo, quality, lake, drift, alerts):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

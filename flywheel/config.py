@@ -1,7 +1,9 @@
 """All of flywheel's settings, typed and frozen, read from `FLYWHEEL_*` environment variables in this one place.
 
-`Settings.from_env()` is the only reader of the environment; every stage takes a `Settings` (or the part it needs),
-so tests build one directly instead of patching the environment.
+`env_settings()` is the one reader of the environment, for these core settings and for every stage's own
+(`flywheel.environment` gathers them). It is called at the edges only (a CLI command, a flow run, a worker start,
+the SDK's constructor): library code takes a `Settings` (or its stage's settings) as an argument, so callers and
+tests build one directly instead of patching the environment.
 """
 
 from __future__ import annotations
@@ -134,14 +136,31 @@ def env_settings(cls: type[T], prefix: str, environ: Mapping[str, str] | None = 
             elif kind == "float":
                 values[f.name] = float(raw)
             elif kind == "bool":
-                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                values[f.name] = parse_bool(raw)
             elif kind == "Path":
                 values[f.name] = Path(raw)
             else:
                 values[f.name] = raw
         except ValueError:
-            raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from None
+            if "Secret" in kind:  # a secret's value never goes into a message
+                raise ConfigError(f"{var} is not a valid {kind} (its value is a secret: not shown)",
+                                  variable=var) from None
+            raise ConfigError(f"{var}={raw!r} is not a valid {kind}", variable=var) from None
     return cls(**values)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(raw: str) -> bool:
+    """`1/true/yes/on` or `0/false/no/off` (any case); anything else is a mistake, not False: ValueError."""
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{raw!r} is not a boolean (use one of {', '.join(_TRUE + _FALSE)})")
 
 
 def describe(cls: type, prefix: str = ENV_PREFIX) -> list[tuple[str, str, str]]:

@@ -212,13 +212,12 @@ def segment_of(ev: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------- faust app
 
 
-def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings | None = None,
-             outbox: Outbox | None = None, **faust_options: Any) -> Any:
-    """The faust app (not started). `faust_options` override faust settings (tests shorten timeouts)."""
+def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, outbox: Outbox,
+             **faust_options: Any) -> Any:
+    """The faust app (not started): alerts go to `outbox`, whose due rows it delivers with `alerts`' webhook.
+    `faust_options` override faust settings (tests shorten timeouts)."""
     import faust
 
-    alerts = alerts or AlertSettings.from_env()
-    outbox = outbox or Outbox.from_settings(settings.home, alerts)
     sender = SlackSender(outbox, alerts)
     datadir = settings.home / "faust" / sig.group  # faust's default is a directory in the working directory
     datadir.parent.mkdir(parents=True, exist_ok=True)

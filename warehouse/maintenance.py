@@ -167,8 +167,7 @@ def _table(settings: Settings, name: str) -> DeltaTable:
     return DeltaTable(str(path))
 
 
-def stats(settings: Settings, name: str, msettings: MaintenanceSettings | None = None) -> TableStats:
-    msettings = msettings or MaintenanceSettings.from_env()
+def stats(settings: Settings, name: str, msettings: MaintenanceSettings) -> TableStats:
     dt = _table(settings, name)
     add = _add_actions(dt)
     sizes = add.column("size_bytes")
@@ -183,12 +182,11 @@ def stats(settings: Settings, name: str, msettings: MaintenanceSettings | None =
         small_files=int(pc.sum(pc.less(sizes, small)).as_py() or 0) if add.num_rows else 0)
 
 
-def compact(settings: Settings, name: str, msettings: MaintenanceSettings | None = None) -> CompactResult:
+def compact(settings: Settings, name: str, msettings: MaintenanceSettings) -> CompactResult:
     """Merge small files into files of about `target_file_mb` with row groups of `row_group_rows`.
 
     Partitions with fewer than `min_files` files are left alone. Safe while ingest appends and readers read.
     """
-    msettings = msettings or MaintenanceSettings.from_env()
     props = WriterProperties(compression="ZSTD", max_row_group_size=msettings.row_group_rows)
     with _maintenance_lock(settings, name):
 
@@ -209,10 +207,9 @@ def compact(settings: Settings, name: str, msettings: MaintenanceSettings | None
     return CompactResult(name, out["removed"], out["added"], out["version"], attempts)
 
 
-def apply_retention(settings: Settings, name: str, days: float, msettings: MaintenanceSettings | None = None,
+def apply_retention(settings: Settings, name: str, days: float, msettings: MaintenanceSettings,
                     today: date | None = None) -> RetentionResult:
     """Delete the rows of `name` whose date is older than `days` days (whole partitions: a metadata commit)."""
-    msettings = msettings or MaintenanceSettings.from_env()
     column = DATE_COLUMN.get(name)
     if column is None:
         raise MaintenanceError(f"retention of {name!r}: no date column known for it; retention applies to "
@@ -228,11 +225,10 @@ def apply_retention(settings: Settings, name: str, days: float, msettings: Maint
                            int(m.get("num_removed_files", 0) or 0))
 
 
-def vacuum(settings: Settings, name: str, msettings: MaintenanceSettings | None = None,
+def vacuum(settings: Settings, name: str, msettings: MaintenanceSettings,
            dry_run: bool = False) -> VacuumResult:
     """Delete files no version newer than `vacuum_retention_hours` references; checkpoint the log first so the
     table (and its watermarks) loads fast without the old log entries."""
-    msettings = msettings or MaintenanceSettings.from_env()
     with _maintenance_lock(settings, name):
         dt = _table(settings, name)
         try:

@@ -7,15 +7,14 @@ from datetime import datetime, timezone
 
 import click
 
-from flywheel.config import Settings
+from flywheel.commands.options import pass_env
+from flywheel.environment import Environment
 from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender
 from flywheel.config import describe
 
 
-def _outbox(ctx: click.Context) -> tuple[Outbox, AlertSettings]:
-    s: Settings = ctx.ensure_object(dict).setdefault("settings", Settings.from_env())
-    a = AlertSettings.from_env()
-    return Outbox.from_settings(s.home, a), a
+def _outbox(env: Environment) -> tuple[Outbox, AlertSettings]:
+    return Outbox.from_settings(env.core.home, env.alerts), env.alerts
 
 
 @click.group(help="""Alerts from drift runs and live signals: every alert waits in an outbox until Slack has
@@ -42,15 +41,15 @@ def _ts(t: float | None) -> str:
               default=None, help="Only alerts in this state.")
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.pass_context
-def alerts_list(ctx: click.Context, status: str | None, limit: int, fmt: str) -> None:
+@pass_env
+def alerts_list(env: Environment, status: str | None, limit: int, fmt: str) -> None:
     """List alerts, newest first, with their delivery state.
 
     \b
     Example:
       flywheel alerts list --status failed
     """
-    box, _ = _outbox(ctx)
+    box, _ = _outbox(env)
     rows = box.rows(status, limit)
     if fmt == "json":
         for r in rows:
@@ -72,8 +71,8 @@ def alerts_list(ctx: click.Context, status: str | None, limit: int, fmt: str) ->
 @alerts.command("send")
 @click.option("--wait", type=float, default=0.0, show_default=True, metavar="SECONDS",
               help="Keep retrying (honouring Retry-After and backoff) for up to SECONDS.")
-@click.pass_context
-def alerts_send(ctx: click.Context, wait: float) -> None:
+@pass_env
+def alerts_send(env: Environment, wait: float) -> None:
     """Deliver the alerts that are due to the Slack webhook.
 
     \b
@@ -82,7 +81,7 @@ def alerts_send(ctx: click.Context, wait: float) -> None:
     """
     from flywheel.errors import ConfigError
 
-    box, settings = _outbox(ctx)
+    box, settings = _outbox(env)
     if not settings.webhook:
         raise ConfigError("FLYWHEEL_SLACK_WEBHOOK_URL is not set: alerts stay in the outbox until it is")
     sender = SlackSender(box, settings)
@@ -94,8 +93,8 @@ def alerts_send(ctx: click.Context, wait: float) -> None:
 @alerts.command("resend")
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--failed", is_flag=True, help="Queue every failed alert again.")
-@click.pass_context
-def alerts_resend(ctx: click.Context, ids: tuple[int, ...], failed: bool) -> None:
+@pass_env
+def alerts_resend(env: Environment, ids: tuple[int, ...], failed: bool) -> None:
     """Queue alerts again (by id, any state, or all failed ones) and try to deliver them now.
 
     \b
@@ -107,7 +106,7 @@ def alerts_resend(ctx: click.Context, ids: tuple[int, ...], failed: bool) -> Non
 
     if not ids and not failed:
         raise ConfigError("name alert ids or pass --failed")
-    box, settings = _outbox(ctx)
+    box, settings = _outbox(env)
     n = box.resend(list(ids) or None, failed=failed)
     click.echo(f"queued {n} alerts again")
     if settings.webhook and n:

@@ -9,14 +9,12 @@ from typing import Any
 
 import click
 
-from flywheel.config import Settings
+from flywheel.commands.options import pass_env
+from flywheel.environment import Environment
 from flywheel.streams.signals import SignalSettings
 from flywheel.config import describe
 from flywheel.warehouse.drift.settings import DriftSettings
 
-
-def _settings(ctx: click.Context) -> Settings:
-    return ctx.ensure_object(dict).setdefault("settings", Settings.from_env())
 
 
 def _env_help() -> str:
@@ -53,8 +51,8 @@ def drift() -> None:
 @click.option("--no-report", is_flag=True, help="Do not write Evidently HTML reports.")
 @click.option("--no-send", is_flag=True, help="Queue alerts in the outbox but do not post them now.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.pass_context
-def drift_run(ctx: click.Context, current: str | None, reference: str | None, by: str | None, no_report: bool,
+@pass_env
+def drift_run(env: Environment, current: str | None, reference: str | None, by: str | None, no_report: bool,
               no_send: bool, fmt: str) -> None:
     """Run drift detection once and store it in `drift_runs`.
 
@@ -66,12 +64,12 @@ def drift_run(ctx: click.Context, current: str | None, reference: str | None, by
       flywheel drift run --current 2026-11-27/2026-11-28 --reference 7d --by app,model
       flywheel drift run --current 1h --reference golden_inputs.parquet --format json
     """
-    from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender
+    from flywheel.warehouse.alerts.outbox import Outbox, SlackSender
     from flywheel.warehouse.drift.run import run_drift
 
-    s = _settings(ctx)
-    ds = DriftSettings.from_env()
-    alerts = AlertSettings.from_env()
+    s = env.core
+    ds = env.drift
+    alerts = env.alerts
     outbox = Outbox.from_settings(s.home, alerts)
     run = run_drift(s, ds, current=current, reference=reference, by=by, reports=not no_report, sink=outbox)
     delivered = None
@@ -115,8 +113,8 @@ def _summary(run: Any, delivered: Any) -> dict[str, Any]:
               help="Where to write the page. Default: $FLYWHEEL_HOME/drift_reports/index.html.")
 @click.option("--last", type=int, default=30, show_default=True, help="Windows shown per segment.")
 @click.option("--open", "open_", is_flag=True, help="Open the page in a browser.")
-@click.pass_context
-def drift_report(ctx: click.Context, output: Path | None, last: int, open_: bool) -> None:
+@pass_env
+def drift_report(env: Environment, output: Path | None, last: int, open_: bool) -> None:
     """Write (and optionally open) the HTML overview: drift scores over time per segment, with links to the
     Evidently reports.
 
@@ -127,8 +125,8 @@ def drift_report(ctx: click.Context, output: Path | None, last: int, open_: bool
     """
     from flywheel.warehouse.drift.overview import write_overview
 
-    s = _settings(ctx)
-    path = output or DriftSettings.from_env().reports_path(s.home) / "index.html"
+    s = env.core
+    path = output or env.drift.reports_path(s.home) / "index.html"
     write_overview(s, path, last)
     click.echo(str(path))
     if open_:
@@ -150,8 +148,8 @@ Stop with Ctrl-C. Settings:
 Example:
   FLYWHEEL_SLACK_WEBHOOK_URL=https://hooks.slack.com/services/... flywheel signals
 """)
-@click.pass_context
-def signals(ctx: click.Context) -> None:
+@pass_env
+def signals(env: Environment) -> None:
     import asyncio
     import signal
 
@@ -159,10 +157,12 @@ def signals(ctx: click.Context) -> None:
     from flywheel.streams.signals import make_app
     from flywheel.streams.topics import ensure_topics
 
-    s = _settings(ctx)
-    sig = SignalSettings.from_env()
+    s = env.core
+    sig = env.signals
     ensure_topics(s)
-    app = make_app(s, sig)
+    from flywheel.warehouse.alerts.outbox import Outbox
+
+    app = make_app(s, sig, env.alerts, Outbox.from_settings(s.home, env.alerts))
     click.echo(f"live signals on {s.inference_topic}, {s.feedback_topic} (group {sig.group}, windows of "
                f"{sig.window_s:g} s); Ctrl-C to stop", err=True)
 

@@ -6,14 +6,12 @@ import json
 
 import click
 
+from flywheel.commands.options import pass_env
 from flywheel.config import Settings
+from flywheel.environment import Environment
 from flywheel.config import describe
 from flywheel.warehouse.maintenance import MaintenanceSettings
 
-
-def _settings(ctx: click.Context) -> Settings:
-    # Not flywheel.cli's twin: importing flywheel.cli from here would be circular (cli registers this module).
-    return ctx.ensure_object(dict).setdefault("settings", Settings.from_env())
 
 
 def _tables(settings: Settings, names: tuple[str, ...]) -> list[str]:
@@ -43,8 +41,8 @@ def lake() -> None:
 @lake.command("stats")
 @click.argument("tables", nargs=-1)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.pass_context
-def stats_cmd(ctx: click.Context, tables: tuple[str, ...], fmt: str) -> None:
+@pass_env
+def stats_cmd(env: Environment, tables: tuple[str, ...], fmt: str) -> None:
     """Show files, rows, bytes, partitions and the version of each table (default: every lake table).
 
     \b
@@ -53,8 +51,8 @@ def stats_cmd(ctx: click.Context, tables: tuple[str, ...], fmt: str) -> None:
     """
     from flywheel.warehouse.maintenance import stats
 
-    s = _settings(ctx)
-    ms = MaintenanceSettings.from_env()
+    s = env.core
+    ms = env.maintenance
     rows = [stats(s, t, ms) for t in _tables(s, tables)]
     if fmt == "json":
         for r in rows:
@@ -69,8 +67,8 @@ def stats_cmd(ctx: click.Context, tables: tuple[str, ...], fmt: str) -> None:
 
 @lake.command("compact")
 @click.argument("tables", nargs=-1)
-@click.pass_context
-def compact_cmd(ctx: click.Context, tables: tuple[str, ...]) -> None:
+@pass_env
+def compact_cmd(env: Environment, tables: tuple[str, ...]) -> None:
     """Merge small files into large ones (FLYWHEEL_LAKE_TARGET_FILE_MB, FLYWHEEL_LAKE_ROW_GROUP_ROWS).
 
     Does not block the ingest worker; old files stay readable until `flywheel lake vacuum`.
@@ -81,8 +79,8 @@ def compact_cmd(ctx: click.Context, tables: tuple[str, ...]) -> None:
     """
     from flywheel.warehouse.maintenance import compact
 
-    s = _settings(ctx)
-    ms = MaintenanceSettings.from_env()
+    s = env.core
+    ms = env.maintenance
     for t in _tables(s, tables):
         r = compact(s, t, ms)
         click.echo(f"{t}: {r.files_removed} files rewritten into {r.files_added} (version {r.version})")
@@ -92,8 +90,8 @@ def compact_cmd(ctx: click.Context, tables: tuple[str, ...]) -> None:
 @click.argument("tables", nargs=-1)
 @click.option("--no-retention", is_flag=True, help="Do not delete rows older than FLYWHEEL_LAKE_RETENTION first.")
 @click.option("--dry-run", is_flag=True, help="Say which files would be deleted; change nothing.")
-@click.pass_context
-def vacuum_cmd(ctx: click.Context, tables: tuple[str, ...], no_retention: bool, dry_run: bool) -> None:
+@pass_env
+def vacuum_cmd(env: Environment, tables: tuple[str, ...], no_retention: bool, dry_run: bool) -> None:
     """Apply retention by age (FLYWHEEL_LAKE_RETENTION), then delete files no recent version uses.
 
     Files removed (by compaction or retention) less than FLYWHEEL_LAKE_VACUUM_RETENTION_HOURS ago are kept, so
@@ -105,8 +103,8 @@ def vacuum_cmd(ctx: click.Context, tables: tuple[str, ...], no_retention: bool, 
     """
     from flywheel.warehouse.maintenance import apply_retention, vacuum
 
-    s = _settings(ctx)
-    ms = MaintenanceSettings.from_env()
+    s = env.core
+    ms = env.maintenance
     days = ms.retention_days()
     for t in _tables(s, tables):
         if t in days and not no_retention and not dry_run:

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import click
 
-from flywheel.config import Settings
+from flywheel.commands.options import pass_env
+from flywheel.environment import Environment
 from flywheel.errors import ConfigError
 from flywheel.config import describe
 from flywheel.warehouse.quality.settings import QualitySettings
@@ -16,10 +17,6 @@ from flywheel.warehouse.quality.settings import QualitySettings
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
-
-def _settings(ctx: click.Context) -> Settings:
-    # Not flywheel.cli's twin: importing flywheel.cli from here would be circular (cli registers this module).
-    return ctx.ensure_object(dict).setdefault("settings", Settings.from_env())
 
 
 def parse_time(value: str | None, option: str) -> datetime | None:
@@ -67,8 +64,8 @@ def quality() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--no-report", is_flag=True, help="Do not write the HTML report.")
 @click.option("--gx-logs", is_flag=True, help="Let Great Expectations log and show its progress bars (stderr).")
-@click.pass_context
-def run_cmd(ctx: click.Context, since: str | None, until: str | None, tables: tuple[str, ...], show_all: bool,
+@pass_env
+def run_cmd(env: Environment, since: str | None, until: str | None, tables: tuple[str, ...], show_all: bool,
             fmt: str, no_report: bool, gx_logs: bool) -> None:
     """Validate the events that landed in a window; exit 1 when a critical expectation fails.
 
@@ -85,9 +82,9 @@ def run_cmd(ctx: click.Context, since: str | None, until: str | None, tables: tu
     from flywheel.warehouse.quality import gates as q
     from flywheel.warehouse.quality.report import summary
 
-    settings = _settings(ctx)
+    settings = env.core
     q.set_gx_verbose(gx_logs)
-    run = q.run_quality(settings, QualitySettings.from_env(), since=parse_time(since, "--since"),
+    run = q.run_quality(settings, env.quality, since=parse_time(since, "--since"),
                         until=parse_time(until, "--until"), tables=list(tables) or None, report=not no_report)
     if fmt == "json":
         click.echo(json.dumps(_as_json(run, show_all), default=str, ensure_ascii=False, indent=2))
@@ -100,8 +97,8 @@ def run_cmd(ctx: click.Context, since: str | None, until: str | None, tables: tu
 @quality.command("suspects")
 @click.option("--table", default=None, help="Only this table.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.pass_context
-def suspects_cmd(ctx: click.Context, table: str | None, fmt: str) -> None:
+@pass_env
+def suspects_cmd(env: Environment, table: str | None, fmt: str) -> None:
     """List the windows whose latest quality run failed (curation excludes their rows).
 
     \b
@@ -110,7 +107,7 @@ def suspects_cmd(ctx: click.Context, table: str | None, fmt: str) -> None:
     """
     from flywheel.warehouse.quality.gates import suspect_windows
 
-    settings = _settings(ctx)
+    settings = env.core
     windows = suspect_windows(settings, table)
     if fmt == "json":
         for w in windows:
@@ -126,7 +123,8 @@ def suspects_cmd(ctx: click.Context, table: str | None, fmt: str) -> None:
 
 
 @quality.command("suites")
-def suites_cmd() -> None:
+@pass_env
+def suites_cmd(env: Environment) -> None:
     """Print the expectation suites in force (built-in files merged with FLYWHEEL_QUALITY_SUITES_DIR).
 
     \b
@@ -135,7 +133,7 @@ def suites_cmd() -> None:
     """
     from flywheel.warehouse.quality.suites import load_suites
 
-    qs = QualitySettings.from_env()
+    qs = env.quality
     for table, suite in load_suites(qs.params(), qs.suites_dir or None).items():
         click.echo(f"{table} ({', '.join(suite.files)})")
         for name, expr in suite.derive.items():

@@ -58,15 +58,15 @@ def _codecs(settings: Settings) -> set[str]:
 
 def test_compaction_merges_files_and_keeps_rows_watermarks_and_open_readers(settings: Settings) -> None:
     _land_in_small_commits(settings)
-    before = stats(settings, "inferences")
+    before = stats(settings, "inferences", MaintenanceSettings())
     assert (before.files, before.rows, before.partitions) == (30, 3000, 1) and before.small_files == 30
     assert _codecs(settings) == {"UNCOMPRESSED"}  # landed fast ...
     reader = connect(settings)  # lists the 30 small files now
     expected = reader.sql(CHECK).fetchall()
 
-    result = compact(settings, "inferences")
+    result = compact(settings, "inferences", MaintenanceSettings())
 
-    after = stats(settings, "inferences")
+    after = stats(settings, "inferences", MaintenanceSettings())
     assert (result.files_removed, result.files_added) == (30, 1)
     assert (after.files, after.rows, after.version) == (1, 3000, before.version + 1)
     assert _watermark(settings) == 3000
@@ -79,12 +79,12 @@ def test_compaction_merges_files_and_keeps_rows_watermarks_and_open_readers(sett
     # ... and a new reader sees the same data through the compacted file.
     assert connect(settings).sql(CHECK).fetchall() == expected
     # A second compaction finds nothing to do.
-    assert compact(settings, "inferences").files_removed == 0
+    assert compact(settings, "inferences", MaintenanceSettings()).files_removed == 0
 
 
 def test_vacuum_keeps_recent_files_and_deletes_old_ones_and_watermarks_survive(settings: Settings) -> None:
     _land_in_small_commits(settings, n_commits=5)
-    compact(settings, "inferences")
+    compact(settings, "inferences", MaintenanceSettings())
     kept = vacuum(settings, "inferences", MaintenanceSettings(vacuum_retention_hours=1))
     assert kept.files_deleted == 0  # removed seconds ago: a reader may still be listing them
     gone = vacuum(settings, "inferences", MaintenanceSettings(vacuum_retention_hours=0))
@@ -109,7 +109,7 @@ def test_retention_drops_partitions_older_than_the_table_keeps(settings: Setting
     assert [i for (i,) in ids] == [f"new-{i}" for i in range(5)]
     assert _watermark(settings) == 10
     with pytest.raises(MaintenanceError, match="no date column known"):
-        apply_retention(settings, "unknown_table", 1)
+        apply_retention(settings, "unknown_table", 1, MaintenanceSettings())
 
 
 def test_bad_settings_and_busy_tables_give_clear_errors(settings: Settings) -> None:
@@ -121,9 +121,9 @@ def test_bad_settings_and_busy_tables_give_clear_errors(settings: Settings) -> N
     assert lake_tables(settings) == ["feedback", "inferences", "quarantine"]
     with _maintenance_lock(settings, "inferences"):
         with pytest.raises(MaintenanceBusy, match="another maintenance run"):
-            compact(settings, "inferences")
+            compact(settings, "inferences", MaintenanceSettings())
     with pytest.raises(MaintenanceError, match="no lake table 'nope'"):
-        stats(settings, "nope")
+        stats(settings, "nope", MaintenanceSettings())
 
 
 @pytest.mark.slow
@@ -166,7 +166,7 @@ def test_compaction_while_ingest_lands_and_queries_run(kafka_settings: Settings)
         while not stop.is_set():
             try:
                 if Lake(s.lake).path("inferences").joinpath("_delta_log").is_dir():
-                    seen_files.append(stats(s, "inferences").files)
+                    seen_files.append(stats(s, "inferences", MaintenanceSettings()).files)
                     for table in ("inferences", "feedback"):
                         removed.append(compact(s, table, MaintenanceSettings(min_files=2)).files_removed)
                     compactions += 1
@@ -186,7 +186,7 @@ def test_compaction_while_ingest_lands_and_queries_run(kafka_settings: Settings)
 
     send(events[:100])
     deadline = time.monotonic() + 60  # the worker joins its group first (seconds on this broker)
-    while not Lake(s.lake).path("inferences").joinpath("_delta_log").is_dir() or not stats(s, "inferences").files:
+    while not Lake(s.lake).path("inferences").joinpath("_delta_log").is_dir() or not stats(s, "inferences", MaintenanceSettings()).files:
         assert time.monotonic() < deadline and not errors, errors
         time.sleep(0.1)
     for k in range(100, len(events), 100):  # in bursts, so the worker lands many small files meanwhile
@@ -200,9 +200,9 @@ def test_compaction_while_ingest_lands_and_queries_run(kafka_settings: Settings)
     print(f"compactions {compactions}, queries {queries}, files seen {seen_files}, removed {sum(removed)}")
     assert errors == []
     assert compactions >= 3 and queries >= 3 and sum(removed) >= 10  # it did rewrite files under the worker
-    before = stats(s, "inferences")
-    compact(s, "inferences")
-    after = stats(s, "inferences")
+    before = stats(s, "inferences", MaintenanceSettings())
+    compact(s, "inferences", MaintenanceSettings())
+    after = stats(s, "inferences", MaintenanceSettings())
     con = connect(s)
     assert con.sql("SELECT count(*), count(DISTINCT inference_id) FROM lake_inferences").fetchall() == [(n_inf, n_inf)]
     assert con.sql("SELECT count(*), count(DISTINCT feedback_id) FROM lake_feedback").fetchall() == [(n_fb, n_fb)]

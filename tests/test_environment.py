@@ -1,0 +1,80 @@
+"""Every setting is read once, at an edge, and `flywheel config` lists every one of them, grouped by stage."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flywheel.cli import main
+from flywheel.environment import GROUPS, Environment, variables
+from flywheel.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ["flywheel", "schemas", "streams", "warehouse", "flows", "infra", "bench"]
+PREFIXES = {"FLYWHEEL_"} | {g.prefix for g in GROUPS}
+
+
+def _mentioned() -> dict[str, list[str]]:
+    """Every FLYWHEEL_* name the code, its docs and the README mention, with where."""
+    found: dict[str, list[str]] = {}
+    files = [p for d in SOURCES for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".md", ".yaml")]
+    for path in files + [ROOT / "README.md", ROOT / "Makefile"]:
+        for name in re.findall(r"FLYWHEEL_[A-Z0-9_]+", path.read_text(encoding="utf-8")):
+            found.setdefault(name, []).append(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_variable_the_code_mentions_is_a_setting_flywheel_config_lists() -> None:
+    res = CliRunner().invoke(main, ["config"], env={})
+    assert res.exit_code == 0, res.output
+    listed = {line.split()[0] for line in res.output.splitlines() if line.startswith("FLYWHEEL_")}
+    assert listed == variables()
+    unknown = {name: where for name, where in _mentioned().items() if name not in listed and name not in PREFIXES}
+    assert unknown == {}, f"mentioned but not a setting `flywheel config` lists: {unknown}"
+
+
+def test_config_groups_settings_by_stage_with_their_values() -> None:
+    res = CliRunner().invoke(main, ["config"], env={"FLYWHEEL_DRIFT_MIN_SAMPLES": "321",
+                                                    "FLYWHEEL_LAKE_MIN_FILES": "4"})
+    assert res.exit_code == 0, res.output
+    for g in GROUPS:
+        assert f"# {g.title}" in res.output
+    lines = {ln.split()[0]: ln for ln in res.output.splitlines() if ln.startswith("FLYWHEEL_")}
+    assert " 321 " in lines["FLYWHEEL_DRIFT_MIN_SAMPLES"] and "(default: 200)" in lines["FLYWHEEL_DRIFT_MIN_SAMPLES"]
+    assert " 4 " in lines["FLYWHEEL_LAKE_MIN_FILES"]
+    drift_only = CliRunner().invoke(main, ["config", "--stage", "drift", "--format", "json"], env={})
+    assert drift_only.exit_code == 0 and all('"stage": "drift"' in ln for ln in drift_only.output.splitlines())
+
+
+def test_a_mistyped_boolean_is_an_error_not_false() -> None:
+    with pytest.raises(ConfigError, match="FLYWHEEL_DRIFT_CACHE='ture' is not a valid bool") as err:
+        Environment.load({"FLYWHEEL_DRIFT_CACHE": "ture"})
+    assert err.value.variable == "FLYWHEEL_DRIFT_CACHE"
+    assert Environment.load({"FLYWHEEL_DRIFT_CACHE": "off"}).drift.cache is False
+    assert Environment.load({"FLYWHEEL_DRIFT_CACHE": "Yes"}).drift.cache is True
+    res = CliRunner().invoke(main, ["drift", "report"], env={"FLYWHEEL_DRIFT_CACHE": "ture"})
+    assert res.exit_code == 1 and "Error: FLYWHEEL_DRIFT_CACHE='ture' is not a valid bool" in res.output
+
+
+def test_the_environment_is_read_only_at_the_edges() -> None:
+    """Library code takes settings as arguments: only the CLI, the flows, the edge module and the SDK's
+    constructor (an application's edge) read the environment."""
+    edges = {"flywheel/environment.py", "flywheel/cli.py", "streams/client.py"}
+    edge_dirs = ("flywheel/commands/", "flows/")
+    offenders = []
+    for d in ("flywheel", "schemas", "streams", "warehouse", "flows", "infra"):
+        for path in (ROOT / d).rglob("*.py"):
+            rel = str(path.relative_to(ROOT))
+            if rel in edges or rel.startswith(edge_dirs):
+                continue
+            text = path.read_text(encoding="utf-8")
+            for n, line in enumerate(text.splitlines(), 1):
+                if re.search(r"\.from_env\(|Environment\.load\(|os\.environ|os\.getenv", line) \
+                        and not line.lstrip().startswith(("def ", "#", '"', "`")) and "env_settings(" not in line:
+                    if rel == "flywheel/config.py" and "os.environ if environ is None" in line:
+                        continue  # the one reader itself
+                    offenders.append(f"{rel}:{n}: {line.strip()}")
+    assert offenders == []
