@@ -182,7 +182,8 @@ def signals(env: Environment) -> None:
     try:
         asyncio.run(main())
     except OSError as exc:
-        raise BrokerUnavailable(f"live signals could not reach Kafka at {s.kafka_bootstrap}: {exc}") from None
+        raise BrokerUnavailable(f"live signals could not reach Kafka at {s.kafka_bootstrap}: {exc}",
+                                bootstrap=s.kafka_bootstrap) from None
     sys.exit(0)
 
 
