@@ -21,6 +21,7 @@ ROOMS: dict[str, set[str]] = {
     "warehouse.drift": {"base", "schemas", "warehouse"},
     "warehouse.alerts": {"base", "schemas", "warehouse"},
     "warehouse.maintenance": {"base", "schemas", "warehouse"},
+    "warehouse.evaluation": {"base", "schemas", "warehouse"},
     "streams": {"base", "schemas", "warehouse", "warehouse.alerts"},
     "infra.broker": {"base"},
     "infra.testing": {"base", "schemas", "warehouse", "warehouse.quality", "warehouse.drift", "warehouse.alerts",
@@ -41,6 +42,7 @@ def room(module: str) -> str:
                          ("flywheel.warehouse.drift", "warehouse.drift"),
                          ("flywheel.warehouse.alerts", "warehouse.alerts"),
                          ("flywheel.warehouse.maintenance", "warehouse.maintenance"),
+                         ("flywheel.warehouse.evaluation", "warehouse.evaluation"),
                          ("flywheel.warehouse", "warehouse"), ("flywheel.streams", "streams"),
                          ("flywheel.schemas", "schemas"), ("flywheel.infra", "infra.broker")):
         if module == prefix or module.startswith(prefix + "."):
