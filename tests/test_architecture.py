@@ -21,7 +21,8 @@ ROOMS: dict[str, set[str]] = {
     "warehouse.drift": {"base", "schemas", "warehouse"},
     "warehouse.alerts": {"base", "schemas", "warehouse"},
     "warehouse.maintenance": {"base", "schemas", "warehouse"},
-    "warehouse.evaluation": {"base", "schemas", "warehouse"},
+    # evaluation scores answers with drift's text descriptors (refusals): drift never imports evaluation
+    "warehouse.evaluation": {"base", "schemas", "warehouse", "warehouse.drift"},
     "streams": {"base", "schemas", "warehouse", "warehouse.alerts"},
     "infra.broker": {"base"},
     "infra.testing": {"base", "schemas", "warehouse", "warehouse.quality", "warehouse.drift", "warehouse.alerts",
