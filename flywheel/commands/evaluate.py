@@ -162,8 +162,8 @@ def eval_compare(env: Environment, baseline: str, candidate: str, fmt: str) -> N
 @format_option("text", "json")
 @pass_env
 def eval_gate(env: Environment, candidate: str, baseline: str, fmt: str) -> None:
-    """Exit 1 when CANDIDATE is worse than the baseline beyond the tolerances (`flywheel config --stage evaluation`), with the
-    reasons, so a release pipeline can block it.
+    """Exit 1 when CANDIDATE is worse than the baseline beyond the tolerances (see `flywheel config --stage
+    evaluation`), with the reasons, so a release pipeline can block it.
 
     \b
     Example:
