@@ -24,6 +24,7 @@ ROOMS: dict[str, set[str]] = {
     # evaluation scores answers with drift's text descriptors (refusals): drift never imports evaluation
     "warehouse.evaluation": {"base", "schemas", "warehouse", "warehouse.drift"},
     "warehouse.releases": {"base", "schemas", "warehouse", "warehouse.evaluation"},
+    "warehouse.jobs": {"base", "schemas", "warehouse", "warehouse.evaluation"},
     "streams": {"base", "schemas", "warehouse", "warehouse.alerts"},
     "infra.broker": {"base"},
     "infra.testing": {"base", "schemas", "warehouse", "warehouse.quality", "warehouse.drift", "warehouse.alerts",
@@ -46,6 +47,7 @@ def room(module: str) -> str:
                          ("flywheel.warehouse.maintenance", "warehouse.maintenance"),
                          ("flywheel.warehouse.evaluation", "warehouse.evaluation"),
                          ("flywheel.warehouse.releases", "warehouse.releases"),
+                         ("flywheel.warehouse.jobs", "warehouse.jobs"),
                          ("flywheel.warehouse", "warehouse"), ("flywheel.streams", "streams"),
                          ("flywheel.schemas", "schemas"), ("flywheel.infra", "infra.broker")):
         if module == prefix or module.startswith(prefix + "."):

@@ -82,19 +82,21 @@ class RecordedProvider:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.path.rstrip("/").endswith("/chat/completions"):
+                route = self.path.split("?", 1)[0].rstrip("/")
+                if route.endswith("/chat/completions"):
                     outer._chat(self, body)
-                elif self.path.rstrip("/").endswith("/files"):
+                elif route.endswith("/files"):
                     outer._file(self, body)
-                elif self.path.rstrip("/").endswith("/fine_tuning/jobs"):
+                elif route.endswith("/fine_tuning/jobs"):
                     outer._create_job(self, body)
                 else:
                     _send(self, 404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
             def do_GET(self) -> None:  # noqa: N802
-                if "/fine_tuning/jobs/" in self.path:
-                    outer._poll_job(self, self.path.rsplit("/", 1)[-1])
-                elif self.path.rstrip("/").endswith("/models"):
+                route = self.path.split("?", 1)[0].rstrip("/")
+                if "/fine_tuning/jobs/" in route:
+                    outer._poll_job(self, route.rsplit("/", 1)[-1])
+                elif route.endswith("/models"):
                     _send(self, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in outer.models]})
                 else:
                     _send(self, 404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
