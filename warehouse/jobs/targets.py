@@ -93,7 +93,7 @@ def shell(command: str, params: Mapping[str, object], timeout_s: float = 3600.0,
     output = (done.stdout + done.stderr)[-4000:]
     if done.returncode != 0:
         raise TargetFailed(f"command exited with code {done.returncode}", output)
-    return Outcome(f"exit 0", output)
+    return Outcome("exit 0", output)
 
 
 def fine_tune(base_url: str, model: str, training_file: Path, key: Secret, poll_s: float = 5.0,
