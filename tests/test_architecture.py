@@ -25,7 +25,7 @@ ROOMS: dict[str, set[str]] = {
     "warehouse.evaluation": {"base", "schemas", "warehouse", "warehouse.drift"},
     "warehouse.releases": {"base", "schemas", "warehouse", "warehouse.evaluation"},
     "warehouse.jobs": {"base", "schemas", "warehouse", "warehouse.evaluation"},
-    "streams": {"base", "schemas", "warehouse", "warehouse.alerts"},
+    "streams": {"base", "schemas", "warehouse", "warehouse.alerts", "warehouse.releases"},
     "infra.broker": {"base"},
     "infra.testing": {"base", "schemas", "warehouse", "warehouse.quality", "warehouse.drift", "warehouse.alerts",
                       "streams"},

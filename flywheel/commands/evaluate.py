@@ -224,6 +224,7 @@ def release_promote(env: Environment, app: str, model: str, model_version: str |
                 seen=bool(seen and seen[0]))
     click.echo(f"{app}: champion is now {r.model} {r.model_version or ''} (release {r.sequence}"
                + (", forced" if r.forced else "") + ")")
+    _publish(env, r)
 
 
 @release.command("rollback")
@@ -241,6 +242,34 @@ def release_rollback(env: Environment, app: str, reason: str) -> None:
 
     r = rollback(env.core.lake, app, reason)
     click.echo(f"{app}: rolled back to {r.model} {r.model_version or ''} (release {r.sequence})")
+    _publish(env, r)
+
+
+@release.command("publish")
+@click.argument("app")
+@pass_env
+def release_publish(env: Environment, app: str) -> None:
+    """Send APP's current champion to the releases topic again (after a publish failed, or to a new cluster).
+
+    \b
+    Example:
+      flywheel release publish support-bot
+    """
+    from flywheel.errors import FlywheelError
+    from flywheel.warehouse.releases import champion
+
+    current = champion(env.core.lake, app)
+    if current is None:
+        raise FlywheelError(f"{app} has no champion yet (`flywheel release promote {app} ...`)")
+    _publish(env, current)
+
+
+def _publish(env: Environment, r: object) -> None:
+    """Tell the releases topic (the table already has the row: a failed publish says how to resend)."""
+    from flywheel.streams.releases import champion_of, publish, topic
+
+    publish(env.core, champion_of(r))  # type: ignore[arg-type]
+    click.echo(f"published to {topic(env.core)}")
 
 
 @release.command("history")
