@@ -14,7 +14,12 @@ class FlywheelError(Exception):
 
 
 class ConfigError(FlywheelError):
-    """A setting is missing or malformed. Terminal: fix the environment variable named in the message."""
+    """A setting is missing or malformed. Terminal: fix the environment variable named in the message (and in
+    `variable`, when the raiser knows it)."""
+
+    def __init__(self, message: str, variable: str | None = None) -> None:
+        self.variable = variable
+        super().__init__(message)
 
 
 class BrokerUnavailable(FlywheelError):

@@ -30,6 +30,7 @@ import random
 import sqlite3
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -100,6 +101,11 @@ class AlertSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.slack_webhook_url, Secret):
             object.__setattr__(self, "slack_webhook_url", Secret(str(self.slack_webhook_url)))
+        problem = _webhook_problem(self.webhook.reveal())
+        if problem:
+            # Name the variable and the defect only: the URL's path is the credential.
+            raise ConfigError(f"FLYWHEEL_SLACK_WEBHOOK_URL is malformed: {problem} (expected "
+                              "https://hooks.slack.com/services/...)", variable="FLYWHEEL_SLACK_WEBHOOK_URL")
         for name in ("cooldown_s", "timeout_s", "backoff_s", "max_backoff_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"FLYWHEEL_ALERTS_{name.upper()} must not be negative")
@@ -115,6 +121,26 @@ class AlertSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "AlertSettings":
         return env_settings(cls, "FLYWHEEL_ALERTS_", environ)
+
+
+def _webhook_problem(url: str) -> str | None:
+    """What is wrong with a webhook URL, in words that never quote it; None when it is usable (or empty)."""
+    if not url:
+        return None
+    if url != url.strip() or any(c.isspace() or ord(c) < 32 for c in url):
+        return "it contains whitespace or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises on a port that is not a number in range
+    except ValueError:
+        return "it does not parse as a URL (check the host and port)"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "its scheme must be http or https" if parts.scheme else "it has no scheme (http:// or https://)"
+    if not parts.hostname:
+        return "it has no host"
+    if port == 0:
+        return "its port must be between 1 and 65535"
+    return None
 
 
 def _fmt_score(item: AlertItem) -> str:

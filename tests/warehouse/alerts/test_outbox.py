@@ -9,6 +9,7 @@ from typing import Iterator
 
 import pytest
 
+from flywheel.errors import ConfigError
 from flywheel.schemas.alerts import Alert, AlertItem
 from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender, slack_message
 from flywheel.infra.testing.webhook import RecordingWebhook
@@ -118,3 +119,27 @@ def test_settings_from_env_hide_the_webhook() -> None:
                                 "FLYWHEEL_ALERTS_COOLDOWN_S": "120"})
     assert s.cooldown_s == 120 and s.webhook.reveal().endswith("SECRETTOKEN")
     assert "SECRETTOKEN" not in repr(s) and "SECRETTOKEN" not in str(s.webhook)
+
+
+@pytest.mark.parametrize("url", ["hooks.slack.com/services/T0/B0/SECRETPATH",        # no scheme
+                                 "ftp://hooks.slack.com/services/T0/B0/SECRETPATH",  # not http(s)
+                                 "https:///services/T0/B0/SECRETPATH",               # no host
+                                 "https://hooks.slack.com:badport/services/SECRETPATH"])
+def test_a_malformed_webhook_url_is_a_config_error_that_does_not_echo_it(tmp_path: Path, url: str) -> None:
+    from click.testing import CliRunner
+
+    from flywheel.cli import main
+
+    env = {"FLYWHEEL_HOME": str(tmp_path / "home"), "FLYWHEEL_SLACK_WEBHOOK_URL": url}
+    box = Outbox(tmp_path / "home" / "alerts" / "outbox.sqlite")
+    box.enqueue(_alert("app=a"))
+    for args in (["alerts", "send"], ["config"]):
+        res = CliRunner().invoke(main, args, env=env)
+        shown = res.output + (repr(res.exception) if not isinstance(res.exception, SystemExit) else "")
+        assert "SECRETPATH" not in shown, (args, shown)
+        assert "T0/B0" not in shown and "badport" not in shown, (args, shown)
+    res = CliRunner().invoke(main, ["alerts", "send"], env=env)
+    assert res.exit_code == 1 and "FLYWHEEL_SLACK_WEBHOOK_URL" in res.output, res.output
+    with pytest.raises(ConfigError) as err:
+        AlertSettings.from_env({"FLYWHEEL_SLACK_WEBHOOK_URL": url})
+    assert err.value.variable == "FLYWHEEL_SLACK_WEBHOOK_URL" and "SECRETPATH" not in str(err.value)
