@@ -144,6 +144,10 @@ class FlywheelClient:
                               f"({block_ms!r}) and close_timeout_s ({close_timeout_s!r}) not negative")
         self.buffer_bytes, self.block_s, self.close_timeout_s = buffer_bytes, block_ms / 1000, close_timeout_s
         self._config = {**DEFAULT_PRODUCER_CONFIG, **producer_config}
+        unknown = sorted(set(self._config) - set(KafkaProducer.DEFAULT_CONFIG))
+        if unknown:  # kafka-python would only say so in the background thread, where nobody hears it
+            raise ConfigError(f"FlywheelClient: unknown producer options {', '.join(unknown)} (see kafka-python's "
+                              "KafkaProducer)")
         self._topics = {"inference": self.settings.inference_topic, "feedback": self.settings.feedback_topic}
         self._cond = threading.Condition()  # guards everything below; notified whenever a count changes
         self._queue: deque[tuple[str, bytes, bytes | None]] = deque()

@@ -178,3 +178,10 @@ def test_the_exit_hook_delivers_what_is_buffered(kafka_settings: Settings) -> No
     assert res.returncode == 0 and "not delivered" not in res.stderr, res.stderr
     landed = {json.loads(m.value())["inference_id"] for m in read_topic(s, s.inference_topic, s.partitions)}
     assert landed == {f"i{i}" for i in range(200)}
+
+
+def test_a_misspelt_producer_option_fails_in_the_constructor(tmp_path: Path) -> None:
+    from flywheel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="linger_msec"):
+        FlywheelClient(_no_broker(tmp_path), linger_msec=5)
