@@ -97,7 +97,8 @@ class UndeliveredEvents(BrokerUnavailable):
         self.failed, self.dropped, self.first_error, self.topics = failed, dropped, first_error, topics
         self.count = failed + dropped
         super().__init__(f"{self.count} events were not delivered to {bootstrap} {when} ({failed} failed, {dropped} "
-                         f"dropped; topics {', '.join(topics)}): first error: {first_error}")
+                         f"dropped; topics {', '.join(topics)}): first error: {first_error}", bootstrap=bootstrap,
+                         topics=topics, count=self.count)
 
 
 class _Failures:
@@ -243,7 +244,8 @@ class FlywheelClient:
             return KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap.split(","), **self._config)
         except KafkaError:
             raise BrokerUnavailable(f"no Kafka broker at {self.settings.kafka_bootstrap}: start one with "
-                                    "`flywheel broker start` or set FLYWHEEL_KAFKA_BOOTSTRAP") from None
+                                    "`flywheel broker start` or set FLYWHEEL_KAFKA_BOOTSTRAP",
+                                    bootstrap=self.settings.kafka_bootstrap) from None
 
     def _run(self) -> None:
         """The one thread that talks to kafka-python: connects (retrying while the broker is away), then moves
@@ -330,8 +332,9 @@ class FlywheelClient:
             if not idle:
                 reason = f" ({self._connect_error})" if self._connect_error else ""
                 left = len(self._queue) + sum(self._in_flight.values())
-                raise BrokerUnavailable(f"flush to {self.settings.kafka_bootstrap} timed out after {timeout} s with "
-                                        f"{left} events still buffered{reason}")
+                where = self.settings.kafka_bootstrap
+                raise BrokerUnavailable(f"flush to {where} timed out after {timeout} s with {left} events still "
+                                        f"buffered{reason}", bootstrap=where)
 
     def close(self, timeout: float | None = None) -> None:
         """Deliver what is buffered, waiting up to `timeout` seconds (default: `close_timeout_s`), then stop.
@@ -348,7 +351,8 @@ class FlywheelClient:
         with self._cond:
             self._closing = True
             first = self._connect_error or BrokerUnavailable(
-                f"still buffered after waiting {timeout} s for {self.settings.kafka_bootstrap}")
+                f"still buffered after waiting {timeout} s for {self.settings.kafka_bootstrap}",
+                bootstrap=self.settings.kafka_bootstrap)
             while self._queue:
                 topic, payload, key = self._queue.popleft()
                 self._pending_bytes -= len(payload) + len(key or b"")
