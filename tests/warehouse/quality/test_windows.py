@@ -9,16 +9,17 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import duckdb
+import pytest
 from deltalake import DeltaTable
 
 from flywheel.config import Settings
 from flywheel.infra.testing.land import to_rows
 from flywheel.warehouse.lake import Lake
-from flywheel.warehouse.quality.gates import run_quality, runs_path
+from flywheel.warehouse.quality.gates import QualityError, run_quality, runs_path
 from flywheel.warehouse.quality.settings import QualitySettings
 
 COMMITTERS = 3
-COMMITS_EACH = 12
+COMMITS_EACH = 20
 ROWS_PER_COMMIT = 4
 
 
@@ -90,3 +91,21 @@ def test_every_landed_row_is_checked_by_exactly_one_scheduled_run(settings: Sett
     gained = {w[0]: now_in[w[0]] - w[3] for w in windows if now_in[w[0]] != w[3]}
     checked = sum(w[3] for w in windows)
     assert (checked, gained) == (total, {}), f"{total - checked} of {total} landed rows never checked"
+
+
+def test_a_batch_prepared_before_a_run_and_committed_after_it_is_checked_by_the_next_run(settings: Settings) -> None:
+    lake = Lake(settings.lake)
+    lake.ensure()
+    q = QualitySettings()
+    lake.commit("inferences", to_rows(_events("a", 5), start_offset=0)["inferences"], {})
+    late = to_rows(_events("b", 5), start_offset=5)["inferences"]  # prepared (stamped) now, committed below
+    first = run_quality(settings, q, tables=["inferences"], report=False).suite("inferences")
+    lake.commit("inferences", late, {})
+    second = run_quality(settings, q, tables=["inferences"], report=False).suite("inferences")
+    assert (first.rows, second.rows) == (5, 5)
+    assert second.window_start == first.window_end
+    again = run_quality(settings, q, since=first.window_start, until=first.window_end, tables=["inferences"],
+                        report=False).suite("inferences")
+    assert again.rows == 5  # the ended window did not gain the late batch
+    with pytest.raises(QualityError, match="window ends in the future"):
+        run_quality(settings, q, until=datetime.now(timezone.utc) + timedelta(hours=1), report=False)
