@@ -78,11 +78,11 @@ def land(settings: Settings, n_events: int) -> dict[str, int]:
             landed[table] += rows.num_rows
         for table, parts in pending.items():
             if parts and (sum(p.num_rows for p in parts) >= COMMIT_ROWS or k == copies - 1):
-                lake.commit(table, pa.concat_tables(parts), {})
+                lake.commit(table, pa.concat_tables(parts), {}, keep_ingested_at=True)
                 pending[table] = []
     for table, parts in pending.items():
         if parts:
-            lake.commit(table, pa.concat_tables(parts), {})
+            lake.commit(table, pa.concat_tables(parts), {}, keep_ingested_at=True)
     return landed
 
 

@@ -123,11 +123,17 @@ class Lake:
         return {tp: dt.transaction_version(app_id(tp[0], tp[1], ids.get(tp[0]))) for tp in partitions}
 
     def commit(self, name: str, rows: pa.Table, next_offsets: Mapping[TopicPartition, int],
-               topic_ids: Mapping[str, str] | None = None) -> CommitResult:
+               topic_ids: Mapping[str, str] | None = None, *, keep_ingested_at: bool = False) -> CommitResult:
         """Append `rows` and advance the watermarks to `next_offsets`, in one Delta commit.
 
         Rows below the table's current watermark for their partition were landed before (a replay) and are
         dropped; a batch that brings nothing new and moves no watermark commits nothing.
+
+        The rows' `_ingested_at` is stamped here, under the table's lock (see `_stamp`): commits in lock order,
+        which is version order, have strictly increasing stamps, so a reader that saw versions up to N knows
+        every later commit is stamped after everything it saw. `keep_ingested_at` keeps the rows' own stamps
+        instead, for backfills of known-good data and tests that place rows at chosen landing times: such rows
+        can fall into quality windows that have already ended (and were checked without them).
         """
         with self._lock(name):
             dt = self._latest(name)
@@ -140,6 +146,8 @@ class Lake:
             txns = [Transaction(app_id(tp[0], tp[1], ids.get(tp[0])), off) for tp, off in sorted(advance.items())]
             try:
                 rows = _conform(dt, name, rows)
+                rows, clock = _stamp(dt, rows, keep_ingested_at)
+                txns += clock
                 dt.create_write_transaction(self._write_files(name, rows), "append", dt.schema(),
                                             partition_by=[PARTITION_COLUMN[name]],
                                             commit_properties=CommitProperties(app_transactions=txns))
@@ -261,6 +269,31 @@ def _stat(v: Any, up: bool = False) -> Any:
     if isinstance(v, date):
         return v.isoformat()
     return v
+
+
+STAMP_APP_ID = "flywheel/_ingested_at"
+"""The app transaction whose version is the table's last `_ingested_at` stamp, in microseconds since the epoch."""
+
+
+def _stamp(dt: DeltaTable, rows: pa.Table, keep: bool) -> tuple[pa.Table, list[Transaction]]:
+    """`rows` stamped with this commit's `_ingested_at`, and the app transaction that records the stamp.
+
+    The stamp is now, but never at or below the previous commit's (read from the table under its lock), so it
+    increases strictly from commit to commit even if the clock steps back. With `keep` the rows keep their stamps,
+    and the recorded stamp only moves up to the largest of them (later stamped commits still land above it).
+    """
+    if rows.num_rows == 0:
+        return rows, []
+    last = dt.transaction_version(STAMP_APP_ID)
+    i = rows.schema.get_field_index("_ingested_at")
+    if keep:
+        top = pc.max(rows.column(i)).cast(pa.int64()).as_py()  # the column's unit is microseconds
+        return rows, [] if last is not None and top <= last else [Transaction(STAMP_APP_ID, top)]
+    stamp = time.time_ns() // 1000
+    if last is not None and stamp <= last:
+        stamp = last + 1
+    column = pa.repeat(pa.scalar(stamp, pa.int64()).cast(rows.schema.field(i).type), rows.num_rows)
+    return rows.set_column(i, rows.schema.field(i), column), [Transaction(STAMP_APP_ID, stamp)]
 
 
 def _drop_landed(rows: pa.Table, current: Mapping[TopicPartition, int | None]) -> pa.Table:

@@ -29,7 +29,8 @@ def to_rows(events: Iterable[dict[str, Any]], *, ingested_at: datetime | None = 
     """Typed lake rows per table (`inferences`, `feedback`) for `events`.
 
     Raises `ContractViolation` for the first event the contract rejects: this path is for data known to be valid
-    (inject defects into the returned Arrow tables instead).
+    (inject defects into the returned Arrow tables instead). `ingested_at` (default now) is what `Lake.commit`
+    replaces with its own stamp unless it is called with `keep_ingested_at=True`.
     """
     ingested_at = ingested_at or datetime.now(timezone.utc)
     by_type: dict[str, list[bytes]] = {"inference": [], "feedback": []}
@@ -61,11 +62,15 @@ def to_rows(events: Iterable[dict[str, Any]], *, ingested_at: datetime | None = 
 
 
 def land(lake: Lake, events: Iterable[dict[str, Any]], **kwargs: Any) -> dict[str, int]:
-    """Validate `events` and commit them to the lake (created if needed); returns rows landed per table."""
+    """Validate `events` and commit them to the lake (created if needed); returns rows landed per table.
+
+    The commit stamps the rows' `_ingested_at`, as it does for the landing worker, unless `ingested_at` is given:
+    then the rows keep it (a backfill at a chosen landing time; see `Lake.commit(keep_ingested_at=True)`)."""
     lake.ensure()
     landed = {}
+    keep = kwargs.get("ingested_at") is not None
     for table, rows in to_rows(events, **kwargs).items():
         if rows.num_rows:
-            lake.commit(table, rows, {})
+            lake.commit(table, rows, {}, keep_ingested_at=keep)
         landed[table] = rows.num_rows
     return landed

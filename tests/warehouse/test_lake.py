@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -68,7 +68,7 @@ def test_files_are_partitioned_and_the_log_has_stats_only_where_filters_can_use_
     rows = rows.set_column(rows.schema.get_field_index("quarantine_date"), "quarantine_date", day)
     rows = rows.set_column(rows.schema.get_field_index("_ingested_at"), "_ingested_at",
                            pa.array([NOW, NOW, late], rows.schema.field("_ingested_at").type))
-    lake.commit("quarantine", rows, {("t", 0): 3})
+    lake.commit("quarantine", rows, {("t", 0): 3}, keep_ingested_at=True)
     dt = lake.table("quarantine")
     files = dt.file_uris()
     assert sorted(Path(f).parent.name for f in files) == ["quarantine_date=2026-11-01", "quarantine_date=2026-11-02"]
@@ -122,3 +122,24 @@ def test_rows_that_do_not_fit_the_table_commit_nothing(settings: Settings) -> No
     for lk in (lake, other):
         assert lk.table("quarantine").version() == 0
         assert lk.watermarks("quarantine", [("t", 0)]) == {("t", 0): None}
+
+
+def test_commits_stamp_ingested_at_strictly_increasing_unless_told_to_keep_it(settings: Settings) -> None:
+    lake = Lake(settings.lake)
+    lake.ensure()
+    before = datetime.now(timezone.utc)
+    lake.commit("quarantine", _quarantine([0, 1]), {("t", 0): 2})  # rows prepared with _ingested_at = NOW
+    lake.commit("quarantine", _quarantine([2]), {("t", 0): 3})
+    ahead = datetime.now(timezone.utc) + timedelta(days=1)  # a backfill stamped ahead of the clock
+    kept = _quarantine([3])
+    kept = kept.set_column(kept.schema.get_field_index("_ingested_at"), "_ingested_at",
+                           pa.array([ahead], kept.schema.field("_ingested_at").type))
+    lake.commit("quarantine", kept, {("t", 0): 4}, keep_ingested_at=True)
+    lake.commit("quarantine", _quarantine([4]), {("t", 0): 5})
+    got = duckdb.sql(f"SELECT _offset, _ingested_at FROM read_parquet({lake.table('quarantine').file_uris()!r}) "
+                     "ORDER BY _offset").fetchall()
+    stamps = [t for _, t in got]
+    assert stamps[0] == stamps[1] >= before  # one stamp per commit, taken at the commit, not the rows' own
+    assert stamps[2] > stamps[1]
+    assert stamps[3] == ahead  # kept
+    assert stamps[4] == ahead + timedelta(microseconds=1)  # never below an earlier commit's stamp
