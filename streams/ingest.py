@@ -6,8 +6,9 @@ pipeline, so that consuming, validating and committing overlap:
 
 1. prepare: the batch's payloads are validated per topic, the two topics side by side, vectorized
    (`flywheel.schemas.validation`); invalid events are produced to the dead-letter topic with their reason and
-   original bytes, and that producer is flushed (the dead-letter topic is at-least-once: a crash before step 2 can
-   repeat a message there; its headers carry the source topic, partition and offset so readers can tell);
+   original bytes, and every delivery is confirmed (retried, else the batch fails: see `IngestWorker`; the
+   dead-letter topic is at-least-once: a crash before step 2 can repeat a message there; its headers carry the
+   source topic, partition and offset so readers can tell);
 2. commit, in batch order: each table's rows are committed to the lake together with the next offset of every
    partition they came from (`flywheel.warehouse.lake`), which is the only offset that matters: on (re)assignment
    a partition resumes from the lowest watermark of the tables it feeds. Kafka's committed offsets are written
