@@ -55,7 +55,8 @@ def to_rows(events: Iterable[dict[str, Any]], *, ingested_at: datetime | None = 
                 .append_column("_topic", pa.array([f"{topic_prefix}.{name}"] * n, pa.string()))
                 .append_column("_partition", pa.array([0] * n, pa.int32()))
                 .append_column("_offset", pa.array(range(offset, offset + n), pa.int64()))
-                .append_column("_ingested_at", pa.array([ingested_at] * n, TS)))
+                .append_column("_ingested_at", pa.array([ingested_at] * n, TS))
+                .append_column("_topic_id", pa.nulls(n, pa.string())))
         offset += n
         out[table] = rows.select(SCHEMAS[table].names).cast(SCHEMAS[table])
     return out

@@ -26,6 +26,11 @@ def _quarantine(offsets: list[int], topic: str = "t", partition: int = 0) -> pa.
          "_partition": partition, "_offset": o, "_ingested_at": NOW} for o in offsets], schema=SCHEMAS["quarantine"])
 
 
+def _with_topic_id(rows: pa.Table, topic_id: str) -> pa.Table:
+    i = rows.schema.get_field_index("_topic_id")
+    return rows.set_column(i, rows.schema.field(i), pa.array([topic_id] * rows.num_rows, pa.string()))
+
+
 def test_a_replayed_batch_lands_nothing_twice(settings: Settings) -> None:
     lake = Lake(settings.lake)
     lake.ensure()
@@ -143,3 +148,46 @@ def test_commits_stamp_ingested_at_strictly_increasing_unless_told_to_keep_it(se
     assert stamps[2] > stamps[1]
     assert stamps[3] == ahead  # kept
     assert stamps[4] == ahead + timedelta(microseconds=1)  # never below an earlier commit's stamp
+
+
+def test_a_commit_reports_the_replayed_rows_it_dropped(settings: Settings) -> None:
+    lake = Lake(settings.lake)
+    lake.ensure()
+    lake.commit("quarantine", _quarantine([0, 1, 2]), {("t", 0): 3}, {"t": "id-1"})
+    res = lake.commit("quarantine", _quarantine([1, 2, 3, 4]), {("t", 0): 5}, {"t": "id-1"})
+    assert (res.rows, res.replayed_rows, dict(res.replayed)) == (2, 2, {("t", 0): (2, 1, 2)})
+    # The same offsets read from a new incarnation of the topic are new rows, not replays.
+    res = lake.commit("quarantine", _quarantine([0, 1, 2]), {("t", 0): 3}, {"t": "id-2"})
+    assert (res.rows, res.replayed_rows) == (3, 0)
+
+
+def test_the_quarantine_view_keeps_rejected_messages_at_offsets_a_new_topic_incarnation_reused(
+        settings: Settings) -> None:
+    from flywheel.warehouse.query import connect
+
+    lake = Lake(settings.lake)
+    lake.ensure()
+    for tid in ("id-1", "id-2"):
+        rows = _with_topic_id(_quarantine([0, 1]), tid)
+        lake.commit("quarantine", rows, {("t", 0): 2}, {"t": tid})
+    assert connect(settings).execute("SELECT count(*), count(DISTINCT _topic_id) FROM quarantine").fetchone() == (4, 2)
+
+
+def test_a_lake_created_by_an_older_build_gains_the_new_nullable_columns(settings: Settings) -> None:
+    from deltalake import write_deltalake
+
+    from flywheel.warehouse.query import connect
+
+    old = pa.schema([f for f in SCHEMAS["quarantine"] if f.name != "_topic_id"])
+    path = Lake(settings.lake).path("quarantine")
+    path.mkdir(parents=True)
+    write_deltalake(str(path), _quarantine([0, 1]).select(old.names).cast(old), partition_by=["quarantine_date"])
+    lake = Lake(settings.lake)
+    lake.ensure()
+    assert "_topic_id" in [f.name for f in lake.table("quarantine").schema().fields]
+    lake.ensure()  # idempotent
+    rows = _with_topic_id(_quarantine([0, 1, 2]), "id-9")
+    assert lake.commit("quarantine", rows, {("t", 0): 3}, {"t": "id-9"}).rows == 3
+    got = connect(settings).execute(
+        "SELECT _topic_id, count(*) FROM lake_quarantine GROUP BY ALL ORDER BY ALL NULLS FIRST").fetchall()
+    assert got == [(None, 2), ("id-9", 3)]
