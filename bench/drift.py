@@ -120,12 +120,13 @@ import json, sys, time
 from pathlib import Path
 import pyarrow.parquet as pq
 from flywheel.config import Settings
-from flywheel.warehouse.drift.run import run_drift, Window
+from flywheel.warehouse.drift.run import run_drift
+from flywheel.warehouse.drift.windows import Window
 from flywheel.warehouse.drift.settings import DriftSettings
 home, t0, mode = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 import shutil
 from datetime import datetime, timezone, timedelta
-from flywheel.warehouse.drift.run import DESCRIPTORS_TABLE, _connect, load_window
+from flywheel.warehouse.drift.loading import DESCRIPTORS_TABLE, connect, load_window
 T0 = datetime.fromtimestamp(t0, timezone.utc)
 s = Settings(home=home)
 ds = DriftSettings.from_env()
@@ -133,7 +134,7 @@ reference = Window(T0, T0 + timedelta(days=1))
 shutil.rmtree(Path(s.lake) / DESCRIPTORS_TABLE, ignore_errors=True)
 if mode == "steady":
     # the reference window was the current window of an earlier run: its descriptors are in the cache
-    con = _connect(s, ds)
+    con = connect(s, ds)
     load_window(con, reference, ds, Path(s.lake))
     con.close()
 start = time.perf_counter()
@@ -156,7 +157,7 @@ import json, sys, time
 from pathlib import Path
 import pyarrow.parquet as pq
 home = Path(sys.argv[1])
-from flywheel.warehouse.drift.run import FEATURES, CATEGORICAL
+from flywheel.warehouse.drift.features import FEATURES, CATEGORICAL
 from evidently import DataDefinition, Dataset, Report
 from evidently.presets import DataDriftPreset
 def frame(p):

@@ -17,8 +17,9 @@ from flywheel.infra.testing.scenarios import sampling_report
 from flywheel.streams.client import FlywheelClient
 from flywheel.streams.ingest import IngestWorker
 from flywheel.streams.signals import SignalSettings, make_app
-from flywheel.warehouse.drift.run import Window, run_drift
+from flywheel.warehouse.drift.run import run_drift
 from flywheel.warehouse.drift.settings import DriftSettings
+from flywheel.warehouse.drift.windows import Window
 
 T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
 

@@ -10,7 +10,9 @@ import pytest
 from flywheel.config import Settings
 from flywheel.infra.testing import scenarios as S
 from flywheel.warehouse.alerts.outbox import Outbox
-from flywheel.warehouse.drift.run import Window, read_runs, run_drift
+from flywheel.warehouse.drift.run import run_drift
+from flywheel.warehouse.drift.storage import read_runs
+from flywheel.warehouse.drift.windows import Window
 from flywheel.warehouse.drift.settings import DriftSettings
 from flywheel.warehouse.query import connect
 
