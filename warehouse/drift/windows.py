@@ -3,23 +3,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from flywheel.durations import is_duration, parse_duration
 from flywheel.warehouse.drift.features import DriftError
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$")
-_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> timedelta:
-    m = _DURATION.match(text)
-    if not m:
-        raise DriftError(f"{text!r} is not a duration like 30m, 6h, 1d or 2w")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-
 
 def _parse_time(text: str) -> datetime:
     try:
@@ -79,7 +68,7 @@ class Dataset:
 
 def parse_reference(spec: str, current: Window) -> Window | Dataset:
     """A duration (the time right before `current`), `START/END`, or the path of a dataset."""
-    if _DURATION.match(spec):
+    if is_duration(spec):
         return current.before(parse_duration(spec))
     if Path(spec).exists():
         return Dataset(Path(spec))
