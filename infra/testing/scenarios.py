@@ -6,7 +6,8 @@ The scenarios (used by tests/warehouse/test_drift_scenarios.py and bench/drift.p
   then oasst-rlhf-1-llama-30b-8k-steps), deployed under one model name;
 - `language_shift`: English prompts, then a share of Spanish/Russian/... (oasst multilingual-60 with falcon's
   answers) and Chinese (LLaMA-Factory dpo_zh_demo) prompts mixed in;
-- `satisfaction_drop`: thumbs on every inference, 20% down, then 45% down.
+- `satisfaction_drop`: thumbs on every inference, 20% down, then 45% down;
+- `late_corrections`: a steady correction rate whose expert corrections mostly arrive days late.
 
 `land()` writes Arrow columns straight into the lake's Delta tables with unique synthetic Kafka coordinates, which
 is how the landing worker's rows look, at millions of rows per second (the JSON path is for contract tests).
@@ -224,6 +225,35 @@ def satisfaction_drop(shared_data: Path, windows_before: int = 4, windows_after:
             t = T0 + w * window + timedelta(seconds=rng.random() * window.total_seconds() * 0.999)
             _add(ev, rng, n, t, prompt, output, app="assistant", model="oasst", model_version="mix",
                  thumbs_down=after if w >= windows_before else before)
+            n += 1
+    return ev
+
+
+def late_corrections(shared_data: Path, days_before: int = 7, per_day: int = 600, rate: float = 0.2,
+                     rate_after: float | None = None, fast_share: float = 0.3, now: datetime | None = None,
+                     seed: int = 0) -> Events:
+    """Expert corrections that mostly arrive days late: `days_before` daily windows, then one current day, each
+    inference corrected with probability `rate` (`rate_after` on the current day); `fast_share` of corrections come
+    within an hour, the rest 6-72 h later. Feedback after `now` (default: 1 h after the current day ends) has not
+    happened yet and is not landed, as at run time. Thumbs (30 s after, 20% down) on every inference."""
+    rng = random.Random(seed)
+    rows = all_answers(shared_data)
+    day = timedelta(days=1)
+    now = now or T0 + (days_before + 1) * day + timedelta(hours=1)
+    ev = Events()
+    n = 0
+    for d in range(days_before + 1):
+        p = rate_after if d == days_before and rate_after is not None else rate
+        for _ in range(per_day):
+            prompt, output = rng.choice(rows)
+            t = T0 + d * day + timedelta(seconds=rng.random() * day.total_seconds() * 0.999)
+            _add(ev, rng, n, t, prompt, output, app="assistant", model="oasst", model_version="mix", thumbs_down=0.2)
+            if rng.random() < p:
+                late = rng.random() >= fast_share
+                at = t + (timedelta(hours=rng.uniform(6, 72)) if late else timedelta(minutes=rng.uniform(1, 60)))
+                if at <= now:
+                    ev.add_feedback(feedback_id=f"i-{n}-corr", inference_id=f"i-{n}", timestamp=at,
+                                    kind="correction", correction=output + " (edited)")
             n += 1
     return ev
 

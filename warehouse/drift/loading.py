@@ -5,7 +5,8 @@ inference's feedback signals joined; or a fixed reference dataset."""
 from __future__ import annotations
 
 import logging
-from datetime import date, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,12 +33,12 @@ _LINEAGE = ("_ingested_at", "_topic", "_partition", "_offset")
 
 _FEEDBACK_SQL = """
 WITH fb AS (
-  SELECT feedback_id, inference_id, kind, value, scale_min, scale_max, signal, _ingested_at, _topic, _partition,
-    _offset
-  FROM lake_feedback WHERE event_date >= $d0
+  SELECT feedback_id, inference_id, timestamp, kind, value, scale_min, scale_max, signal, _ingested_at, _topic,
+    _partition, _offset
+  FROM lake_feedback WHERE event_date BETWEEN $d0 AND $d1
   QUALIFY row_number() OVER (PARTITION BY feedback_id ORDER BY _ingested_at, _topic, _partition, _offset) = 1
 ), agg AS (
-  SELECT inference_id,
+  SELECT fb.inference_id,
     count(*) FILTER (WHERE kind = 'thumbs') AS thumbs,
     count(*) FILTER (WHERE kind = 'thumbs' AND value = 1) AS ups,
     avg((value - scale_min) / (scale_max - scale_min)) FILTER (WHERE kind = 'rating') AS rating,
@@ -45,13 +46,17 @@ WITH fb AS (
     count(*) FILTER (WHERE kind = 'flag') AS flags,
     count(*) FILTER (WHERE kind = 'implicit') AS implicits,
     count(*) FILTER (WHERE kind = 'implicit' AND signal IN ('regenerate', 'abandon')) AS regen
-  FROM fb WHERE inference_id IN (SELECT inference_id FROM _ids) GROUP BY inference_id
+  FROM fb JOIN _ids ON fb.inference_id = _ids.inference_id
+  -- like with like: only the feedback of the horizon's first $h after each inference, and only for inferences
+  -- that have had all of it by now (the others' feedback features are null, not 0)
+  WHERE fb.timestamp < _ids.timestamp + $h AND _ids.timestamp + $h <= $now
+  GROUP BY fb.inference_id
 )
 SELECT _rn,
   CASE WHEN agg.thumbs > 0 THEN agg.ups::DOUBLE / agg.thumbs END AS thumbs_up_rate,
   agg.rating AS rating,
-  (coalesce(agg.corrections, 0) > 0)::DOUBLE AS correction_rate,
-  (coalesce(agg.flags, 0) > 0)::DOUBLE AS flag_rate,
+  CASE WHEN _ids.timestamp + $h <= $now THEN (coalesce(agg.corrections, 0) > 0)::DOUBLE END AS correction_rate,
+  CASE WHEN _ids.timestamp + $h <= $now THEN (coalesce(agg.flags, 0) > 0)::DOUBLE END AS flag_rate,
   CASE WHEN agg.implicits > 0 THEN (agg.regen > 0)::DOUBLE END AS regenerate_abandon_rate
 FROM _ids LEFT JOIN agg USING (inference_id)
 ORDER BY _rn
@@ -75,14 +80,35 @@ def connect(settings: Settings, ds: DriftSettings) -> duckdb.DuckDBPyConnection:
     return con
 
 
+@dataclass(frozen=True)
+class FeedbackHorizon:
+    """Which feedback counts in a run: an event counts for its inference only if it came within `length` after
+    the inference, and an inference has feedback features only if it is at least `length` old at `now` (younger
+    ones have null features: left out, not counted as "no correction"). The same horizon for both windows means
+    both are judged on feedback of the same age, however much later feedback the older window has collected."""
+
+    length: timedelta
+    now: datetime
+
+    @classmethod
+    def for_run(cls, current: Window, ds: DriftSettings, now: datetime) -> "FeedbackHorizon":
+        """`ds.feedback_maturity`, shortened to the age of the current window's end when that is younger, so every
+        inference of the current window (and of any older reference) has had the whole horizon."""
+        return cls(max(timedelta(0), min(ds.maturity, now - current.end)), now)
+
+
 def load_window(con: duckdb.DuckDBPyConnection, window: Window, ds: DriftSettings, lake: Path | None = None,
-                batch_rows: int = 50_000) -> pa.Table:
+                batch_rows: int = 50_000, *, horizon: FeedbackHorizon | None = None) -> pa.Table:
     """Descriptors and feedback signals of the inferences stamped in `window` (one row per inference id).
+
+    Feedback signals count the feedback within `horizon` (default: `ds.feedback_maturity` as of now) of each
+    inference; see `FeedbackHorizon`.
 
     With `lake`, descriptors are cached in its `descriptors` table: each inference is described once in its life
     (a window is usually the current window of one run and the reference of the next ones), and only inferences
     not described yet are read with their text.
     """
+    horizon = horizon or FeedbackHorizon(ds.maturity, datetime.now(timezone.utc))
     params = {"s": window.start, "e": window.end, "d0": window.start.date(),
               "d1": (window.end - timedelta(microseconds=1)).date()}
     cached = _cached(con, lake, params) if lake is not None else None
@@ -98,10 +124,10 @@ def load_window(con: duckdb.DuckDBPyConnection, window: Window, ds: DriftSetting
         _cache(lake, described)
     parts = [t for t in (cached, described) if t is not None and t.num_rows]
     if not parts:
-        return _with_feedback(con, None, window.start.date())
+        return _with_feedback(con, None, window, horizon)
     both = parts[0] if len(parts) == 1 else pa.concat_tables(
         [parts[0], parts[1].cast(parts[0].schema)] if len(parts) == 2 else parts)
-    return _with_feedback(con, both, window.start.date())
+    return _with_feedback(con, both, window, horizon)
 
 
 def _cached(con: duckdb.DuckDBPyConnection, lake: Path, params: dict[str, Any]) -> pa.Table | None:
@@ -171,7 +197,8 @@ def load_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset, ds: DriftSett
     return described
 
 
-def _with_feedback(con: duckdb.DuckDBPyConnection, described: pa.Table | None, since: date) -> pa.Table:
+def _with_feedback(con: duckdb.DuckDBPyConnection, described: pa.Table | None, window: Window,
+                   horizon: FeedbackHorizon) -> pa.Table:
     """One row per inference id (the first landed), with its feedback signals appended.
 
     Only narrow columns (ids, lineage, row numbers) go through DuckDB: joining the descriptor table itself there
@@ -186,8 +213,9 @@ def _with_feedback(con: duckdb.DuckDBPyConnection, described: pa.Table | None, s
         if pc.count_distinct(described["inference_id"]).as_py() != described.num_rows:  # re-sent events landed twice
             register(described, ["inference_id", *_LINEAGE])
             described = described.take(con.sql(_DEDUP_SQL).to_arrow_table()["_rn"])
-        register(described, ["inference_id"])
-        fb = con.sql(_FEEDBACK_SQL, params={"d0": since}).to_arrow_table()
+        register(described, ["inference_id", "timestamp"])
+        fb = con.sql(_FEEDBACK_SQL, params={"d0": window.start.date(), "d1": (window.end + horizon.length).date(),
+                                            "h": horizon.length, "now": horizon.now}).to_arrow_table()
     finally:
         con.unregister("_ids")
     out = described.drop_columns([c for c in _LINEAGE if c in described.column_names])

@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -39,7 +39,7 @@ from flywheel.warehouse.drift.decisions import build_alerts, decide, history
 from flywheel.warehouse.drift.descriptors import SCRIPTS
 from flywheel.warehouse.drift.effects import Effect, compare, segment_levels
 from flywheel.warehouse.drift.features import FEATURES, feature_values
-from flywheel.warehouse.drift.loading import connect, load_dataset, load_window
+from flywheel.warehouse.drift.loading import FeedbackHorizon, connect, load_dataset, load_window
 from flywheel.warehouse.drift.reports import report_link, write_reports
 from flywheel.warehouse.drift.settings import DriftSettings
 from flywheel.warehouse.drift.storage import store
@@ -63,6 +63,8 @@ class DriftRun:
     n_reference: int = 0
     n_current: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    feedback_horizon: timedelta | None = None
+    """How long after each inference its feedback counted, in both windows (`FeedbackHorizon`)."""
     frames: tuple[pa.Table, pa.Table] | None = field(default=None, repr=False)
     """(reference, current) descriptor tables, when `run_drift(keep_frames=True)` (benchmarks, notebooks)."""
 
@@ -108,18 +110,20 @@ def run_drift(settings: Settings, ds: DriftSettings | None = None, *, current: W
     outbox of `flywheel.warehouse.alerts`; None: do not enqueue, only record)."""
     ds = ds or DriftSettings.from_env()
     t0 = time.perf_counter()
+    now = now or datetime.now(timezone.utc)
     if current is None or isinstance(current, str):
         current = Window.parse(current or ds.window, now)
     if reference is None or isinstance(reference, str):
         reference = parse_reference(reference or ds.reference, current)
+    horizon = FeedbackHorizon.for_run(current, ds, now)
     timings: dict[str, float] = {}
     con = connect(settings, ds)
     try:
         lake = Path(settings.lake) if ds.cache else None
         ref = (load_dataset(con, reference, ds) if isinstance(reference, Dataset)
-               else load_window(con, reference, ds, lake))
+               else load_window(con, reference, ds, lake, horizon=horizon))
         timings["load_reference_s"] = time.perf_counter() - t0
-        cur = load_window(con, current, ds, lake)
+        cur = load_window(con, current, ds, lake, horizon=horizon)
         timings["load_current_s"] = time.perf_counter() - t0 - timings["load_reference_s"]
         t1 = time.perf_counter()
         if isinstance(reference, Dataset):
@@ -142,12 +146,12 @@ def run_drift(settings: Settings, ds: DriftSettings | None = None, *, current: W
         con.close()
     alerts = [a.with_report(report_link(report_paths.get(a.segment, ""), ds)) for a in alerts]
     run = DriftRun(run_id, current, reference.label, effects, alerts, report_paths, ref.num_rows, cur.num_rows,
-                   timings, (ref, cur) if keep_frames else None)
+                   timings, horizon.length, (ref, cur) if keep_frames else None)
     store(settings, run.run_id, run.window, run.reference, decided, report_paths)
     if sink is not None:
         for a in alerts:
             sink.enqueue(a)
     timings["total_s"] = time.perf_counter() - t0
-    log.info("drift run %s over %s: %d effects, %d drifted, %d alerts", run_id, current.label, len(effects),
-             len(run.drifted), len(alerts))
+    log.info("drift run %s over %s: %d effects, %d drifted, %d alerts (feedback within %s of each inference)",
+             run_id, current.label, len(effects), len(run.drifted), len(alerts), horizon.length)
     return run

@@ -100,6 +100,35 @@ def test_sustained_shift_alerts_on_the_second_window(settings: Settings, shared_
     assert a.items[0].reason.startswith("sustained")
 
 
+D = timedelta(days=1)
+
+
+@pytest.mark.parametrize("lag", [timedelta(hours=1), timedelta(hours=30)])
+def test_late_corrections_raise_no_model_drift(shared_data: Path, settings: Settings, lag: timedelta) -> None:
+    """A steady 20% correction rate whose expert corrections mostly arrive 6-72 h late, checked `lag` after the
+    current day ends: the week before has had days more to collect them, so counting "no correction yet" as 0
+    would see the rate fall. Both windows must be judged on the same horizon after each inference."""
+    now = S.T0 + 8 * D + lag
+    S.land(settings, S.late_corrections(shared_data, days_before=7, now=now))
+    run = run_drift(settings, DriftSettings(reports="none"), current=Window(S.T0 + 7 * D, S.T0 + 8 * D),
+                    reference="7d", now=now)
+    assert run.n_current > 500 and run.n_reference > 4000
+    assert any(e.feature == "correction_rate" for e in run.effects)  # it was compared, not left out
+    assert not [e for e in run.drifted if e.feature == "correction_rate"], \
+        [(e.segment, e.reference_value, e.current_value, e.score) for e in run.drifted]
+    assert run.alerts == []
+
+
+def test_a_real_rise_in_corrections_still_alerts(shared_data: Path, settings: Settings) -> None:
+    now = S.T0 + 8 * D + timedelta(hours=1)
+    S.land(settings, S.late_corrections(shared_data, days_before=7, rate_after=0.6, now=now))
+    run = run_drift(settings, DriftSettings(reports="none"), current=Window(S.T0 + 7 * D, S.T0 + 8 * D),
+                    reference="7d", now=now)
+    (e,) = [e for e in run.drifted if e.feature == "correction_rate" and e.level == "app"]
+    assert e.current_value > e.reference_value
+    assert any("correction_rate" in a.features for a in run.alerts)
+
+
 @pytest.mark.slow
 def test_evidently_reports_are_written_and_linked(shared_data: Path, settings: Settings) -> None:
     S.land(settings, S.model_change(shared_data, windows_each=2))
