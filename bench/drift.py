@@ -2,7 +2,7 @@
 
     python bench/drift.py [--rows 1000000] [--home DIR]
 
-1. lands 2 x ROWS inferences (and feedback on 60% of them) built from the real answers in ../shared/data into a
+1. lands 2 x ROWS inferences (and feedback on 60% of them) built from the real answers in infra/testing/data into a
    Delta lake: 3 apps x 4 models x 2 prompt versions, with drift injected in the current window (one model
    switches version, one app gets 30% non-English prompts, one segment's thumbs-down rate goes 20% -> 45%);
 2. ours, in a fresh subprocess each: `run_drift` with every descriptor, three segment levels (app, app+model,
@@ -38,14 +38,14 @@ MODELS = ("oasst-llama-30b", "gpt", "claude", "falcon")
 CHUNK = 100_000
 
 
-def generate(home: Path, rows: int, shared: Path) -> None:
+def generate(home: Path, rows: int) -> None:
     from flywheel.config import Settings
     from flywheel.infra.testing import scenarios as S
 
     settings = Settings(home=home)
-    answers = [x for x in S.all_answers(shared) if "rlhf-1-llama-30b-8k" not in x[0]]
-    switched = S.sampling_report(shared, "oasst-rlhf-1-llama-30b-8k")
-    foreign = S.multilingual_answers(shared)
+    answers = [x for x in S.all_answers() if "rlhf-1-llama-30b-8k" not in x[0]]
+    switched = S.sampling_report("oasst-rlhf-1-llama-30b-8k")
+    foreign = S.multilingual_answers()
     pools = {name: (pa.array([p for p, _ in rows_]), pa.array([o for _, o in rows_]))
              for name, rows_ in (("base", answers), ("switched", switched), ("foreign", foreign))}
     rng = np.random.default_rng(0)
@@ -202,13 +202,12 @@ def main() -> None:
     ap.add_argument("--baseline-timeout", type=float, default=900)
     ap.add_argument("--generate-only", action="store_true", help="only build the lake (under --home)")
     args = ap.parse_args()
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     home = args.home or Path(tempfile.mkdtemp(prefix="bench-drift-"))
     if args.home is None and not args.generate_only:
         atexit.register(shutil.rmtree, home, True)  # the lake is of no use after the run
     if not (home / "lake" / "inferences").exists():
         t = time.perf_counter()
-        generate(home, args.rows, shared)
+        generate(home, args.rows)
         print(f"generated 2 x {args.rows:,} inferences in {time.perf_counter() - t:.0f} s under {home}",
               file=sys.stderr)
     if args.generate_only:

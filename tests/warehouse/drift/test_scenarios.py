@@ -1,4 +1,4 @@
-"""The drift job on scenarios built from the real data in ../shared/data (see flywheel.infra.testing.scenarios)."""
+"""The drift job on scenarios built from real data (fixtures in infra/testing/data; see flywheel.infra.testing.scenarios)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def _window(i: int, n: int = 1) -> Window:
 
 
 @pytest.mark.parametrize("seed", [0, *(pytest.param(s, marks=pytest.mark.slow) for s in (4,))])
-def test_stationary_30_windows_raise_no_alert(shared_data: Path, settings: Settings, seed: int) -> None:
-    S.land(settings, S.stationary(shared_data, n_windows=30, seed=seed))
+def test_stationary_30_windows_raise_no_alert(settings: Settings, seed: int) -> None:
+    S.land(settings, S.stationary(n_windows=30, seed=seed))
     ds = DriftSettings(reports="none")
     drifted, alerts, checked = [], [], 0
     for w in range(3, 30):
@@ -38,8 +38,8 @@ def test_stationary_30_windows_raise_no_alert(shared_data: Path, settings: Setti
     assert len(drifted) <= 3, [(e.feature, e.score, e.p_value) for e in drifted]
 
 
-def test_model_version_switch_is_model_drift_on_output_descriptors(shared_data: Path, settings: Settings) -> None:
-    S.land(settings, S.model_change(shared_data, windows_each=4))
+def test_model_version_switch_is_model_drift_on_output_descriptors(settings: Settings) -> None:
+    S.land(settings, S.model_change(windows_each=4))
     ds = DriftSettings(reports="none")
     box = Outbox(settings.home / "outbox.sqlite")
     runs = {w: run_drift(settings, ds, current=_window(w), reference=_window(0, 3), sink=box) for w in range(3, 8)}
@@ -65,8 +65,8 @@ def test_model_version_switch_is_model_drift_on_output_descriptors(shared_data: 
     assert len(sent) == len(set(sent))
 
 
-def test_language_shift_is_data_drift_on_inputs(shared_data: Path, settings: Settings) -> None:
-    S.land(settings, S.language_shift(shared_data, windows_before=4, windows_after=2, share=0.4))
+def test_language_shift_is_data_drift_on_inputs(settings: Settings) -> None:
+    S.land(settings, S.language_shift(windows_before=4, windows_after=2, share=0.4))
     ds = DriftSettings(reports="none")
     before = run_drift(settings, ds, current=_window(3), reference=_window(0, 3))
     after = run_drift(settings, ds, current=_window(4), reference=_window(0, 3))
@@ -77,8 +77,8 @@ def test_language_shift_is_data_drift_on_inputs(shared_data: Path, settings: Set
     assert "input_script" in data_alert.features
 
 
-def test_satisfaction_drop_is_flagged_by_the_batch_job(shared_data: Path, settings: Settings) -> None:
-    S.land(settings, S.satisfaction_drop(shared_data, windows_before=4, windows_after=1))
+def test_satisfaction_drop_is_flagged_by_the_batch_job(settings: Settings) -> None:
+    S.land(settings, S.satisfaction_drop(windows_before=4, windows_after=1))
     ds = DriftSettings(reports="none")
     steady = run_drift(settings, ds, current=_window(3), reference=_window(0, 3))
     drop = run_drift(settings, ds, current=_window(4), reference=_window(0, 3))
@@ -88,9 +88,9 @@ def test_satisfaction_drop_is_flagged_by_the_batch_job(shared_data: Path, settin
     assert any("thumbs_up_rate" in a.features for a in drop.alerts)
 
 
-def test_sustained_shift_alerts_on_the_second_window(settings: Settings, shared_data: Path) -> None:
+def test_sustained_shift_alerts_on_the_second_window(settings: Settings) -> None:
     # A moderate shift (above threshold, below 2x threshold) alerts only when it persists.
-    S.land(settings, S.satisfaction_drop(shared_data, windows_before=3, windows_after=2, after=0.36))
+    S.land(settings, S.satisfaction_drop(windows_before=3, windows_after=2, after=0.36))
     ds = DriftSettings(reports="none", sustain=2, large_factor=100)
     ref = _window(0, 3)
     first = run_drift(settings, ds, current=_window(3), reference=ref)
@@ -104,12 +104,12 @@ D = timedelta(days=1)
 
 
 @pytest.mark.parametrize("lag", [timedelta(hours=1), timedelta(hours=30)])
-def test_late_corrections_raise_no_model_drift(shared_data: Path, settings: Settings, lag: timedelta) -> None:
+def test_late_corrections_raise_no_model_drift(settings: Settings, lag: timedelta) -> None:
     """A steady 20% correction rate whose expert corrections mostly arrive 6-72 h late, checked `lag` after the
     current day ends: the week before has had days more to collect them, so counting "no correction yet" as 0
     would see the rate fall. Both windows must be judged on the same horizon after each inference."""
     now = S.T0 + 8 * D + lag
-    S.land(settings, S.late_corrections(shared_data, days_before=7, now=now))
+    S.land(settings, S.late_corrections(days_before=7, now=now))
     run = run_drift(settings, DriftSettings(reports="none"), current=Window(S.T0 + 7 * D, S.T0 + 8 * D),
                     reference="7d", now=now)
     assert run.n_current > 500 and run.n_reference > 4000
@@ -119,9 +119,9 @@ def test_late_corrections_raise_no_model_drift(shared_data: Path, settings: Sett
     assert run.alerts == []
 
 
-def test_a_real_rise_in_corrections_still_alerts(shared_data: Path, settings: Settings) -> None:
+def test_a_real_rise_in_corrections_still_alerts(settings: Settings) -> None:
     now = S.T0 + 8 * D + timedelta(hours=1)
-    S.land(settings, S.late_corrections(shared_data, days_before=7, rate_after=0.6, now=now))
+    S.land(settings, S.late_corrections(days_before=7, rate_after=0.6, now=now))
     run = run_drift(settings, DriftSettings(reports="none"), current=Window(S.T0 + 7 * D, S.T0 + 8 * D),
                     reference="7d", now=now)
     (e,) = [e for e in run.drifted if e.feature == "correction_rate" and e.level == "app"]
@@ -130,8 +130,8 @@ def test_a_real_rise_in_corrections_still_alerts(shared_data: Path, settings: Se
 
 
 @pytest.mark.slow
-def test_evidently_reports_are_written_and_linked(shared_data: Path, settings: Settings) -> None:
-    S.land(settings, S.model_change(shared_data, windows_each=2))
+def test_evidently_reports_are_written_and_linked(settings: Settings) -> None:
+    S.land(settings, S.model_change(windows_each=2))
     ds = DriftSettings(report_sample=300, max_reports=2)
     run = run_drift(settings, ds, current=_window(2), reference=_window(0, 2))
     path = run.reports["app=assistant,model=oasst-llama-30b"]
@@ -142,8 +142,8 @@ def test_evidently_reports_are_written_and_linked(shared_data: Path, settings: S
     assert run.alerts and all(a.report == run.reports[a.segment] for a in run.alerts)
 
 
-def test_descriptor_cache_gives_the_same_answer(shared_data: Path, settings: Settings) -> None:
-    S.land(settings, S.model_change(shared_data, windows_each=2))
+def test_descriptor_cache_gives_the_same_answer(settings: Settings) -> None:
+    S.land(settings, S.model_change(windows_each=2))
     ref, cur = _window(0, 2), _window(2)
 
     def effects(ds: DriftSettings) -> list[tuple[str, str, float]]:
@@ -161,17 +161,17 @@ def test_descriptor_cache_gives_the_same_answer(shared_data: Path, settings: Set
     assert con.execute("SELECT count(*) FROM descriptors").fetchone()[0] == n  # nothing described twice
 
 
-def test_reference_dataset_from_a_parquet_file(shared_data: Path, settings: Settings, tmp_path: Path) -> None:
+def test_reference_dataset_from_a_parquet_file(settings: Settings, tmp_path: Path) -> None:
     """A fixed reference (e.g. a golden set exported once) instead of a window of the lake."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    english = S.all_answers(shared_data)[:1500]
+    english = S.all_answers()[:1500]
     golden = tmp_path / "golden.parquet"
     pq.write_table(pa.table({"app": ["assistant"] * len(english), "model": ["oasst"] * len(english),
                              "prompt_version": ["v1"] * len(english), "input": [p for p, _ in english],
                              "output": [o for _, o in english]}), golden)
-    S.land(settings, S.language_shift(shared_data, windows_before=1, windows_after=1, share=0.4))
+    S.land(settings, S.language_shift(windows_before=1, windows_after=1, share=0.4))
     ds = DriftSettings(reports="none")
     run = run_drift(settings, ds, current=_window(1), reference=str(golden))
     assert run.reference == f"dataset:{golden}" and run.n_reference == 1500
@@ -179,15 +179,15 @@ def test_reference_dataset_from_a_parquet_file(shared_data: Path, settings: Sett
     assert not [e for e in run.effects if e.feature == "thumbs_up_rate"]  # the dataset has no feedback
 
 
-def test_reference_dataset_without_segment_columns_serves_all_traffic(shared_data: Path, settings: Settings,
+def test_reference_dataset_without_segment_columns_serves_all_traffic(settings: Settings,
                                                                       tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    english = S.all_answers(shared_data)[:1500]
+    english = S.all_answers()[:1500]
     golden = tmp_path / "golden.parquet"
     pq.write_table(pa.table({"input": [p for p, _ in english], "output": [o for _, o in english]}), golden)
-    S.land(settings, S.language_shift(shared_data, windows_before=1, windows_after=1, share=0.4))
+    S.land(settings, S.language_shift(windows_before=1, windows_after=1, share=0.4))
     run = run_drift(settings, DriftSettings(report_sample=200), current=_window(1), reference=str(golden))
     assert {e.segment for e in run.effects} == {"all"}
     assert list(run.reports) == ["all"] and Path(run.reports["all"]).exists()
