@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-DEMO_DIR = Path(__file__).parent / "demo"
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"  # infra/demo: this module is infra/testing/corpus.py
 BUNDLED = DEMO_DIR / "corpus.jsonl"
 APPS = ("support-bot", "writing-assistant", "search-answers")
 IMPLICIT = ("copy", "regenerate", "abandon", "accept")
@@ -40,7 +40,7 @@ class Corpus:
 
 
 def default_shared_data() -> Path | None:
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):  # the checkout: ../shared beside it
         cand = base.parent / "shared" / "data"
         if cand.is_dir():
             return cand
