@@ -16,18 +16,15 @@ payload yields at least one row, exactly `n` rows mean one row per payload.
 
 Two contract fields have a free type. `input` (a string or a list of messages) is read as a string, unless a cheap
 textual guess renamed it, in the chunk's buffer, to a key of the same length read as a list of messages: Arrow's
-strictness then verifies the guess. `metadata` (any object) is renamed the same way, at the first `"metadata":` in
-each payload followed by an object or null: Arrow parses it (which checks its syntax) and, as the only top-level
-column of that name, confirms the key was the event's own. Its text is then cut out of the chunk's buffer (the span
-of the object, found by a scan aware of strings and escapes) and written as DuckDB writes JSON (no whitespace
-outside strings): for texts with escapes or non-integer numbers, which DuckDB rewrites, DuckDB parses the object's
-text alone, not the whole payload.
+strictness then verifies the guess. `metadata` (any object) is inferred by Arrow only to see where it is present; its
+text comes from DuckDB, on those rows only.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import json
 import operator
 import secrets
 import string
@@ -52,10 +49,6 @@ than Arrow's timestamp parser."""
 CHAT_INPUT = r'"input"\s*:\s*\['
 """Payloads whose `input` looks like a list of messages; a wrong guess only makes Arrow refuse the chunk."""
 
-METADATA = r'"metadata"\s*:\s*[{n]'
-"""Where a payload's `metadata` key looks to be: the first match, if it was not the event's own key, leaves a
-`metadata` column (or no renamed value where one was expected) and the chunk goes to the full validator."""
-
 MIN_BLOCK_BYTES = 4 << 20
 """Arrow's JSON reader parses a chunk in blocks of this size, in parallel, and makes a record batch of each: larger
 blocks mean fewer batches for everything downstream to go through one by one (at 1 MB, a 40k-event batch had 73)."""
@@ -77,8 +70,6 @@ class FastPath:
         strict = [(f.name, STRICT_TYPES[f.kind]) for f in et.fields if f.kind in STRICT_TYPES]
         self._has_input = any(f.kind == "input" for f in et.fields)
         self._chat_key = _chat_key({f.name for f in et.fields})
-        self._has_metadata = any(f.name == "metadata" for f in et.fields)
-        self._meta_key = _chat_key({f.name for f in et.fields} | {self._chat_key}, len("metadata"))
         self._schema = pa.schema(strict + ([("input", pa.string()), (self._chat_key, MESSAGES)]
                                            if self._has_input else []))
         self._joined = io.BytesIO()
@@ -87,15 +78,13 @@ class FastPath:
             ("input_messages", "input") if f.kind == "input" else ("scale_min", "scale_max") if f.kind == "scale"
             else (f.name,))]
         """The typed columns `check` returns, as the full validator names them."""
-        self._long = {f.name for f in et.fields if f.kind in ("text", "input", "object")} | {"input_messages",
-                                                                                             "_metadata_slow"}
+        self._long = {f.name for f in et.fields if f.kind in ("text", "input")} | {"input_messages", "raw"}
         """Columns of long texts, which `check` leaves in the chunks Arrow's reader made."""
 
     def read(self, values: Sequence[bytes], sizes: np.ndarray, first_row: int) -> pa.Table | None:
         """The strict fields of every payload of the chunk (`values`, of byte lengths `sizes`), with `_row`
-        (first_row + i), `metadata` (its JSON text as DuckDB writes it, or null where DuckDB must write it) and
-        `_metadata_slow` (the object's text where DuckDB must write it); or None when Arrow refuses the chunk, or it
-        has a field the contract does not know."""
+        (first_row + i) and `raw` (the payload as read, newline included, if the chunk has a `metadata`, else null);
+        or None when Arrow refuses the chunk, or it has a field the contract does not know."""
         n = len(values)
         if n == 0:
             return None
@@ -121,24 +110,6 @@ class FastPath:
                 at = offsets[:-1][routed] + found[routed] + 1  # just after the opening quote
                 np.frombuffer(buffer, np.uint8)[at[:, None] + np.arange(len(self._chat_key))] = \
                     np.frombuffer(self._chat_key.encode(), np.uint8)
-        meta_at = np.full(n, -1, np.int64)  # where each payload's `metadata` object starts in the buffer
-        meta_routed = np.zeros(n, np.bool_)
-        if self._has_metadata:
-            found = pc.find_substring_regex(text, METADATA).to_numpy()
-            meta_routed = found >= 0
-            if meta_routed.any():
-                key = offsets[:-1][meta_routed] + found[meta_routed]
-                view = np.frombuffer(buffer, np.uint8)
-                view[key[:, None] + 1 + np.arange(len(self._meta_key))] = \
-                    np.frombuffer(self._meta_key.encode(), np.uint8)
-                value = key + len('"metadata"')
-                while True:  # past the whitespace and the colon to the value's first byte
-                    skip = np.isin(view[value], _SKIP)
-                    if not skip.any():
-                        break
-                    value[skip] += 1
-                is_object = view[value] == ord("{")
-                meta_at[np.flatnonzero(meta_routed)[is_object]] = value[is_object]
         longest = int(sizes.max()) + 1
         block = max(MIN_BLOCK_BYTES, 1 << (longest + 2).bit_length())  # a payload never spans two blocks
         try:
@@ -147,18 +118,15 @@ class FastPath:
                                                                unexpected_field_behavior="infer"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
-        if table.num_rows != n or set(table.column_names) - set(self._schema.names) - {self._meta_key}:
-            return None  # one payload held several objects, or an unknown field (or an unrenamed `metadata`)
-        has_metadata = meta_at >= 0
-        if self._meta_key in table.column_names:
-            meta = table[self._meta_key]
-            # The renamed key is the event's own `metadata` exactly where Arrow sees an object under it.
-            if not (pa.types.is_struct(meta.type) or pa.types.is_null(meta.type)) \
-                    or not np.array_equal(pc.is_valid(meta).to_numpy(zero_copy_only=False), has_metadata):
+        if table.num_rows != n or set(table.column_names) - set(self._schema.names) - {"metadata"}:
+            return None  # one payload held several objects, or an unknown field: the full validator keeps it
+        has_metadata = pa.repeat(pa.scalar(False), n)
+        if "metadata" in table.column_names:
+            meta = table["metadata"]
+            if not (pa.types.is_struct(meta.type) or pa.types.is_null(meta.type)):
                 return None
-            table = table.drop_columns([self._meta_key])
-        elif has_metadata.any():
-            return None
+            has_metadata = pc.is_valid(meta)
+            table = table.drop_columns(["metadata"])
         if self._has_input:
             chat = table[self._chat_key]
             # A chat input exactly where the rename made one (had it renamed a key inside `metadata`, whose text
@@ -172,12 +140,10 @@ class FastPath:
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 return None
             table = table.drop_columns([self._chat_key]).append_column("input_messages", messages)
-        if self._has_metadata:
-            fast, slow = _object_texts(np.frombuffer(buffer, np.uint8), meta_at, offsets[1:] - 1)
-            table = table.append_column("metadata", fast).append_column("_metadata_slow", slow)
-        # Nothing returned refers to the buffer: the next chunk can reuse it.
-        return (table.append_column("_has_metadata", pa.array(has_metadata))
-                .append_column("_row", pa.array(np.arange(first_row, first_row + n, dtype=np.int64))))
+        # `raw` is kept only where `check` reads it (the text of `metadata`): otherwise the buffer is free again.
+        return (table.append_column("_has_metadata", has_metadata)
+                .append_column("_row", pa.array(np.arange(first_row, first_row + n, dtype=np.int64)))
+                .append_column("raw", text if pc.any(has_metadata).as_py() else pa.nulls(n, text.type)))
 
     def _join(self, values: Sequence[bytes]) -> memoryview:
         """`values` joined, each followed by a newline, in the buffer the last chunk used if nothing holds it any
@@ -198,8 +164,8 @@ class FastPath:
         one Acero projection, not a DuckDB query (~10 ms to plan and start whatever the rows) nor a hundred compute
         calls: each call gives up the GIL and must take it back, and beside a thread that holds it for 3 ms at a
         time (as the consuming one does) checking 20k rows took 210 ms that way, against 14 ms alone; in one
-        projection, 62 ms. DuckDB is still asked for what only it knows: the JSON text of a `metadata` object with
-        escapes or non-integer numbers, and timestamps Arrow's parser refuses."""
+        projection, 62 ms. DuckDB is still asked for what only it knows: the JSON text of `metadata`, and
+        timestamps Arrow's parser refuses."""
         n = read.num_rows
         # Arrow's reader makes a record batch per block, and an expression pays per batch (a regex is compiled for
         # each): the short columns are made one chunk first, which costs them a small copy.
@@ -249,7 +215,7 @@ def _field(f: Field, read: pa.Table, columns: dict[str, Any], con: duckdb.DuckDB
         return (v.is_valid() | pc.field("_chat"), ~pc.field("_chat") | pc.field("_chat_ok"),
                 {"input": pc.if_else(chat, last, read["input"])})
     if k == "object":
-        return pc.field("_has_metadata"), None, {f.name: _object_text(con, read[f.name], read["_metadata_slow"])}
+        return pc.field("_has_metadata"), None, {f.name: _object_text(con, read, f.name, read["_has_metadata"])}
     if k == "scale":
         lengths = pc.fill_null(pc.list_value_length(read[f.name]), 0).to_numpy()
         pair = lengths == 2
@@ -348,72 +314,12 @@ def _timestamps(con: duckdb.DuckDBPyConnection, text: pa.ChunkedArray) -> pa.Chu
         return _duckdb(con, pa.table({"v": text}), "TRY_CAST(v AS TIMESTAMPTZ)")
 
 
-def _object_text(con: duckdb.DuckDBPyConnection, fast: pa.ChunkedArray, slow: pa.ChunkedArray) -> pa.ChunkedArray:
-    """A free-form object field's JSON text, as the full validator writes it: `fast` where `read` wrote it, else
-    DuckDB's writing of the object's text `slow` (the same writer the full query's `::VARCHAR` uses)."""
-    if slow.null_count == len(slow):
-        return fast
-    return _duckdb(con, pa.table({"fast": fast, "slow": slow}),
-                   "CASE WHEN slow IS NULL THEN fast ELSE json(slow)::VARCHAR END")
-
-
-_SKIP = np.frombuffer(b" \t\n\r:", np.uint8)
-_SPACE = np.frombuffer(b" \t\n\r", np.uint8)
-_DEPTH = np.zeros(256, np.int64)
-_DEPTH[[ord("{"), ord("[")]] = 1
-_DEPTH[[ord("}"), ord("]")]] = -1
-
-
-def _object_texts(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[pa.Array, pa.Array]:
-    """(null, the object's text) of the JSON object starting at `start[i]` (-1: none) in `buf`, inside a valid
-    JSON text ending before `end[i]`, for DuckDB to write (see `_object_text`).
-
-    Where the object is the payload's last value (the payload ends `}` `}`, but for whitespace: `metadata` is the
-    only object a checked payload can hold at its top level) it ends at that inner brace. Elsewhere it ends where
-    the bracket depth, counted outside strings, returns to zero; a quote is a string's boundary unless an odd run
-    of backslashes precedes it."""
-    n = len(start)
-    rows = np.flatnonzero(start >= 0)
-    stop = np.full(n, -1, np.int64)
-    if len(rows):
-        close = _skip_back(buf, end[rows] - 1)  # the payload's closing brace
-        inner = _skip_back(buf, close - 1)
-        last = buf[inner] == ord("}")
-        stop[rows[last]] = inner[last] + 1
-        if not last.all():
-            stop[rows[~last]] = _scan_ends(buf, start[rows[~last]], end[rows[~last]])
-    view = buf.data
-    texts = [None if a < 0 else view[a:b] for a, b in zip(start.tolist(), stop.tolist())]
-    return pa.nulls(n, pa.string()), pa.array(texts, pa.binary()).cast(pa.string())
-
-
-def _skip_back(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
-    at = at.copy()
-    while True:
-        space = np.isin(buf[at], _SPACE)
-        if not space.any():
-            return at
-        at[space] -= 1
-
-
-def _scan_ends(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """One past the end of the JSON object starting at each `start` (see `_object_texts`)."""
-    lengths = end - start
-    seg = np.cumsum(lengths) - lengths
-    at = np.repeat(start - seg, lengths) + np.arange(int(lengths.sum()))
-    r = buf[at]
-    pos = np.arange(len(r))
-    backslash = r == ord("\\")
-    quote = np.flatnonzero(r == ord('"'))
-    last_plain = np.maximum.accumulate(np.where(backslash, -1, pos))
-    quote = quote[((quote - 1 - last_plain[quote - 1]) & 1) == 0]  # a segment starts with `{`: quote - 1 is in it
-    boundary = np.zeros(len(r), np.int8)
-    boundary[quote] = 1
-    in_string = (np.cumsum(boundary) & 1).astype(np.bool_)  # a segment holds whole strings: parity starts at 0
-    depth = np.cumsum(np.where(in_string, 0, _DEPTH[r]))
-    depth -= np.repeat(depth[seg] - 1, lengths)
-    closed = np.flatnonzero(depth == 0)
-    return start + closed[np.searchsorted(closed, seg)] - seg + 1
+def _object_text(con: duckdb.DuckDBPyConnection, read: pa.Table, name: str, present: Any) -> pa.ChunkedArray:
+    """A free-form object field's JSON text, as the full validator writes it (by DuckDB, from the payload)."""
+    if not pc.any(present).as_py():
+        return pa.chunked_array([pa.nulls(read.num_rows, pa.string())])
+    extract = f"json_transform(raw, {_q(json.dumps({name: 'JSON'}))}).{_ident(name)}::VARCHAR"
+    return _duckdb(con, pa.table({"raw": read["raw"], "present": present}), f"CASE WHEN present THEN {extract} END")
 
 
 def _duckdb(con: duckdb.DuckDBPyConnection, table: pa.Table, expr: str) -> pa.ChunkedArray:
@@ -428,11 +334,10 @@ def _duckdb(con: duckdb.DuckDBPyConnection, table: pa.Table, expr: str) -> pa.Ch
     return out["v"]
 
 
-def _chat_key(taken: set[str], length: int = len("input")) -> str:
-    """The key a chat input (or `metadata`) is read under: as long as the key it replaces, so that the rename
-    happens in place, and no field of the contract. A producer may still send it: `read` checks that it appears
-    exactly where the rename put it."""
+def _chat_key(taken: set[str]) -> str:
+    """The key a chat input is read under: as long as `input`, so that the rename happens in place, and no field of
+    the contract. A producer may still send it: `read` checks that it appears exactly where the rename put it."""
     while True:
-        key = "".join(secrets.choice(string.ascii_letters) for _ in range(length))
+        key = "".join(secrets.choice(string.ascii_letters) for _ in range(len("input")))
         if key not in taken:
             return key
