@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from flywheel.config import Settings
 from flywheel.infra.testing.land import to_rows
-from flywheel.infra.testing.corpus import generate, load_corpus
+from flywheel.infra.testing.corpus import default_shared_data, generate, load_corpus
 from flywheel.warehouse.lake import Lake
 
 BASE_INFERENCES = 20_000
@@ -51,7 +51,7 @@ def _with_suffix(col: pa.ChunkedArray, suffix: str) -> pa.ChunkedArray:
 
 
 def land(settings: Settings, n_events: int) -> dict[str, int]:
-    base = to_rows(generate(load_corpus(), BASE_INFERENCES, seed=1), ingested_at=LANDED)
+    base = to_rows(generate(load_corpus(default_shared_data()), BASE_INFERENCES, seed=1), ingested_at=LANDED)
     per_copy = sum(t.num_rows for t in base.values())
     copies = -(-n_events // per_copy)
     lake = Lake(settings.lake)
