@@ -173,7 +173,7 @@ def sql(env: Environment, query: str, fmt: str, limit: int | None) -> None:
 
     from flywheel.warehouse.query import connect
 
-    con = connect(env.core)
+    con = connect(env.core, orphan_horizon_hours=env.quality.orphan_horizon_hours)
     try:
         rel = con.sql(query)
     except duckdb.Error as exc:

@@ -102,13 +102,12 @@ def compute_effects(ref: pa.Table, cur: pa.Table, ds: DriftSettings, by: str | N
     return out
 
 
-def run_drift(settings: Settings, ds: DriftSettings | None = None, *, current: Window | str | None = None,
+def run_drift(settings: Settings, ds: DriftSettings, *, current: Window | str | None = None,
               reference: Window | Dataset | str | None = None, by: str | None = None,
               now: datetime | None = None, reports: bool = True, sink: AlertSink | None = None,
               keep_frames: bool = False) -> DriftRun:
     """Run drift detection for one current window (see the module docstring). `sink`: where alerts go (the
     outbox of `flywheel.warehouse.alerts`; None: do not enqueue, only record)."""
-    ds = ds or DriftSettings.from_env()
     t0 = time.perf_counter()
     now = now or datetime.now(timezone.utc)
     if current is None or isinstance(current, str):

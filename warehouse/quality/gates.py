@@ -173,7 +173,7 @@ class SuspectWindow:
 # ------------------------------------------------------------------------------------------------------ running
 
 
-def run_quality(settings: Settings, qsettings: QualitySettings | None = None, *, since: datetime | None = None,
+def run_quality(settings: Settings, qsettings: QualitySettings, *, since: datetime | None = None,
                 until: datetime | None = None, tables: Sequence[str] | None = None, report: bool = True,
                 store: bool = True) -> QualityRun:
     """Validate the window `[since, until)` of each table (default: every table with a suite).
@@ -187,7 +187,6 @@ def run_quality(settings: Settings, qsettings: QualitySettings | None = None, *,
     """
     from flywheel.warehouse.query import connect
 
-    qsettings = qsettings or QualitySettings.from_env()
     suites = load_suites(qsettings.params(), qsettings.suites_dir or None)
     chosen = list(tables) if tables else [t for t in SCHEMAS if t in suites]
     unknown = [t for t in chosen if t not in suites]
