@@ -299,6 +299,9 @@ class IngestWorker:
                 self._stages = self._pool = None
                 if self._dlq is not None and not self._broken:
                     self._dlq.flush(10)
+                # Let librdkafka's producer go with the run: kept alive by a worker object, it would log a failed
+                # connection every second once the broker is gone.
+                self._dlq = None
         return self.stats
 
     def _due(self, now: float) -> bool:

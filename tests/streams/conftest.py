@@ -4,7 +4,7 @@ of a topic from the beginning without a consumer group."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -56,8 +56,11 @@ class Produced:
 
 
 @pytest.fixture
-def produced(kafka_settings: Settings) -> Produced:
-    return Produced(kafka_settings)
+def produced(kafka_settings: Settings) -> Iterator[Produced]:
+    p = Produced(kafka_settings)
+    yield p
+    p.producer.flush(5)
+    del p.producer  # librdkafka's client goes now, while the broker still answers
 
 
 def read_topic(settings: Settings, topic: str, partitions: int, timeout: float = 20) -> list[Any]:
