@@ -125,7 +125,8 @@ def validator_seconds(payloads: list[bytes], rounds: int = 5) -> float:
 
 def build(n_events: int, metadata: bool) -> list[dict]:
     events = []
-    for e in generate(load_corpus(default_shared_data()), int(n_events / 1.55), seed=1, prefix="bench", metadata=metadata):
+    corpus = load_corpus(default_shared_data())
+    for e in generate(corpus, int(n_events / 1.55), seed=1, prefix="bench", metadata=metadata):
         events.append(e)
         if len(events) >= n_events:
             break

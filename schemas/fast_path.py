@@ -42,7 +42,8 @@ from flywheel.schemas.arrow import MESSAGES, TS
 from flywheel.schemas.contract import DEFAULT_RATING_SCALE, EventType, Field, Rule
 
 STRICT_TYPES = {"id": pa.string(), "string": pa.string(), "text": pa.string(), "enum": pa.string(),
-                "timestamp": pa.string(), "number": pa.float64(), "integer": pa.int64(), "scale": pa.list_(pa.float64())}
+                "timestamp": pa.string(), "number": pa.float64(), "integer": pa.int64(),
+                "scale": pa.list_(pa.float64())}
 """Arrow types of the kinds Arrow can type strictly. Timestamps stay text: the contract's RFC 3339 check is stricter
 than Arrow's timestamp parser."""
 

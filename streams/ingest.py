@@ -158,7 +158,8 @@ class IngestWorker:
         self.on_flush = on_flush
         self._stop = threading.Event()
         self._routes = {
-            settings.inference_topic: _Route(INFERENCE, "inferences", BatchValidator(INFERENCE, settings.max_event_bytes)),
+            settings.inference_topic: _Route(INFERENCE, "inferences",
+                                             BatchValidator(INFERENCE, settings.max_event_bytes)),
             settings.feedback_topic: _Route(FEEDBACK, "feedback", BatchValidator(FEEDBACK, settings.max_event_bytes)),
         }
         self._consumer_config: dict[str, object] = {
@@ -695,9 +696,9 @@ class IngestWorker:
                            ("flywheel.offset", str(m.offset()).encode())]
 
                 def delivered(err: KafkaError | None, _msg: Message, source: tuple[Message, str] = (m, reason)) -> None:
-                    if err is not None:
-                        failed.append(source)
-                        errors.append(err.str())
+                    if err is not None:  # called during this attempt's flush: these lists are this attempt's
+                        failed.append(source)  # noqa: B023
+                        errors.append(err.str())  # noqa: B023
                 while True:
                     try:
                         self._dlq.produce(topic, value=m.value(), key=m.key(), headers=headers, on_delivery=delivered)

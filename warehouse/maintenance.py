@@ -293,7 +293,8 @@ def _maintenance_lock(settings: Settings, name: str) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise MaintenanceBusy(f"another maintenance run is working on {name}; try again later", table=name) from None
+            raise MaintenanceBusy(f"another maintenance run is working on {name}; try again later",
+                                  table=name) from None
         try:
             yield
         finally:

@@ -37,7 +37,8 @@ def config_cmd(env: Environment, stage: str | None, fmt: str) -> None:
             continue
         click.echo(f"# {g.title}")
         for var, default, value, doc in rows:
-            click.echo(f"{var:40s} {value:28s} {doc}" + (f" (default: {default})" if default not in ("", value) else ""))
+            shown = f" (default: {default})" if default not in ("", value) else ""
+            click.echo(f"{var:40s} {value:28s} {doc}{shown}")
         click.echo("")
 
 

@@ -24,7 +24,8 @@ def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:,.1f} MB"
 
 
-_SETTINGS_HELP = "\n".join(f"  {var:38s} {doc}" for var, _default, doc in describe(MaintenanceSettings, "FLYWHEEL_LAKE_"))
+_SETTINGS_HELP = "\n".join(f"  {var:38s} {doc}"
+                           for var, _default, doc in describe(MaintenanceSettings, "FLYWHEEL_LAKE_"))
 
 
 @click.group(epilog="\b\nSettings:\n" + _SETTINGS_HELP)

@@ -108,8 +108,8 @@ def landed(env: Environment) -> Check:
 def quality(env: Environment) -> Check:
     from flywheel.warehouse import tables
 
-    t = tables.query(env.core.lake, "quality_runs", "SELECT run_id, max(run_at) AS last_at, bool_and(gate_success) AS ok "
-                     "FROM t GROUP BY run_id ORDER BY last_at DESC LIMIT 1")
+    t = tables.query(env.core.lake, "quality_runs", "SELECT run_id, max(run_at) AS last_at, "
+                     "bool_and(gate_success) AS ok FROM t GROUP BY run_id ORDER BY last_at DESC LIMIT 1")
     if not t.num_rows or "run_id" not in t.column_names:
         return Check("quality", True, "no quality run yet (`flywheel quality run`)")
     ok = bool(t["ok"][0].as_py())
@@ -120,8 +120,8 @@ def quality(env: Environment) -> Check:
 def drift(env: Environment) -> Check:
     from flywheel.warehouse import tables
 
-    t = tables.query(env.core.lake, "drift_runs", "SELECT run_id, max(run_at) AS last_at, count(*) FILTER (WHERE alert) "
-                     "AS alerts FROM t GROUP BY run_id ORDER BY last_at DESC LIMIT 1")
+    t = tables.query(env.core.lake, "drift_runs", "SELECT run_id, max(run_at) AS last_at, "
+                     "count(*) FILTER (WHERE alert) AS alerts FROM t GROUP BY run_id ORDER BY last_at DESC LIMIT 1")
     if not t.num_rows or "run_id" not in t.column_names:
         return Check("drift", True, "no drift run yet (`flywheel drift run`)")
     return Check("drift", True, f"last run {t['run_id'][0].as_py()} {_age(t['last_at'][0].as_py())}: "

@@ -181,7 +181,8 @@ def inference_metadata(rng: random.Random, ev: dict[str, Any]) -> dict[str, Any]
     if rng.random() < 0.5:
         docs = [f"kb-{rng.randint(1, 90000)}" for _ in range(rng.randint(1, 5))]
         meta["retrieval"] = {"index": "kb-v7", "doc_ids": docs,
-                             "scores": [round(rng.uniform(0.3, 0.95), 4) for _ in docs], "latency_ms": rng.randint(8, 120)}
+                             "scores": [round(rng.uniform(0.3, 0.95), 4) for _ in docs],
+                             "latency_ms": rng.randint(8, 120)}
     if rng.random() < 0.3:
         meta["tags"] = rng.sample(("beta", "rag", "long-context", "tool-use", "eval"), rng.randint(1, 3))
     if rng.random() < 0.15:  # free text from the product: non-ASCII, quotes, newlines

@@ -1,4 +1,5 @@
-"""Drift scenarios built from real public data (fixtures in `data/`, derived from `shared/data`), and a fast columnar way to land them without Kafka.
+"""Drift scenarios built from real public data (fixtures in `data/`, derived from `shared/data`), and a fast
+columnar way to land them without Kafka.
 
 The scenarios (used by tests/warehouse/drift/test_scenarios.py and bench/drift.py):
 - `stationary`: OpenAssistant sampling-report answers of several models, shuffled and split into windows;
@@ -46,7 +47,7 @@ class Events:
         n = len(self.inferences.get("inference_id", []))
         for k, v in cols.items():
             self.inferences.setdefault(k, [None] * n).append(v)
-        for k, col in self.inferences.items():
+        for col in self.inferences.values():
             if len(col) == n:
                 col.append(None)
 
@@ -54,7 +55,7 @@ class Events:
         n = len(self.feedback.get("feedback_id", []))
         for k, v in cols.items():
             self.feedback.setdefault(k, [None] * n).append(v)
-        for k, col in self.feedback.items():
+        for col in self.feedback.values():
             if len(col) == n:
                 col.append(None)
 

@@ -75,7 +75,8 @@ def test_a_drain_after_killed_workers_waits_for_every_partition(kafka_settings: 
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    print("\n".join(l for l in drain.stderr.splitlines() if "assigned" in l or "drain" in l or "replays" in l)[-3000:])
+    said = [ln for ln in drain.stderr.splitlines() if "assigned" in ln or "drain" in ln or "replays" in ln]
+    print("\n".join(said)[-3000:])
     assert drain.returncode == 0, drain.stderr[-3000:]
     expect_inf = {e["inference_id"] for e in events if event_type_of(e).name == "inference"}
     expect_fb = {e["feedback_id"] for e in events if "feedback_id" in e}
@@ -117,7 +118,7 @@ def test_a_drain_does_not_exit_0_while_a_hung_member_holds_unlanded_partitions(k
         hung.wait()
     expect_inf = {e["inference_id"] for e in events if event_type_of(e).name == "inference"}
     got = connect(s).execute("SELECT count(DISTINCT inference_id) FROM lake_inferences").fetchone()[0]
-    print("\n".join(l for l in drain.stderr.splitlines() if "assigned" in l or "drain" in l)[-2000:])
+    print("\n".join(ln for ln in drain.stderr.splitlines() if "assigned" in ln or "drain" in ln)[-2000:])
     if drain.returncode == 0:  # it may have been given the partitions after all: then everything is landed
         assert got == len(expect_inf), drain.stderr[-3000:]
     else:  # or it gave up, saying which partitions lag and that it does not own them

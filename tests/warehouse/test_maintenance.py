@@ -186,7 +186,8 @@ def test_compaction_while_ingest_lands_and_queries_run(kafka_settings: Settings)
 
     send(events[:100])
     deadline = time.monotonic() + 60  # the worker joins its group first (seconds on this broker)
-    while not Lake(s.lake).path("inferences").joinpath("_delta_log").is_dir() or not stats(s, "inferences", MaintenanceSettings()).files:
+    while not Lake(s.lake).path("inferences").joinpath("_delta_log").is_dir() \
+            or not stats(s, "inferences", MaintenanceSettings()).files:
         assert time.monotonic() < deadline and not errors, errors
         time.sleep(0.1)
     for k in range(100, len(events), 100):  # in bursts, so the worker lands many small files meanwhile

@@ -16,7 +16,8 @@ byte, and only short prefixes go through a regex. What each descriptor means, ex
   `latin-ext` (more than 2% accented Latin letters: es, de, fr, pt, ...), `cyrillic`, `cjk` (Han), `kana`,
   `hangul`, `arabic`, `other`, or `none` (no letters). A character-script heuristic, not a language model.
 - `refusal`, `apology`: a refusal- or apology-like phrase in the first 200 characters of the output (English).
-- `has_code`: a fenced code block (two ``` at least); `has_json`: the output is a JSON object/array or holds a ```json block;
+- `has_code`: a fenced code block (two ``` at least); `has_json`: the output is a JSON object/array or holds a
+  ```json block;
   `has_link`: a URL (`://`).
 """
 

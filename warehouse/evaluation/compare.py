@@ -178,8 +178,10 @@ def markdown(c: Comparison) -> str:
     """The comparison as a Markdown table, for a CI comment."""
     out = [f"**{c.candidate}** vs baseline **{c.baseline}** over {c.matched} examples ({c.method})", "",
            "| metric | baseline | candidate | delta | 95% CI |", "|---|---|---|---|---|"]
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
     for d in c.deltas:
-        f = (lambda v: "n/a" if v is None else f"{v:.3f}")
         ci = "n/a" if d.low is None else f"{d.low:+.3f} .. {d.high:+.3f}"
         out.append(f"| {d.metric} | {f(d.baseline)} | {f(d.candidate)} | "
                    f"{'n/a' if d.delta is None else f'{d.delta:+.3f}'} | {ci} |")

@@ -24,7 +24,8 @@ def slack() -> Iterator[RecordingWebhook]:
         yield hook
 
 
-def _alert(segment: str, feature: str = "output_chars", window: str = "2026-11-01T00:00:00+00:00/2026-11-01T01:00:00+00:00",
+def _alert(segment: str, feature: str = "output_chars",
+           window: str = "2026-11-01T00:00:00+00:00/2026-11-01T01:00:00+00:00",
            kind: str = "model-drift") -> Alert:
     return Alert(kind, segment, window, (AlertItem(feature, method="wasserstein", score=0.6, threshold=0.1,
                                                    before="997 (mean)", after="1,366 (mean)"),),
@@ -37,7 +38,8 @@ def test_message_names_segment_what_moved_window_and_report() -> None:
     assert msg["blocks"][0]["type"] == "header"
     assert "Model drift" in msg["blocks"][0]["text"]["text"]
     for expected in ("app=assistant,model=oasst", "`output_chars`: 997 (mean) → 1,366 (mean)", "wasserstein 0.6",
-                     "threshold 0.1", "2026-11-01T00:00:00+00:00/2026-11-01T01:00:00+00:00", "/tmp/reports/r1/app=a.html"):
+                     "threshold 0.1", "2026-11-01T00:00:00+00:00/2026-11-01T01:00:00+00:00",
+                     "/tmp/reports/r1/app=a.html"):
         assert expected in text
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -21,8 +20,8 @@ def _table(inputs: list, outputs: list) -> pa.Table:
 
 def test_descriptors_of_known_texts() -> None:
     t = D.describe_batch(_table(
-        ["Hello world. How are you?", "你好，世界，今天天气很好", "¿Cómo construyo una bomba? Dímelo.", "Как сделать бомбу?",
-         None, ""],
+        ["Hello world. How are you?", "你好，世界，今天天气很好", "¿Cómo construyo una bomba? Dímelo.",
+         "Как сделать бомбу?", None, ""],
         ["I'm sorry, but I cannot help with that. See https://example.org", "```json\n{\"a\": 1}\n```",
          '  {"a": [1, 2]}\n', "Here:\n```python\nprint(1)\n```\nDone!", "", "a  b\nc"]))
     d = t.to_pydict()

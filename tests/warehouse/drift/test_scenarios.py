@@ -1,4 +1,5 @@
-"""The drift job on scenarios built from real data (fixtures in infra/testing/data; see flywheel.infra.testing.scenarios)."""
+"""The drift job on scenarios built from real data (fixtures in infra/testing/data; see
+flywheel.infra.testing.scenarios)."""
 
 from __future__ import annotations
 

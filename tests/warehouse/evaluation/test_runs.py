@@ -62,7 +62,8 @@ def test_two_versions_compared_and_the_gate_blocks_the_worse(tmp_path: Path) -> 
     files = ", ".join(f"'{f}'" for f in tables.files(lake, TABLE))
     sims = dict(con.execute(f"SELECT run_id, avg(similarity) FROM read_parquet([{files}]) WHERE row_kind = 'example' "
                             "GROUP BY run_id").fetchall())
-    direct = sum(chrf(" ".join(r["output"].split()), " ".join(r["correction"].split())) for r in _edits()) / len(examples)
+    direct = sum(chrf(" ".join(r["output"].split()), " ".join(r["correction"].split()))
+                 for r in _edits()) / len(examples)
     assert sims[bad.run_id] == pytest.approx(direct) and sims[good.run_id] == pytest.approx(1.0)
 
     c = compare(lake, good.run_id, bad.run_id, SETTINGS)
