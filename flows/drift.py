@@ -32,7 +32,8 @@ def detect(env: Environment, current: str | None, reference: str | None, by: str
                     reports=reports, sink=Outbox.from_settings(settings.home, alerts))
     return {"run_id": run.run_id, "window": run.window.label, "reference": run.reference,
             "n_current": run.n_current, "n_reference": run.n_reference, "checks": len(run.effects),
-            "drifted": sorted({f"{e.segment}: {e.feature}" for e in run.drifted}), "alerts": [json.loads(a.to_json()) for a in run.alerts],
+            "drifted": sorted({f"{e.segment}: {e.feature}" for e in run.drifted}),
+            "alerts": [json.loads(a.to_json()) for a in run.alerts],
             "reports": run.reports, "timings": run.timings}
 
 

@@ -179,7 +179,7 @@ def describe(cls: type, prefix: str = ENV_PREFIX) -> list[tuple[str, str, str]]:
                 docs[node.target.id] = " ".join(str(nxt.value.value).split(": ", 1)[-1].split())
     names: dict[str, str] = getattr(cls, "ENV_NAMES", {})
     out = []
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         if f.init and f.name in docs:
             default = f.default if f.default is not dataclasses.MISSING else ""
             out.append((names.get(f.name, prefix + f.name.upper()), str(default), docs[f.name]))

@@ -85,7 +85,7 @@ class Group:
 def _field_names(cls: type) -> list[str]:
     import dataclasses
 
-    return [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    return [f.name for f in dataclasses.fields(cls) if f.init]
 
 
 def _variable(cls: type, prefix: str, name: str) -> str:

@@ -173,7 +173,7 @@ def _check_value(f: Field, v: Any) -> tuple[Any, list[str]]:
 def _rule_holds(rule: Rule, e: dict[str, Any]) -> bool:
     """The contract's cross-field rule over one typed event (see `Rule`)."""
     a = rule.args
-    v = e[a[0]]
+    v = e[str(a[0])]
     if rule.test == "one_of":
         return v in a[1:]
     if rule.test == "present":
@@ -181,8 +181,8 @@ def _rule_holds(rule: Rule, e: dict[str, Any]) -> bool:
     if rule.test == "non_empty":
         return bool(v)
     if rule.test == "less":
-        return v < e[a[1]]
-    return v is None or e[a[1]] <= v <= e[a[2]]
+        return bool(v < e[str(a[1])])
+    return v is None or bool(e[str(a[1])] <= v <= e[str(a[2])])
 
 
 def check_event(et: EventType, obj: dict[str, Any]) -> list[str]:
@@ -430,8 +430,9 @@ class BatchValidator:
         read, full = [], []
         for a, b in chunks:
             part = None
-            if sizes[a:b].max(initial=0) <= self.max_bytes and None not in values[a:b]:
-                part = self._fast_path.read(values[a:b], sizes[a:b], a)
+            chunk = values[a:b]
+            if sizes[a:b].max(initial=0) <= self.max_bytes and None not in chunk:
+                part = self._fast_path.read(chunk, sizes[a:b], a)  # type: ignore[arg-type]  # no None, just checked
             if part is None:
                 full.append((a, b))
             else:

@@ -164,7 +164,12 @@ class FlywheelClient:
         self._pump = threading.Thread(target=self._run, name="flywheel-sdk", daemon=True)
         self._pump.start()
         ref = weakref.ref(self)
-        self._exit_hook = lambda: (c := ref()) is not None and c._at_exit()
+        def exit_hook() -> None:
+            c = ref()
+            if c is not None:
+                c._at_exit()
+
+        self._exit_hook = exit_hook
         atexit.register(self._exit_hook)
 
     # --------------------------------------------------------------------------------------------- typed calls

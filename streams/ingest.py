@@ -31,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import compress
-from typing import Callable, TypeVar
+from typing import Callable, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -536,7 +536,7 @@ class IngestWorker:
         now_wall = datetime.now(timezone.utc)
         batch = _Batch({t: [] for t in SCHEMAS}, {t: {} for t in SCHEMAS}, ids)
         dead: list[tuple[Message, str]] = []
-        topics = list(map(Message.topic, msgs))
+        topics = cast(list[str], list(map(Message.topic, msgs)))  # a consumed message has a topic
         names = set(topics)
         by_topic = {t: msgs if len(names) == 1 else list(compress(msgs, map(t.__eq__, topics))) for t in names}
         landing = {topic: self._submit(self._land_topic, self._routes[topic], tmsgs, now_wall, ids.get(topic))
@@ -576,7 +576,7 @@ class IngestWorker:
 
     def _commit_tables(self, batch: _Batch, force_watermarks: bool) -> None:
         now = time.monotonic()
-        commits: dict[str, Future[tuple[int, float]]] = {}
+        commits: dict[str, Future[tuple[CommitResult, float]]] = {}
         for table in SCHEMAS:
             parts = batch.rows[table]
             rows = pa.concat_tables(parts) if parts else SCHEMAS[table].empty_table()
@@ -630,7 +630,7 @@ class IngestWorker:
                     ) -> tuple[pa.Table, pa.Table, list[int], dict[TP, int], dict[str, float]]:
         """(valid rows, quarantined rows, indices of the invalid messages, next offsets, seconds per stage)."""
         start = time.monotonic()
-        topic = msgs[0].topic()
+        topic = cast(str, msgs[0].topic())
         values = list(map(Message.value, msgs))
         partitions = pa.array(np.fromiter(map(Message.partition, msgs), np.int32, len(msgs)))
         offsets = pa.array(np.fromiter(map(Message.offset, msgs), np.int64, len(msgs)))
@@ -691,7 +691,8 @@ class IngestWorker:
             failed: list[tuple[Message, str]] = []
             errors: list[str] = []
             for m, reason in pending:
-                headers = [("flywheel.reason", reason.encode()), ("flywheel.topic", m.topic().encode()),
+                headers: list[tuple[str, str | bytes | None]] = [
+                           ("flywheel.reason", reason.encode()), ("flywheel.topic", _topic(m).encode()),
                            ("flywheel.partition", str(m.partition()).encode()),
                            ("flywheel.offset", str(m.offset()).encode())]
 
@@ -709,7 +710,7 @@ class IngestWorker:
             remaining = self._dlq.flush(DEAD_LETTER_TIMEOUT_S + 5)
             if remaining:
                 m = pending[0][0]
-                raise DeadLetterFailed(topic, m.topic(), m.partition(), m.offset(), remaining,
+                raise DeadLetterFailed(topic, *_coords(m), remaining,
                                        "no acknowledgement or failure reported in time")
             if not failed:
                 return
@@ -718,11 +719,10 @@ class IngestWorker:
                 log.warning("dead letter for %s[%s]@%s not acknowledged by %s (attempt %d of %d): %s", m.topic(),
                             m.partition(), m.offset(), topic, attempt, DEAD_LETTER_ATTEMPTS, errors[0])
             pending = failed
-        marks = self.lake.watermarks("quarantine", sorted({(m.topic(), m.partition()) for m, _ in pending}), ids)
-        lost = [m for m, _ in pending if (marks[(m.topic(), m.partition())] or 0) <= m.offset()]
+        marks = self.lake.watermarks("quarantine", sorted({_coords(m)[:2] for m, _ in pending}), ids)
+        lost = [m for m, _ in pending if (marks[_coords(m)[:2]] or 0) <= _coords(m)[2]]
         if lost:
-            m = lost[0]
-            raise DeadLetterFailed(topic, m.topic(), m.partition(), m.offset(), len(lost), errors[0])
+            raise DeadLetterFailed(topic, *_coords(lost[0]), len(lost), errors[0])
         log.warning("%d dead letters were not produced again; the quarantine table already holds them, and their "
                     "dead letters were produced when they first landed", len(pending))
 
@@ -746,7 +746,7 @@ def _without_errors(msgs: list[Message], out_of_range: set[TP]) -> list[Message]
             kept.append(m)
         elif err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
             log.info("%s[%s]: %s", m.topic(), m.partition(), err)
-            out_of_range.add((m.topic(), m.partition()))
+            out_of_range.add(_coords(m)[:2])
         elif err.code() != KafkaError._PARTITION_EOF:
             log.warning("kafka error on %s[%s]: %s", m.topic(), m.partition(), err)
     return kept
@@ -781,6 +781,15 @@ class DrainIncomplete(FlywheelError):
 def _describe_lag(lag: dict[TP, int], unowned: list[TP]) -> str:
     return ", ".join(f"{t}[{p}] lag {n}{' (not owned by this worker)' if (t, p) in unowned else ''}"
                      for (t, p), n in sorted(lag.items()))
+
+
+def _topic(m: Message) -> str:
+    return m.topic() or ""
+
+
+def _coords(m: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed message (which has all three)."""
+    return m.topic() or "", m.partition() or 0, m.offset() or 0
 
 
 def _done(fn: Callable[..., _T], *args: object) -> Future[_T]:

@@ -114,11 +114,12 @@ class ChampionFeed:
                     if m.error():
                         todo.discard(m.partition())
                         continue
-                    ch = Champion(**json.loads(m.value()))
+                    ch = Champion(**json.loads(m.value() or b"{}"))
                     if ch.app not in out or ch.sequence >= out[ch.app].sequence:
                         out[ch.app] = ch
-                    if m.offset() + 1 >= ends[m.partition()]:
-                        todo.discard(m.partition())
+                    part, off = m.partition() or 0, m.offset() or 0
+                    if off + 1 >= ends[part]:
+                        todo.discard(part)
             return out
         finally:
             c.close()

@@ -304,6 +304,7 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
 
     def window_values(seg: str, now: float) -> tuple[list[int], list[list[int]], tuple[float, float]]:
         underlying = table.table
+        assert underlying.window is not None  # a tumbling table has one
         size = sig.window_s
         start = now - now % size
         rng = underlying.window.ranges(start + size / 2)[0]

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import TableNotFoundError
-from deltalake.transaction import AddAction
+from deltalake.transaction import AddAction, RemoveAction
 
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError
@@ -169,7 +169,7 @@ class Lake:
             ids = topic_ids or {}
             current = {tp: dt.transaction_version(app_id(tp[0], tp[1], ids.get(tp[0]))) for tp in next_offsets}
             rows, replayed = _drop_landed(rows, current)
-            advance = {tp: off for tp, off in next_offsets.items() if current[tp] is None or off > current[tp]}
+            advance = {tp: off for tp, off in next_offsets.items() if (cur := current[tp]) is None or off > cur}
             if rows.num_rows == 0 and not advance:
                 return CommitResult(name, 0, None, replayed)
             txns = [Transaction(app_id(tp[0], tp[1], ids.get(tp[0])), off) for tp, off in sorted(advance.items())]
@@ -177,7 +177,8 @@ class Lake:
                 rows = _conform(dt, name, rows)
                 rows, clock = _stamp(dt, rows, keep_ingested_at)
                 txns += clock
-                dt.create_write_transaction(self._write_files(name, rows), "append", dt.schema(),
+                dt.create_write_transaction(list[AddAction | RemoveAction](self._write_files(name, rows)), "append",
+                                            dt.schema(),
                                             partition_by=[PARTITION_COLUMN[name]],
                                             commit_properties=CommitProperties(app_transactions=txns))
                 dt.update_incremental()  # the commit does not move this object to the version it made

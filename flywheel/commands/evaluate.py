@@ -12,6 +12,7 @@ import click
 from flywheel.commands.options import format_option, pass_env, settings_help
 from flywheel.environment import Environment
 from flywheel.errors import ConfigError
+from flywheel.warehouse.evaluation.runs import Example
 from flywheel.warehouse.evaluation.settings import EvalSettings
 
 
@@ -95,9 +96,7 @@ def eval_run(env: Environment, examples_file: Path, target: str, targets_file: P
         click.echo(f"  {k:20s} {v if not isinstance(v, float) else f'{v:.4g}'}")
 
 
-def read_examples(path: Path) -> list:  # type: ignore[type-arg]
-    from flywheel.warehouse.evaluation.runs import Example
-
+def read_examples(path: Path) -> list[Example]:
     out = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

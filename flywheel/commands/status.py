@@ -87,7 +87,7 @@ def _end(c: Consumer, topic: str, partition: int) -> int:
         msgs = c.consume(1000, 0.2)
         good = [m for m in msgs if m.error() is None]
         if good:
-            end = max(end, max(m.offset() for m in good) + 1)
+            end = max(end, max(m.offset() or 0 for m in good) + 1)
         if any(m.error() is not None for m in msgs) or not msgs:
             break
     c.unassign()

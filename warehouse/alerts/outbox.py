@@ -274,7 +274,8 @@ class Outbox:
             row = con.execute("SELECT id, status FROM outbox WHERE dedup_key = ?", (alert.dedup_key,)).fetchone()
             if row:
                 return int(row[0]), str(row[1])
-            fresh, cooling = [], []
+            fresh: list[AlertItem] = []
+            cooling: list[AlertItem] = []
             for item in alert.items:
                 hit = con.execute("SELECT last_at FROM cooldown WHERE key = ?", (alert.cooldown_key(item),)).fetchone()
                 (cooling if hit and now - float(hit[0]) < self.cooldown_s else fresh).append(item)
@@ -302,7 +303,7 @@ class Outbox:
                 q += " WHERE status = ?"
                 args = (status,)
             rows = con.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-        return [OutboxRow(*r[:12], Alert.from_json(r[12])) for r in rows]  # type: ignore[misc]
+        return [OutboxRow(*r[:-1], Alert.from_json(r[-1])) for r in rows]  # type: ignore[call-arg]
 
     def counts(self) -> dict[str, int]:
         with self._tx() as con:
@@ -356,7 +357,7 @@ class Outbox:
                 "SELECT id, dedup_key, kind, segment, window, status, created_at, attempts, next_attempt_at, "
                 f"last_status, last_error, delivered_at, payload FROM outbox WHERE id IN ({marks}) ORDER BY id",
                 ids).fetchall()
-        return [OutboxRow(*r[:12], Alert.from_json(r[12])) for r in rows]  # type: ignore[misc]
+        return [OutboxRow(*r[:-1], Alert.from_json(r[-1])) for r in rows]  # type: ignore[call-arg]
 
     # The three outcomes below change a row only while `owner` still holds its lease, and return whether they
     # did: False means the lease ran out and another sender may have taken the row over.

@@ -36,7 +36,7 @@ def store(settings: Settings, run_id: str, window: Window, reference: str, decid
     if not decided:
         return
     now = datetime.now(timezone.utc)
-    rows = {name: [] for name in RUNS_SCHEMA.names}  # type: dict[str, list[Any]]
+    rows: dict[str, list[object]] = {name: [] for name in RUNS_SCHEMA.names}
     for e, alert, reason in decided:
         for k, v in (("run_id", run_id), ("run_at", now), ("window_start", window.start),
                      ("window_end", window.end), ("reference", reference), ("level", e.level),

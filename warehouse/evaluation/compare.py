@@ -10,6 +10,7 @@ the baseline and fail in the candidate.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def compare(lake: str | Path, baseline: str, candidate: str, settings: EvalSetti
         if base is None or cand is None:
             deltas.append(Delta(m, base, cand, None, None, None))
             continue
-        with np.errstate(invalid="ignore"), _quiet():
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no value of a metric: dropped below
             boot = np.nanmean(mb[m][draws], axis=1) - np.nanmean(ma[m][draws], axis=1)
         boot = boot[np.isfinite(boot)]
         low, high = (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))) if len(boot) else (None, None)
@@ -137,18 +139,6 @@ def compare(lake: str | Path, baseline: str, candidate: str, settings: EvalSetti
                       tuple(sorted(segments, key=lambda s: s.candidate_pass_rate - s.baseline_pass_rate)), flipped,
                       f"paired bootstrap, {settings.bootstrap} resamples of the {len(common)} matched examples, "
                       "95% percentile intervals")
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no value of a metric: dropped above
-
-    def __exit__(self, *exc: object) -> None:
-        self._w.__exit__(*exc)
 
 
 def gate(lake: str | Path, candidate: str, baseline: str, settings: EvalSettings) -> Gate:

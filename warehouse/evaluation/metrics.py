@@ -53,11 +53,11 @@ def chrf(hypothesis: str, reference: str, order: int = CHRF_ORDER, beta: float =
         recalls.append(common / sum(r.values()))
     if not precisions:
         return 1.0 if hyp == ref else 0.0
-    p, r = sum(precisions) / len(precisions), sum(recalls) / len(recalls)
-    if p + r == 0:
+    precision, recall = sum(precisions) / len(precisions), sum(recalls) / len(recalls)
+    if precision + recall == 0:
         return 0.0
     b2 = beta * beta
-    return (1 + b2) * p * r / (b2 * p + r)
+    return (1 + b2) * precision * recall / (b2 * precision + recall)
 
 
 def is_refusal(text: str) -> bool:

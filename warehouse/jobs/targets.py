@@ -126,4 +126,4 @@ def prefect(deployment: str, params: Mapping[str, object], timeout_s: float = 0.
         run = run_deployment(deployment, parameters=dict(params), timeout=timeout_s)
     except Exception as exc:  # Prefect raises many types (unknown deployment, API unreachable)
         raise TargetFailed(f"starting Prefect deployment {deployment!r} failed: {exc}") from exc
-    return Outcome(f"flow run {run.id}", str(getattr(run, "state_name", "")))
+    return Outcome(f"flow run {getattr(run, 'id', '?')}", str(getattr(run, "state_name", "")))
