@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from flywheel.config import ENV_PREFIX, Settings, describe
+from flywheel.streams.collector.settings import CollectorSettings
 from flywheel.streams.signals import SignalSettings
 from flywheel.warehouse.alerts.outbox import AlertSettings
 from flywheel.warehouse.drift.settings import DriftSettings
@@ -32,19 +33,22 @@ class Environment:
     drift: DriftSettings
     alerts: AlertSettings
     signals: SignalSettings
+    collector: CollectorSettings
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> "Environment":
         """Read and check every setting; a malformed one is a `ConfigError` naming its variable."""
         return cls(core=Settings.from_env(environ), quality=QualitySettings.from_env(environ),
                    maintenance=MaintenanceSettings.from_env(environ), drift=DriftSettings.from_env(environ),
-                   alerts=AlertSettings.from_env(environ), signals=SignalSettings.from_env(environ))
+                   alerts=AlertSettings.from_env(environ), signals=SignalSettings.from_env(environ),
+                   collector=CollectorSettings.from_env(environ))
 
     @classmethod
     def defaults(cls, core: Settings | None = None) -> "Environment":
         """Every stage at its defaults (on `core`, if given): what a program that sets nothing gets."""
         return cls(core=core or Settings(), quality=QualitySettings(), maintenance=MaintenanceSettings(),
-                   drift=DriftSettings(), alerts=AlertSettings(), signals=SignalSettings())
+                   drift=DriftSettings(), alerts=AlertSettings(), signals=SignalSettings(),
+                   collector=CollectorSettings())
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ GROUPS: tuple[Group, ...] = (
     Group("Drift detection (flywheel drift)", "drift", DriftSettings, "FLYWHEEL_DRIFT_"),
     Group("Alerts and Slack (flywheel alerts)", "alerts", AlertSettings, "FLYWHEEL_ALERTS_"),
     Group("Live signals (flywheel signals)", "signals", SignalSettings, "FLYWHEEL_SIGNALS_"),
+    Group("HTTP and OpenTelemetry collector (flywheel collect)", "collector", CollectorSettings,
+          "FLYWHEEL_COLLECTOR_"),
 )
 
 
