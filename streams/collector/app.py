@@ -24,6 +24,7 @@ import contextlib
 import logging
 import re
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ from starlette.routing import Route
 from flywheel.config import Settings
 from flywheel.errors import BrokerUnavailable
 from flywheel.schemas.contract import FEEDBACK, INFERENCE, EventType
-from flywheel.schemas.validation import check_event, parse_payload
+from flywheel.schemas.validation import BatchValidator, check_event, parse_payload
 from flywheel.streams.collector import otlp
 from flywheel.streams.collector.openapi import document
 from flywheel.streams.collector.producer import AckedProducer, Record
@@ -49,6 +50,9 @@ log = logging.getLogger("flywheel.collector")
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
 PROTOBUF_TYPES = ("application/x-protobuf", "application/protobuf")
+VECTORIZED_MIN_EVENTS = 256
+"""Batches of at least this many events are checked by the vectorized validator: below it, its fixed cost per call
+(milliseconds: planning DuckDB's query) outweighs what it saves per event."""
 WATCH_INTERVAL_S = 1.0
 """How often the collector retries creating the topics, or probes a broker that went away."""
 
@@ -108,6 +112,10 @@ class Collector:
         self.topics_ready = False
         self.producer: AckedProducer | None = None
         self._topics = {"inference": settings.inference_topic, "feedback": settings.feedback_topic}
+        # One thread for both validators: a BatchValidator's DuckDB connection is not shared between threads.
+        self._validating = ThreadPoolExecutor(1, thread_name_prefix="collector-validate")
+        self._validators = {et.name: BatchValidator(et, max_bytes=settings.max_event_bytes)
+                            for et in (INFERENCE, FEEDBACK)}
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -120,6 +128,7 @@ class Collector:
         finally:
             watch.cancel()
             await asyncio.get_running_loop().run_in_executor(None, self.producer.close)
+            self._validating.shutdown()
 
     async def _watch(self) -> None:
         """Create the topics once the broker answers, and probe a broker that went away until it is back."""
@@ -221,7 +230,7 @@ class Collector:
         if len(lines) > self.config.max_batch_events:
             raise HttpError(413, f"{len(lines)} events in one request; at most {self.config.max_batch_events} "
                                  "(FLYWHEEL_COLLECTOR_MAX_BATCH_EVENTS)")
-        records, ids, errors = self._check(et, lines)
+        records, ids, errors = await self._check(et, lines)
         if errors:
             bad = len({e.line for e in errors})
             raise HttpError(400, f"{bad} of {len(lines)} {et.name} events break the contract; none was accepted",
@@ -229,7 +238,23 @@ class Collector:
         await self._produce(records)
         return JSONResponse({"accepted": len(records), "ids": ids}, 202)
 
-    def _check(self, et: EventType, lines: list[bytes]) -> tuple[list[Record], list[str], list[FieldError]]:
+    async def _check(self, et: EventType, lines: list[bytes]) -> tuple[list[Record], list[str], list[FieldError]]:
+        """The records and ids of `lines`, or every reason some line breaks the contract. A large batch is
+        checked by the landing worker's vectorized validator (in a thread: Arrow and DuckDB let go of the GIL),
+        which took a third to a half of the per-event path's CPU per event at 500-1,000 events; the per-event
+        path, whose reason texts are the same, runs for small batches and to explain a batch that failed."""
+        if len(lines) >= VECTORIZED_MIN_EVENTS:
+            loop = asyncio.get_running_loop()
+            verdict = await loop.run_in_executor(self._validating, self._validators[et.name].validate, lines)
+            typed, reasons = verdict
+            if all(r is None for r in reasons):
+                topic = self._topics[et.name]
+                ids = [str(i) for i in typed.column(et.id_field).to_pylist()]
+                keys = typed.column("inference_id").to_pylist()
+                return [Record(topic, str(k).encode(), ln) for k, ln in zip(keys, lines, strict=True)], ids, []
+        return self._check_each(et, lines)
+
+    def _check_each(self, et: EventType, lines: list[bytes]) -> tuple[list[Record], list[str], list[FieldError]]:
         topic = self._topics[et.name]
         records, ids, errors = [], [], []
         for n, line in enumerate(lines, 1):

@@ -28,7 +28,7 @@ def wait_ready(base: str, timeout: float = 30.0) -> None:
 
 @pytest.fixture
 def collector_settings() -> CollectorSettings:
-    return CollectorSettings(api_keys=f"other-key,{KEY}", max_body_bytes=256 * 1024, max_batch_events=500)
+    return CollectorSettings(api_keys=f"other-key,{KEY}", max_body_bytes=1024 * 1024, max_batch_events=500)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from flywheel.infra import broker as embedded
 from flywheel.infra.testing.collector import serving
 from flywheel.infra.testing.corpus import generate, load_corpus
 from flywheel.schemas.contract import event_type_of
+from flywheel.streams.collector.app import VECTORIZED_MIN_EVENTS
 from flywheel.streams.collector.settings import CollectorSettings
 from flywheel.streams.ingest import IngestWorker
 from flywheel.warehouse.query import connect
@@ -37,8 +38,9 @@ def _ndjson(events: list[dict[str, Any]]) -> bytes:
 def test_valid_events_are_acknowledged_before_the_answer_and_land_exactly_once(
         collector: str, kafka_settings: Settings, auth: dict[str, str], count_messages: Callable[..., int]) -> None:
     s = kafka_settings
-    inferences, feedback = _events(120)
+    inferences, feedback = _events(300)
     one, batch = inferences[0], inferences[1:]
+    assert len(batch) >= VECTORIZED_MIN_EVENTS > len(feedback)  # both ways of checking a batch are exercised
     r = httpx.post(f"{collector}/v1/inference", json=one, headers=auth)
     assert r.status_code == 202, r.text
     assert r.json() == {"accepted": 1, "ids": [one["inference_id"]]}
@@ -88,6 +90,13 @@ def test_a_batch_with_bad_lines_is_refused_whole_with_every_field_error(
     r = httpx.post(f"{collector}/v1/feedback", json=thumbs, headers=auth)
     assert r.status_code == 400
     assert r.json()["errors"] == [{"line": 1, "field": "value", "reason": "thumbs feedback needs value 1 or -1"}]
+    # A batch large enough for the vectorized check: one bad line, found and explained as in a small batch.
+    large, _ = _events(450, seed=9)
+    large = large[:VECTORIZED_MIN_EVENTS] + [{**large[0], "input_tokens": 1.5}]
+    r = httpx.post(f"{collector}/v1/inference", content=_ndjson(large), headers={**auth, **NDJSON})
+    assert r.status_code == 400
+    assert r.json()["errors"] == [{"line": len(large), "field": "input_tokens", "reason": "`input_tokens` must be "
+                                                                                        "an integer"}]
     # An inference posted where feedback belongs is named as such.
     r = httpx.post(f"{collector}/v1/feedback", json={**inferences[0], "type": "inference"}, headers=auth)
     assert r.status_code == 400 and any(e["field"] == "type" for e in r.json()["errors"])
@@ -101,15 +110,15 @@ def test_a_batch_with_bad_lines_is_refused_whole_with_every_field_error(
 
 def test_oversized_bodies_batches_and_events_are_refused(
         collector: str, kafka_settings: Settings, auth: dict[str, str], count_messages: Callable[..., int]) -> None:
-    # The fixture's limits: 256 KiB bodies, 500 events a batch; events above Settings.max_event_bytes (1 MiB).
-    inferences, _ = _events(700)
-    big = _ndjson(inferences[:400])
-    assert len(big) > 256 * 1024
+    # The fixture's limits: 1 MiB bodies, 500 events a batch; events above Settings.max_event_bytes (1 MiB).
+    inferences, _ = _events(1500)
+    big = _ndjson(inferences[:1000])
+    assert len(big) > 1024 * 1024
     r = httpx.post(f"{collector}/v1/inference", content=big, headers={**auth, **NDJSON})
     assert r.status_code == 413 and "FLYWHEEL_COLLECTOR_MAX_BODY_BYTES" in r.json()["error"]
     # Small on the wire, large once inflated: refused after decoding, without inflating it all.
     bomb = gzip.compress(b" " * (64 * 1024 * 1024))
-    assert len(bomb) < 256 * 1024
+    assert len(bomb) < 1024 * 1024
     r = httpx.post(f"{collector}/v1/inference", content=bomb,
                    headers={**auth, **NDJSON, "Content-Encoding": "gzip"})
     assert r.status_code == 413
