@@ -24,8 +24,8 @@ import contextlib
 import logging
 import re
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from google.protobuf import json_format
