@@ -1,6 +1,6 @@
 """Collector throughput and latency: batched HTTP posts against the SDK producing the same events, same run.
 
-    python bench/collect.py [--events 100000] [--batch 500] [--concurrency 2] [--repeat 3]
+    python bench/collect.py [--events 50000] [--batch 1000] [--concurrency 2] [--repeat 3]
 
 1. builds N realistic events (inference and feedback, from ../shared/data or the bundled corpus) and cuts them
    into NDJSON batches of `--batch` events of one type;
@@ -118,6 +118,12 @@ async def post_all(base: str, batches: list[tuple[str, bytes, int]], concurrency
     return time.perf_counter() - t0, latencies, accepted
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -125,8 +131,8 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--batch", type=int, default=500, help="events per POST")
+    ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--batch", type=int, default=1000, help="events per POST")
     ap.add_argument("--concurrency", type=int, default=2, help="clients posting at once")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported (the machine is shared)")
@@ -154,7 +160,7 @@ def main() -> None:
         print(f"{total:,} events ({len(by_type['inference']):,} inferences), {mb:.1f} MB, {len(batches)} batches "
               f"of up to {args.batch}; {args.concurrency} clients; {os.cpu_count()} cores, shared with other work")
 
-        base_rates, rates, p50s, p99s = [], [], [], []
+        base_rates, rates, p50s, p99s, cpus = [], [], [], [], []
         for r in range(args.repeat):
             sb = s.replace(topic_prefix=f"bsdk{uuid.uuid4().hex[:6]}")
             ensure_topics(sb)
@@ -166,7 +172,9 @@ def main() -> None:
             port = broker.free_port()
             proc = start_collector(sc, port)
             try:
+                cpu0 = cpu_seconds(proc.pid)
                 seconds, lat, accepted = asyncio.run(post_all(f"http://127.0.0.1:{port}", batches, args.concurrency))
+                cpus.append((cpu_seconds(proc.pid) - cpu0) / total * 1e6)
             finally:
                 proc.terminate()
                 proc.wait(30)
@@ -177,14 +185,16 @@ def main() -> None:
             p50s.append(pct(lat, 0.50) * 1e3)
             p99s.append(pct(lat, 0.99) * 1e3)
             print(f"round {r + 1}/{args.repeat}: SDK {base_rates[-1]:,.0f} events/s; collector {rates[-1]:,.0f} "
-                  f"events/s, p50 {p50s[-1]:.1f} ms, p99 {p99s[-1]:.1f} ms per {args.batch}-event post")
+                  f"events/s, p50 {p50s[-1]:.1f} ms, p99 {p99s[-1]:.1f} ms per {args.batch}-event post; collector CPU "
+                  f"{cpus[-1]:.1f} us/event")
 
         print(f"\nmedians of {args.repeat} rounds [range]")
         print(f"SDK producing directly (baseline): {statistics.median(base_rates):,.0f} events/s "
               f"[{min(base_rates):,.0f}-{max(base_rates):,.0f}]")
         print(f"collector, batched HTTP posts:     {statistics.median(rates):,.0f} events/s "
               f"[{min(rates):,.0f}-{max(rates):,.0f}], p50 {statistics.median(p50s):.1f} ms, "
-              f"p99 {statistics.median(p99s):.1f} ms [{min(p99s):.1f}-{max(p99s):.1f}]")
+              f"p99 {statistics.median(p99s):.1f} ms [{min(p99s):.1f}-{max(p99s):.1f}]; collector CPU "
+              f"{statistics.median(cpus):.1f} us/event (one core: {1e6 / statistics.median(cpus):,.0f} events/s)")
         print("goal: >= 20,000 events/s with p99 < 100 ms; every accepted event was found in its topic")
     finally:
         if started:

@@ -211,6 +211,8 @@ class Collector:
             raise HttpError(400, f"the body is not valid gzip: {exc}") from None
         if len(out) > limit or inflate.unconsumed_tail:
             raise too_large
+        if not inflate.eof:
+            raise HttpError(400, "the body is not valid gzip: it ends before the end of its stream")
         return out
 
     # ------------------------------------------------------------------------------------------------ events

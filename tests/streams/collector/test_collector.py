@@ -126,6 +126,9 @@ def test_oversized_bodies_batches_and_events_are_refused(
              "input": "q", "output": "a"} for i in range(501)]
     r = httpx.post(f"{collector}/v1/inference", content=_ndjson(tiny), headers={**auth, **NDJSON})
     assert r.status_code == 413 and "FLYWHEEL_COLLECTOR_MAX_BATCH_EVENTS" in r.json()["error"]
+    r = httpx.post(f"{collector}/v1/inference", content=gzip.compress(_ndjson(inferences[:5]))[:-20],
+                   headers={**auth, **NDJSON, "Content-Encoding": "gzip"})
+    assert r.status_code == 400 and "not valid gzip" in r.json()["error"]
     r = httpx.post(f"{collector}/v1/inference", content=b"x", headers={**auth, **NDJSON, "Content-Encoding": "br"})
     assert r.status_code == 415
     s = kafka_settings
