@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import zlib
@@ -122,6 +123,14 @@ class Collector:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self.producer = AckedProducer(self.settings, self.config)
+        loop = asyncio.get_running_loop()
+        for validator in self._validators.values():
+            # Plan the validating queries now, not while the first large batch waits (as the landing worker does).
+            await loop.run_in_executor(self._validating, validator.validate, [b"{}"])
+        # What start-up allocated (modules, query plans) lives as long as the process: keep it out of the cyclic
+        # collector's way, whose full passes over it would otherwise land in the middle of requests.
+        gc.collect()
+        gc.freeze()
         watch = asyncio.create_task(self._watch())
         try:
             yield
