@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from flywheel.config import ENV_PREFIX, Settings, describe
+from flywheel.infra.demo import DemoSettings
 from flywheel.streams.collector.settings import CollectorSettings
 from flywheel.streams.signals import SignalSettings
 from flywheel.warehouse.alerts.outbox import AlertSettings
 from flywheel.warehouse.drift.settings import DriftSettings
+from flywheel.warehouse.evaluation.settings import EvalSettings
+from flywheel.warehouse.jobs.settings import JobSettings
 from flywheel.warehouse.maintenance import MaintenanceSettings
 from flywheel.warehouse.quality.settings import QualitySettings
 
@@ -33,6 +36,9 @@ class Environment:
     drift: DriftSettings
     alerts: AlertSettings
     signals: SignalSettings
+    demo: DemoSettings
+    evaluation: EvalSettings
+    jobs: JobSettings
     collector: CollectorSettings
 
     @classmethod
@@ -41,14 +47,16 @@ class Environment:
         return cls(core=Settings.from_env(environ), quality=QualitySettings.from_env(environ),
                    maintenance=MaintenanceSettings.from_env(environ), drift=DriftSettings.from_env(environ),
                    alerts=AlertSettings.from_env(environ), signals=SignalSettings.from_env(environ),
+                   demo=DemoSettings.from_env(environ), evaluation=EvalSettings.from_env(environ),
+                   jobs=JobSettings.from_env(environ),
                    collector=CollectorSettings.from_env(environ))
 
     @classmethod
     def defaults(cls, core: Settings | None = None) -> "Environment":
         """Every stage at its defaults (on `core`, if given): what a program that sets nothing gets."""
         return cls(core=core or Settings(), quality=QualitySettings(), maintenance=MaintenanceSettings(),
-                   drift=DriftSettings(), alerts=AlertSettings(), signals=SignalSettings(),
-                   collector=CollectorSettings())
+                   drift=DriftSettings(), alerts=AlertSettings(), signals=SignalSettings(), demo=DemoSettings(),
+                   evaluation=EvalSettings(), jobs=JobSettings(), collector=CollectorSettings())
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,9 @@ GROUPS: tuple[Group, ...] = (
     Group("Drift detection (flywheel drift)", "drift", DriftSettings, "FLYWHEEL_DRIFT_"),
     Group("Alerts and Slack (flywheel alerts)", "alerts", AlertSettings, "FLYWHEEL_ALERTS_"),
     Group("Live signals (flywheel signals)", "signals", SignalSettings, "FLYWHEEL_SIGNALS_"),
+    Group("Evaluation and releases (flywheel eval, flywheel release)", "evaluation", EvalSettings, "FLYWHEEL_EVAL_"),
+    Group("Triggers and jobs (flywheel jobs)", "jobs", JobSettings, "FLYWHEEL_JOBS_"),
+    Group("The demo (flywheel demo)", "demo", DemoSettings, "FLYWHEEL_DEMO_"),
     Group("HTTP and OpenTelemetry collector (flywheel collect)", "collector", CollectorSettings,
           "FLYWHEEL_COLLECTOR_"),
 )

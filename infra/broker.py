@@ -84,13 +84,13 @@ def start(settings: Settings, timeout: float = 15.0) -> tuple[BrokerStatus, bool
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise BrokerUnavailable(f"the embedded broker exited with code {proc.returncode} right after start; "
-                                    f"see {log}: {_tail(log)}")
+                                    f"see {log}: {_tail(log)}", bootstrap=url.removeprefix("tcp://"), log=str(log))
         if reachable(HOST, settings.broker_port, timeout=0.2):
             return status(settings), True
         time.sleep(0.05)
     proc.kill()
     raise BrokerUnavailable(f"the embedded broker did not listen on {HOST}:{settings.broker_port} within "
-                            f"{timeout:.0f}s; see {log}")
+                            f"{timeout:.0f}s; see {log}", bootstrap=f"{HOST}:{settings.broker_port}", log=str(log))
 
 
 def stop(settings: Settings, timeout: float = 10.0) -> bool:

@@ -101,7 +101,11 @@ class MaintenanceSettings:
 
 
 class MaintenanceError(FlywheelError):
-    """A maintenance operation failed; the message names the table and operation."""
+    """A maintenance operation failed; the message names the table and operation (also `table`)."""
+
+    def __init__(self, message: str, *, table: str | None = None) -> None:
+        super().__init__(message, table=table)
+        self.table = table
 
 
 class MaintenanceBusy(MaintenanceError):
@@ -163,7 +167,7 @@ def _table(settings: Settings, name: str) -> DeltaTable:
     path = Path(settings.lake) / name
     if not DeltaTable.is_deltatable(str(path)):
         known = ", ".join(lake_tables(settings)) or "none yet"
-        raise MaintenanceError(f"no lake table {name!r} at {path} (tables: {known})")
+        raise MaintenanceError(f"no lake table {name!r} at {path} (tables: {known})", table=name)
     return DeltaTable(str(path))
 
 
@@ -202,7 +206,7 @@ def compact(settings: Settings, name: str, msettings: MaintenanceSettings) -> Co
                 added += int(m.get("numFilesAdded", 0))
             return {"removed": removed, "added": added, "version": dt.version()}
 
-        out, attempts = _retrying(attempt, f"compaction of {name}", msettings.commit_retries)
+        out, attempts = _retrying(attempt, f"compaction of {name}", msettings.commit_retries, name)
     log.info("compacted %s: %d files -> %d (version %d)", name, out["removed"], out["added"], out["version"])
     return CompactResult(name, out["removed"], out["added"], out["version"], attempts)
 
@@ -213,14 +217,14 @@ def apply_retention(settings: Settings, name: str, days: float, msettings: Maint
     column = DATE_COLUMN.get(name)
     if column is None:
         raise MaintenanceError(f"retention of {name!r}: no date column known for it; retention applies to "
-                               f"{', '.join(DATE_COLUMN)}")
+                               f"{', '.join(DATE_COLUMN)}", table=name)
     cutoff = (today or datetime.now(timezone.utc).date()) - timedelta(days=days)
     with _maintenance_lock(settings, name):
 
         def attempt() -> dict[str, Any]:
             return _table(settings, name).delete(predicate=f"{column} < '{cutoff.isoformat()}'")
 
-        m, _ = _retrying(attempt, f"retention of {name}", msettings.commit_retries)
+        m, _ = _retrying(attempt, f"retention of {name}", msettings.commit_retries, name)
     return RetentionResult(name, cutoff, int(m.get("num_deleted_rows", 0) or 0),
                            int(m.get("num_removed_files", 0) or 0))
 
@@ -238,7 +242,7 @@ def vacuum(settings: Settings, name: str, msettings: MaintenanceSettings,
             if not dry_run:
                 dt.create_checkpoint()
         except Exception as exc:
-            raise MaintenanceError(f"vacuum of {name} failed: {exc}") from exc
+            raise MaintenanceError(f"vacuum of {name} failed: {exc}", table=name) from exc
     return VacuumResult(name, len(deleted), msettings.vacuum_retention_hours)
 
 
@@ -264,20 +268,20 @@ def _literal(v: Any) -> str:
     return v.isoformat() if hasattr(v, "isoformat") else str(v)
 
 
-def _retrying(fn: Callable[[], T], what: str, retries: int) -> tuple[T, int]:
+def _retrying(fn: Callable[[], T], what: str, retries: int, table: str) -> tuple[T, int]:
     for attempt in range(1, retries + 1):
         try:
             return fn(), attempt
         except CommitFailedError as exc:  # a concurrent commit won the race: redo on the new snapshot
             if attempt == retries:
                 raise MaintenanceError(f"{what} lost {retries} commit races in a row ({exc}); "
-                                       "try again when ingest is quieter") from exc
+                                       "try again when ingest is quieter", table=table) from exc
             log.info("%s conflicted with a concurrent commit (attempt %d): %s", what, attempt, exc)
             time.sleep(min(0.05 * 2 ** attempt, 2.0))
         except FlywheelError:
             raise
         except Exception as exc:
-            raise MaintenanceError(f"{what} failed: {exc}") from exc
+            raise MaintenanceError(f"{what} failed: {exc}", table=table) from exc
     raise AssertionError("unreachable")
 
 
@@ -289,7 +293,7 @@ def _maintenance_lock(settings: Settings, name: str) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise MaintenanceBusy(f"another maintenance run is working on {name}; try again later") from None
+            raise MaintenanceBusy(f"another maintenance run is working on {name}; try again later", table=name) from None
         try:
             yield
         finally:

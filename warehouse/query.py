@@ -5,12 +5,13 @@ Views (each is a snapshot of the lake as of `connect()`; reconnect to see newer 
 - `quarantine`: one row per rejected Kafka message, with its reason and original bytes;
 - `interactions`: each inference with its feedback aggregated;
 - `lake_inferences`, `lake_feedback`, `lake_quarantine`: the raw tables, one row per landed message;
+- `unmatched_feedback`, split into `pending_feedback` (its inference may still land) and `orphan_feedback`
+  (unmatched for longer than `orphan_horizon_hours` after it landed: the inference was lost or never logged);
 - any other Delta table directly under the lake root (e.g. `quality_runs`), under its directory name.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import duckdb
@@ -57,13 +58,28 @@ SELECT i.*,
 FROM inferences i LEFT JOIN fb USING (inference_id)
 """
 
-VIEW_MODULES: list[str] = ["flywheel.warehouse.quality.orphans"]
-"""Modules of later stages that define views over the ones above: each has `register_views(con, settings)`."""
+ORPHAN_HORIZON_HOURS = 72.0
+"""Feedback unmatched for longer than this after it landed is an orphan (`QualitySettings.orphan_horizon_hours`)."""
+
+# Feedback may land before its inference (two topics, producers that buffer) or days after it: `interactions` joins
+# whatever the order. What these views tell apart is *late* from *never*: feedback whose inference has not landed
+# for longer than the horizon after the feedback did (measured against the wall clock at query time) is an orphan.
+ORPHANS_SQL = """
+CREATE OR REPLACE VIEW unmatched_feedback AS
+SELECT f.*,
+  (epoch(now()) - epoch(f._ingested_at)) / 3600.0 AS waiting_hours,
+  f._ingested_at < now() - to_microseconds({horizon_us}) AS orphaned
+FROM feedback f
+WHERE NOT EXISTS (SELECT 1 FROM inferences i WHERE i.inference_id = f.inference_id);
+CREATE OR REPLACE VIEW orphan_feedback AS SELECT * EXCLUDE (orphaned) FROM unmatched_feedback WHERE orphaned;
+CREATE OR REPLACE VIEW pending_feedback AS SELECT * EXCLUDE (orphaned) FROM unmatched_feedback WHERE NOT orphaned;
+"""
 
 _DEDUP = {
     "inferences": "PARTITION BY inference_id ORDER BY _ingested_at, _topic, _partition, _offset",
     "feedback": "PARTITION BY feedback_id ORDER BY _ingested_at, _topic, _partition, _offset",
-    "quarantine": "PARTITION BY _topic, _partition, _offset ORDER BY _ingested_at",
+    # A message is its coordinates within one incarnation of its topic: after a broker restart offsets repeat.
+    "quarantine": "PARTITION BY _topic, _topic_id, _partition, _offset ORDER BY _ingested_at",
 }
 
 
@@ -80,18 +96,28 @@ def _scan(path: Path, columns: list[str] | None = None) -> str | None:
     return f"(SELECT {cols} FROM read_parquet([{listed}], hive_partitioning = true, union_by_name = true))"
 
 
+_SQL_TYPE = {pa.string(): "VARCHAR"}
+"""SQL types of the nullable columns a table can lack in its older files."""
+
+
 def _source(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> str:
     """`_scan` of a core table, or an empty relation of its schema when it has no files yet."""
-    scan = _scan(lake.path(table), SCHEMAS[table].names)
-    if scan is None:
+    scan = _scan(lake.path(table))
+    if scan is not None:
+        # Files landed before a nullable column was added to the table do not have it: read it as null there.
+        have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+        cols = [f'"{f.name}"' if f.name in have else f'CAST(NULL AS {_SQL_TYPE[f.type]}) AS "{f.name}"'
+                for f in SCHEMAS[table]]
+        scan = f"(SELECT {', '.join(cols)} FROM {scan})"
+    else:
         scan = f"_empty_{table}"
         con.register(scan, SCHEMAS[table].empty_table())
     return scan
 
 
-def connect(settings: Settings | None = None, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+def connect(settings: Settings, database: str = ":memory:", *,
+            orphan_horizon_hours: float = ORPHAN_HORIZON_HOURS) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the lake's views defined on it."""
-    settings = settings or Settings.from_env()
     lake = Lake(settings.lake)
     con = duckdb.connect(database)
     con.execute("SET TimeZone = 'UTC'")
@@ -106,12 +132,11 @@ def connect(settings: Settings | None = None, database: str = ":memory:") -> duc
             scan = None if path.name in SCHEMAS or path.name.startswith("_") else _scan(path)
             if scan is not None:
                 con.execute(f'CREATE OR REPLACE VIEW "{path.name}" AS SELECT * FROM {scan}')
-    for name in VIEW_MODULES:
-        importlib.import_module(name).register_views(con, settings)
+    con.execute(ORPHANS_SQL.format(horizon_us=int(orphan_horizon_hours * 3600 * 1_000_000)))
     return con
 
 
-def query(sql: str, settings: Settings | None = None) -> pa.Table:
+def query(sql: str, settings: Settings) -> pa.Table:
     """Run `sql` against the views and return an Arrow table."""
     con = connect(settings)
     try:

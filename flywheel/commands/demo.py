@@ -11,18 +11,20 @@ from flywheel.environment import Environment
 @click.command()
 @pass_env
 def demo(env: Environment) -> None:
-    """Run the flywheel end to end on the embedded defaults with bundled real feedback data.
+    """Run the flywheel end to end on the embedded defaults, on real feedback data dated relative to now.
 
-    Starts the embedded broker (unless one answers), sends events, lands them and queries the views. Safe to
-    re-run: the views show each event once.
+    Starts the embedded broker (unless one answers), replays the last 8 days of traffic (a model version gets
+    worse yesterday), lands it, runs the quality gates and drift detection, and shows what it found. Safe to
+    re-run: the views show each event once. FLYWHEEL_DEMO_SCALE makes it larger or smaller.
 
     \b
     Example:
-      FLYWHEEL_HOME=/tmp/fw flywheel demo
+      flywheel demo
+      FLYWHEEL_HOME=/tmp/fw FLYWHEEL_DEMO_SCALE=0.2 flywheel demo
     """
     from flywheel.infra.demo import run
 
-    run(env.core, echo=click.echo)
+    run(env.core, env.demo, env.quality, env.drift, env.alerts, echo=click.echo)
 
 
 COMMANDS = [demo]

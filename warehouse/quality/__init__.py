@@ -1,2 +1,2 @@
 """Quality gates: expectation suites (`suites`) validated with Great Expectations over landed windows (`gates`),
-their reports (`report`), the orphan-feedback views (`orphans`) and the stage's settings (`settings`)."""
+their reports (`report`) and the stage's settings (`settings`)."""

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from flywheel.config import env_settings
 from flywheel.errors import ConfigError
 from flywheel.schemas.contract import FEEDBACK_KINDS, FEEDBACK_SOURCES
+from flywheel.warehouse.query import ORPHAN_HORIZON_HOURS
 
 @dataclass(frozen=True)
 class QualitySettings:
@@ -44,7 +45,7 @@ class QualitySettings:
     """FLYWHEEL_QUALITY_PII_MAX_SHARE: share of texts with PII of one kind above which the PII expectation (a
     warning: it reports, curation scrubs) fails."""
 
-    orphan_horizon_hours: float = 72.0
+    orphan_horizon_hours: float = ORPHAN_HORIZON_HOURS
     """FLYWHEEL_QUALITY_ORPHAN_HORIZON_HOURS: feedback whose inference has not landed this long after the feedback
     did is shown in the `orphan_feedback` view (before that, in `pending_feedback`)."""
 

@@ -35,7 +35,7 @@ def _land(settings: Settings, events: list[dict], landed: datetime, offset: int)
     lake.ensure()
     for table, rows in to_rows(events, ingested_at=landed, start_offset=offset).items():
         if rows.num_rows:
-            lake.commit(table, rows, {})
+            lake.commit(table, rows, {}, keep_ingested_at=True)
 
 
 def _interaction(settings: Settings, iid: str) -> tuple:
@@ -86,8 +86,7 @@ def test_feedback_whose_inference_never_lands_is_orphaned_after_the_horizon(
     con = connect(settings)  # default horizon: 72 hours
     assert con.sql("SELECT feedback_id, round(waiting_hours) FROM orphan_feedback").fetchall() == [("fb-lost", 96)]
     assert con.sql("SELECT feedback_id FROM pending_feedback").fetchall() == [("fb-wait",)]
-    monkeypatch.setenv("FLYWHEEL_QUALITY_ORPHAN_HORIZON_HOURS", "120")
-    con = connect(settings)
+    con = connect(settings, orphan_horizon_hours=120)
     assert con.sql("SELECT count(*) FROM orphan_feedback").fetchall() == [(0,)]
     assert con.sql("SELECT count(*) FROM pending_feedback").fetchall() == [(2,)]
 

@@ -1,0 +1,47 @@
+"""`flywheel demo` end to end on the embedded defaults, twice, and then every command the README suggests after it,
+on what the demo left (the demo's traffic is dated relative to now, so the landing-time gates and the README's drift
+windows see it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flywheel.cli import main
+from flywheel.config import Settings
+from flywheel.infra import broker
+from flywheel.infra.demo import NEXT_STEPS
+from flywheel.warehouse.query import connect
+
+
+@pytest.mark.slow
+def test_the_demo_runs_twice_and_the_readme_next_steps_work_on_what_it_left(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    # A reduced scale: about 100 support-bot inferences on the shifted day, so segments need fewer samples.
+    env = {"FLYWHEEL_HOME": str(home), "FLYWHEEL_BROKER_PORT": str(broker.free_port()), "FLYWHEEL_KAFKA_BOOTSTRAP": "",
+           "FLYWHEEL_DEMO_SCALE": "0.4", "FLYWHEEL_DRIFT_MIN_SAMPLES": "50", "FLYWHEEL_SLACK_WEBHOOK_URL": ""}
+    runner = CliRunner()
+    first = runner.invoke(main, ["demo"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "quality gates: inferences passed" in first.output and "feedback passed" in first.output
+    assert "model-drift on app=support-bot" in first.output  # the injected shift is found
+    second = runner.invoke(main, ["demo"], env=env)  # the broker restarts empty: new topic ids, offsets from 0
+    assert second.exit_code == 0, second.output
+
+    con = connect(Settings(home=home))
+    assert con.execute("SELECT count(*), count(DISTINCT inference_id) FROM inferences").fetchone() == (1000, 1000)
+    n_fb = con.execute("SELECT count(*) FROM feedback").fetchone()[0]
+    assert n_fb == con.execute("SELECT count(DISTINCT feedback_id) FROM lake_feedback").fetchone()[0] > 0
+    assert con.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 6  # each run's 3 hostile messages
+    con.close()
+
+    for command in NEXT_STEPS:
+        args = command.split(" ", 2)[1:] if command.startswith("flywheel sql") else command.split()[1:]
+        if args[0] == "sql":
+            args = ["sql", args[1].strip('"')]
+        if "--open" in args:
+            args.remove("--open")
+        res = runner.invoke(main, args, env=env)
+        assert res.exit_code == 0, f"`{command}` failed after the demo:\n{res.output}"
