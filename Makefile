@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/maintenance.py
 	$(BIN)/python bench/drift.py
+	$(BIN)/python bench/collect.py
 
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py

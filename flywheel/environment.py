@@ -16,6 +16,7 @@ from typing import Mapping
 
 from flywheel.config import ENV_PREFIX, Settings, describe
 from flywheel.infra.demo import DemoSettings
+from flywheel.streams.collector.settings import CollectorSettings
 from flywheel.streams.signals import SignalSettings
 from flywheel.warehouse.alerts.outbox import AlertSettings
 from flywheel.warehouse.drift.settings import DriftSettings
@@ -38,6 +39,7 @@ class Environment:
     demo: DemoSettings
     evaluation: EvalSettings
     jobs: JobSettings
+    collector: CollectorSettings
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> "Environment":
@@ -46,14 +48,15 @@ class Environment:
                    maintenance=MaintenanceSettings.from_env(environ), drift=DriftSettings.from_env(environ),
                    alerts=AlertSettings.from_env(environ), signals=SignalSettings.from_env(environ),
                    demo=DemoSettings.from_env(environ), evaluation=EvalSettings.from_env(environ),
-                   jobs=JobSettings.from_env(environ))
+                   jobs=JobSettings.from_env(environ),
+                   collector=CollectorSettings.from_env(environ))
 
     @classmethod
     def defaults(cls, core: Settings | None = None) -> "Environment":
         """Every stage at its defaults (on `core`, if given): what a program that sets nothing gets."""
         return cls(core=core or Settings(), quality=QualitySettings(), maintenance=MaintenanceSettings(),
                    drift=DriftSettings(), alerts=AlertSettings(), signals=SignalSettings(), demo=DemoSettings(),
-                   evaluation=EvalSettings(), jobs=JobSettings())
+                   evaluation=EvalSettings(), jobs=JobSettings(), collector=CollectorSettings())
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ GROUPS: tuple[Group, ...] = (
     Group("Evaluation and releases (flywheel eval, flywheel release)", "evaluation", EvalSettings, "FLYWHEEL_EVAL_"),
     Group("Triggers and jobs (flywheel jobs)", "jobs", JobSettings, "FLYWHEEL_JOBS_"),
     Group("The demo (flywheel demo)", "demo", DemoSettings, "FLYWHEEL_DEMO_"),
+    Group("HTTP and OpenTelemetry collector (flywheel collect)", "collector", CollectorSettings,
+          "FLYWHEEL_COLLECTOR_"),
 )
 
 
