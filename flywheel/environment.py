@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from flywheel.config import ENV_PREFIX, Settings, describe
+from flywheel.flows.settings import ServeSettings
 from flywheel.infra.demo import DemoSettings
 from flywheel.streams.signals import SignalSettings
 from flywheel.warehouse.alerts.outbox import AlertSettings
@@ -34,6 +35,7 @@ class Environment:
     alerts: AlertSettings
     signals: SignalSettings
     demo: DemoSettings
+    serve: ServeSettings
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> "Environment":
@@ -41,13 +43,14 @@ class Environment:
         return cls(core=Settings.from_env(environ), quality=QualitySettings.from_env(environ),
                    maintenance=MaintenanceSettings.from_env(environ), drift=DriftSettings.from_env(environ),
                    alerts=AlertSettings.from_env(environ), signals=SignalSettings.from_env(environ),
-                   demo=DemoSettings.from_env(environ))
+                   demo=DemoSettings.from_env(environ), serve=ServeSettings.from_env(environ))
 
     @classmethod
     def defaults(cls, core: Settings | None = None) -> "Environment":
         """Every stage at its defaults (on `core`, if given): what a program that sets nothing gets."""
         return cls(core=core or Settings(), quality=QualitySettings(), maintenance=MaintenanceSettings(),
-                   drift=DriftSettings(), alerts=AlertSettings(), signals=SignalSettings(), demo=DemoSettings())
+                   drift=DriftSettings(), alerts=AlertSettings(), signals=SignalSettings(), demo=DemoSettings(),
+                   serve=ServeSettings())
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ GROUPS: tuple[Group, ...] = (
     Group("Alerts and Slack (flywheel alerts)", "alerts", AlertSettings, "FLYWHEEL_ALERTS_"),
     Group("Live signals (flywheel signals)", "signals", SignalSettings, "FLYWHEEL_SIGNALS_"),
     Group("The demo (flywheel demo)", "demo", DemoSettings, "FLYWHEEL_DEMO_"),
+    Group("Schedules and serving (flywheel serve)", "serve", ServeSettings, "FLYWHEEL_SERVE_"),
 )
 
 
