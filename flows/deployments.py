@@ -113,7 +113,9 @@ def build(settings: ServeSettings, deployments: tuple[Deployment, ...] = DEPLOYM
 
 def serve(settings: ServeSettings, deployments: tuple[Deployment, ...] = DEPLOYMENTS) -> None:
     """Register the deployments (and their automations) with the Prefect API in PREFECT_API_URL, then run their
-    scheduled and triggered runs in this process until interrupted; the deployments are paused on the way out."""
+    scheduled and triggered runs in this process until Ctrl-C or SIGTERM (Prefect's runner cancels the runs in
+    flight); once the runner has started, the deployments are paused on the way out, so a stopped `flywheel serve`
+    leaves no schedule piling up runs nobody executes."""
     from prefect import serve as prefect_serve
 
     built = build(settings, deployments)

@@ -95,6 +95,7 @@ class Served:
     server: PrefectServer
     settings: Settings
     log: Path
+    proc: "subprocess.Popen[bytes]"
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def served(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFacto
         proc = subprocess.Popen([str(Path(sys.executable).with_name("flywheel")), "serve"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     try:
-        yield Served(prefect_server, settings, log)
+        yield Served(prefect_server, settings, log, proc)
     finally:
         stop_group(proc)
 
@@ -257,3 +258,18 @@ def test_a_drift_alert_from_the_served_drift_flow_starts_the_curation_deployment
     runs = _wait("the runs the drift alerts trigger", triggered, 60, served.log)
     print(f"drift alert -> {len(runs)} triggered runs {time.monotonic() - t0:.1f} s after the drift run started")
     assert len([r for r in runs if r.deployment_id == probe_id]) == len(result["alerts"])
+
+
+@pytest.mark.slow
+def test_stopping_serve_with_sigterm_pauses_its_deployments(served: Served, api: Any) -> None:
+    """Last in this module: it stops the served process."""
+    import signal
+
+    want = _served_names()
+    # READY: the runner has polled for their runs, so it has started (a SIGTERM before that just exits)
+    _wait("the runner's first poll", lambda: want <= {d.name for d in api.read_deployments()
+                                                      if d.status and d.status.value == "READY"}, 120, served.log)
+    assert not any(d.paused for d in api.read_deployments() if d.name in want)
+    served.proc.send_signal(signal.SIGTERM)  # the leader only, as a service manager would
+    assert served.proc.wait(60) == 0, served.log.read_text()
+    assert all(d.paused for d in api.read_deployments() if d.name in want)
