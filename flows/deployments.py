@@ -58,7 +58,7 @@ class Deployment:
         module, _, function = self.flow.partition(":")
         return f"{module.removeprefix('flywheel.').replace('.', '/')}.py:{function}"
 
-    def load(self) -> "Flow | None":
+    def load(self) -> Flow | None:
         """The flow object; None (logged) for an optional flow whose module does not import. A required flow
         that does not import, or an attribute that is not a flow, is a `ConfigError`."""
         from prefect import Flow
@@ -86,7 +86,7 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
 )
 
 
-def drift_alert_trigger(deployment: str) -> "DeploymentEventTrigger":
+def drift_alert_trigger(deployment: str) -> DeploymentEventTrigger:
     """Run `deployment` (with its default parameters) once per drift alert, whatever the segment."""
     from prefect.events import DeploymentEventTrigger
 
@@ -95,7 +95,7 @@ def drift_alert_trigger(deployment: str) -> "DeploymentEventTrigger":
                                   threshold=1)
 
 
-def build(settings: ServeSettings, deployments: tuple[Deployment, ...] = DEPLOYMENTS) -> list["RunnerDeployment"]:
+def build(settings: ServeSettings, deployments: tuple[Deployment, ...] = DEPLOYMENTS) -> list[RunnerDeployment]:
     """The runner deployments to serve: every row whose flow imports, with its cron (none when its setting is
     empty) and, for `on_drift_alert` rows, the drift-alert trigger. Runs of one deployment never overlap."""
     out = []

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -23,8 +24,8 @@ from prefect.events import emit_event
 from flywheel.environment import Environment
 from flywheel.flows.deployments import DRIFT_ALERT_EVENT, SEGMENT_RESOURCE
 from flywheel.flows.retry import retry_if_retryable
-from flywheel.warehouse.alerts.outbox import Outbox, SlackSender
 from flywheel.schemas.alerts import Alert
+from flywheel.warehouse.alerts.outbox import Outbox, SlackSender
 from flywheel.warehouse.drift.run import run_drift
 
 

@@ -7,12 +7,12 @@ Kept apart from `flywheel.flows.deployments` so reading the settings (every CLI 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 from flywheel.config import env_settings
 from flywheel.errors import ConfigError
-
 
 UNSCHEDULED = ("off", "none")
 """What a schedule variable says for "registered but not scheduled" (empty means the default)."""
@@ -69,5 +69,5 @@ class ServeSettings:
         return value
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServeSettings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
         return env_settings(cls, "FLYWHEEL_SERVE_", environ)

@@ -40,7 +40,7 @@ class PrefectServer:
         self.log = home / "server.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "PrefectServer":
+    def start(self) -> PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
         env.pop("PREFECT_API_URL")  # the server itself must not look for another server
@@ -49,7 +49,8 @@ class PrefectServer:
             # Services stay on: the scheduler makes the scheduled runs, the triggers and actions services run
             # automations. The UI is not needed.
             self._proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port",
-                                           str(self.port), "--analytics-off", "--no-ui"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                           str(self.port), "--analytics-off", "--no-ui"], env=env, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -70,14 +71,14 @@ class PrefectServer:
             return
         stop_group(proc)
 
-    def __enter__(self) -> "PrefectServer":
+    def __enter__(self) -> PrefectServer:
         return self.start()
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
 
-def stop_group(proc: "subprocess.Popen[bytes]", grace_s: float = 10.0) -> None:
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
     """SIGTERM the process group `proc` leads (it was started with `start_new_session=True`), SIGKILL what is left
     after `grace_s`."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):

@@ -33,7 +33,7 @@ def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["PrefectServer"]:
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """A real `prefect server start` for the session (about 5-60 s to become healthy, see STACK-NOTES), stopped
     with its whole process group at the end. Clients point at it with `server.env` / `server.api_url`."""
     from flywheel.infra.testing.prefect_server import PrefectServer
