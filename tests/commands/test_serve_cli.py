@@ -1,0 +1,33 @@
+"""`flywheel serve --list` and the schedule settings: what would be served, from configuration, without Prefect."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from flywheel.cli import main
+from flywheel.environment import Environment
+from flywheel.errors import ConfigError
+from flywheel.flows.deployments import DEPLOYMENTS
+
+
+def test_serve_list_shows_every_deployment_with_its_configured_schedule() -> None:
+    res = CliRunner().invoke(main, ["serve", "--list"], env={"FLYWHEEL_SCHEDULE_QUALITY": "*/15 * * * *",
+                                                            "FLYWHEEL_SCHEDULE_DRIFT": "off"})
+    assert res.exit_code == 0, res.output
+    lines = {ln.split()[0]: ln for ln in res.output.splitlines() if ln and not ln[0].isdigit()}
+    assert set(lines) >= {d.name for d in DEPLOYMENTS}
+    assert lines["quality"].endswith("*/15 * * * *") and "flows/quality.py:quality_flow" in lines["quality"]
+    assert lines["drift"].endswith("not scheduled")
+    assert lines["lake-maintenance"].endswith("30 2 * * *")
+    assert lines["curate"].endswith("45 0 * * *, and on each drift alert")
+
+
+def test_a_schedule_that_is_not_a_cron_is_a_config_error_naming_its_variable() -> None:
+    with pytest.raises(ConfigError, match="FLYWHEEL_SCHEDULE_QUALITY='every hour' is not a cron") as err:
+        Environment.load({"FLYWHEEL_SCHEDULE_QUALITY": "every hour"})
+    assert err.value.variable == "FLYWHEEL_SCHEDULE_QUALITY"
+    assert Environment.load({"FLYWHEEL_SCHEDULE_CURATE": "OFF"}).serve.schedule("schedule_curate") == ""
+    assert Environment.load({"FLYWHEEL_SCHEDULE_CURATE": ""}).serve.schedule_curate == "45 0 * * *"
+    res = CliRunner().invoke(main, ["serve", "--list"], env={"FLYWHEEL_SERVE_LIMIT": "0"})
+    assert res.exit_code == 1 and "Error: FLYWHEEL_SERVE_LIMIT must be positive" in res.output
