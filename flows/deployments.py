@@ -89,25 +89,30 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
 def drift_alert_trigger(deployment: str) -> DeploymentEventTrigger:
     """Run `deployment` (with its default parameters) once per drift alert, whatever the segment."""
     from prefect.events import DeploymentEventTrigger
+    from prefect.events.schemas.automations import Posture
 
     return DeploymentEventTrigger(name=f"{deployment} on {DRIFT_ALERT_EVENT}", expect={DRIFT_ALERT_EVENT},
-                                  match={"prefect.resource.id": f"{SEGMENT_RESOURCE}*"}, posture="Reactive",
+                                  match={"prefect.resource.id": f"{SEGMENT_RESOURCE}*"}, posture=Posture.Reactive,
                                   threshold=1)
 
 
 def build(settings: ServeSettings, deployments: tuple[Deployment, ...] = DEPLOYMENTS) -> list[RunnerDeployment]:
     """The runner deployments to serve: every row whose flow imports, with its cron (none when its setting is
-    empty) and, for `on_drift_alert` rows, the drift-alert trigger. Runs of one deployment never overlap."""
+    `off`) and, for `on_drift_alert` rows, the drift-alert trigger. Runs of one deployment never overlap."""
+    from prefect.deployments.runner import RunnerDeployment
+
     out = []
     for d in deployments:
         flow = d.load()
         if flow is None:
             continue
         cron = settings.schedule(d.schedule)
-        out.append(flow.to_deployment(
+        dep = flow.to_deployment(
             name=d.name, cron=cron or None, tags=["flywheel"], concurrency_limit=1,
             triggers=[drift_alert_trigger(d.name)] if d.on_drift_alert else None,
-            description=(flow.description or "").split("\n\n")[0] or None))
+            description=(flow.description or "").split("\n\n")[0] or None)
+        assert isinstance(dep, RunnerDeployment)  # called outside an event loop, so not a coroutine
+        out.append(dep)
     return out
 
 

@@ -48,7 +48,7 @@ class ServeSettings:
     """FLYWHEEL_SERVE_LIMIT: most flow runs `flywheel serve` executes at once; later ones wait their turn."""
 
     def __post_init__(self) -> None:
-        from croniter import croniter  # Prefect's own cron parser: a schedule it accepts is one Prefect runs
+        from croniter import croniter  # type: ignore[import-untyped]  # Prefect's own cron parser: a schedule it accepts is one Prefect runs
 
         for name, var in self.ENV_NAMES.items():
             cron = getattr(self, name).strip()
