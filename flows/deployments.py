@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flywheel.errors import ConfigError
+from flywheel.errors import ConfigError, FlywheelError
 from flywheel.flows.settings import ServeSettings
 
 if TYPE_CHECKING:  # Prefect is imported when deployments are built, not when this module is
@@ -33,6 +33,17 @@ DRIFT_ALERT_EVENT = "flywheel.drift.alert"
 """The event the `drift` flow emits per alert; its resource id is `SEGMENT_RESOURCE` + the alert's segment."""
 
 SEGMENT_RESOURCE = "flywheel.segment."
+
+
+class PrefectUnavailable(FlywheelError):
+    """The Prefect API in PREFECT_API_URL (`api_url`) does not answer. Retryable: start `prefect server start`, or
+    fix PREFECT_API_URL (and PREFECT_API_KEY for Prefect Cloud)."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, api_url: str) -> None:
+        super().__init__(message, api_url=api_url)
+        self.api_url = api_url
 
 
 @dataclass(frozen=True)
@@ -122,8 +133,18 @@ def serve(settings: ServeSettings, deployments: tuple[Deployment, ...] = DEPLOYM
     flight); once the runner has started, the deployments are paused on the way out, so a stopped `flywheel serve`
     leaves no schedule piling up runs nobody executes."""
     from prefect import serve as prefect_serve
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
 
     built = build(settings, deployments)
+    url = PREFECT_API_URL.value()
+    if url:  # without one, Prefect starts a temporary server of its own
+        with get_client(sync_client=True) as client:
+            failure = client.api_healthcheck()
+        if failure is not None:
+            raise PrefectUnavailable(f"the Prefect API at {url} does not answer ({type(failure).__name__}: "
+                                     f"{failure}); start `prefect server start` or fix PREFECT_API_URL "
+                                     "(and PREFECT_API_KEY for Prefect Cloud)", api_url=url)
     for dep in built:
         log.info("serving %s/%s (%s)", dep.flow_name, dep.name,
                  ", ".join(str(s.schedule.cron) for s in dep.schedules or []  # type: ignore[union-attr]

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -31,3 +37,18 @@ def test_a_schedule_that_is_not_a_cron_is_a_config_error_naming_its_variable() -
     assert Environment.load({"FLYWHEEL_SCHEDULE_CURATE": ""}).serve.schedule_curate == "45 0 * * *"
     res = CliRunner().invoke(main, ["serve", "--list"], env={"FLYWHEEL_SERVE_LIMIT": "0"})
     assert res.exit_code == 1 and "Error: FLYWHEEL_SERVE_LIMIT must be positive" in res.output
+
+
+def test_serve_without_a_reachable_prefect_api_says_where_and_what_to_do(tmp_path: Path) -> None:
+    """A subprocess: Prefect reads PREFECT_API_URL once, when it is imported."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path / "prefect"),
+           "FLYWHEEL_HOME": str(tmp_path / "home")}
+    res = subprocess.run([str(Path(sys.executable).with_name("flywheel")), "serve"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert f"Error: the Prefect API at {url} does not answer (ConnectError" in res.stderr
+    assert "start `prefect server start` or fix PREFECT_API_URL" in res.stderr
