@@ -260,3 +260,34 @@ def test_stopping_serve_with_sigterm_pauses_its_deployments(served: Served, api:
     served.proc.send_signal(signal.SIGTERM)  # the leader only, as a service manager would
     assert served.proc.wait(60) == 0, served.log.read_text()
     assert all(d.paused for d in api.read_deployments() if d.name in want)
+
+
+@pytest.mark.slow
+def test_prefect_deploy_registers_the_yaml_deployments_on_a_work_pool(prefect_server: PrefectServer) -> None:
+    """`prefect deploy` of infra/prefect.yaml, as the README says (after the served tests: it takes their names
+    over). Flows still being written are left out by name, as `flywheel serve` skips them."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    env = {**os.environ, **prefect_server.env}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    pool = subprocess.run([prefect, "work-pool", "create", "flywheel", "--type", "process", "--overwrite"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    names = [d.name for d in DEPLOYMENTS if (ROOT / d.entrypoint.partition(":")[0]).exists()]
+    t0 = time.monotonic()
+    deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_YAML),
+                             *[a for n in names for a in ("--name", n)]], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    print(f"prefect deploy of {names}: {time.monotonic() - t0:.1f} s")
+    declared = _yaml_deployments()
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}), get_client(sync_client=True) as client:
+        deps = {d.name: d for d in client.read_deployments() if d.name in names}
+        assert set(deps) == set(names)
+        for name, dep in deps.items():
+            assert dep.work_pool_name == "flywheel" and dep.entrypoint == declared[name]["entrypoint"]
+            assert [s.schedule.cron for s in dep.schedules] == [s["cron"] for s in declared[name]["schedules"]]
+        for name in names:
+            autos = client.read_automations_by_name(f"{name} on {DRIFT_ALERT_EVENT}")
+            assert len(autos) == (1 if declared[name].get("triggers") else 0), name
