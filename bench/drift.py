@@ -2,7 +2,7 @@
 
     python bench/drift.py [--rows 1000000] [--home DIR]
 
-1. lands 2 x ROWS inferences (and feedback on 60% of them) built from the real answers in ../shared/data into a
+1. lands 2 x ROWS inferences (and feedback on 60% of them) built from the real answers in infra/testing/data into a
    Delta lake: 3 apps x 4 models x 2 prompt versions, with drift injected in the current window (one model
    switches version, one app gets 30% non-English prompts, one segment's thumbs-down rate goes 20% -> 45%);
 2. ours, in a fresh subprocess each: `run_drift` with every descriptor, three segment levels (app, app+model,
@@ -38,14 +38,14 @@ MODELS = ("oasst-llama-30b", "gpt", "claude", "falcon")
 CHUNK = 100_000
 
 
-def generate(home: Path, rows: int, shared: Path) -> None:
+def generate(home: Path, rows: int) -> None:
     from flywheel.config import Settings
     from flywheel.infra.testing import scenarios as S
 
     settings = Settings(home=home)
-    answers = [x for x in S.all_answers(shared) if "rlhf-1-llama-30b-8k" not in x[0]]
-    switched = S.sampling_report(shared, "oasst-rlhf-1-llama-30b-8k")
-    foreign = S.multilingual_answers(shared)
+    answers = [x for x in S.all_answers() if "rlhf-1-llama-30b-8k" not in x[0]]
+    switched = S.sampling_report("oasst-rlhf-1-llama-30b-8k")
+    foreign = S.multilingual_answers()
     pools = {name: (pa.array([p for p, _ in rows_]), pa.array([o for _, o in rows_]))
              for name, rows_ in (("base", answers), ("switched", switched), ("foreign", foreign))}
     rng = np.random.default_rng(0)
@@ -120,12 +120,13 @@ import json, sys, time
 from pathlib import Path
 import pyarrow.parquet as pq
 from flywheel.config import Settings
-from flywheel.warehouse.drift.run import run_drift, Window
+from flywheel.warehouse.drift.run import run_drift
+from flywheel.warehouse.drift.windows import Window
 from flywheel.warehouse.drift.settings import DriftSettings
 home, t0, mode = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 import shutil
 from datetime import datetime, timezone, timedelta
-from flywheel.warehouse.drift.run import DESCRIPTORS_TABLE, _connect, load_window
+from flywheel.warehouse.drift.loading import DESCRIPTORS_TABLE, connect, load_window
 T0 = datetime.fromtimestamp(t0, timezone.utc)
 s = Settings(home=home)
 ds = DriftSettings.from_env()
@@ -133,7 +134,7 @@ reference = Window(T0, T0 + timedelta(days=1))
 shutil.rmtree(Path(s.lake) / DESCRIPTORS_TABLE, ignore_errors=True)
 if mode == "steady":
     # the reference window was the current window of an earlier run: its descriptors are in the cache
-    con = _connect(s, ds)
+    con = connect(s, ds)
     load_window(con, reference, ds, Path(s.lake))
     con.close()
 start = time.perf_counter()
@@ -156,7 +157,7 @@ import json, sys, time
 from pathlib import Path
 import pyarrow.parquet as pq
 home = Path(sys.argv[1])
-from flywheel.warehouse.drift.run import FEATURES, CATEGORICAL
+from flywheel.warehouse.drift.features import FEATURES, CATEGORICAL
 from evidently import DataDefinition, Dataset, Report
 from evidently.presets import DataDriftPreset
 def frame(p):
@@ -201,13 +202,12 @@ def main() -> None:
     ap.add_argument("--baseline-timeout", type=float, default=900)
     ap.add_argument("--generate-only", action="store_true", help="only build the lake (under --home)")
     args = ap.parse_args()
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     home = args.home or Path(tempfile.mkdtemp(prefix="bench-drift-"))
     if args.home is None and not args.generate_only:
         atexit.register(shutil.rmtree, home, True)  # the lake is of no use after the run
     if not (home / "lake" / "inferences").exists():
         t = time.perf_counter()
-        generate(home, args.rows, shared)
+        generate(home, args.rows)
         print(f"generated 2 x {args.rows:,} inferences in {time.perf_counter() - t:.0f} s under {home}",
               file=sys.stderr)
     if args.generate_only:

@@ -25,7 +25,7 @@ from deltalake import DeltaTable
 
 from flywheel.config import Settings
 from flywheel.infra.testing.land import to_rows
-from flywheel.infra.testing.corpus import generate, load_corpus
+from flywheel.infra.testing.corpus import default_shared_data, generate, load_corpus
 from flywheel.warehouse.lake import Lake
 from flywheel.warehouse.maintenance import MaintenanceSettings, compact, stats
 from flywheel.warehouse.query import connect
@@ -56,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     settings = Settings(home=Path(tempfile.mkdtemp(prefix="fw-bench-maint-")))
     atexit.register(shutil.rmtree, settings.home, True)  # the lake is of no use after the run
-    base = to_rows(generate(load_corpus(), 20_000, seed=2, feedback_rate=0),
+    base = to_rows(generate(load_corpus(default_shared_data()), 20_000, seed=2, feedback_rate=0),
                    ingested_at=datetime(2026, 11, 20, tzinfo=timezone.utc))["inferences"]
     lake = Lake(settings.lake)
     lake.ensure()

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from flywheel.config import Settings
 from flywheel.infra.testing.land import to_rows
-from flywheel.infra.testing.corpus import generate, load_corpus
+from flywheel.infra.testing.corpus import default_shared_data, generate, load_corpus
 from flywheel.warehouse.lake import Lake
 
 BASE_INFERENCES = 20_000
@@ -51,7 +51,7 @@ def _with_suffix(col: pa.ChunkedArray, suffix: str) -> pa.ChunkedArray:
 
 
 def land(settings: Settings, n_events: int) -> dict[str, int]:
-    base = to_rows(generate(load_corpus(), BASE_INFERENCES, seed=1), ingested_at=LANDED)
+    base = to_rows(generate(load_corpus(default_shared_data()), BASE_INFERENCES, seed=1), ingested_at=LANDED)
     per_copy = sum(t.num_rows for t in base.values())
     copies = -(-n_events // per_copy)
     lake = Lake(settings.lake)
@@ -78,11 +78,11 @@ def land(settings: Settings, n_events: int) -> dict[str, int]:
             landed[table] += rows.num_rows
         for table, parts in pending.items():
             if parts and (sum(p.num_rows for p in parts) >= COMMIT_ROWS or k == copies - 1):
-                lake.commit(table, pa.concat_tables(parts), {})
+                lake.commit(table, pa.concat_tables(parts), {}, keep_ingested_at=True)
                 pending[table] = []
     for table, parts in pending.items():
         if parts:
-            lake.commit(table, pa.concat_tables(parts), {})
+            lake.commit(table, pa.concat_tables(parts), {}, keep_ingested_at=True)
     return landed
 
 

@@ -32,7 +32,7 @@ def run_gates(env: Environment, since: datetime | None, until: datetime | None,
 @flow(name="quality")
 def quality_flow(since: datetime | None = None, until: datetime | None = None,
                  tables: list[str] | None = None) -> dict[str, Any]:
-    """Validate what landed in `[since, until)` (default: since the previous run, until now); fail on a failed
+    """Validate what landed in `[since, until)` (default: from where the previous run ended to just past the latest row landed when it reads); fail on a failed
     gate. Returns the run id, verdict, report path and per-table row counts."""
     env = Environment.load()  # a flow run is an edge: its settings are read once, here, and passed down
     run = run_gates(env, since, until, tables)

@@ -67,6 +67,10 @@ class Settings:
     kafka_session_timeout_ms: int = 10_000
     """FLYWHEEL_KAFKA_SESSION_TIMEOUT_MS: a worker that stops heartbeating loses its partitions after this long."""
 
+    drain_timeout_s: float = 120.0
+    """FLYWHEEL_DRAIN_TIMEOUT_S: with `ingest --until-idle`, how long an idle worker waits for partitions it does not
+    own, or has not landed up to the broker's end, before it exits non-zero."""
+
     def __post_init__(self) -> None:
         if not self.lake:
             object.__setattr__(self, "lake", str(self.home / "lake"))

@@ -20,6 +20,8 @@ from flywheel.infra.demo import DemoSettings
 from flywheel.streams.signals import SignalSettings
 from flywheel.warehouse.alerts.outbox import AlertSettings
 from flywheel.warehouse.drift.settings import DriftSettings
+from flywheel.warehouse.evaluation.settings import EvalSettings
+from flywheel.warehouse.jobs.settings import JobSettings
 from flywheel.warehouse.maintenance import MaintenanceSettings
 from flywheel.warehouse.quality.settings import QualitySettings
 
@@ -35,6 +37,8 @@ class Environment:
     alerts: AlertSettings
     signals: SignalSettings
     demo: DemoSettings
+    evaluation: EvalSettings
+    jobs: JobSettings
     serve: ServeSettings
 
     @classmethod
@@ -43,14 +47,15 @@ class Environment:
         return cls(core=Settings.from_env(environ), quality=QualitySettings.from_env(environ),
                    maintenance=MaintenanceSettings.from_env(environ), drift=DriftSettings.from_env(environ),
                    alerts=AlertSettings.from_env(environ), signals=SignalSettings.from_env(environ),
-                   demo=DemoSettings.from_env(environ), serve=ServeSettings.from_env(environ))
+                   demo=DemoSettings.from_env(environ), evaluation=EvalSettings.from_env(environ),
+                   jobs=JobSettings.from_env(environ), serve=ServeSettings.from_env(environ))
 
     @classmethod
     def defaults(cls, core: Settings | None = None) -> "Environment":
         """Every stage at its defaults (on `core`, if given): what a program that sets nothing gets."""
         return cls(core=core or Settings(), quality=QualitySettings(), maintenance=MaintenanceSettings(),
                    drift=DriftSettings(), alerts=AlertSettings(), signals=SignalSettings(), demo=DemoSettings(),
-                   serve=ServeSettings())
+                   evaluation=EvalSettings(), jobs=JobSettings(), serve=ServeSettings())
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,8 @@ GROUPS: tuple[Group, ...] = (
     Group("Drift detection (flywheel drift)", "drift", DriftSettings, "FLYWHEEL_DRIFT_"),
     Group("Alerts and Slack (flywheel alerts)", "alerts", AlertSettings, "FLYWHEEL_ALERTS_"),
     Group("Live signals (flywheel signals)", "signals", SignalSettings, "FLYWHEEL_SIGNALS_"),
+    Group("Evaluation and releases (flywheel eval, flywheel release)", "evaluation", EvalSettings, "FLYWHEEL_EVAL_"),
+    Group("Triggers and jobs (flywheel jobs)", "jobs", JobSettings, "FLYWHEEL_JOBS_"),
     Group("The demo (flywheel demo)", "demo", DemoSettings, "FLYWHEEL_DEMO_"),
     Group("Schedules and serving (flywheel serve)", "serve", ServeSettings, "FLYWHEEL_SERVE_"),
 )

@@ -1,8 +1,9 @@
 """Arrow (and so Parquet/Delta) schemas of the lake tables, derived from the contract.
 
 A landed row is the event's typed fields, then `extra` (unknown fields kept verbatim), `event_date` (UTC day of
-the event's own timestamp; the partition column), and its Kafka coordinates `_topic`, `_partition`, `_offset`,
-which make every row traceable to one message and let a replay be recognised.
+the event's own timestamp; the partition column), and its Kafka coordinates `_topic`, `_partition`, `_offset`
+(and `_topic_id`, the topic's incarnation), which make every row traceable to one message and let a replay be
+recognised. Lineage columns added later are nullable, so `Lake.ensure()` can add them to tables created earlier.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ LINEAGE = [
     pa.field("_partition", pa.int32(), nullable=False),
     pa.field("_offset", pa.int64(), nullable=False),
     pa.field("_ingested_at", TS, nullable=False),
+    pa.field("_topic_id", pa.string(), metadata={b"doc": b"The broker's id of the topic (KIP-516) the row was read "
+              b"from: an in-memory broker that restarts, or a topic created again, reuses offsets from 0, so "
+              b"(_topic, _partition, _offset) names one message only together with it. Null where the broker has "
+              b"no topic ids, and in rows landed by builds before it."}),
 ]
 
 _SCALAR = {"id": pa.string(), "string": pa.string(), "text": pa.string(), "enum": pa.string(), "timestamp": TS,

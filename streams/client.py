@@ -1,9 +1,16 @@
 """The SDK applications use to emit events: `log_inference(...)` and `log_feedback(...)`, on kafka-python.
 
-Calls return at once: events are validated against the contract here, at the edge (a bad call raises
-`ContractViolation` naming every problem), then batched, compressed and delivered by kafka-python's background
-thread with idempotence on (acks=all), so a retry never duplicates a message. `flush()` waits for delivery;
-the client also flushes when the process exits.
+Calls return at once and never wait on the network: events are validated against the contract here, at the edge
+(a bad call raises `ContractViolation` naming every problem), put in a bounded in-memory buffer, and handed by a
+background thread to kafka-python, which batches, compresses and delivers them with idempotence on (acks=all), so a
+retry never duplicates a message.
+
+Telemetry never takes the application down: the client starts while the broker is unreachable, buffers within
+`buffer_bytes` meanwhile, delivers once the broker answers, and counts what it had to drop (`client.stats`).
+Every event that is not delivered is reported once, as `UndeliveredEvents` (count, first error, topics): by
+`flush()`, `close()` and the end of a `with` block, which raise it, or by the exit hook, which logs it. `strict=True`
+fails fast instead: the constructor raises `BrokerUnavailable` when no broker answers, and a full buffer or an
+earlier delivery failure raises on the next call.
 
     from flywheel.streams import FlywheelClient
     fw = FlywheelClient()                       # settings from FLYWHEEL_* variables
@@ -15,9 +22,13 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import threading
+import time
 import uuid
 import weakref
+from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,7 +36,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from flywheel.config import Settings
-from flywheel.errors import BrokerUnavailable, ContractViolation
+from flywheel.errors import BrokerUnavailable, ConfigError, ContractViolation, FlywheelError
 from flywheel.schemas.contract import FEEDBACK, INFERENCE, EventType, event_type_of
 from flywheel.schemas.validation import check_event
 
@@ -36,9 +47,11 @@ DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "batch_size": 256 * 1024,
     "compression_type": "lz4",
     "max_request_size": 8 * 1024 * 1024,
-    "max_block_ms": 10_000,
-    "bootstrap_timeout_ms": 10_000,  # fail fast, with a clear error, when no broker answers
+    "max_block_ms": 10_000,  # only the background thread calls send(), so this never blocks the application
+    "bootstrap_timeout_ms": 10_000,  # one connection attempt; the background thread retries until close()
 }
+
+log = logging.getLogger("flywheel.sdk")
 
 
 def _now() -> str:
@@ -58,23 +71,101 @@ def encode(event: dict[str, Any]) -> bytes:
                       allow_nan=False).encode()
 
 
-class FlywheelClient:
-    """A thread-safe event producer. One per process is enough."""
+@dataclass(frozen=True)
+class ClientStats:
+    """Counts since the client started. `sent` = `delivered` + `failed` + `dropped` + `buffered`."""
 
-    def __init__(self, settings: Settings | None = None, *, validate: bool = True, **producer_config: Any) -> None:
+    sent: int
+    """Events accepted by a `log_*`/`send*` call."""
+    delivered: int
+    """Acknowledged by the broker (acks=all)."""
+    failed: int
+    """Given up by kafka-python (after its retries) or refused by it (e.g. too large)."""
+    dropped: int
+    """Never handed to Kafka: over the buffer budget, or still buffered when `close()` or the exit gave up."""
+    buffered: int
+    """Waiting for the broker, in the SDK's buffer or in flight."""
+    buffered_bytes: int
+
+
+class UndeliveredEvents(BrokerUnavailable):
+    """Events that were accepted and will never reach Kafka. `count` = `failed` + `dropped`; `first_error` is the
+    first cause (a Kafka error, or why the SDK dropped one); `topics` the topics they were for, sorted."""
+
+    def __init__(self, failed: int, dropped: int, first_error: BaseException, topics: tuple[str, ...],
+                 bootstrap: str, when: str) -> None:
+        self.failed, self.dropped, self.first_error, self.topics = failed, dropped, first_error, topics
+        self.count = failed + dropped
+        super().__init__(f"{self.count} events were not delivered to {bootstrap} {when} ({failed} failed, {dropped} "
+                         f"dropped; topics {', '.join(topics)}): first error: {first_error}", bootstrap=bootstrap,
+                         topics=topics, count=self.count)
+
+
+class _Failures:
+    """Undelivered events not yet reported: each is reported once, by whichever of flush/close/exit comes first."""
+
+    def __init__(self) -> None:
+        self.failed = self.dropped = 0
+        self.first: BaseException | None = None
+        self.topics: set[str] = set()
+
+    def add(self, topic: str, exc: BaseException, dropped: bool) -> None:
+        if dropped:
+            self.dropped += 1
+        else:
+            self.failed += 1
+        self.first = self.first or exc
+        self.topics.add(topic)
+
+
+class FlywheelClient:
+    """A thread-safe event producer. One per process is enough.
+
+    Settings (constructor arguments), beyond `settings` (where the broker and topics are) and kafka-python's own
+    producer options (`**producer_config`, over `DEFAULT_PRODUCER_CONFIG`):
+    - `strict` (False): fail fast, as above, instead of buffering while the broker is away.
+    - `buffer_bytes` (64 MiB): budget of payload bytes accepted but not yet acknowledged (buffered or in flight).
+      An event that does not fit is dropped, the newest one (what is already buffered keeps its order), counted in
+      `stats.dropped` and reported; in strict mode the call raises `UndeliveredEvents` instead.
+    - `block_ms` (0): the longest a `log_*`/`send*` call waits for room in a full buffer before it drops (or, in
+      strict mode, raises). Apart from that wait and the validation of the event, a call does no work and never
+      touches the network: the application's thread is never blocked longer.
+    - `close_timeout_s` (10): how long `close()` (without its own timeout), the end of a `with` block and the
+      exit hook wait for buffered events before they count as dropped.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, validate: bool = True, strict: bool = False,
+                 buffer_bytes: int = 64 * 1024 * 1024, block_ms: float = 0, close_timeout_s: float = 10.0,
+                 **producer_config: Any) -> None:
         self.settings = settings or Settings.from_env()
         self.validate = validate
-        config = {**DEFAULT_PRODUCER_CONFIG, **producer_config}
-        try:
-            self._producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap.split(","), **config)
-        except KafkaError:
-            raise BrokerUnavailable(f"no Kafka broker at {self.settings.kafka_bootstrap}: start one with "
-                                    "`flywheel broker start` or set FLYWHEEL_KAFKA_BOOTSTRAP") from None
-        self._errors: list[BaseException] = []
-        self._lock = threading.Lock()
+        self.strict = strict
+        if buffer_bytes <= 0 or block_ms < 0 or close_timeout_s < 0:
+            raise ConfigError(f"FlywheelClient: buffer_bytes must be positive ({buffer_bytes!r}), block_ms "
+                              f"({block_ms!r}) and close_timeout_s ({close_timeout_s!r}) not negative")
+        self.buffer_bytes, self.block_s, self.close_timeout_s = buffer_bytes, block_ms / 1000, close_timeout_s
+        self._config = {**DEFAULT_PRODUCER_CONFIG, **producer_config}
+        unknown = sorted(set(self._config) - set(KafkaProducer.DEFAULT_CONFIG))
+        if unknown:  # kafka-python would only say so in the background thread, where nobody hears it
+            raise ConfigError(f"FlywheelClient: unknown producer options {', '.join(unknown)} (see kafka-python's "
+                              "KafkaProducer)")
         self._topics = {"inference": self.settings.inference_topic, "feedback": self.settings.feedback_topic}
+        self._cond = threading.Condition()  # guards everything below; notified whenever a count changes
+        self._queue: deque[tuple[str, bytes, bytes | None]] = deque()
+        self._pending_bytes = 0  # queued + in flight
+        self._in_flight: dict[str, int] = {}  # topic -> events handed to kafka-python, not yet settled
+        self._sent = self._delivered = self._failed = self._dropped = 0
+        self._unreported = _Failures()
+        self._closing = self._closed = self._abandoned = False
+        self._producer: KafkaProducer | None = None
+        self._connect_error: BaseException | None = None
+        if strict:
+            self._producer = self._connect()  # raises BrokerUnavailable: today's fail-fast contract
+        self._pump = threading.Thread(target=self._run, name="flywheel-sdk", daemon=True)
+        self._pump.start()
         ref = weakref.ref(self)
-        atexit.register(lambda: (c := ref()) is not None and c.close())
+        self._exit_hook = lambda: (c := ref()) is not None and c._at_exit()
+        atexit.register(self._exit_hook)
 
     # --------------------------------------------------------------------------------------------- typed calls
 
@@ -119,40 +210,189 @@ class FlywheelClient:
 
     def send_raw(self, topic: str, payload: bytes, key: bytes | None = None) -> None:
         """Enqueue bytes as they are (no validation): for replaying files and for tests of bad input."""
-        self._raise_delivery_errors()
-        fut = self._producer.send(topic, value=payload, key=key)
-        fut.add_errback(self._on_error)
+        with self._cond:
+            if self._closing:
+                raise FlywheelError("this FlywheelClient is closed: create a new one to send more events")
+            if self.strict:
+                self._raise_unreported("since the last call")
+            self._sent += 1
+            size = len(payload) + len(key or b"")
+            if self._pending_bytes + size > self.buffer_bytes and self.block_s > 0:
+                self._cond.wait_for(lambda: self._pending_bytes + size <= self.buffer_bytes, self.block_s)
+            if self._pending_bytes + size > self.buffer_bytes:
+                self._dropped += 1
+                self._unreported.add(topic, BufferError(
+                    f"the SDK's buffer of {self.buffer_bytes} bytes was full (the broker at "
+                    f"{self.settings.kafka_bootstrap} is away or slower than the application)"), dropped=True)
+                if self.strict:
+                    self._raise_unreported("now")
+                return
+            self._queue.append((topic, payload, key))
+            self._pending_bytes += size
+            self._cond.notify_all()
 
-    def _on_error(self, exc: BaseException) -> None:
-        with self._lock:
-            self._errors.append(exc)
+    @property
+    def stats(self) -> ClientStats:
+        with self._cond:
+            return ClientStats(self._sent, self._delivered, self._failed, self._dropped,
+                               len(self._queue) + sum(self._in_flight.values()), self._pending_bytes)
 
-    def _raise_delivery_errors(self) -> None:
-        with self._lock:
-            errors, self._errors = self._errors, []
-        if errors:
-            raise BrokerUnavailable(f"{len(errors)} events could not be delivered to {self.settings.kafka_bootstrap}"
-                                    f": {errors[0]}")
+    # ------------------------------------------------------------------------------------- delivery (background)
+
+    def _connect(self) -> KafkaProducer:
+        try:
+            return KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap.split(","), **self._config)
+        except KafkaError:
+            raise BrokerUnavailable(f"no Kafka broker at {self.settings.kafka_bootstrap}: start one with "
+                                    "`flywheel broker start` or set FLYWHEEL_KAFKA_BOOTSTRAP",
+                                    bootstrap=self.settings.kafka_bootstrap) from None
+
+    def _run(self) -> None:
+        """The one thread that talks to kafka-python: connects (retrying while the broker is away), then moves
+        buffered events into the producer."""
+        while self._producer is None:
+            try:
+                producer = self._connect()
+            except BrokerUnavailable as exc:
+                with self._cond:
+                    self._connect_error = exc
+                    if self._cond.wait_for(lambda: self._closing, 1.0):
+                        return
+                continue
+            with self._cond:
+                if self._closing:  # close() gave up on us while we connected
+                    producer.close(0)
+                    return
+                self._producer, self._connect_error = producer, None
+            # kafka-python's own exit hook closes the producer with a 1 s timeout; run ours before it.
+            atexit.unregister(self._exit_hook)
+            atexit.register(self._exit_hook)
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closing)
+                if not self._queue:
+                    return
+                topic, payload, key = self._queue.popleft()
+                self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
+            size = len(payload) + len(key or b"")
+            try:
+                fut = self._producer.send(topic, value=payload, key=key)
+            except Exception as exc:  # refused at once (too large, no metadata within max_block_ms, closed)
+                self._settle(topic, size, exc)
+                continue
+            fut.add_callback(lambda _md, t=topic, n=size: self._settle(t, n, None))
+            fut.add_errback(lambda exc, t=topic, n=size: self._settle(t, n, exc))
+
+    def _settle(self, topic: str, size: int, exc: BaseException | None) -> None:
+        with self._cond:
+            if self._abandoned:
+                return  # close() already counted it as dropped
+            self._in_flight[topic] -= 1
+            self._pending_bytes -= size
+            if exc is None:
+                self._delivered += 1
+            else:
+                self._failed += 1
+                self._unreported.add(topic, exc, dropped=False)
+            self._cond.notify_all()
+
+    # --------------------------------------------------------------------------------------------- the contract
+
+    def _raise_unreported(self, when: str) -> None:
+        """Raise (and forget) what failed or was dropped since the last report. Call with `_cond` held."""
+        u = self._unreported
+        if u.failed or u.dropped:
+            self._unreported = _Failures()
+            assert u.first is not None
+            raise UndeliveredEvents(u.failed, u.dropped, u.first, tuple(sorted(u.topics)),
+                                    self.settings.kafka_bootstrap, when)
+
+    def _wait_idle(self, timeout: float | None) -> bool:
+        """Wait until nothing is buffered or in flight; False when `timeout` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            producer = self._producer
+        if producer is not None:
+            # linger_ms would hold the last batch back; flush() sends it now (and waits, bounded by `timeout`).
+            try:
+                producer.flush(timeout)
+            except KafkaError:
+                pass  # what is still in flight stays counted: the wait below decides
+        with self._cond:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            return self._cond.wait_for(lambda: not self._queue and not any(self._in_flight.values()), left)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every event sent so far is acknowledged by the broker; raise if any failed."""
-        try:
-            self._producer.flush(timeout)
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"flush to {self.settings.kafka_bootstrap} failed: {exc}") from exc
-        self._raise_delivery_errors()
+        """Wait until every event accepted so far is delivered or failed (or `timeout` seconds pass), then raise
+        `UndeliveredEvents` for those that failed or were dropped since the last report. On a timeout, events
+        still buffered are not dropped: they stay buffered, and this raises `BrokerUnavailable` saying so."""
+        idle = self._wait_idle(timeout)
+        with self._cond:
+            self._raise_unreported("by flush()")
+            if not idle:
+                reason = f" ({self._connect_error})" if self._connect_error else ""
+                left = len(self._queue) + sum(self._in_flight.values())
+                where = self.settings.kafka_bootstrap
+                raise BrokerUnavailable(f"flush to {where} timed out after {timeout} s with {left} events still "
+                                        f"buffered{reason}", bootstrap=where)
 
-    def close(self, timeout: float | None = 30) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what is buffered, waiting up to `timeout` seconds (default: `close_timeout_s`), then stop.
+        Events still buffered then are dropped. Raises `UndeliveredEvents` when any event accepted since the
+        last report was not delivered. Calling it again does nothing."""
+        self._close(self.close_timeout_s if timeout is None else timeout, "by close()")
+
+    def _close(self, timeout: float, when: str) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+        self._wait_idle(timeout)
+        with self._cond:
+            self._closing = True
+            first = self._connect_error or BrokerUnavailable(
+                f"still buffered after waiting {timeout} s for {self.settings.kafka_bootstrap}",
+                bootstrap=self.settings.kafka_bootstrap)
+            while self._queue:
+                topic, payload, key = self._queue.popleft()
+                self._pending_bytes -= len(payload) + len(key or b"")
+                self._dropped += 1
+                self._unreported.add(topic, first, dropped=True)
+            self._cond.notify_all()
+            producer = self._producer
+        atexit.unregister(self._exit_hook)
+        self._pump.join(1.0)
+        if producer is not None:
+            producer.close(0)  # whatever it still holds is aborted now: its errbacks count it as failed
+        with self._cond:
+            if not self._cond.wait_for(lambda: not any(self._in_flight.values()), 2.0):
+                self._abandoned = True
+                for topic, n in self._in_flight.items():
+                    for _ in range(n):
+                        self._dropped += 1
+                        self._unreported.add(topic, first, dropped=True)
+            self._raise_unreported(when)
+
+    def _at_exit(self) -> None:
         try:
-            self._producer.flush(timeout)
-        finally:
-            self._producer.close(timeout)
+            self._close(self.close_timeout_s, "at exit")
+        except UndeliveredEvents as exc:
+            # Nobody is left to catch it: say it where an operator looks (stderr, when logging is not set up).
+            log.error("flywheel SDK: %s", exc)
 
     def __enter__(self) -> "FlywheelClient":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        """Close; raise `UndeliveredEvents` on failure, unless the block already raised (then it is logged, and
+        the block's own exception goes on)."""
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except UndeliveredEvents as undelivered:
+            log.error("flywheel SDK: %s", undelivered)
 
 
 _default: FlywheelClient | None = None
@@ -178,5 +418,6 @@ def log_feedback(**kwargs: Any) -> str:
 
 
 def flush(timeout: float | None = None) -> None:
+    """`FlywheelClient.flush` on the process-wide client, if one was made."""
     if _default is not None:
         _default.flush(timeout)

@@ -6,8 +6,9 @@ pipeline, so that consuming, validating and committing overlap:
 
 1. prepare: the batch's payloads are validated per topic, the two topics side by side, vectorized
    (`flywheel.schemas.validation`); invalid events are produced to the dead-letter topic with their reason and
-   original bytes, and that producer is flushed (the dead-letter topic is at-least-once: a crash before step 2 can
-   repeat a message there; its headers carry the source topic, partition and offset so readers can tell);
+   original bytes, and every delivery is confirmed (retried, else the batch fails: see `IngestWorker`; the
+   dead-letter topic is at-least-once: a crash before step 2 can repeat a message there; its headers carry the
+   source topic, partition and offset so readers can tell);
 2. commit, in batch order: each table's rows are committed to the lake together with the next offset of every
    partition they came from (`flywheel.warehouse.lake`), which is the only offset that matters: on (re)assignment
    a partition resumes from the lowest watermark of the tables it feeds. Kafka's committed offsets are written
@@ -36,14 +37,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError
 from flywheel.schemas.arrow import SCHEMAS
 from flywheel.schemas.contract import FEEDBACK, INFERENCE, EventType
 from flywheel.schemas.validation import BatchValidator
-from flywheel.streams.topics import ensure_topics, topic_ids
-from flywheel.warehouse.lake import Lake, TopicPartition as TP
+from flywheel.streams.topics import admin, describe_topic_ids, ensure_topics, topic_ids
+from flywheel.warehouse.lake import CommitResult, Lake, TopicPartition as TP
 
 log = logging.getLogger("flywheel.ingest")
 _T = TypeVar("_T")
@@ -62,6 +64,22 @@ SWITCH_INTERVAL_S = 0.001
 and more, and while the consuming thread was filling the next batch each of those waited up to 5 ms (bench: 8%
 more events/s at 1 ms)."""
 
+TOPIC_ID_INTERVAL_S = 5.0
+"""How often the worker asks the broker for its topics' ids (besides on every assignment and out-of-range event):
+a topic deleted and created again, or an in-memory broker restarted, starts its offsets from 0 under a new id."""
+
+BROKER_DOWN_LOG_S = 5.0
+"""While the broker cannot be reached, the worker says so this often."""
+
+DRAIN_LOG_S = 5.0
+"""With --until-idle, how often an idle worker says why it is not done yet."""
+
+DEAD_LETTER_ATTEMPTS = 3
+"""Times a dead letter is produced before its batch fails."""
+
+DEAD_LETTER_TIMEOUT_S = 10.0
+"""How long one attempt waits for the dead-letter topic to acknowledge (librdkafka's message.timeout.ms)."""
+
 JOIN_GRACE_S = 30.0
 """With --until-idle, how long a worker that was given no partition yet waits before idle time starts counting."""
 
@@ -69,6 +87,10 @@ JOIN_GRACE_S = 30.0
 @dataclass
 class IngestStats:
     consumed: int = 0
+    replayed: int = 0
+    """Rows dropped at commit because their table already held them (same topic id, offset below its watermark)."""
+    dead_letter_failures: int = 0
+    """Dead letters the dead-letter topic did not acknowledge (each attempt counts)."""
     consumed_bytes: int = 0
     landed: dict[str, int] = field(default_factory=lambda: {"inferences": 0, "feedback": 0, "quarantine": 0})
     flushes: int = 0
@@ -94,6 +116,9 @@ class _Batch:
 
     rows: dict[str, list[pa.Table]]
     offsets: dict[str, dict[TP, int]]
+    topic_ids: dict[str, str]
+    """The topic ids the messages were read under: a batch read before the worker noticed a topic's new
+    incarnation commits under the old id."""
 
 
 @dataclass
@@ -104,8 +129,28 @@ class _Route:
 
 
 class IngestWorker:
+    """The landing loop of one process (see the module docstring for the pipeline).
+
+    Guarantees: a message's row lands at most once per topic id (replays are dropped at commit, counted in
+    `IngestStats.replayed` and logged with topic[partition] and offsets), and no message is skipped: a partition
+    resumes from the lake's watermark under the topic's current id, and when the broker answers that position is out
+    of range the worker re-reads the topic's id: a new id restarts the partition from its beginning; the same id
+    never does (the broker misreported its end: the worker resumes at the end it reports, re-reading replays).
+    Topic ids are re-read on every assignment, on every out-of-range answer and every `TOPIC_ID_INTERVAL_S`; what
+    was read under the old id commits under it first.
+
+    Dead letters: every invalid message is produced to the dead-letter topic before its batch commits, with its
+    source topic, partition and offset in its headers (at-least-once: a crash before the commit repeats it). A dead
+    letter the topic does not acknowledge is counted, logged with those coordinates and produced again, up to
+    `DEAD_LETTER_ATTEMPTS` times; then the batch fails and the offsets do not advance, unless the message is a replay
+    of one the quarantine table already holds (its dead letter was produced when it first landed). The quarantine
+    row itself lands in the same commit as the watermarks, so it is never lost; the failure keeps the dead-letter
+    topic complete for those who consume it.
+    """
+
     def __init__(self, settings: Settings, lake: Lake | None = None, *,
                  consumer_config: dict[str, object] | None = None,
+                 dead_letter_config: dict[str, object] | None = None,
                  on_flush: Callable[[IngestStats], None] | None = None) -> None:
         self.settings = settings
         self.lake = lake or Lake(settings.lake, settings.lake_codec)
@@ -121,7 +166,10 @@ class IngestWorker:
             "group.id": settings.ingest_group,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
+            # An out-of-range position comes back as an event the worker handles (see `_out_of_range`), never as a
+            # silent jump to the beginning (every row a replay) or to the end (rows skipped).
+            "auto.offset.reset": "error",
+            "error_cb": self._on_kafka_error,
             "session.timeout.ms": settings.kafka_session_timeout_ms,
             "heartbeat.interval.ms": 1_000,
             "fetch.wait.max.ms": settings.kafka_fetch_wait_ms,
@@ -142,6 +190,14 @@ class IngestWorker:
         self._assigned = False
         self._broken = False
         self._topic_ids: dict[str, str] = {}
+        self._admin: AdminClient | None = None
+        self._ids_checked = 0.0
+        self._broker_error: tuple[float, str] | None = None
+        """(since, last error) while librdkafka reports that the broker cannot be reached."""
+        self._broker_logged = 0.0
+        self._out_of_range: set[TP] = set()
+        self._drain_checked = self._drain_logged = 0.0
+        self._dead_letter_config = dead_letter_config or {}
         self._dlq: Producer | None = None
         # Each topic has its own validator (and DuckDB connection) and each table its own commit lock, so the two
         # topics are validated, and the tables committed, side by side: DuckDB and delta-rs release the GIL, and a
@@ -165,6 +221,8 @@ class IngestWorker:
         ensure_topics(self.settings)
         _use_jemalloc()
         self._topic_ids = topic_ids(self.settings, list(self._routes))
+        self._admin = admin(self.settings)
+        self._ids_checked = time.monotonic()
         self.lake.ensure()
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -173,7 +231,8 @@ class IngestWorker:
             # Plan the validating queries and load the JSON reader now, not while the first events wait.
             route.validator.validate([b"{}"])
         self._dlq = Producer({"bootstrap.servers": self.settings.kafka_bootstrap, "enable.idempotence": True,
-                              "linger.ms": 5, "compression.type": "zstd", "message.max.bytes": 64 * 1024 * 1024})
+                              "linger.ms": 5, "compression.type": "zstd", "message.max.bytes": 64 * 1024 * 1024,
+                              "message.timeout.ms": int(DEAD_LETTER_TIMEOUT_S * 1000), **self._dead_letter_config})
         consumer = self._consumer = Consumer(self._consumer_config)
         self._pool = ThreadPoolExecutor(len(SCHEMAS) + len(self._routes), thread_name_prefix="flywheel-land")
         self._stages = (ThreadPoolExecutor(1, thread_name_prefix="flywheel-prepare"),
@@ -198,8 +257,10 @@ class IngestWorker:
                 if msgs and self.stats.first_event_at is None:
                     self.stats.first_event_at = now
                 # While this thread runs Python, the landing threads wait for the GIL: no per-message loop here.
+                if msgs:
+                    self._broker_error = None
                 if any(map(Message.error, msgs)):
-                    msgs = _without_errors(msgs)
+                    msgs = _without_errors(msgs, self._out_of_range)
                 self._buffer += msgs
                 self._buffer_bytes += sum(map(len, filter(None, map(Message.value, msgs))))
                 if msgs and self._oldest is None:
@@ -209,13 +270,16 @@ class IngestWorker:
                     last_event = now
                 while self._in_flight and self._in_flight[0].done():
                     self._collect()  # a failed landing stops the loop here
+                if self._out_of_range or now - self._ids_checked >= TOPIC_ID_INTERVAL_S:
+                    self._check_topics(now)
+                self._log_broker_down(now)
                 if self._due(now):
                     self._hand_off()
                 elif self._buffer == [] and not self._in_flight and self._watermarks_due(now):
                     self.flush(force_watermarks=True)
                 if until_idle is not None and not self._buffer and not self._in_flight:
                     since = last_event if last_event is not None else started + JOIN_GRACE_S
-                    if now - since >= until_idle:
+                    if now - since >= until_idle and self._drained(now, since + until_idle):
                         break
             self.flush(force_watermarks=True)
         finally:
@@ -253,21 +317,168 @@ class IngestWorker:
         return bool(self._pending_offsets) and any(
             now - self._last_watermark_commit.get(t, 0.0) >= WATERMARK_INTERVAL_S for t in SCHEMAS)
 
+    def _drained(self, now: float, idle_at: float) -> bool:
+        """With --until-idle: is every partition of the topics landed up to the end the broker reports? Logs why
+        not every `DRAIN_LOG_S`, and raises DrainIncomplete once idle for `Settings.drain_timeout_s` beyond
+        `idle_at` (a partition another worker holds, or a dead one until its session expires, is not landed)."""
+        if now - self._drain_checked < 1.0:
+            return False
+        self._drain_checked = now
+        if self._pending_offsets:
+            self.flush(force_watermarks=True)  # the lake must say how far this worker went
+        lag, unowned = self._lag()
+        if not lag:
+            log.info("drained: every partition of %s is landed up to the broker's end", list(self._routes))
+            return True
+        waited = now - idle_at
+        if waited >= self.settings.drain_timeout_s:
+            raise DrainIncomplete(lag, unowned, waited)
+        if now - self._drain_logged >= DRAIN_LOG_S:
+            self._drain_logged = now
+            log.warning("idle but not drained: %s; waiting up to %.0f s more", _describe_lag(lag, unowned),
+                        self.settings.drain_timeout_s - waited)
+        return False
+
+    def _lag(self) -> tuple[dict[TP, int], list[TP]]:
+        """Per partition of the topics not landed up to the broker's end: how many offsets are missing; and which of
+        those this worker does not own. A partition whose offsets cannot be read counts as lagging by -1."""
+        assert self._consumer is not None
+        lag: dict[TP, int] = {}
+        try:
+            md = self._consumer.list_topics(timeout=2.0)
+            tps = [(t, p) for t in self._routes for p in sorted(md.topics[t].partitions)]
+        except Exception as exc:
+            log.warning("cannot list the topics' partitions (%s)", exc)
+            return {(t, -1): -1 for t in self._routes}, []
+        owned = {(p.topic, p.partition) for p in self._consumer.assignment()}
+        for tp, resume in self._resume_positions(tps).items():
+            try:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), timeout=2.0, cached=False)
+            except Exception:
+                lag[tp] = -1
+                continue
+            landed = resume if resume >= 0 else low
+            if high > landed:
+                lag[tp] = high - landed
+        return lag, [tp for tp in lag if tp not in owned]
+
     # ------------------------------------------------------------------------------------------------ rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not self._broken:
             self._wait_landed()  # the watermarks read below must include the batch in flight
+        # A broker that restarted re-forms the group: this is where a running worker first hears of it, and the
+        # topics may have come back under new ids.
+        self._refresh_topic_ids(seek=False)
         tps: list[TP] = [(p.topic, p.partition) for p in partitions]
-        marks = {table: self.lake.watermarks(table, tps, self._topic_ids) for table in SCHEMAS}
+        resume = self._resume_positions(tps)
         for p, tp in zip(partitions, tps):
-            # Resume where the furthest-behind table this partition feeds stands; rows the other table already
-            # has are dropped at commit. A table that never landed this partition means: from the beginning.
-            feeds = [marks[self._routes[p.topic].table][tp], marks["quarantine"][tp]]
-            p.offset = OFFSET_BEGINNING if None in feeds else min(m for m in feeds if m is not None)
-        log.info("assigned %s, resuming at %s", tps, [p.offset for p in partitions])
+            p.offset = resume[tp]
+        log.info("assigned %s, resuming at %s (topic ids %s)", tps, [p.offset for p in partitions], self._topic_ids)
         self._assigned = True
+        self._broker_error = None
         consumer.assign(partitions)
+
+    def _resume_positions(self, tps: list[TP]) -> dict[TP, int]:
+        """Where each partition resumes under the current topic ids: where the furthest-behind table it feeds
+        stands (rows the other table already has are dropped at commit); a table that never landed it under this
+        id means from the beginning."""
+        marks = {table: self.lake.watermarks(table, tps, self._topic_ids) for table in SCHEMAS}
+        out = {}
+        for tp in tps:
+            feeds = [marks[self._routes[tp[0]].table][tp], marks["quarantine"][tp]]
+            out[tp] = OFFSET_BEGINNING if None in feeds else min(m for m in feeds if m is not None)
+        return out
+
+    # ------------------------------------------------------------------------------------------------ topic ids
+
+    def _refresh_topic_ids(self, seek: bool = True) -> set[str]:
+        """Re-read the topics' ids; for a topic whose id changed, land what was read under the old id first, then
+        (with `seek`) restart its assigned partitions from the lake's watermarks under the new one. Returns the
+        topics whose id changed. A broker that does not answer changes nothing."""
+        self._ids_checked = time.monotonic()
+        assert self._admin is not None
+        found = describe_topic_ids(self._admin, list(self._routes), timeout=2.0)
+        changed = {t for t, tid in found.items() if isinstance(tid, str) and tid != self._topic_ids.get(t)}
+        missing = [t for t, tid in found.items() if isinstance(tid, Exception)]
+        if missing:
+            log.debug("topic ids of %s unknown for now: %s", missing, [str(found[t]) for t in missing])
+        else:
+            self._broker_error = None
+        if not changed:
+            return changed
+        if self._buffer and not self._broken:
+            self._hand_off()  # the buffer was read under the old ids: the batch carries them
+        if not self._broken:
+            self._wait_landed()
+        for t in changed:
+            log.warning("topic %s has a new id %s (was %s): the broker restarted or the topic was created again; "
+                        "its partitions restart under the new id", t, found[t], self._topic_ids.get(t))
+            self._topic_ids[t] = str(found[t])
+            for tp in [tp for tp in self._pending_offsets if tp[0] == t]:
+                del self._pending_offsets[tp]  # offsets of the old incarnation mean nothing under the new id
+        if seek and self._consumer is not None:
+            tps = [(p.topic, p.partition) for p in self._consumer.assignment() if p.topic in changed]
+            for tp, off in self._resume_positions(tps).items():
+                self._seek(tp, off)
+        return changed
+
+    def _check_topics(self, now: float) -> None:
+        """Periodically, and after out-of-range events: notice new topic ids, and resume out-of-range partitions
+        of an unchanged topic without ever going back to the beginning."""
+        pending, self._out_of_range = self._out_of_range, set()
+        changed = self._refresh_topic_ids()
+        assert self._consumer is not None
+        for tp in sorted(pending):
+            if tp[0] in changed:
+                continue  # restarted under the new id above
+            resume = self._resume_positions([tp])[tp]
+            try:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), timeout=2.0, cached=False)
+            except Exception as exc:
+                log.warning("%s[%s] is out of range and its offsets cannot be read (%s); retrying", *tp, exc)
+                self._out_of_range.add(tp)
+                continue
+            if resume == OFFSET_BEGINNING:
+                target = OFFSET_BEGINNING
+            elif resume > high:
+                # Same topic id, so the rows up to `resume` are landed: the broker misreports its end (Tansu after
+                # a crash). Read on from the end it reports; whatever it returns below `resume` is a replay.
+                target = high
+            elif resume < low:
+                log.error("%s[%s]: offsets %d..%d are gone from the broker before they were landed; resuming at %d",
+                          tp[0], tp[1], resume, low - 1, low)
+                target = low
+            else:
+                target = resume
+            log.warning("%s[%s]: the broker reports offsets %d..%d, the lake is at %s; resuming at %s "
+                        "(same topic id %s: never from the beginning)", tp[0], tp[1], low, high, resume, target,
+                        self._topic_ids.get(tp[0]))
+            self._seek(tp, target)
+
+    def _seek(self, tp: TP, offset: int) -> None:
+        assert self._consumer is not None
+        try:
+            self._consumer.seek(TopicPartition(tp[0], tp[1], offset))
+        except Exception as exc:  # e.g. not fetching yet: try again on the next check
+            log.warning("cannot move %s[%s] to offset %s yet (%s); retrying", tp[0], tp[1], offset, exc)
+            self._out_of_range.add(tp)
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE,
+                          KafkaError._TIMED_OUT):
+            since = self._broker_error[0] if self._broker_error else time.monotonic()
+            self._broker_error = (since, err.str())
+        else:
+            log.warning("kafka: %s", err.str())
+
+    def _log_broker_down(self, now: float) -> None:
+        if self._broker_error is None or now - self._broker_logged < BROKER_DOWN_LOG_S:
+            return
+        self._broker_logged = now
+        since, last = self._broker_error
+        log.warning("cannot reach the Kafka broker at %s for %.0f s (%s); waiting for it, landing nothing meanwhile",
+                    self.settings.kafka_bootstrap, now - since, last)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Land what we hold before another worker takes the partitions over (unless landing failed: then the
@@ -296,11 +507,11 @@ class IngestWorker:
         msgs, nbytes = self._buffer, self._buffer_bytes
         self._buffer, self._buffer_bytes, self._oldest = [], 0, None
         if self._stages is None:  # outside run(): in this thread
-            prepared = _done(self._prepare, msgs)
+            prepared = _done(self._prepare, msgs, dict(self._topic_ids))
             self._in_flight.append(_done(self._commit_batch, prepared, len(msgs), nbytes, force_watermarks))
         else:
             prepare, commit = self._stages
-            prepared = self._preparing = prepare.submit(self._prepare, msgs)
+            prepared = self._preparing = prepare.submit(self._prepare, msgs, dict(self._topic_ids))
             self._in_flight.append(commit.submit(self._commit_batch, prepared, len(msgs), nbytes, force_watermarks))
 
     def _collect(self) -> None:
@@ -315,16 +526,16 @@ class IngestWorker:
         while self._in_flight:
             self._collect()
 
-    def _prepare(self, msgs: list[Message]) -> _Batch:
+    def _prepare(self, msgs: list[Message], ids: dict[str, str]) -> _Batch:
         """First stage: validate each topic's messages (side by side), arrange the rows per table, and send the
         invalid ones to the dead-letter topic."""
         now_wall = datetime.now(timezone.utc)
-        batch = _Batch({t: [] for t in SCHEMAS}, {t: {} for t in SCHEMAS})
+        batch = _Batch({t: [] for t in SCHEMAS}, {t: {} for t in SCHEMAS}, ids)
         dead: list[tuple[Message, str]] = []
         topics = list(map(Message.topic, msgs))
         names = set(topics)
         by_topic = {t: msgs if len(names) == 1 else list(compress(msgs, map(t.__eq__, topics))) for t in names}
-        landing = {topic: self._submit(self._land_topic, self._routes[topic], tmsgs, now_wall)
+        landing = {topic: self._submit(self._land_topic, self._routes[topic], tmsgs, now_wall, ids.get(topic))
                    for topic, tmsgs in by_topic.items()}
         for topic, tmsgs in by_topic.items():
             route = self._routes[topic]
@@ -338,7 +549,7 @@ class IngestWorker:
             dead += [(tmsgs[i], r) for i, r in zip(bad_idx, invalid.column("reason").to_pylist())]
         t0 = time.monotonic()
         if dead:
-            self._dead_letter(dead)
+            self._dead_letter(dead, ids)
         self.stats.seconds["dead_letter"] += time.monotonic() - t0
         return batch
 
@@ -375,14 +586,19 @@ class IngestWorker:
                         marks.setdefault(tp, off)
             if rows.num_rows == 0 and not marks:
                 continue
-            commits[table] = self._submit(self._commit, table, rows, marks)
+            commits[table] = self._submit(self._commit, table, rows, marks, batch.topic_ids)
         failures = []
         for table, commit in commits.items():
             try:
-                landed, spent = commit.result()
+                result, spent = commit.result()
             except BaseException as exc:  # wait for every commit before failing: none may still be running
                 failures.append(exc)
                 continue
+            landed = result.rows
+            for (topic, partition), (n, low, high) in result.replayed.items():
+                self.stats.replayed += n
+                log.warning("dropped %d rows of %s[%s] offsets %d..%d as replays: table %s already holds them "
+                            "(topic id %s)", n, topic, partition, low, high, table, batch.topic_ids.get(topic))
             self.stats.seconds["commit"] += spent
             if landed:
                 self.stats.last_commit_at = time.monotonic()
@@ -397,15 +613,16 @@ class IngestWorker:
     def _submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
         return self._pool.submit(fn, *args) if self._pool is not None else _done(fn, *args)
 
-    def _commit(self, table: str, rows: pa.Table, marks: dict[TP, int]) -> tuple[int, float]:
+    def _commit(self, table: str, rows: pa.Table, marks: dict[TP, int], ids: dict[str, str]
+                ) -> tuple[CommitResult, float]:
         t0 = time.monotonic()
-        result = self.lake.commit(table, rows, marks, self._topic_ids)
-        return result.rows, time.monotonic() - t0
+        result = self.lake.commit(table, rows, marks, ids)
+        return result, time.monotonic() - t0
 
     def _feeds(self, table: str, topic: str) -> bool:
         return table == "quarantine" or self._routes[topic].table == table
 
-    def _land_topic(self, route: _Route, msgs: list[Message], now: datetime
+    def _land_topic(self, route: _Route, msgs: list[Message], now: datetime, topic_id: str | None
                     ) -> tuple[pa.Table, pa.Table, list[int], dict[TP, int], dict[str, float]]:
         """(valid rows, quarantined rows, indices of the invalid messages, next offsets, seconds per stage)."""
         start = time.monotonic()
@@ -428,7 +645,8 @@ class IngestWorker:
                      .append_column("_topic", pa.repeat(pa.scalar(topic, pa.string()), n))
                      .append_column("_partition", valid_partitions)
                      .append_column("_offset", valid_offsets)
-                     .append_column("_ingested_at", pa.repeat(ingested, n)))
+                     .append_column("_ingested_at", pa.repeat(ingested, n))
+                     .append_column("_topic_id", pa.repeat(pa.scalar(topic_id, pa.string()), n)))
             valid = valid.select(SCHEMAS[route.table].names).cast(SCHEMAS[route.table])
         else:
             valid = SCHEMAS[route.table].empty_table()
@@ -448,6 +666,7 @@ class IngestWorker:
                 "_partition": partitions.take(idx),
                 "_offset": offsets.take(idx),
                 "_ingested_at": pa.array([now] * len(bad_idx), ingested.type),
+                "_topic_id": pa.array([topic_id] * len(bad_idx), pa.string()),
             }, schema=SCHEMAS["quarantine"])
         else:
             invalid = SCHEMAS["quarantine"].empty_table()
@@ -458,23 +677,50 @@ class IngestWorker:
         seconds = {"validate": t1 - t0, "arrange": time.monotonic() - start - (t1 - t0)}
         return valid, invalid, bad_idx, next_offsets, seconds
 
-    def _dead_letter(self, dead: list[tuple[Message, str]]) -> None:
+    def _dead_letter(self, dead: list[tuple[Message, str]], ids: dict[str, str]) -> None:
+        """Produce the dead letters and wait for every acknowledgement; retry the unacknowledged ones, then fail
+        (see the class docstring) unless each remaining one is a replay the quarantine table already holds."""
         assert self._dlq is not None
         topic = self.settings.deadletter_topic
-        for m, reason in dead:
-            headers = [("flywheel.reason", reason.encode()), ("flywheel.topic", m.topic().encode()),
-                       ("flywheel.partition", str(m.partition()).encode()),
-                       ("flywheel.offset", str(m.offset()).encode())]
-            while True:
-                try:
-                    self._dlq.produce(topic, value=m.value(), key=m.key(), headers=headers)
-                    break
-                except BufferError:
-                    self._dlq.poll(0.1)
-        remaining = self._dlq.flush(30)
-        if remaining:
-            raise FlywheelError(f"{remaining} dead-letter messages were not acknowledged by {topic} within 30s; "
-                                "nothing was committed, the worker can be restarted safely")
+        pending = dead
+        for attempt in range(1, DEAD_LETTER_ATTEMPTS + 1):
+            failed: list[tuple[Message, str]] = []
+            errors: list[str] = []
+            for m, reason in pending:
+                headers = [("flywheel.reason", reason.encode()), ("flywheel.topic", m.topic().encode()),
+                           ("flywheel.partition", str(m.partition()).encode()),
+                           ("flywheel.offset", str(m.offset()).encode())]
+
+                def delivered(err: KafkaError | None, _msg: Message, source: tuple[Message, str] = (m, reason)) -> None:
+                    if err is not None:
+                        failed.append(source)
+                        errors.append(err.str())
+                while True:
+                    try:
+                        self._dlq.produce(topic, value=m.value(), key=m.key(), headers=headers, on_delivery=delivered)
+                        break
+                    except BufferError:
+                        self._dlq.poll(0.1)
+            # Every message is either delivered or failed (its callback fires) within message.timeout.ms.
+            remaining = self._dlq.flush(DEAD_LETTER_TIMEOUT_S + 5)
+            if remaining:
+                m = pending[0][0]
+                raise DeadLetterFailed(topic, m.topic(), m.partition(), m.offset(), remaining,
+                                       "no acknowledgement or failure reported in time")
+            if not failed:
+                return
+            self.stats.dead_letter_failures += len(failed)
+            for m, _ in failed[:20]:
+                log.warning("dead letter for %s[%s]@%s not acknowledged by %s (attempt %d of %d): %s", m.topic(),
+                            m.partition(), m.offset(), topic, attempt, DEAD_LETTER_ATTEMPTS, errors[0])
+            pending = failed
+        marks = self.lake.watermarks("quarantine", sorted({(m.topic(), m.partition()) for m, _ in pending}), ids)
+        lost = [m for m, _ in pending if (marks[(m.topic(), m.partition())] or 0) <= m.offset()]
+        if lost:
+            m = lost[0]
+            raise DeadLetterFailed(topic, m.topic(), m.partition(), m.offset(), len(lost), errors[0])
+        log.warning("%d dead letters were not produced again; the quarantine table already holds them, and their "
+                    "dead letters were produced when they first landed", len(pending))
 
     def _commit_kafka_offsets(self) -> None:
         if self._consumer is None or not self._pending_offsets:
@@ -486,16 +732,51 @@ class IngestWorker:
             log.debug("kafka offset commit skipped: %s", exc)
 
 
-def _without_errors(msgs: list[Message]) -> list[Message]:
-    """The messages of a consume call that are not error events (those are logged, but partition EOFs)."""
+def _without_errors(msgs: list[Message], out_of_range: set[TP]) -> list[Message]:
+    """The messages of a consume call that are not error events. Out-of-range positions are added to
+    `out_of_range` for the loop to handle; other errors are logged, but partition EOFs."""
     kept = []
     for m in msgs:
         err = m.error()
         if err is None:
             kept.append(m)
+        elif err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+            log.info("%s[%s]: %s", m.topic(), m.partition(), err)
+            out_of_range.add((m.topic(), m.partition()))
         elif err.code() != KafkaError._PARTITION_EOF:
             log.warning("kafka error on %s[%s]: %s", m.topic(), m.partition(), err)
     return kept
+
+
+class DeadLetterFailed(FlywheelError):
+    """A dead letter could not be produced: its batch was not committed, so its offsets did not advance. Retryable:
+    a new worker resumes from the lake and produces it again once the dead-letter topic accepts writes."""
+
+    retryable = True
+
+    def __init__(self, deadletter_topic: str, topic: str, partition: int, offset: int, count: int, error: str) -> None:
+        self.deadletter_topic, self.topic, self.partition, self.offset, self.count = (
+            deadletter_topic, topic, partition, offset, count)
+        super().__init__(f"{count} dead letters (first: {topic}[{partition}]@{offset}) were not acknowledged by "
+                         f"{deadletter_topic} after {DEAD_LETTER_ATTEMPTS} attempts ({error}); nothing of the batch "
+                         "was committed, restart the worker once the topic accepts writes")
+
+
+class DrainIncomplete(FlywheelError):
+    """`--until-idle` gave up: some partitions were not landed up to the broker's end within the drain timeout."""
+
+    retryable = True
+
+    def __init__(self, lag: dict[TP, int], unowned: list[TP], waited: float) -> None:
+        self.lag, self.unowned, self.waited = lag, unowned, waited
+        super().__init__(f"drain incomplete after {waited:.0f} s idle: {_describe_lag(lag, unowned)}; another "
+                         "worker may still hold those partitions (a killed one until its session expires): run the "
+                         "drain again, or raise FLYWHEEL_DRAIN_TIMEOUT_S")
+
+
+def _describe_lag(lag: dict[TP, int], unowned: list[TP]) -> str:
+    return ", ".join(f"{t}[{p}] lag {n}{' (not owned by this worker)' if (t, p) in unowned else ''}"
+                     for (t, p), n in sorted(lag.items()))
 
 
 def _done(fn: Callable[..., _T], *args: object) -> Future[_T]:

@@ -44,15 +44,25 @@ def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[str]:
 def topic_ids(settings: Settings, topics: list[str], timeout: float = 15.0) -> dict[str, str]:
     """The broker's id of each topic (KIP-516), or nothing for a topic whose broker has no ids."""
     out: dict[str, str] = {}
-    client = admin(settings)  # keep a reference: the futures fail if the client is collected meanwhile
+    for topic, found in describe_topic_ids(admin(settings), topics, timeout).items():
+        if isinstance(found, Exception):
+            logging.getLogger("flywheel.topics").warning("no topic id for %s (%s); watermarks keyed by name", topic,
+                                                         found)
+        elif found is not None:
+            out[topic] = found
+    return out
+
+
+def describe_topic_ids(client: AdminClient, topics: list[str], timeout: float) -> dict[str, str | None | Exception]:
+    """Per topic: its id, None when the broker has no ids (KIP-516), or the error that kept the broker from saying
+    (unreachable, topic missing). Callers that poll keep one `client` (the futures fail if it is collected)."""
+    out: dict[str, str | None | Exception] = {}
     futures = client.describe_topics(TopicCollection(topics), request_timeout=timeout)
     for topic, fut in futures.items():
         try:
             tid = fut.result(timeout).topic_id
-        except KafkaException as exc:
-            logging.getLogger("flywheel.topics").warning("no topic id for %s (%s); watermarks keyed by name", topic,
-                                                         exc)
+        except Exception as exc:  # KafkaException, or a timeout of the future itself
+            out[topic] = exc
             continue
-        if tid is not None and str(tid) not in ("", "AAAAAAAAAAAAAAAAAAAAAA"):
-            out[topic] = str(tid)
+        out[topic] = str(tid) if tid is not None and str(tid) not in ("", "AAAAAAAAAAAAAAAAAAAAAA") else None
     return out

@@ -14,8 +14,6 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 from flywheel.config import Settings  # noqa: E402
 from flywheel.infra import broker as embedded  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 @pytest.fixture(scope="session")
 def broker_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
@@ -44,8 +42,29 @@ def kafka_settings(tmp_path: Path, broker_port: int) -> Settings:
                     ingest_group=f"g{tag}", partitions=2, flush_interval_s=0.5)
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not present")
-    return SHARED_DATA
+# A skipped test silently tests less on one machine than on another (it once took the drift tests on every clone
+# without ../shared): a skip fails the run unless the test says why it cannot run here.
+_ALLOWED = "cannot_run_here"
+
+
+def _unexpected(report: pytest.CollectReport | pytest.TestReport, allowed: bool) -> None:
+    if report.skipped and not allowed and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = (f"skipped without @pytest.mark.{_ALLOWED}(reason=...): {report.longrepr}\n"
+                           f"make it run here, or mark it with the reason it cannot")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    marker = item.get_closest_marker(_ALLOWED)
+    if marker is not None and not (marker.kwargs.get("reason") or marker.args):
+        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{_ALLOWED} needs reason=...")
+    _unexpected(outcome.get_result(), marker is not None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    # a module-level skip (importorskip, pytest.skip(allow_module_level=True)) is never an allowed one here
+    _unexpected(outcome.get_result(), False)

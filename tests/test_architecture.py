@@ -21,7 +21,11 @@ ROOMS: dict[str, set[str]] = {
     "warehouse.drift": {"base", "schemas", "warehouse"},
     "warehouse.alerts": {"base", "schemas", "warehouse"},
     "warehouse.maintenance": {"base", "schemas", "warehouse"},
-    "streams": {"base", "schemas", "warehouse", "warehouse.alerts"},
+    # evaluation scores answers with drift's text descriptors (refusals): drift never imports evaluation
+    "warehouse.evaluation": {"base", "schemas", "warehouse", "warehouse.drift"},
+    "warehouse.releases": {"base", "schemas", "warehouse", "warehouse.evaluation"},
+    "warehouse.jobs": {"base", "schemas", "warehouse", "warehouse.evaluation"},
+    "streams": {"base", "schemas", "warehouse", "warehouse.alerts", "warehouse.releases"},
     "infra.broker": {"base"},
     "infra.testing": {"base", "schemas", "warehouse", "warehouse.quality", "warehouse.drift", "warehouse.alerts",
                       "streams"},
@@ -41,6 +45,9 @@ def room(module: str) -> str:
                          ("flywheel.warehouse.drift", "warehouse.drift"),
                          ("flywheel.warehouse.alerts", "warehouse.alerts"),
                          ("flywheel.warehouse.maintenance", "warehouse.maintenance"),
+                         ("flywheel.warehouse.evaluation", "warehouse.evaluation"),
+                         ("flywheel.warehouse.releases", "warehouse.releases"),
+                         ("flywheel.warehouse.jobs", "warehouse.jobs"),
                          ("flywheel.warehouse", "warehouse"), ("flywheel.streams", "streams"),
                          ("flywheel.schemas", "schemas"), ("flywheel.infra", "infra.broker")):
         if module == prefix or module.startswith(prefix + "."):

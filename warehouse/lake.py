@@ -27,7 +27,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from functools import cache
 from pathlib import Path
@@ -79,6 +79,13 @@ class CommitResult:
     table: str
     rows: int
     version: int | None
+    replayed: Mapping[TopicPartition, tuple[int, int, int]] = field(default_factory=dict)
+    """Rows dropped because the table already held them (offsets below its watermark for the same topic id), per
+    topic-partition: (rows, lowest offset, highest offset)."""
+
+    @property
+    def replayed_rows(self) -> int:
+        return sum(n for n, _, _ in self.replayed.values())
 
 
 class Lake:
@@ -93,10 +100,15 @@ class Lake:
         return self.root / table
 
     def ensure(self) -> None:
-        """Create the tables that do not exist yet (idempotent; safe with concurrent callers)."""
+        """Create the tables that do not exist yet, and add to existing ones the nullable columns this build has
+        and they lack (a lake created by an older build keeps working; its old rows read those columns as null).
+        Idempotent; safe with concurrent callers. A column that differs otherwise is left for `commit` to refuse."""
         for name in TABLES:
             path = self.path(name)
             if DeltaTable.is_deltatable(str(path)):
+                if self._missing_columns(name):
+                    with self._lock(name):
+                        self._add_missing_columns(name)
                 continue
             path.mkdir(parents=True, exist_ok=True)
             with self._lock(name):
@@ -105,6 +117,22 @@ class Lake:
                                       mode="ignore", name=name,
                                       configuration={"delta.checkpointInterval": "50",
                                                      "delta.dataSkippingStatsColumns": ",".join(stats_columns(name))})
+
+    def _missing_columns(self, name: str) -> list[pa.Field]:
+        have = {f.name for f in self.table(name).schema().fields}
+        return [f for f in SCHEMAS[name] if f.name not in have]
+
+    def _add_missing_columns(self, name: str) -> None:
+        """Under the table's lock: add this build's missing columns (re-read: another process may have)."""
+        missing = self._missing_columns(name)
+        required = [f.name for f in missing if not f.nullable]
+        if required:
+            raise LakeError(f"lake table {name!r} at {self.path(name)} lacks the non-nullable columns {required}: "
+                            "rows already landed cannot have them; land into a new lake (FLYWHEEL_HOME)")
+        if missing:
+            fields = DeltaSchema.from_arrow(pa.schema(missing)).fields
+            self.table(name).alter.add_columns(fields)
+            self._tables.pop(name, None)
 
     def table(self, name: str) -> DeltaTable:
         try:
@@ -123,23 +151,32 @@ class Lake:
         return {tp: dt.transaction_version(app_id(tp[0], tp[1], ids.get(tp[0]))) for tp in partitions}
 
     def commit(self, name: str, rows: pa.Table, next_offsets: Mapping[TopicPartition, int],
-               topic_ids: Mapping[str, str] | None = None) -> CommitResult:
+               topic_ids: Mapping[str, str] | None = None, *, keep_ingested_at: bool = False) -> CommitResult:
         """Append `rows` and advance the watermarks to `next_offsets`, in one Delta commit.
 
-        Rows below the table's current watermark for their partition were landed before (a replay) and are
-        dropped; a batch that brings nothing new and moves no watermark commits nothing.
+        Rows below the table's current watermark for their partition (under the same topic id) were landed
+        before (a replay) and are dropped, and counted in `CommitResult.replayed`; a row is never dropped for a
+        watermark of another topic id. A batch that brings nothing new and moves no watermark commits nothing.
+
+        The rows' `_ingested_at` is stamped here, under the table's lock (see `_stamp`): commits in lock order,
+        which is version order, have strictly increasing stamps, so a reader that saw versions up to N knows
+        every later commit is stamped after everything it saw. `keep_ingested_at` keeps the rows' own stamps
+        instead, for backfills of known-good data and tests that place rows at chosen landing times: such rows
+        can fall into quality windows that have already ended (and were checked without them).
         """
         with self._lock(name):
             dt = self._latest(name)
             ids = topic_ids or {}
             current = {tp: dt.transaction_version(app_id(tp[0], tp[1], ids.get(tp[0]))) for tp in next_offsets}
-            rows = _drop_landed(rows, current)
+            rows, replayed = _drop_landed(rows, current)
             advance = {tp: off for tp, off in next_offsets.items() if current[tp] is None or off > current[tp]}
             if rows.num_rows == 0 and not advance:
-                return CommitResult(name, 0, None)
+                return CommitResult(name, 0, None, replayed)
             txns = [Transaction(app_id(tp[0], tp[1], ids.get(tp[0])), off) for tp, off in sorted(advance.items())]
             try:
                 rows = _conform(dt, name, rows)
+                rows, clock = _stamp(dt, rows, keep_ingested_at)
+                txns += clock
                 dt.create_write_transaction(self._write_files(name, rows), "append", dt.schema(),
                                             partition_by=[PARTITION_COLUMN[name]],
                                             commit_properties=CommitProperties(app_transactions=txns))
@@ -148,7 +185,7 @@ class Lake:
                 self._tables.pop(name, None)  # reload from the log next time rather than trust this state
                 raise LakeError(f"commit of {rows.num_rows} rows to lake table {name!r} at {self.path(name)} "
                                 f"failed: {exc}") from exc
-            return CommitResult(name, rows.num_rows, dt.version())
+            return CommitResult(name, rows.num_rows, dt.version(), replayed)
 
     def _write_files(self, name: str, rows: pa.Table) -> list[AddAction]:
         """Write `rows` under the table, a file (or, for a big batch, up to `WRITERS` files written in parallel) per
@@ -263,15 +300,48 @@ def _stat(v: Any, up: bool = False) -> Any:
     return v
 
 
-def _drop_landed(rows: pa.Table, current: Mapping[TopicPartition, int | None]) -> pa.Table:
+STAMP_APP_ID = "flywheel/_ingested_at"
+"""The app transaction whose version is the table's last `_ingested_at` stamp, in microseconds since the epoch."""
+
+
+def _stamp(dt: DeltaTable, rows: pa.Table, keep: bool) -> tuple[pa.Table, list[Transaction]]:
+    """`rows` stamped with this commit's `_ingested_at`, and the app transaction that records the stamp.
+
+    The stamp is now, but never at or below the previous commit's (read from the table under its lock), so it
+    increases strictly from commit to commit even if the clock steps back. With `keep` the rows keep their stamps,
+    and the recorded stamp only moves up to the largest of them (later stamped commits still land above it).
+    """
     if rows.num_rows == 0:
-        return rows
+        return rows, []
+    last = dt.transaction_version(STAMP_APP_ID)
+    i = rows.schema.get_field_index("_ingested_at")
+    if keep:
+        top = pc.max(rows.column(i)).cast(pa.int64()).as_py()  # the column's unit is microseconds
+        return rows, [] if last is not None and top <= last else [Transaction(STAMP_APP_ID, top)]
+    stamp = time.time_ns() // 1000
+    if last is not None and stamp <= last:
+        stamp = last + 1
+    column = pa.repeat(pa.scalar(stamp, pa.int64()).cast(rows.schema.field(i).type), rows.num_rows)
+    return rows.set_column(i, rows.schema.field(i), column), [Transaction(STAMP_APP_ID, stamp)]
+
+
+def _drop_landed(rows: pa.Table, current: Mapping[TopicPartition, int | None]
+                 ) -> tuple[pa.Table, dict[TopicPartition, tuple[int, int, int]]]:
+    """`rows` without those below `current` (the watermarks of the topic id the batch was read under), and what
+    was dropped per topic-partition: (rows, lowest offset, highest offset)."""
+    replayed: dict[TopicPartition, tuple[int, int, int]] = {}
+    if rows.num_rows == 0:
+        return rows, replayed
     keep = None
     for (topic, partition), wm in current.items():
         if wm is None:
             continue
         stale = pc.and_(pc.and_(pc.equal(rows["_topic"], topic), pc.equal(rows["_partition"], partition)),
                         pc.less(rows["_offset"], wm))
+        n = pc.sum(stale).as_py() or 0
+        if n:
+            bounds = pc.min_max(pc.filter(rows["_offset"], stale))
+            replayed[(topic, partition)] = (n, bounds["min"].as_py(), bounds["max"].as_py())
         keep = pc.invert(stale) if keep is None else pc.and_(keep, pc.invert(stale))
     # Filtering copies every column, ~1 KB a row; a replay is rare, so look before copying.
-    return rows if keep is None or pc.all(keep).as_py() else rows.filter(keep)
+    return (rows if not replayed else rows.filter(keep)), replayed

@@ -63,7 +63,8 @@ VIEW_MODULES: list[str] = ["flywheel.warehouse.quality.orphans"]
 _DEDUP = {
     "inferences": "PARTITION BY inference_id ORDER BY _ingested_at, _topic, _partition, _offset",
     "feedback": "PARTITION BY feedback_id ORDER BY _ingested_at, _topic, _partition, _offset",
-    "quarantine": "PARTITION BY _topic, _partition, _offset ORDER BY _ingested_at",
+    # A message is its coordinates within one incarnation of its topic: after a broker restart offsets repeat.
+    "quarantine": "PARTITION BY _topic, _topic_id, _partition, _offset ORDER BY _ingested_at",
 }
 
 
@@ -80,10 +81,20 @@ def _scan(path: Path, columns: list[str] | None = None) -> str | None:
     return f"(SELECT {cols} FROM read_parquet([{listed}], hive_partitioning = true, union_by_name = true))"
 
 
+_SQL_TYPE = {pa.string(): "VARCHAR"}
+"""SQL types of the nullable columns a table can lack in its older files."""
+
+
 def _source(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> str:
     """`_scan` of a core table, or an empty relation of its schema when it has no files yet."""
-    scan = _scan(lake.path(table), SCHEMAS[table].names)
-    if scan is None:
+    scan = _scan(lake.path(table))
+    if scan is not None:
+        # Files landed before a nullable column was added to the table do not have it: read it as null there.
+        have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+        cols = [f'"{f.name}"' if f.name in have else f'CAST(NULL AS {_SQL_TYPE[f.type]}) AS "{f.name}"'
+                for f in SCHEMAS[table]]
+        scan = f"(SELECT {', '.join(cols)} FROM {scan})"
+    else:
         scan = f"_empty_{table}"
         con.register(scan, SCHEMAS[table].empty_table())
     return scan

@@ -11,6 +11,8 @@ import click
 
 from flywheel.commands.options import pass_env
 from flywheel.environment import Environment
+from flywheel.schemas.alerts import Alert
+from flywheel.warehouse.jobs.store import Job
 from flywheel.streams.signals import SignalSettings
 from flywheel.config import describe
 from flywheel.warehouse.drift.settings import DriftSettings
@@ -75,6 +77,7 @@ def drift_run(env: Environment, current: str | None, reference: str | None, by: 
     delivered = None
     if not no_send and alerts.webhook and run.alerts:
         delivered = SlackSender(outbox, alerts).deliver()
+    started = dispatch_alerts(env, run.alerts)
     if fmt == "json":
         click.echo(json.dumps(_summary(run, delivered), default=str))
         return
@@ -96,6 +99,27 @@ def drift_run(env: Environment, current: str | None, reference: str | None, by: 
         where = ("sent to Slack" if delivered and delivered.delivered == len(run.alerts) else
                  "queued in the outbox (`flywheel alerts list`)")
         click.echo(f"{len(run.alerts)} alerts {where}")
+    for job in started:
+        click.echo(f"policy {job.policy} started job {job.id} ({job.target}): {job.status}"
+                   + (f" -> {job.result}" if job.result else f" ({job.error})" if job.error else ""))
+
+
+def dispatch_alerts(env: Environment, alerts: list[Alert]) -> list[Job]:
+    """Hand a drift run's alerts to the trigger policies (when a policy file exists): each matching job starts
+    once (`flywheel jobs list`)."""
+    import os
+
+    from flywheel.warehouse.evaluation.targets import Secret
+    from flywheel.warehouse.jobs.dispatch import dispatch
+    from flywheel.warehouse.jobs.policies import load_policies
+    from flywheel.warehouse.jobs.store import JobStore
+
+    path = env.jobs.policies_path(env.core.home)
+    if not alerts or not path.is_file():
+        return []
+    policies = load_policies(path)
+    store = JobStore(env.jobs.db_path(env.core.home))
+    return dispatch(policies.values(), alerts, store, lambda name: Secret(os.environ.get(name, "")))
 
 
 def _summary(run: Any, delivered: Any) -> dict[str, Any]:

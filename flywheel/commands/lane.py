@@ -123,7 +123,9 @@ def ingest(env: Environment, until_idle: float | None) -> None:
     """Land events from Kafka in the lake, exactly once, quarantining invalid ones.
 
     Start several to share the partitions (same FLYWHEEL_INGEST_GROUP). Stop with Ctrl-C or SIGTERM: the worker
-    lands what it holds first. A killed worker resumes exactly where the lake is.
+    lands what it holds first. A killed worker resumes exactly where the lake is. With --until-idle it exits 0
+    only once every partition is landed up to the broker's end; if some stay unowned or behind for
+    FLYWHEEL_DRAIN_TIMEOUT_S it exits 1 naming them and their lag.
 
     \b
     Example:
@@ -147,7 +149,8 @@ def ingest(env: Environment, until_idle: float | None) -> None:
     click.echo(f"landing {s.inference_topic}, {s.feedback_topic} from {s.kafka_bootstrap} into {s.lake}", err=True)
     st = worker.run(until_idle=until_idle, install_signal_handlers=True)
     click.echo(f"landed {st.landed['inferences']} inferences, {st.landed['feedback']} feedback, quarantined "
-               f"{st.quarantined} (of {st.consumed} consumed)")
+               f"{st.quarantined} (of {st.consumed} consumed; {st.replayed} replays dropped, "
+               f"{st.dead_letter_failures} dead-letter deliveries failed)")
 
 
 @click.command()

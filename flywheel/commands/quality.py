@@ -58,7 +58,8 @@ def quality() -> None:
 @quality.command("run", epilog="\b\nSettings:\n" + _settings_help())
 @click.option("--since", help="Start of the window (landing time): ISO 8601, or a duration ago like 24h. "
                               "Default: where the table's previous run ended (or its first row).")
-@click.option("--until", help="End of the window (exclusive): ISO 8601, `now` or a duration ago. Default: now.")
+@click.option("--until", help="End of the window (exclusive): ISO 8601 or a duration ago. Default (or `now`): just "
+                              "past the latest row landed when the run reads the table, where the next run starts.")
 @click.option("--table", "tables", multiple=True, help="Only this table (repeatable). Default: every suite's table.")
 @click.option("--all", "show_all", is_flag=True, help="List every expectation, not only the failed ones.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -75,7 +76,7 @@ def run_cmd(env: Environment, since: str | None, until: str | None, tables: tupl
 
     \b
     Example:
-      flywheel quality run                       # from where the last run ended until now
+      flywheel quality run                       # from where the last run ended to what has landed
       flywheel quality run --since 2026-11-27T00:00:00Z --until 2026-11-28T00:00:00Z --table feedback
       flywheel quality run --since 1h --all --format json
     """
@@ -85,7 +86,8 @@ def run_cmd(env: Environment, since: str | None, until: str | None, tables: tupl
     settings = env.core
     q.set_gx_verbose(gx_logs)
     run = q.run_quality(settings, env.quality, since=parse_time(since, "--since"),
-                        until=parse_time(until, "--until"), tables=list(tables) or None, report=not no_report)
+                        until=None if until == "now" else parse_time(until, "--until"),
+                        tables=list(tables) or None, report=not no_report)
     if fmt == "json":
         click.echo(json.dumps(_as_json(run, show_all), default=str, ensure_ascii=False, indent=2))
     else:

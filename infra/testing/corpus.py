@@ -2,8 +2,9 @@
 
 Sources (see infra/demo/README.md for licenses): OpenAssistant sampling reports (the same prompts answered by
 successive model versions), PandaLM pairwise human preferences, LAMP professional edits (corrections) and
-LLaMA-Factory KTO labels (thumbs). `load_corpus()` reads them from a `shared/data` checkout when there is one and
-from the bundled `infra/demo/corpus.jsonl` otherwise, so the demo works on a fresh clone.
+LLaMA-Factory KTO labels (thumbs). `load_corpus()` reads the bundled sample `infra/demo/corpus.jsonl` (the same
+on every checkout, so tests and the demo do not depend on where they run), `load_corpus(path)` the full sources of
+a `shared/data` checkout (benchmarks).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"  # infra/demo: this module is infra/testing/corpus.py
 BUNDLED = DEMO_DIR / "corpus.jsonl"
 APPS = ("support-bot", "writing-assistant", "search-answers")
 IMPLICIT = ("copy", "regenerate", "abandon", "accept")
@@ -40,7 +41,7 @@ class Corpus:
 
 
 def default_shared_data() -> Path | None:
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):  # the checkout: ../shared beside it
         cand = base.parent / "shared" / "data"
         if cand.is_dir():
             return cand
@@ -48,7 +49,9 @@ def default_shared_data() -> Path | None:
 
 
 def load_corpus(shared_data: Path | None = None, per_source: int | None = None) -> Corpus:
-    shared_data = shared_data or default_shared_data()
+    """The bundled corpus, or the full sources of a `shared/data` checkout when one is given (benchmarks pass
+    `default_shared_data()`). Tests never depend on which checkout they run in: without an argument, always the
+    bundled corpus."""
     if shared_data is None:
         return _load_bundled()
     c = Corpus()
@@ -92,12 +95,15 @@ def _ts(t: datetime) -> str:
 
 
 def generate(corpus: Corpus, n_inferences: int, seed: int = 7, start: datetime | None = None,
-             feedback_rate: float = 0.6, prefix: str = "inf") -> Iterator[dict[str, Any]]:
+             feedback_rate: float = 0.6, prefix: str = "inf", metadata: bool = False) -> Iterator[dict[str, Any]]:
     """Yield `n_inferences` inference events, each followed by feedback with probability `feedback_rate`.
 
-    Ids are `<prefix>-<n>`, so streams with different prefixes never collide. Deterministic for a seed.
+    Ids are `<prefix>-<n>`, so streams with different prefixes never collide. Deterministic for a seed. With
+    `metadata`, every event also carries a `metadata` object as SDKs attach them (`inference_metadata`,
+    `feedback_metadata`), drawn from a generator of its own: the events are otherwise the same as without.
     """
     rng = random.Random(seed)
+    meta_rng = random.Random(f"metadata-{seed}")
     t = start or datetime(2026, 11, 1, tzinfo=timezone.utc)
     fb = 0
     for n in range(n_inferences):
@@ -131,6 +137,8 @@ def generate(corpus: Corpus, n_inferences: int, seed: int = 7, start: datetime |
         tokens_in, tokens_out = len(str(ev["input"])) // 4 + 1, len(ev["output"]) // 4 + 1
         ev.update(latency_ms=round(rng.lognormvariate(6.5, 0.5), 1), input_tokens=tokens_in,
                   output_tokens=tokens_out, cost_usd=round((tokens_in * 2.5 + tokens_out * 10) / 1e6, 7))
+        if metadata:
+            ev = {**ev, "metadata": inference_metadata(meta_rng, ev)}
         yield ev
         if not feedback and rng.random() < feedback_rate:
             r = rng.random()
@@ -145,7 +153,52 @@ def generate(corpus: Corpus, n_inferences: int, seed: int = 7, start: datetime |
         for f in feedback:
             fb += 1
             delay = timedelta(seconds=rng.expovariate(1 / 90))
-            yield {"feedback_id": f"{prefix}-fb-{fb}", "inference_id": iid, "timestamp": _ts(t + delay), **f}
+            fev = {"feedback_id": f"{prefix}-fb-{fb}", "inference_id": iid, "timestamp": _ts(t + delay), **f}
+            yield {**fev, "metadata": feedback_metadata(meta_rng)} if metadata else fev
+
+
+REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
+LOCALES = ("en-US", "en-GB", "de-DE", "fr-FR", "ja-JP", "pt-BR")
+PLANS = ("free", "pro", "team", "enterprise")
+TITLES = ("Quarterly report draft", "Résumé review", "Café menu translation", "Übersicht der Kosten",
+          "週次レポート", "Q&A: \"refund\" policy", "Notes\nfrom the call", "Onboarding checklist")
+
+
+def inference_metadata(rng: random.Random, ev: dict[str, Any]) -> dict[str, Any]:
+    """What an LLM app attaches to a call: request and trace ids, sampling parameters, retrieval context, the
+    client and the user's plan. Types are stable per key (as one app's SDK sends them); the keys present vary."""
+    meta: dict[str, Any] = {
+        "request_id": f"req_{rng.getrandbits(64):016x}",
+        "trace_id": f"{rng.getrandbits(128):032x}",
+        "environment": rng.choice(("production", "production", "production", "staging")),
+        "region": rng.choice(REGIONS),
+        "params": {"temperature": rng.choice((0.0, 0.2, 0.7, 1.0)), "top_p": rng.choice((0.9, 0.95, 1.0)),
+                   "max_tokens": rng.choice((256, 512, 1024, 4096)), "stream": rng.random() < 0.6},
+        "client": {"sdk": "flywheel-python", "sdk_version": rng.choice(("0.4.2", "0.5.0")),
+                   "locale": rng.choice(LOCALES)},
+        "user": {"plan": rng.choice(PLANS), "cohort": f"2026-{rng.randint(1, 11):02d}"},
+    }
+    if rng.random() < 0.5:
+        docs = [f"kb-{rng.randint(1, 90000)}" for _ in range(rng.randint(1, 5))]
+        meta["retrieval"] = {"index": "kb-v7", "doc_ids": docs,
+                             "scores": [round(rng.uniform(0.3, 0.95), 4) for _ in docs], "latency_ms": rng.randint(8, 120)}
+    if rng.random() < 0.3:
+        meta["tags"] = rng.sample(("beta", "rag", "long-context", "tool-use", "eval"), rng.randint(1, 3))
+    if rng.random() < 0.15:  # free text from the product: non-ASCII, quotes, newlines
+        meta["document_title"] = rng.choice(TITLES)
+    if rng.random() < 0.1:
+        meta["cache"] = {"hit": True, "key": f"c{rng.getrandbits(32):08x}", "ttl_s": None}
+    return meta
+
+
+def feedback_metadata(rng: random.Random) -> dict[str, Any]:
+    """What a product attaches to feedback: where it was given, by which client, after how long."""
+    meta: dict[str, Any] = {"surface": rng.choice(("chat-widget", "web-app", "slack", "api")),
+                            "client_version": rng.choice(("2.14.0", "2.15.1", "3.0.0-rc.2")),
+                            "locale": rng.choice(LOCALES), "seconds_after_answer": round(rng.expovariate(1 / 40), 1)}
+    if rng.random() < 0.2:
+        meta["comment_title"] = rng.choice(TITLES)
+    return meta
 
 
 def write_jsonl(events: Iterator[dict[str, Any]], path: Path) -> int:

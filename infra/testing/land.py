@@ -29,7 +29,8 @@ def to_rows(events: Iterable[dict[str, Any]], *, ingested_at: datetime | None = 
     """Typed lake rows per table (`inferences`, `feedback`) for `events`.
 
     Raises `ContractViolation` for the first event the contract rejects: this path is for data known to be valid
-    (inject defects into the returned Arrow tables instead).
+    (inject defects into the returned Arrow tables instead). `ingested_at` (default now) is what `Lake.commit`
+    replaces with its own stamp unless it is called with `keep_ingested_at=True`.
     """
     ingested_at = ingested_at or datetime.now(timezone.utc)
     by_type: dict[str, list[bytes]] = {"inference": [], "feedback": []}
@@ -54,18 +55,23 @@ def to_rows(events: Iterable[dict[str, Any]], *, ingested_at: datetime | None = 
                 .append_column("_topic", pa.array([f"{topic_prefix}.{name}"] * n, pa.string()))
                 .append_column("_partition", pa.array([0] * n, pa.int32()))
                 .append_column("_offset", pa.array(range(offset, offset + n), pa.int64()))
-                .append_column("_ingested_at", pa.array([ingested_at] * n, TS)))
+                .append_column("_ingested_at", pa.array([ingested_at] * n, TS))
+                .append_column("_topic_id", pa.nulls(n, pa.string())))
         offset += n
         out[table] = rows.select(SCHEMAS[table].names).cast(SCHEMAS[table])
     return out
 
 
 def land(lake: Lake, events: Iterable[dict[str, Any]], **kwargs: Any) -> dict[str, int]:
-    """Validate `events` and commit them to the lake (created if needed); returns rows landed per table."""
+    """Validate `events` and commit them to the lake (created if needed); returns rows landed per table.
+
+    The commit stamps the rows' `_ingested_at`, as it does for the landing worker, unless `ingested_at` is given:
+    then the rows keep it (a backfill at a chosen landing time; see `Lake.commit(keep_ingested_at=True)`)."""
     lake.ensure()
     landed = {}
+    keep = kwargs.get("ingested_at") is not None
     for table, rows in to_rows(events, **kwargs).items():
         if rows.num_rows:
-            lake.commit(table, rows, {})
+            lake.commit(table, rows, {}, keep_ingested_at=keep)
         landed[table] = rows.num_rows
     return landed

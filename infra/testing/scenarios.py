@@ -1,12 +1,13 @@
-"""Drift scenarios built from the real data in `shared/data`, and a fast columnar way to land them without Kafka.
+"""Drift scenarios built from real public data (fixtures in `data/`, derived from `shared/data`), and a fast columnar way to land them without Kafka.
 
-The scenarios (used by tests/warehouse/test_drift_scenarios.py and bench/drift.py):
+The scenarios (used by tests/warehouse/drift/test_scenarios.py and bench/drift.py):
 - `stationary`: OpenAssistant sampling-report answers of several models, shuffled and split into windows;
 - `model_change`: the same 250 prompts answered by one model version, then by its successor (oasst-sft-7-llama-30b
   then oasst-rlhf-1-llama-30b-8k-steps), deployed under one model name;
 - `language_shift`: English prompts, then a share of Spanish/Russian/... (oasst multilingual-60 with falcon's
   answers) and Chinese (LLaMA-Factory dpo_zh_demo) prompts mixed in;
-- `satisfaction_drop`: thumbs on every inference, 20% down, then 45% down.
+- `satisfaction_drop`: thumbs on every inference, 20% down, then 45% down;
+- `late_corrections`: a steady correction rate whose expert corrections mostly arrive days late.
 
 `land()` writes Arrow columns straight into the lake's Delta tables with unique synthetic Kafka coordinates, which
 is how the landing worker's rows look, at millions of rows per second (the JSON path is for contract tests).
@@ -14,6 +15,8 @@ is how the landing worker's rows look, at millions of rows per second (the JSON 
 
 from __future__ import annotations
 
+import functools
+import gzip
 import json
 import random
 from dataclasses import dataclass, field
@@ -102,31 +105,42 @@ def land(settings: Settings, events: Events, offset0: int = 0, topic: str = "syn
 # --------------------------------------------------------------------------------------------------- real data
 
 
-def sampling_report(shared_data: Path, model_fragment: str) -> list[tuple[str, str]]:
-    """(prompt, output) pairs of the oasst sampling report whose file name contains `model_fragment`."""
-    reports = sorted((shared_data / "oasst_model_eval" / "sampling_reports").glob(f"*{model_fragment}*"))
+DATA = Path(__file__).parent / "data"
+"""Fixtures derived from `shared/data` (see data/README.md; rebuilt by `derive_fixtures.py`)."""
+
+
+@functools.cache
+def _answers() -> tuple[tuple[str, str, str], ...]:
+    """(report file name, prompt, output as written) of every OpenAssistant sampling report, in file order."""
+    with gzip.open(DATA / "oasst_sampling_answers.jsonl.gz", "rt", encoding="utf-8", newline="\n") as fh:
+        return tuple((r["report"], r["prompt"], r["output"]) for r in map(json.loads, fh))
+
+
+def raw_outputs(model_fragment: str) -> list[str]:
+    """The outputs, unstripped, of the sampling report whose file name contains `model_fragment`."""
+    reports = sorted({r for r, _, _ in _answers() if model_fragment in r})
     if not reports:
-        raise FileNotFoundError(f"no sampling report matching {model_fragment!r} under {shared_data}")
-    data = json.loads(reports[0].read_text(encoding="utf-8"))
-    return [(p["prompt"], o.strip()) for p in data["prompts"] for r in p["results"] for o in r["outputs"]]
+        raise FileNotFoundError(f"no sampling report matching {model_fragment!r} in {DATA}")
+    return [o for r, _, o in _answers() if r == reports[0]]
 
 
-def all_answers(shared_data: Path) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for report in sorted((shared_data / "oasst_model_eval" / "sampling_reports").glob("*.json*")):
-        data = json.loads(report.read_text(encoding="utf-8"))
-        out += [(p["prompt"], o.strip()) for p in data["prompts"] for r in p["results"] for o in r["outputs"]]
-    return out
+def sampling_report(model_fragment: str) -> list[tuple[str, str]]:
+    """(prompt, output) pairs of the oasst sampling report whose file name contains `model_fragment`."""
+    reports = sorted({r for r, _, _ in _answers() if model_fragment in r})
+    if not reports:
+        raise FileNotFoundError(f"no sampling report matching {model_fragment!r} in {DATA}")
+    return [(p, o.strip()) for r, p, o in _answers() if r == reports[0]]
 
 
-def multilingual_answers(shared_data: Path) -> list[tuple[str, str]]:
+def all_answers() -> list[tuple[str, str]]:
+    return [(p, o.strip()) for _, p, o in _answers()]
+
+
+def multilingual_answers() -> list[tuple[str, str]]:
     """Non-English prompts with answers: falcon's answers to oasst multilingual-60, and Chinese DPO pairs."""
-    out = [(p, o) for p, o in sampling_report(shared_data, "multilingual") if not p.isascii()]
-    zh = json.loads((shared_data / "llamafactory" / "dpo_zh_demo.json").read_text(encoding="utf-8"))
-    for item in zh:
-        human = [c["value"] for c in item["conversations"] if c["from"] == "human"]
-        if human:
-            out.append((human[-1], item["chosen"]["value"]))
+    out = [(p, o) for p, o in sampling_report("multilingual") if not p.isascii()]
+    with gzip.open(DATA / "dpo_zh_chosen.jsonl.gz", "rt", encoding="utf-8", newline="\n") as fh:
+        out += [(r["prompt"], r["output"]) for r in map(json.loads, fh)]
     return out
 
 
@@ -165,19 +179,19 @@ def windows_of(rows: Sequence[tuple[str, str]], n_windows: int, window: timedelt
     return ev
 
 
-def stationary(shared_data: Path, n_windows: int = 30, window: timedelta = timedelta(hours=1),
+def stationary(n_windows: int = 30, window: timedelta = timedelta(hours=1),
                seed: int = 0) -> Events:
-    rows = all_answers(shared_data)
+    rows = all_answers()
     random.Random(seed).shuffle(rows)
     return windows_of(rows, n_windows, window, seed=seed, app="assistant", model="oasst", model_version="mix")
 
 
-def model_change(shared_data: Path, windows_each: int = 4, window: timedelta = timedelta(hours=1),
+def model_change(windows_each: int = 4, window: timedelta = timedelta(hours=1),
                  seed: int = 0) -> Events:
     """`windows_each` windows of oasst-sft-7, then `windows_each` of oasst-rlhf-1 (8k steps), same prompts."""
     rng = random.Random(seed)
-    before = sampling_report(shared_data, "oasst-sft-7-llama-30b")
-    after = sampling_report(shared_data, "oasst-rlhf-1-llama-30b-8k")
+    before = sampling_report("oasst-sft-7-llama-30b")
+    after = sampling_report("oasst-rlhf-1-llama-30b-8k")
     rng.shuffle(before)
     rng.shuffle(after)
     ev = windows_of(before, windows_each, window, seed=seed, app="assistant", model="oasst-llama-30b",
@@ -185,19 +199,19 @@ def model_change(shared_data: Path, windows_each: int = 4, window: timedelta = t
     _extend(ev, windows_of(after, windows_each, window, start=T0 + windows_each * window, seed=seed + 1,
                            app="assistant", model="oasst-llama-30b", model_version="rlhf-1-8k", prefix="b"))
     # A second model in the same app that does not change (gpt-3.5, gpt-4, claude answers, resampled).
-    steady = [x for m in ("gpt-3.5", "gpt-4", "claude") for x in sampling_report(shared_data, m)]
+    steady = [x for m in ("gpt-3.5", "gpt-4", "claude") for x in sampling_report(m)]
     steady = [rng.choice(steady) for _ in range(len(before) + len(after))]
     _extend(ev, windows_of(steady, 2 * windows_each, window, seed=seed + 2, app="assistant", model="gpt",
                            model_version="2023-04", prefix="c"))
     return ev
 
 
-def language_shift(shared_data: Path, windows_before: int = 4, windows_after: int = 3, share: float = 0.4,
+def language_shift(windows_before: int = 4, windows_after: int = 3, share: float = 0.4,
                    window: timedelta = timedelta(hours=1), per_window: int = 400, seed: int = 0) -> Events:
     """English traffic, then `share` of each window's prompts multilingual (incl. Chinese)."""
     rng = random.Random(seed)
-    english = all_answers(shared_data)
-    foreign = multilingual_answers(shared_data)
+    english = all_answers()
+    foreign = multilingual_answers()
     ev = Events()
     n = 0
     for w in range(windows_before + windows_after):
@@ -210,12 +224,12 @@ def language_shift(shared_data: Path, windows_before: int = 4, windows_after: in
     return ev
 
 
-def satisfaction_drop(shared_data: Path, windows_before: int = 4, windows_after: int = 2, before: float = 0.2,
+def satisfaction_drop(windows_before: int = 4, windows_after: int = 2, before: float = 0.2,
                       after: float = 0.45, window: timedelta = timedelta(hours=1), per_window: int = 500,
                       seed: int = 0) -> Events:
     """Thumbs on every inference: `before` share down, then `after` (same answers throughout)."""
     rng = random.Random(seed)
-    rows = all_answers(shared_data)
+    rows = all_answers()
     ev = Events()
     n = 0
     for w in range(windows_before + windows_after):
@@ -224,6 +238,35 @@ def satisfaction_drop(shared_data: Path, windows_before: int = 4, windows_after:
             t = T0 + w * window + timedelta(seconds=rng.random() * window.total_seconds() * 0.999)
             _add(ev, rng, n, t, prompt, output, app="assistant", model="oasst", model_version="mix",
                  thumbs_down=after if w >= windows_before else before)
+            n += 1
+    return ev
+
+
+def late_corrections(days_before: int = 7, per_day: int = 600, rate: float = 0.2,
+                     rate_after: float | None = None, fast_share: float = 0.3, now: datetime | None = None,
+                     seed: int = 0) -> Events:
+    """Expert corrections that mostly arrive days late: `days_before` daily windows, then one current day, each
+    inference corrected with probability `rate` (`rate_after` on the current day); `fast_share` of corrections come
+    within an hour, the rest 6-72 h later. Feedback after `now` (default: 1 h after the current day ends) has not
+    happened yet and is not landed, as at run time. Thumbs (30 s after, 20% down) on every inference."""
+    rng = random.Random(seed)
+    rows = all_answers()
+    day = timedelta(days=1)
+    now = now or T0 + (days_before + 1) * day + timedelta(hours=1)
+    ev = Events()
+    n = 0
+    for d in range(days_before + 1):
+        p = rate_after if d == days_before and rate_after is not None else rate
+        for _ in range(per_day):
+            prompt, output = rng.choice(rows)
+            t = T0 + d * day + timedelta(seconds=rng.random() * day.total_seconds() * 0.999)
+            _add(ev, rng, n, t, prompt, output, app="assistant", model="oasst", model_version="mix", thumbs_down=0.2)
+            if rng.random() < p:
+                late = rng.random() >= fast_share
+                at = t + (timedelta(hours=rng.uniform(6, 72)) if late else timedelta(minutes=rng.uniform(1, 60)))
+                if at <= now:
+                    ev.add_feedback(feedback_id=f"i-{n}-corr", inference_id=f"i-{n}", timestamp=at,
+                                    kind="correction", correction=output + " (edited)")
             n += 1
     return ev
 

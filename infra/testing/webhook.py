@@ -1,7 +1,8 @@
 """A recording stand-in for a Slack incoming webhook on 127.0.0.1, for tests and for trying alert settings.
 
 It answers from a script of statuses (e.g. 500, 429 with Retry-After) and then 200, and records the JSON body of
-every request it accepted, so a test can check what arrived, and how many times.
+every request it accepted, so a test can check what arrived, and how many times. `delay_s` makes every answer
+that slow (a Slack under load), to race senders against their leases.
 
     with RecordingWebhook() as hook:
         hook.script = [(500, {}), (429, {"Retry-After": "1"})]
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
 class RecordingWebhook:
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
         self.received: list[dict[str, Any]] = []
         self.attempts = 0
         self.script: list[tuple[int, dict[str, str]]] = []
@@ -29,6 +32,8 @@ class RecordingWebhook:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if outer.delay_s:
+                    time.sleep(outer.delay_s)  # before recording: an answer this late is one the sender waits for
                 with outer.lock:
                     outer.attempts += 1
                     status, headers = outer.script.pop(0) if outer.script else (200, {})

@@ -21,9 +21,9 @@ def _win(a: int, b: int) -> str:
     return f"{(S.T0 + a * H).isoformat()}/{(S.T0 + b * H).isoformat()}"
 
 
-def test_drift_run_report_and_alerts(shared_data: Path, tmp_path: Path) -> None:
+def test_drift_run_report_and_alerts(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
-    S.land(settings, S.model_change(shared_data, windows_each=3))
+    S.land(settings, S.model_change(windows_each=3))
     env = {"FLYWHEEL_HOME": str(settings.home), "FLYWHEEL_DRIFT_REPORTS": "none", "FLYWHEEL_SLACK_WEBHOOK_URL": ""}
     runner = CliRunner()
     for w in (2, 3):

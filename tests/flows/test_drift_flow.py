@@ -15,12 +15,12 @@ from flywheel.infra.testing.webhook import RecordingWebhook
 
 
 @pytest.mark.slow
-def test_drift_flow_detects_and_delivers(prefect_env: None, shared_data: Path, tmp_path: Path,
+def test_drift_flow_detects_and_delivers(prefect_env: None, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from flywheel.flows.drift import drift_flow
 
     settings = Settings(home=tmp_path / "home")
-    S.land(settings, S.satisfaction_drop(shared_data, windows_before=3, windows_after=1))
+    S.land(settings, S.satisfaction_drop(windows_before=3, windows_after=1))
     H = timedelta(hours=1)
     current = f"{(S.T0 + 3 * H).isoformat()}/{(S.T0 + 4 * H).isoformat()}"
     reference = f"{S.T0.isoformat()}/{(S.T0 + 3 * H).isoformat()}"

@@ -28,7 +28,7 @@ def _land(settings: Settings, landed: datetime, offset: int, bad: bool) -> None:
     lake = Lake(settings.lake)
     lake.ensure()
     for k in range(0, 10, 2):
-        lake.commit("inferences", inf.slice(k, 2), {})
+        lake.commit("inferences", inf.slice(k, 2), {}, keep_ingested_at=True)
 
 
 @pytest.mark.slow

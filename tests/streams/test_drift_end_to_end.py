@@ -7,7 +7,6 @@ import asyncio
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -17,18 +16,19 @@ from flywheel.infra.testing.scenarios import sampling_report
 from flywheel.streams.client import FlywheelClient
 from flywheel.streams.ingest import IngestWorker
 from flywheel.streams.signals import SignalSettings, make_app
-from flywheel.warehouse.drift.run import Window, run_drift
+from flywheel.warehouse.drift.run import run_drift
 from flywheel.warehouse.drift.settings import DriftSettings
+from flywheel.warehouse.drift.windows import Window
 
 T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
 
 
 @pytest.mark.slow
 @pytest.mark.broker
-def test_sdk_to_lake_to_drift(kafka_settings: Settings, shared_data: Path) -> None:
+def test_sdk_to_lake_to_drift(kafka_settings: Settings) -> None:
     s = kafka_settings
-    before = sampling_report(shared_data, "oasst-sft-7-llama-30b")[:600]
-    after = sampling_report(shared_data, "oasst-rlhf-1-llama-30b-8k")[:600]
+    before = sampling_report("oasst-sft-7-llama-30b")[:600]
+    after = sampling_report("oasst-rlhf-1-llama-30b-8k")[:600]
     with FlywheelClient(s) as fw:
         for hour, rows, version in ((0, before, "sft-7"), (1, after, "rlhf-1-8k")):
             for n, (prompt, output) in enumerate(rows):

@@ -90,13 +90,12 @@ def test_helpers() -> None:
 
 @pytest.mark.slow
 @pytest.mark.broker
-def test_thumbs_down_jump_alerts_slack_within_a_window(kafka_settings: Settings, tmp_path: Path,
-                                                        shared_data: Path) -> None:
+def test_thumbs_down_jump_alerts_slack_within_a_window(kafka_settings: Settings, tmp_path: Path) -> None:
     """20% thumbs-down, then 45%: the live signal reaches Slack within one window of the change (windows of 6 s
     here instead of the default 60 s, so the test takes seconds, not minutes)."""
     from flywheel.infra.testing.scenarios import all_answers
 
-    answers = all_answers(shared_data)
+    answers = all_answers()
     settings = kafka_settings
     ensure_topics(settings)
     sig = SignalSettings(group=f"sig-{uuid.uuid4().hex[:8]}", window_s=6, baseline_windows=2, check_interval_s=0.5,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -24,6 +24,11 @@ def _quarantine(offsets: list[int], topic: str = "t", partition: int = 0) -> pa.
         {"event_type": "inference", "reason": "r", "event_id": None, "payload": b"x", "payload_bytes": 1,
          "key": None, "kafka_timestamp": None, "quarantine_date": NOW.date(), "_topic": topic,
          "_partition": partition, "_offset": o, "_ingested_at": NOW} for o in offsets], schema=SCHEMAS["quarantine"])
+
+
+def _with_topic_id(rows: pa.Table, topic_id: str) -> pa.Table:
+    i = rows.schema.get_field_index("_topic_id")
+    return rows.set_column(i, rows.schema.field(i), pa.array([topic_id] * rows.num_rows, pa.string()))
 
 
 def test_a_replayed_batch_lands_nothing_twice(settings: Settings) -> None:
@@ -68,7 +73,7 @@ def test_files_are_partitioned_and_the_log_has_stats_only_where_filters_can_use_
     rows = rows.set_column(rows.schema.get_field_index("quarantine_date"), "quarantine_date", day)
     rows = rows.set_column(rows.schema.get_field_index("_ingested_at"), "_ingested_at",
                            pa.array([NOW, NOW, late], rows.schema.field("_ingested_at").type))
-    lake.commit("quarantine", rows, {("t", 0): 3})
+    lake.commit("quarantine", rows, {("t", 0): 3}, keep_ingested_at=True)
     dt = lake.table("quarantine")
     files = dt.file_uris()
     assert sorted(Path(f).parent.name for f in files) == ["quarantine_date=2026-11-01", "quarantine_date=2026-11-02"]
@@ -122,3 +127,67 @@ def test_rows_that_do_not_fit_the_table_commit_nothing(settings: Settings) -> No
     for lk in (lake, other):
         assert lk.table("quarantine").version() == 0
         assert lk.watermarks("quarantine", [("t", 0)]) == {("t", 0): None}
+
+
+def test_commits_stamp_ingested_at_strictly_increasing_unless_told_to_keep_it(settings: Settings) -> None:
+    lake = Lake(settings.lake)
+    lake.ensure()
+    before = datetime.now(timezone.utc)
+    lake.commit("quarantine", _quarantine([0, 1]), {("t", 0): 2})  # rows prepared with _ingested_at = NOW
+    lake.commit("quarantine", _quarantine([2]), {("t", 0): 3})
+    ahead = datetime.now(timezone.utc) + timedelta(days=1)  # a backfill stamped ahead of the clock
+    kept = _quarantine([3])
+    kept = kept.set_column(kept.schema.get_field_index("_ingested_at"), "_ingested_at",
+                           pa.array([ahead], kept.schema.field("_ingested_at").type))
+    lake.commit("quarantine", kept, {("t", 0): 4}, keep_ingested_at=True)
+    lake.commit("quarantine", _quarantine([4]), {("t", 0): 5})
+    got = duckdb.sql(f"SELECT _offset, _ingested_at FROM read_parquet({lake.table('quarantine').file_uris()!r}) "
+                     "ORDER BY _offset").fetchall()
+    stamps = [t for _, t in got]
+    assert stamps[0] == stamps[1] >= before  # one stamp per commit, taken at the commit, not the rows' own
+    assert stamps[2] > stamps[1]
+    assert stamps[3] == ahead  # kept
+    assert stamps[4] == ahead + timedelta(microseconds=1)  # never below an earlier commit's stamp
+
+
+def test_a_commit_reports_the_replayed_rows_it_dropped(settings: Settings) -> None:
+    lake = Lake(settings.lake)
+    lake.ensure()
+    lake.commit("quarantine", _quarantine([0, 1, 2]), {("t", 0): 3}, {"t": "id-1"})
+    res = lake.commit("quarantine", _quarantine([1, 2, 3, 4]), {("t", 0): 5}, {"t": "id-1"})
+    assert (res.rows, res.replayed_rows, dict(res.replayed)) == (2, 2, {("t", 0): (2, 1, 2)})
+    # The same offsets read from a new incarnation of the topic are new rows, not replays.
+    res = lake.commit("quarantine", _quarantine([0, 1, 2]), {("t", 0): 3}, {"t": "id-2"})
+    assert (res.rows, res.replayed_rows) == (3, 0)
+
+
+def test_the_quarantine_view_keeps_rejected_messages_at_offsets_a_new_topic_incarnation_reused(
+        settings: Settings) -> None:
+    from flywheel.warehouse.query import connect
+
+    lake = Lake(settings.lake)
+    lake.ensure()
+    for tid in ("id-1", "id-2"):
+        rows = _with_topic_id(_quarantine([0, 1]), tid)
+        lake.commit("quarantine", rows, {("t", 0): 2}, {"t": tid})
+    assert connect(settings).execute("SELECT count(*), count(DISTINCT _topic_id) FROM quarantine").fetchone() == (4, 2)
+
+
+def test_a_lake_created_by_an_older_build_gains_the_new_nullable_columns(settings: Settings) -> None:
+    from deltalake import write_deltalake
+
+    from flywheel.warehouse.query import connect
+
+    old = pa.schema([f for f in SCHEMAS["quarantine"] if f.name != "_topic_id"])
+    path = Lake(settings.lake).path("quarantine")
+    path.mkdir(parents=True)
+    write_deltalake(str(path), _quarantine([0, 1]).select(old.names).cast(old), partition_by=["quarantine_date"])
+    lake = Lake(settings.lake)
+    lake.ensure()
+    assert "_topic_id" in [f.name for f in lake.table("quarantine").schema().fields]
+    lake.ensure()  # idempotent
+    rows = _with_topic_id(_quarantine([0, 1, 2]), "id-9")
+    assert lake.commit("quarantine", rows, {("t", 0): 3}, {"t": "id-9"}).rows == 3
+    got = connect(settings).execute(
+        "SELECT _topic_id, count(*) FROM lake_quarantine GROUP BY ALL ORDER BY ALL NULLS FIRST").fetchall()
+    assert got == [(None, 2), ("id-9", 3)]

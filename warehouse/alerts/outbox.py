@@ -15,9 +15,12 @@ Guarantees:
   error backs off exponentially (capped), and in both cases nothing is dropped: the row stays pending for ever
   until it goes out. Other 4xx (a revoked webhook, a bad payload) park the row as `failed` for a person to look at
   and `flywheel alerts resend`.
-- Senders claim rows with a lease, so two senders never post the same row at once. Exactly once holds whenever
-  Slack answers; a request whose answer is lost (timeout after Slack got it) is retried, so in that one case a
-  message can arrive twice (Slack webhooks take no idempotency key).
+- Senders claim one row at a time, right before posting it, under a lease owned by that sender (a token) and long
+  enough for one request (`SlackSender.lease_s`: twice the HTTP timeout plus a margin). Only the owner can mark
+  its row delivered, retried or failed; a sender whose lease ran out (a stalled process) is told so and changes
+  nothing. So two senders never post the same row at once, and a crashed sender's row comes back when its lease
+  ends. Exactly once holds whenever Slack answers within the lease; a request whose answer is lost (timeout after
+  Slack got it) is retried, so in that one case a message can arrive twice (Slack webhooks take no idempotency key).
 - The webhook URL is a secret: it is never logged, printed or put in an error message.
 """
 
@@ -26,11 +29,15 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
 import random
+import socket
 import sqlite3
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +107,11 @@ class AlertSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.slack_webhook_url, Secret):
             object.__setattr__(self, "slack_webhook_url", Secret(str(self.slack_webhook_url)))
+        problem = _webhook_problem(self.webhook.reveal())
+        if problem:
+            # Name the variable and the defect only: the URL's path is the credential.
+            raise ConfigError(f"FLYWHEEL_SLACK_WEBHOOK_URL is malformed: {problem} (expected "
+                              "https://hooks.slack.com/services/...)", variable="FLYWHEEL_SLACK_WEBHOOK_URL")
         for name in ("cooldown_s", "timeout_s", "backoff_s", "max_backoff_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"FLYWHEEL_ALERTS_{name.upper()} must not be negative")
@@ -115,6 +127,26 @@ class AlertSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "AlertSettings":
         return env_settings(cls, "FLYWHEEL_ALERTS_", environ)
+
+
+def _webhook_problem(url: str) -> str | None:
+    """What is wrong with a webhook URL, in words that never quote it; None when it is usable (or empty)."""
+    if not url:
+        return None
+    if url != url.strip() or any(c.isspace() or ord(c) < 32 for c in url):
+        return "it contains whitespace or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises on a port that is not a number in range
+    except ValueError:
+        return "it does not parse as a URL (check the host and port)"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "its scheme must be http or https" if parts.scheme else "it has no scheme (http:// or https://)"
+    if not parts.hostname:
+        return "it has no host"
+    if port == 0:
+        return "its port must be between 1 and 65535"
+    return None
 
 
 def _fmt_score(item: AlertItem) -> str:
@@ -163,6 +195,7 @@ CREATE TABLE IF NOT EXISTS outbox (
   attempts INTEGER NOT NULL DEFAULT 0,
   next_attempt_at REAL NOT NULL,
   lease_until REAL,
+  lease_owner TEXT,
   last_status INTEGER,
   last_error TEXT,
   delivered_at REAL,
@@ -201,6 +234,9 @@ class Outbox:
             try:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(_SCHEMA)  # idempotent; executescript commits on its own
+                cols = {r[1] for r in con.execute("PRAGMA table_info(outbox)")}
+                if "lease_owner" not in cols:  # an outbox created before leases had owners
+                    con.execute("ALTER TABLE outbox ADD COLUMN lease_owner TEXT")
             finally:
                 con.close()
         except sqlite3.Error as exc:
@@ -287,8 +323,9 @@ class Outbox:
                 return 0
             return cur.rowcount
 
-    def claim(self, limit: int = 20, lease_s: float = 60.0) -> list[OutboxRow]:
-        """Take up to `limit` due rows for sending (a crashed sender's rows come back when its lease ends)."""
+    def claim(self, limit: int = 20, lease_s: float = 60.0, owner: str = "") -> list[OutboxRow]:
+        """Take up to `limit` due rows for `owner` (a crashed sender's rows come back when its lease ends). Hold a
+        lease only as long as you can keep it: `SlackSender` claims one row right before each post."""
         now = self.clock()
         with self._tx(immediate=True) as con:
             ids = [r[0] for r in con.execute(
@@ -297,9 +334,20 @@ class Outbox:
             if not ids:
                 return []
             marks = ",".join("?" * len(ids))
-            con.execute(f"UPDATE outbox SET status = 'sending', lease_until = ? WHERE id IN ({marks})",
-                        (now + lease_s, *ids))
+            con.execute(f"UPDATE outbox SET status = 'sending', lease_until = ?, lease_owner = ? "
+                        f"WHERE id IN ({marks})", (now + lease_s, owner, *ids))
         return self._by_ids(ids)
+
+    def claim_one(self, owner: str, lease_s: float) -> OutboxRow | None:
+        """The oldest due row, leased to `owner` for `lease_s` seconds, or None when nothing is due."""
+        rows = self.claim(1, lease_s, owner)
+        return rows[0] if rows else None
+
+    def defer(self, at: float, reason: str) -> int:
+        """Hold every due pending row until `at` (the webhook is unwell: the rest wait with it, in order)."""
+        with self._tx(immediate=True) as con:
+            return con.execute("UPDATE outbox SET next_attempt_at = ?, last_error = ? WHERE status = 'pending' "
+                               "AND next_attempt_at < ?", (at, reason[:500], at)).rowcount
 
     def _by_ids(self, ids: list[int]) -> list[OutboxRow]:
         marks = ",".join("?" * len(ids))
@@ -310,22 +358,27 @@ class Outbox:
                 ids).fetchall()
         return [OutboxRow(*r[:12], Alert.from_json(r[12])) for r in rows]  # type: ignore[misc]
 
-    def mark_delivered(self, rid: int, http_status: int) -> None:
-        with self._tx(immediate=True) as con:
-            con.execute("UPDATE outbox SET status = 'delivered', delivered_at = ?, attempts = attempts + 1, "
-                        "last_status = ?, last_error = NULL, lease_until = NULL WHERE id = ?",
-                        (self.clock(), http_status, rid))
+    # The three outcomes below change a row only while `owner` still holds its lease, and return whether they
+    # did: False means the lease ran out and another sender may have taken the row over.
+    _OWNED = " WHERE id = ? AND status = 'sending' AND lease_owner = ?"
 
-    def retry_later(self, rid: int, at: float, http_status: int | None, error: str, count_attempt: bool = True) -> None:
+    def mark_delivered(self, rid: int, http_status: int, owner: str = "") -> bool:
         with self._tx(immediate=True) as con:
-            con.execute("UPDATE outbox SET status = 'pending', next_attempt_at = ?, attempts = attempts + ?, "
-                        "last_status = ?, last_error = ?, lease_until = NULL WHERE id = ?",
-                        (at, 1 if count_attempt else 0, http_status, error[:500], rid))
+            return con.execute("UPDATE outbox SET status = 'delivered', delivered_at = ?, attempts = attempts + 1, "
+                               "last_status = ?, last_error = NULL, lease_until = NULL, lease_owner = NULL"
+                               + self._OWNED, (self.clock(), http_status, rid, owner)).rowcount == 1
 
-    def mark_failed(self, rid: int, http_status: int | None, error: str) -> None:
+    def retry_later(self, rid: int, at: float, http_status: int | None, error: str, owner: str = "") -> bool:
         with self._tx(immediate=True) as con:
-            con.execute("UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_status = ?, "
-                        "last_error = ?, lease_until = NULL WHERE id = ?", (http_status, error[:500], rid))
+            return con.execute("UPDATE outbox SET status = 'pending', next_attempt_at = ?, attempts = attempts + 1, "
+                               "last_status = ?, last_error = ?, lease_until = NULL, lease_owner = NULL"
+                               + self._OWNED, (at, http_status, error[:500], rid, owner)).rowcount == 1
+
+    def mark_failed(self, rid: int, http_status: int | None, error: str, owner: str = "") -> bool:
+        with self._tx(immediate=True) as con:
+            return con.execute("UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_status = ?, "
+                               "last_error = ?, lease_until = NULL, lease_owner = NULL" + self._OWNED,
+                               (http_status, error[:500], rid, owner)).rowcount == 1
 
     def pending(self) -> int:
         with self._tx() as con:
@@ -346,6 +399,8 @@ class DeliveryReport:
     retried: int = 0
     failed: int = 0
     waiting_until: float | None = None
+    lost_leases: int = 0
+    """Posts whose lease ran out before the answer came (the row may have been posted twice)."""
 
 
 def _retry_after(value: str | None, now: float) -> float | None:
@@ -366,6 +421,10 @@ class SlackSender:
     def __init__(self, outbox: Outbox, settings: AlertSettings) -> None:
         self.outbox = outbox
         self.settings = settings
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # One request lasts at most about the timeout (connect, then each read): twice that plus a margin covers
+        # a slow answer, and no lease is held across more than one request.
+        self.lease_s = 2 * settings.timeout_s + 5.0
 
     def _post(self, payload: dict[str, Any]) -> tuple[int | None, dict[str, str], str]:
         url = self.settings.webhook.reveal()
@@ -383,18 +442,22 @@ class SlackSender:
             return None, {}, str(reason).replace(url, "<webhook>")
 
     def deliver(self, limit: int = 50) -> DeliveryReport:
-        """Send what is due now. Stops at the first 429/5xx/network error: the webhook is unwell, so the rest waits
-        with it (their order is kept)."""
+        """Send up to `limit` rows that are due now, claiming each right before its post. Stops at the first
+        429/5xx/network error: the webhook is unwell, so every due row waits with it (their order is kept)."""
         rep = DeliveryReport()
         if not self.settings.webhook:
             return rep
-        rows = self.outbox.claim(limit)
-        for i, row in enumerate(rows):
+        for _ in range(limit):
+            row = self.outbox.claim_one(self.owner, self.lease_s)
+            if row is None:
+                break
             status, headers, body = self._post(slack_message(row.alert))
             now = self.outbox.clock()
             if status is not None and 200 <= status < 300:
-                self.outbox.mark_delivered(row.id, status)
-                rep.delivered += 1
+                if self.outbox.mark_delivered(row.id, status, self.owner):
+                    rep.delivered += 1
+                else:
+                    self._lost(row, rep)
                 continue
             if status == 429 or status is None or status >= 500:
                 if status == 429:
@@ -405,20 +468,25 @@ class SlackSender:
                     wait *= 0.8 + 0.4 * random.random()  # jitter, so many senders do not return in step
                 at = now + wait
                 err = f"HTTP {status}: {body[:200]}" if status else f"network error: {body[:200]}"
-                self.outbox.retry_later(row.id, at, status, err)
-                for rest in rows[i + 1:]:
-                    self.outbox.retry_later(rest.id, at, None, "waiting for the webhook to recover",
-                                            count_attempt=False)
+                if not self.outbox.retry_later(row.id, at, status, err, self.owner):
+                    self._lost(row, rep)
+                self.outbox.defer(at, "waiting for the webhook to recover")
                 rep.retried += 1
                 rep.waiting_until = at
                 log.warning("Slack webhook answered %s; alert %d retries in %.1f s", status or "nothing", row.id,
                             wait)
                 break
-            self.outbox.mark_failed(row.id, status, f"HTTP {status}: {body[:200]}")
+            if not self.outbox.mark_failed(row.id, status, f"HTTP {status}: {body[:200]}", self.owner):
+                self._lost(row, rep)
             rep.failed += 1
             log.error("Slack webhook rejected alert %d with HTTP %s (%s); `flywheel alerts resend %d` after fixing",
                       row.id, status, body[:200], row.id)
         return rep
+
+    def _lost(self, row: OutboxRow, rep: DeliveryReport) -> None:
+        rep.lost_leases += 1
+        log.warning("alert %d: the lease of %.0f s ran out before the webhook answered; another sender may have "
+                    "posted it too (raise FLYWHEEL_ALERTS_TIMEOUT_S if answers are this slow)", row.id, self.lease_s)
 
     def drain(self, timeout_s: float, poll_s: float = 0.2) -> DeliveryReport:
         """Deliver until nothing is pending or `timeout_s` passes, sleeping until the next attempt is due."""
@@ -429,6 +497,7 @@ class SlackSender:
             total.delivered += rep.delivered
             total.retried += rep.retried
             total.failed += rep.failed
+            total.lost_leases += rep.lost_leases
             if time.monotonic() >= deadline:
                 break
             due = self.outbox.next_due()

@@ -1,3 +1,4 @@
-"""Drift detection: descriptors of every inference (`descriptors`), effect sizes per segment (`effects`), the batch
-run that compares windows and decides alerts (`run`), the HTML overview (`overview`) and the stage's settings
-(`settings`). Design and measured numbers: DRIFT.md here."""
+"""Drift detection: descriptors of every inference (`descriptors`), the features compared (`features`), the windows
+compared (`windows`), reading them from the lake (`loading`), effect sizes per segment (`effects`), alert decisions
+(`decisions`), the `drift_runs` table (`storage`), Evidently reports (`reports`), the batch run wiring them (`run`),
+the HTML overview (`overview`) and the stage's settings (`settings`). Design and measured numbers: DRIFT.md here."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.config import Settings
-from flywheel.warehouse.drift.run import read_runs
+from flywheel.warehouse.drift.storage import read_runs
 
 _CSS = """
 body{font:14px system-ui,sans-serif;margin:24px;color:#222}h1{font-size:20px}h2{font-size:16px;margin-top:28px}

@@ -8,10 +8,12 @@ every stage's settings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Mapping
 
 from flywheel.config import env_settings
+from flywheel.durations import DurationError, parse_duration
 from flywheel.errors import ConfigError
 
 # Decision rule per descriptor: the effect-size method and the smallest effect that counts as drift.
@@ -61,6 +63,13 @@ class DriftSettings:
     """FLYWHEEL_DRIFT_LARGE_FACTOR: ... unless the effect is at least this many times its threshold (and its
     p-value below alpha divided by the run's number of checks: one window alone must be beyond doubt)."""
 
+    feedback_maturity: str = "24h"
+    """FLYWHEEL_DRIFT_FEEDBACK_MATURITY: feedback signals count only the feedback given within this long after
+    each inference, in both windows, so a week-old reference that has collected late expert corrections is not
+    compared with a current window that has not yet. Shortened to the age of the current window's end when that
+    is younger (a run right after its window compares the first minutes of feedback); corrections arriving later
+    than this are not counted at all: raise it if experts usually take longer."""
+
     thresholds: str = ""
     """FLYWHEEL_DRIFT_THRESHOLDS: per-feature overrides, `feature=threshold` or `feature=method:threshold`,
     comma-separated (e.g. `output_chars=psi:0.2,thumbs_up_rate=0.08`)."""
@@ -104,6 +113,15 @@ class DriftSettings:
         if self.reports not in ("alerts", "drifted", "all", "none"):
             raise ConfigError(f"FLYWHEEL_DRIFT_REPORTS must be alerts, drifted, all or none, got {self.reports!r}")
         object.__setattr__(self, "overrides", _parse_thresholds(self.thresholds))
+        try:
+            parse_duration(self.feedback_maturity)
+        except DurationError as exc:
+            raise ConfigError(f"FLYWHEEL_DRIFT_FEEDBACK_MATURITY: {exc}") from exc
+
+    @property
+    def maturity(self) -> timedelta:
+        """`feedback_maturity` as a timedelta."""
+        return parse_duration(self.feedback_maturity)
 
     def method(self, feature: str) -> tuple[str, float]:
         """(method, threshold) deciding `feature`."""

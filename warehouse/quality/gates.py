@@ -11,8 +11,25 @@ How a run works, per table with a suite (`flywheel.warehouse.quality.suites`):
    `<lake>/quality_runs`, one row per expectation, with the suite's gate verdict (`gate_success`, `suspect`).
 
 A window is *suspect* when the latest run over exactly that table and window failed a `critical` expectation
-(`suspect_windows`); a later passing run over the same window clears it. Windows are by landing time, so a window
-that has ended never changes, and a run over it can be repeated with the same outcome.
+(`suspect_windows`); a later passing run over the same window clears it.
+
+Windows are by landing time, `_ingested_at`, which `Lake.commit` stamps itself, under the table's commit lock, and
+strictly increasing from commit to commit (never at or below the previous commit's stamp, recorded in the table).
+Commits therefore land in the order of their stamps, and a reader's snapshot of the table (what
+`flywheel.warehouse.query.connect` lists at connect time) holds every row stamped up to its latest stamp and none
+after: any commit it does not hold is stamped later. So a scheduled run ends its window just past the latest stamp
+its snapshot holds (`snapshot_end`), not at the wall clock, and the next run starts there: a row committed after
+the read (a batch stamped, then committed a moment later) lands after the window's end and is checked by the next
+run. Every landed row is in exactly one scheduled window, and a window that has ended never gains rows, so a run
+over it can be repeated with the same outcome. Why not the wall clock: a batch stamped at prepare time and
+committed after a run read the lake would be stamped inside that run's ended window, and checked by no run. Why
+not Delta versions: `quality_runs` keeps time windows (curation excludes rows by `_ingested_at`), and versions
+would need a second mapping to times that stamps in the commit already give.
+
+Two ways to step outside that guarantee, both explicit: rows committed with `Lake.commit(keep_ingested_at=True)`
+(backfills and tests at chosen landing times) can land in windows that have ended; and an explicit `until` is taken
+as given, so a window ending between the snapshot's end and the clock can miss a commit that was in flight at the
+read. An `until` in the future is refused: a window must have ended to be checked.
 """
 
 from __future__ import annotations
@@ -24,7 +41,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -161,8 +178,10 @@ def run_quality(settings: Settings, qsettings: QualitySettings | None = None, *,
                 store: bool = True) -> QualityRun:
     """Validate the window `[since, until)` of each table (default: every table with a suite).
 
-    `until` defaults to now; `since` to where the table's previous run ended (so scheduled runs cover the stream
-    without gaps or overlaps), or to the table's first landed row. The run is stored in `quality_runs` and, with
+    `until` defaults to just past the latest row the run's snapshot of the table holds (`snapshot_end`; an
+    explicit `until` must not be in the future); `since` to where the table's previous run ended (so scheduled
+    runs cover the stream without gaps or overlaps, see the module docstring), or to the table's first landed
+    row. The run is stored in `quality_runs` and, with
     `report`, rendered to HTML under `QualitySettings.reports_dir`. Raises nothing on a failed gate: callers decide
     (`QualityGateFailed(run)` is what the CLI and the flow raise).
     """
@@ -178,8 +197,12 @@ def run_quality(settings: Settings, qsettings: QualitySettings | None = None, *,
     if not_landed:  # windows are by landing time (`_ingested_at`), which only the landed tables have
         raise QualityError(f"quality gates apply to the landed tables ({', '.join(SCHEMAS)}), not to "
                            f"{', '.join(not_landed)}")
-    until = _utc(until) if until else datetime.now(timezone.utc)
     run_at = datetime.now(timezone.utc)
+    for bound, name in ((since, "starts"), (until, "ends")):
+        if bound and _utc(bound) > run_at:  # the next scheduled run would start there, after rows yet to land
+            raise QualityError(f"window {name} in the future ({_utc(bound).isoformat()}, now {run_at.isoformat()}):"
+                               " a window must have ended to be checked; leave `until` out to check up to what "
+                               "has landed")
     # Milliseconds in the id keep runs (and their report files) in time order when two start in the same second.
     run_id = f"{run_at:%Y%m%dT%H%M%S}.{run_at.microsecond // 1000:03d}Z-{uuid.uuid4().hex[:8]}"
     con = connect(settings)
@@ -187,14 +210,15 @@ def run_quality(settings: Settings, qsettings: QualitySettings | None = None, *,
         con.execute(pii.LUHN_MACRO)
         results = []
         for table in chosen:
-            start = _utc(since) if since else (last_window_end(settings, table) or _first_landed(con, table) or until)
-            if start > until:
-                raise QualityError(f"window of {table} starts after it ends: {start.isoformat()} > {until.isoformat()}")
+            start = _utc(since) if since else (last_window_end(settings, table) or _first_landed(con, table) or EPOCH)
+            end = _utc(until) if until else snapshot_end(con, table, start)
+            if start > end:
+                raise QualityError(f"window of {table} starts after it ends: {start.isoformat()} > {end.isoformat()}")
             t0 = time.perf_counter()
-            frame = load_window(con, suites[table], start, until)
+            frame = load_window(con, suites[table], start, end)
             t1 = time.perf_counter()
             checked = tuple(validate(suites[table], frame, qsettings.sample_size))
-            results.append(SuiteResult(table, start, until, frame.num_rows, checked,
+            results.append(SuiteResult(table, start, end, frame.num_rows, checked,
                                        {"load": t1 - t0, "validate": time.perf_counter() - t1}))
     finally:
         con.close()
@@ -396,6 +420,14 @@ def suspect_windows(settings: Settings, table: str | None = None) -> list[Suspec
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
+
+
+def snapshot_end(con: duckdb.DuckDBPyConnection, table: str, start: datetime) -> datetime:
+    """Just past the latest `_ingested_at` the connection's snapshot of `table` holds from `start` on (`start`
+    itself if it holds none): every commit the snapshot does not hold is stamped at or after it."""
+    value = con.execute(f"SELECT max(_ingested_at) FROM lake_{table} WHERE _ingested_at >= $start",
+                        {"start": start}).fetchall()
+    return _utc(value[0][0]) + timedelta(microseconds=1) if value and value[0][0] else start
 
 
 def _first_landed(con: duckdb.DuckDBPyConnection, table: str) -> datetime | None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from flywheel.errors import ConfigError
 from flywheel.schemas.alerts import Alert, AlertItem
 from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender, slack_message
 from flywheel.infra.testing.webhook import RecordingWebhook
@@ -118,3 +122,73 @@ def test_settings_from_env_hide_the_webhook() -> None:
                                 "FLYWHEEL_ALERTS_COOLDOWN_S": "120"})
     assert s.cooldown_s == 120 and s.webhook.reveal().endswith("SECRETTOKEN")
     assert "SECRETTOKEN" not in repr(s) and "SECRETTOKEN" not in str(s.webhook)
+
+
+@pytest.mark.parametrize("url", ["hooks.slack.com/services/T0/B0/SECRETPATH",        # no scheme
+                                 "ftp://hooks.slack.com/services/T0/B0/SECRETPATH",  # not http(s)
+                                 "https:///services/T0/B0/SECRETPATH",               # no host
+                                 "https://hooks.slack.com:badport/services/SECRETPATH"])
+def test_a_malformed_webhook_url_is_a_config_error_that_does_not_echo_it(tmp_path: Path, url: str) -> None:
+    from click.testing import CliRunner
+
+    from flywheel.cli import main
+
+    env = {"FLYWHEEL_HOME": str(tmp_path / "home"), "FLYWHEEL_SLACK_WEBHOOK_URL": url}
+    box = Outbox(tmp_path / "home" / "alerts" / "outbox.sqlite")
+    box.enqueue(_alert("app=a"))
+    for args in (["alerts", "send"], ["config"]):
+        res = CliRunner().invoke(main, args, env=env)
+        shown = res.output + (repr(res.exception) if not isinstance(res.exception, SystemExit) else "")
+        assert "SECRETPATH" not in shown, (args, shown)
+        assert "T0/B0" not in shown and "badport" not in shown, (args, shown)
+    res = CliRunner().invoke(main, ["alerts", "send"], env=env)
+    assert res.exit_code == 1 and "FLYWHEEL_SLACK_WEBHOOK_URL" in res.output, res.output
+    with pytest.raises(ConfigError) as err:
+        AlertSettings.from_env({"FLYWHEEL_SLACK_WEBHOOK_URL": url})
+    assert err.value.variable == "FLYWHEEL_SLACK_WEBHOOK_URL" and "SECRETPATH" not in str(err.value)
+
+
+def _send_until_empty(path: Path, url: str, speed: float, t0: float) -> None:
+    fast = lambda: t0 + (time.time() - t0) * speed  # noqa: E731
+    box = Outbox(path, cooldown_s=0, clock=fast)
+    SlackSender(box, AlertSettings(slack_webhook_url=url)).drain(timeout_s=60)
+
+
+def test_two_senders_against_a_slow_webhook_deliver_every_alert_exactly_once(tmp_path: Path) -> None:
+    """Two sender processes drain one outbox while each answer takes 0.25 s. The outbox clock runs 20x fast, so
+    one answer lasts 5 outbox-seconds and a batch of 24 lasts 120: far longer than any lease a sender may hold
+    without renewing it (the default timeout is 10 s). A lease that is not owned and renewed is stolen mid-batch
+    and its alerts are posted twice."""
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path, cooldown_s=0)
+    segments = [f"app=a{i}" for i in range(24)]
+    for seg in segments:
+        box.enqueue(_alert(seg))
+    t0 = time.time()
+    ctx = multiprocessing.get_context("fork")
+    with RecordingWebhook(delay_s=0.25) as hook:
+        senders = [ctx.Process(target=_send_until_empty, args=(path, hook.url, 20.0, t0)) for _ in range(2)]
+        for p in senders:
+            p.start()
+        for p in senders:
+            p.join(90)
+        assert all(p.exitcode == 0 for p in senders)
+        got = Counter(m["blocks"][1]["fields"][0]["text"].split("\n")[1] for m in hook.received)
+    assert {seg: n for seg, n in got.items() if n != 1} == {}  # none twice
+    assert sorted(got) == sorted(segments)  # none lost
+    assert box.counts() == {"delivered": 24}
+
+
+def test_only_the_lease_owner_can_settle_a_row(tmp_path: Path) -> None:
+    now = [1000.0]
+    box = Outbox(tmp_path / "o.sqlite", clock=lambda: now[0])
+    rid, _ = box.enqueue(_alert("app=a"))
+    assert box.claim_one("A", lease_s=5).id == rid
+    assert box.claim_one("B", lease_s=5) is None  # held
+    now[0] += 6  # A stalled past its lease: B takes the row over
+    assert box.claim_one("B", lease_s=5).id == rid
+    assert box.mark_delivered(rid, 200, owner="A") is False
+    assert box.retry_later(rid, now[0] + 1, 500, "x", owner="A") is False
+    assert box.rows()[0].status == "sending"
+    assert box.mark_delivered(rid, 200, owner="B") is True
+    assert box.counts() == {"delivered": 1}

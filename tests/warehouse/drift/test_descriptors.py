@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from flywheel.infra.testing import scenarios as S
 from flywheel.warehouse.drift import descriptors as D
 
 
@@ -41,9 +41,8 @@ def test_descriptors_of_known_texts() -> None:
     assert d["inference_id"] == ["0", "1", "2", "3", "4", "5"]  # other columns pass through
 
 
-def test_counts_agree_with_python_on_real_outputs(shared_data: Path) -> None:
-    report = next((shared_data / "oasst_model_eval" / "sampling_reports").glob("*sft-7*"))
-    outs = [o for p in json.loads(report.read_text())["prompts"] for r in p["results"] for o in r["outputs"]][:400]
+def test_counts_agree_with_python_on_real_outputs() -> None:
+    outs = S.raw_outputs("sft-7")[:400]
     old = D.CHUNK_BYTES
     D.CHUNK_BYTES = 4096  # many chunk boundaries
     try:

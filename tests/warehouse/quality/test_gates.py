@@ -55,7 +55,7 @@ def _land(settings: Settings, tables: dict[str, pa.Table]) -> None:
     lake = Lake(settings.lake)
     lake.ensure()
     for name, rows in tables.items():
-        lake.commit(name, rows, {})
+        lake.commit(name, rows, {}, keep_ingested_at=True)  # the rows are placed in windows by landing time
 
 
 def _clean(prefix: str, landed: datetime, offset: int) -> dict[str, pa.Table]:

@@ -35,7 +35,7 @@ def _land(settings: Settings, events: list[dict], landed: datetime, offset: int)
     lake.ensure()
     for table, rows in to_rows(events, ingested_at=landed, start_offset=offset).items():
         if rows.num_rows:
-            lake.commit(table, rows, {})
+            lake.commit(table, rows, {}, keep_ingested_at=True)
 
 
 def _interaction(settings: Settings, iid: str) -> tuple:

@@ -1,0 +1,298 @@
+"""`flywheel eval run|list|show|compare|gate` and `flywheel release promote|rollback|history`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from flywheel.commands.options import format_option, pass_env, settings_help
+from flywheel.environment import Environment
+from flywheel.errors import ConfigError
+from flywheel.warehouse.evaluation.settings import EvalSettings
+
+
+def _targets_file(env: Environment, given: Path | None) -> Path:
+    path = given or (Path(env.evaluation.targets_file) if env.evaluation.targets_file
+                     else env.core.home / "targets.yaml")
+    if not path.is_file():
+        raise ConfigError(f"no targets file at {path}: write one (see `flywheel eval run --help`) or point "
+                          "FLYWHEEL_EVAL_TARGETS_FILE / --targets at it", variable="FLYWHEEL_EVAL_TARGETS_FILE")
+    return path
+
+
+@click.group(epilog="\b\nSettings:\n" + settings_help(EvalSettings, "FLYWHEEL_EVAL_", 44))
+def evaluate() -> None:
+    """Re-evaluate against any OpenAI-compatible endpoint, compare runs, and gate releases on them.
+
+    Results go to the `eval_runs` lake table (`flywheel sql "SELECT * FROM eval_runs"`).
+
+    \b
+    Example:
+      flywheel eval run --examples golden.jsonl --target candidate
+      flywheel eval compare RUN_A RUN_B --format markdown
+      flywheel eval gate RUN_B --baseline RUN_A
+    """
+
+
+@evaluate.command("run")
+@click.option("--examples", "examples_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="JSONL of examples: {id, prompt | messages, reference?, segment?} per line.")
+@click.option("--target", required=True, help="A target's name in the targets file.")
+@click.option("--targets", "targets_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The targets file (default: FLYWHEEL_EVAL_TARGETS_FILE, else $FLYWHEEL_HOME/targets.yaml).")
+@click.option("--name", default=None, help="The eval set's name in eval_runs (default: the file's name).")
+@format_option("text", "json")
+@pass_env
+def eval_run(env: Environment, examples_file: Path, target: str, targets_file: Path | None, name: str | None,
+             fmt: str) -> None:
+    """Send every example to TARGET, score the answers and record them; a killed run resumes when re-run.
+
+    A targets file (YAML) names OpenAI-compatible endpoints; keys come from the environment variable a target
+    names, never from the file:
+
+    \b
+      targets:
+        candidate:
+          base_url: http://127.0.0.1:8000/v1
+          model: my-model-v2
+          api_key_env: OPENAI_API_KEY
+          params: {temperature: 0, max_tokens: 512}
+
+    \b
+    Example:
+      flywheel eval run --examples golden.jsonl --target candidate --format json
+    """
+    from flywheel.warehouse.evaluation.runs import run_eval
+    from flywheel.warehouse.evaluation.targets import load_targets, resolve_key
+
+    targets = load_targets(_targets_file(env, targets_file))
+    if target not in targets:
+        raise ConfigError(f"no target {target!r} in the targets file; it has {', '.join(sorted(targets))}")
+    chosen = targets[target]
+    examples = read_examples(examples_file)
+    key = resolve_key(chosen, os.environ)  # the edge: the key leaves the environment only for the request header
+    with click.progressbar(length=len(examples), label=f"evaluating {chosen.name}", file=sys.stderr,
+                           hidden=not sys.stderr.isatty()) as bar:
+        last = [0]
+
+        def progress(done: int, _total: int) -> None:
+            bar.update(done - last[0])
+            last[0] = done
+
+        result = run_eval(env.core.lake, name or examples_file.stem, examples, chosen, key, env.evaluation, progress)
+    if fmt == "json":
+        click.echo(json.dumps({"run_id": result.run_id, "resumed": result.resumed, "examples": result.examples,
+                               "sent": result.sent, "failed": result.failed, "summary": result.summary}))
+        return
+    verb = "resumed" if result.resumed else "ran"
+    click.echo(f"{verb} evaluation {result.run_id}: {result.examples} examples ({result.sent} sent now), "
+               f"{result.failed} failed")
+    for k, v in result.summary.items():
+        click.echo(f"  {k:20s} {v if not isinstance(v, float) else f'{v:.4g}'}")
+
+
+def read_examples(path: Path) -> list:  # type: ignore[type-arg]
+    from flywheel.warehouse.evaluation.runs import Example
+
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            messages = tuple((m["role"], m["content"]) for m in d["messages"]) if "messages" in d \
+                else (("user", d["prompt"]),)
+            out.append(Example(str(d["id"]), messages, d.get("reference"), str(d.get("segment", ""))))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}:{n}: an example needs `id` and `prompt` or `messages` "
+                              f"([{{role, content}}]); {type(exc).__name__}: {exc}") from None
+    if not out:
+        raise ConfigError(f"{path} holds no examples")
+    return out
+
+
+@evaluate.command("list")
+@format_option("text", "json")
+@pass_env
+def eval_list(env: Environment, fmt: str) -> None:
+    """List evaluation runs, oldest first, with their summary (unfinished runs have none).
+
+    \b
+    Example:
+      flywheel eval list --format json
+    """
+    from flywheel.warehouse.evaluation.runs import runs
+
+    for r in runs(env.core.lake).to_pylist():
+        summary = json.loads(r["summary"]) if r["summary"] else None
+        if fmt == "json":
+            click.echo(json.dumps({**r, "summary": summary}, default=str))
+            continue
+        s = (f"pass {summary['pass_rate']:.1%}, similarity {summary['similarity_mean'] or 0:.3f}, errors "
+             f"{summary['errors']}" if summary else "unfinished (re-run it to resume)")
+        click.echo(f"{r['run_id']}  {r['eval_set']:20s} {r['model']:30s} {r['examples']:6d} examples  {s}")
+
+
+@evaluate.command("compare")
+@click.argument("baseline")
+@click.argument("candidate")
+@format_option("text", "json", "markdown")
+@pass_env
+def eval_compare(env: Environment, baseline: str, candidate: str, fmt: str) -> None:
+    """Compare CANDIDATE against BASELINE: per-metric deltas with 95% paired bootstrap intervals, segments whose
+    pass rate fell, and examples that flipped from pass to fail.
+
+    \b
+    Example:
+      flywheel eval compare 20261201T100000.000Z-ab12cd34 20261201T110000.000Z-ef56ab78 --format markdown
+    """
+    from flywheel.warehouse.evaluation.compare import compare, markdown, to_json
+
+    c = compare(env.core.lake, baseline, candidate, env.evaluation)
+    click.echo(to_json(c) if fmt == "json" else markdown(c))
+
+
+@evaluate.command("gate")
+@click.argument("candidate")
+@click.option("--baseline", required=True, help="The run the candidate must not be worse than.")
+@format_option("text", "json")
+@pass_env
+def eval_gate(env: Environment, candidate: str, baseline: str, fmt: str) -> None:
+    """Exit 1 when CANDIDATE is worse than the baseline beyond the tolerances (see `flywheel config --stage
+    evaluation`), with the reasons, so a release pipeline can block it.
+
+    \b
+    Example:
+      flywheel eval gate RUN_B --baseline RUN_A || echo "blocked"
+    """
+    from flywheel.warehouse.evaluation.compare import gate
+
+    g = gate(env.core.lake, candidate, baseline, env.evaluation)
+    if fmt == "json":
+        click.echo(json.dumps({"passed": g.passed, "reasons": list(g.reasons), "comparison": g.comparison.to_dict()},
+                              default=str))
+    else:
+        click.echo(("passed" if g.passed else "FAILED") + f": {candidate} vs {baseline}")
+        for r in g.reasons:
+            click.echo(f"  {r}")
+    sys.exit(0 if g.passed else 1)
+
+
+@click.group()
+def release() -> None:
+    """Champions per app: promote on evaluation evidence, roll back, and see the history.
+
+    \b
+    Example:
+      flywheel release promote support-bot --model gpt-4o --model-version 2024-08-06 --eval RUN
+      flywheel release rollback support-bot
+    """
+
+
+@release.command("promote")
+@click.argument("app")
+@click.option("--model", required=True)
+@click.option("--model-version", default=None)
+@click.option("--prompt-version", default=None)
+@click.option("--eval", "eval_run", required=True, help="The evaluation run that is the evidence.")
+@click.option("--force", is_flag=True, help="Promote even if the run fails the gate (needs --reason).")
+@click.option("--reason", default="", help="Why (recorded in the history).")
+@pass_env
+def release_promote(env: Environment, app: str, model: str, model_version: str | None, prompt_version: str | None,
+                    eval_run: str, force: bool, reason: str) -> None:
+    """Make a model (and prompt) version APP's champion, if its evaluation run passes the gate against the current
+    champion's and the app's traffic has seen that version.
+
+    \b
+    Example:
+      flywheel release promote support-bot --model gpt-4o --model-version 2024-08-06 --eval RUN
+    """
+    from flywheel.warehouse.query import connect
+    from flywheel.warehouse.releases import promote
+
+    con = connect(env.core)
+    try:
+        seen = con.execute("SELECT count(*) > 0 FROM inferences WHERE app = ? AND model = ? AND "
+                           "(? IS NULL OR model_version = ?)", [app, model, model_version, model_version]).fetchone()
+    finally:
+        con.close()
+    r = promote(env.core.lake, app, model, model_version, eval_run, env.evaluation, prompt_version, force, reason,
+                seen=bool(seen and seen[0]))
+    click.echo(f"{app}: champion is now {r.model} {r.model_version or ''} (release {r.sequence}"
+               + (", forced" if r.forced else "") + ")")
+    _publish(env, r)
+
+
+@release.command("rollback")
+@click.argument("app")
+@click.option("--reason", default="", help="Why (recorded in the history).")
+@pass_env
+def release_rollback(env: Environment, app: str, reason: str) -> None:
+    """Restore APP's previous champion.
+
+    \b
+    Example:
+      flywheel release rollback support-bot --reason "thumbs down doubled"
+    """
+    from flywheel.warehouse.releases import rollback
+
+    r = rollback(env.core.lake, app, reason)
+    click.echo(f"{app}: rolled back to {r.model} {r.model_version or ''} (release {r.sequence})")
+    _publish(env, r)
+
+
+@release.command("publish")
+@click.argument("app")
+@pass_env
+def release_publish(env: Environment, app: str) -> None:
+    """Send APP's current champion to the releases topic again (after a publish failed, or to a new cluster).
+
+    \b
+    Example:
+      flywheel release publish support-bot
+    """
+    from flywheel.errors import FlywheelError
+    from flywheel.warehouse.releases import champion
+
+    current = champion(env.core.lake, app)
+    if current is None:
+        raise FlywheelError(f"{app} has no champion yet (`flywheel release promote {app} ...`)")
+    _publish(env, current)
+
+
+def _publish(env: Environment, r: object) -> None:
+    """Tell the releases topic (the table already has the row: a failed publish says how to resend)."""
+    from flywheel.streams.releases import champion_of, publish, topic
+
+    publish(env.core, champion_of(r))  # type: ignore[arg-type]
+    click.echo(f"published to {topic(env.core)}")
+
+
+@release.command("history")
+@click.argument("app")
+@format_option("text", "json")
+@pass_env
+def release_history(env: Environment, app: str, fmt: str) -> None:
+    """APP's releases, oldest first.
+
+    \b
+    Example:
+      flywheel release history support-bot --format json
+    """
+    from flywheel.warehouse.releases import history
+
+    for r in history(env.core.lake, app):
+        if fmt == "json":
+            click.echo(json.dumps(r.__dict__, default=str))
+        else:
+            click.echo(f"{r.sequence:3d} {r.since:%Y-%m-%d %H:%M} {r.action:8s} {r.model} {r.model_version or ''} "
+                       f"eval {r.eval_run or '-'}" + (f" FORCED: {r.reason}" if r.forced else
+                                                       f" ({r.reason})" if r.reason else ""))
+
+
+evaluate.name = "eval"
+COMMANDS = [evaluate, release]

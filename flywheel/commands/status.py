@@ -1,0 +1,205 @@
+"""`flywheel status`: the health of the flywheel at a glance, and an exit code a monitor can use.
+
+Each check reads what its stage already records (the broker's offsets and the lake's watermarks, the run tables,
+the outbox, the jobs table, the releases); none changes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import click
+from confluent_kafka import Consumer, TopicPartition
+
+from flywheel.commands.options import format_option, pass_env
+from flywheel.environment import Environment
+
+
+@dataclass
+class Check:
+    name: str
+    healthy: bool
+    summary: str
+    details: dict[str, object] = field(default_factory=dict)
+
+
+def _age(t: datetime | None) -> str:
+    if t is None:
+        return "never"
+    s = (datetime.now(timezone.utc) - t).total_seconds()
+    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 else f"{s / 3600:.1f} h ago"
+
+
+def broker_and_lag(env: Environment) -> Check:
+    from confluent_kafka import KafkaException
+
+    from flywheel.streams.topics import topic_ids
+    from flywheel.warehouse.lake import Lake
+
+    from flywheel.infra.broker import reachable
+
+    s = env.core
+    hosts = [h.rsplit(":", 1) for h in s.kafka_bootstrap.split(",")]
+    if not any(reachable(host, int(port), timeout=2) for host, port in hosts):
+        # say it without librdkafka, which would retry and log every failed connection
+        return Check("broker", False, f"no broker answers at {s.kafka_bootstrap} (`flywheel broker start`, or "
+                                      "set FLYWHEEL_KAFKA_BOOTSTRAP)")
+    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "flywheel-status", "enable.auto.commit": False,
+                  "log_level": 2, "enable.partition.eof": True, "fetch.wait.max.ms": 50})
+    try:
+        try:
+            meta = c.list_topics(timeout=5)
+        except KafkaException as exc:
+            return Check("broker", False, f"no broker answers at {s.kafka_bootstrap} ({exc})")
+        topics = {s.inference_topic: "inferences", s.feedback_topic: "feedback"}
+        missing = [t for t in topics if t not in meta.topics]
+        if missing:
+            return Check("broker", False, f"{s.kafka_bootstrap} is up but has no {', '.join(missing)} "
+                                          "(`flywheel broker start` creates them)")
+        ids = topic_ids(s, list(topics))
+        lake = Lake(s.lake)
+        lag: dict[str, int] = {}
+        for t, table in topics.items():
+            tps = [(t, p) for p in meta.topics[t].partitions]
+            marks = lake.watermarks(table, tps, ids)
+            for (topic, p) in tps:
+                lag[f"{topic}[{p}]"] = max(_end(c, topic, p) - (marks[(topic, p)] or 0), 0)
+    finally:
+        c.close()
+    behind = sum(lag.values())
+    return Check("broker", True, f"{s.kafka_bootstrap} up; {behind:,} events not landed yet across {len(lag)} "
+                                 "partitions", {"lag": lag})
+
+
+def _end(c: Consumer, topic: str, partition: int) -> int:
+    """The partition's end offset. The broker's high watermark can be short of it (the embedded broker answers
+    with its last batch's first offset + 1, see STACK-NOTES), so the last batch is read to see its last record."""
+    _lo, hi = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+    if hi <= 0:
+        return 0
+    c.assign([TopicPartition(topic, partition, hi - 1)])
+    end, deadline = hi, time.monotonic() + 3
+    while time.monotonic() < deadline:
+        msgs = c.consume(1000, 0.2)
+        good = [m for m in msgs if m.error() is None]
+        if good:
+            end = max(end, max(m.offset() for m in good) + 1)
+        if any(m.error() is not None for m in msgs) or not msgs:
+            break
+    c.unassign()
+    return end
+
+
+def landed(env: Environment) -> Check:
+    from flywheel.warehouse import tables
+
+    last: dict[str, str] = {}
+    for table in ("inferences", "feedback", "quarantine"):
+        t = tables.query(env.core.lake, table, "SELECT max(_ingested_at) AS at, count(*) AS n FROM t")
+        at = t["at"][0].as_py() if t.num_rows and "at" in t.column_names else None
+        last[table] = f"{t['n'][0].as_py():,} rows, last {_age(at)}" if at else "nothing landed"
+    return Check("lake", True, "; ".join(f"{k}: {v}" for k, v in last.items()), {"tables": last})
+
+
+def quality(env: Environment) -> Check:
+    from flywheel.warehouse import tables
+
+    t = tables.query(env.core.lake, "quality_runs", "SELECT run_id, max(run_at) AS last_at, bool_and(gate_success) AS ok "
+                     "FROM t GROUP BY run_id ORDER BY last_at DESC LIMIT 1")
+    if not t.num_rows or "run_id" not in t.column_names:
+        return Check("quality", True, "no quality run yet (`flywheel quality run`)")
+    ok = bool(t["ok"][0].as_py())
+    return Check("quality", ok, f"last run {t['run_id'][0].as_py()} {_age(t['last_at'][0].as_py())}: "
+                                + ("passed" if ok else "FAILED (`flywheel quality suspects`)"))
+
+
+def drift(env: Environment) -> Check:
+    from flywheel.warehouse import tables
+
+    t = tables.query(env.core.lake, "drift_runs", "SELECT run_id, max(run_at) AS last_at, count(*) FILTER (WHERE alert) "
+                     "AS alerts FROM t GROUP BY run_id ORDER BY last_at DESC LIMIT 1")
+    if not t.num_rows or "run_id" not in t.column_names:
+        return Check("drift", True, "no drift run yet (`flywheel drift run`)")
+    return Check("drift", True, f"last run {t['run_id'][0].as_py()} {_age(t['last_at'][0].as_py())}: "
+                                f"{t['alerts'][0].as_py()} alerting checks")
+
+
+def alerts(env: Environment) -> Check:
+    from flywheel.warehouse.alerts.outbox import Outbox
+
+    counts = Outbox.from_settings(env.core.home, env.alerts).counts()
+    failed = counts.get("failed", 0)
+    waiting = counts.get("pending", 0) + counts.get("sending", 0)
+    return Check("alerts", failed == 0, f"{waiting} waiting, {failed} failed, {counts.get('delivered', 0)} delivered"
+                 + (" (`flywheel alerts list --status failed`)" if failed else ""), {"counts": counts})
+
+
+def evaluations(env: Environment) -> Check:
+    from flywheel.warehouse.evaluation.runs import runs
+
+    t = runs(env.core.lake)
+    if not t.num_rows:
+        return Check("evaluation", True, "no evaluation run yet")
+    last = t.to_pylist()[-1]
+    state = "finished" if last["summary"] else "unfinished (re-run it to resume)"
+    return Check("evaluation", True, f"last run {last['run_id']} of {last['eval_set']} on {last['model']}: {state}")
+
+
+def jobs(env: Environment) -> Check:
+    from flywheel.warehouse.jobs.store import JobStore
+
+    path = env.jobs.db_path(env.core.home)
+    if not path.exists():
+        return Check("jobs", True, "no job yet")
+    listed = JobStore(path).list(limit=1000)
+    failed = [j.id for j in listed if j.status == "failed"]
+    return Check("jobs", not failed, f"{len(listed)} jobs, {len(failed)} failed"
+                 + (f" (`flywheel jobs show {failed[0]}`)" if failed else ""))
+
+
+def releases(env: Environment) -> Check:
+    from flywheel.warehouse import tables
+
+    t = tables.query(env.core.lake, "releases", "SELECT app, arg_max(model || ' ' || coalesce(model_version, ''), "
+                     "sequence) AS champion FROM t GROUP BY app ORDER BY app")
+    if not t.num_rows or "app" not in t.column_names:
+        return Check("releases", True, "no champion recorded yet")
+    champions = dict(zip(t["app"].to_pylist(), t["champion"].to_pylist()))
+    return Check("releases", True, "; ".join(f"{a}: {c}" for a, c in champions.items()), {"champions": champions})
+
+
+CHECKS = (broker_and_lag, landed, quality, drift, alerts, evaluations, jobs, releases)
+
+
+@click.command("status")
+@format_option("text", "json")
+@pass_env
+def status(env: Environment, fmt: str) -> None:
+    """The health of every stage: the broker and the lag per partition, what landed last, the last quality, drift
+    and evaluation runs, open alerts, jobs, and the champion per app. Exit code 1 when something is unhealthy.
+
+    \b
+    Example:
+      flywheel status
+      flywheel status --format json | jq .checks
+    """
+    checks = []
+    for fn in CHECKS:
+        try:
+            checks.append(fn(env))
+        except Exception as exc:  # one stage's trouble is a finding of status, not its crash
+            checks.append(Check(fn.__name__, False, f"could not be checked: {type(exc).__name__}: {exc}"))
+    healthy = all(c.healthy for c in checks)
+    if fmt == "json":
+        click.echo(json.dumps({"healthy": healthy, "checks": [c.__dict__ for c in checks]}, default=str))
+    else:
+        for c in checks:
+            click.echo(f"{'ok ' if c.healthy else 'BAD'} {c.name:11s} {c.summary}")
+    sys.exit(0 if healthy else 1)
+
+
+COMMANDS = [status]

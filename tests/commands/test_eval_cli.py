@@ -1,0 +1,53 @@
+"""`flywheel eval` and `flywheel release` through the CLI, against the provider double."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from flywheel.cli import main
+from flywheel.infra.testing.corpus import BUNDLED
+from flywheel.infra.testing.provider import RecordedProvider
+
+
+def test_run_compare_gate_promote_rollback_and_the_key_never_shows(tmp_path: Path) -> None:
+    edits = [r for r in map(json.loads, BUNDLED.read_text(encoding="utf-8").splitlines()) if r["kind"] == "edits"]
+    examples = tmp_path / "golden.jsonl"
+    examples.write_text("".join(json.dumps({"id": f"e{i}", "prompt": r["prompt"], "reference": r["correction"],
+                                            "segment": "writing"}) + "\n" for i, r in enumerate(edits)))
+    records = ([{"model": "writer-v1", "prompt": r["prompt"], "output": r["output"]} for r in edits]
+               + [{"model": "writer-v2", "prompt": r["prompt"], "output": r["correction"]} for r in edits])
+    runner = CliRunner()
+    with RecordedProvider.from_records(records) as p:
+        targets = tmp_path / "targets.yaml"
+        targets.write_text(f"targets:\n  v1: {{base_url: '{p.url}', model: writer-v1, api_key_env: FW_TEST_KEY}}\n"
+                           f"  v2: {{base_url: '{p.url}', model: writer-v2, api_key_env: FW_TEST_KEY}}\n")
+        env = {"FLYWHEEL_HOME": str(tmp_path / "home"), "FLYWHEEL_EVAL_TARGETS_FILE": str(targets),
+               "FW_TEST_KEY": "sk-test-DO-NOT-LEAK", "FLYWHEEL_EVAL_BOOTSTRAP": "300"}
+        out = {}
+        for name in ("v2", "v1"):
+            res = runner.invoke(main, ["eval", "run", "--examples", str(examples), "--target", name,
+                                       "--format", "json"], env=env)
+            assert res.exit_code == 0, res.output
+            out[name] = json.loads(res.output)
+        missing = runner.invoke(main, ["eval", "run", "--examples", str(examples), "--target", "v1"],
+                                env={**env, "FW_TEST_KEY": ""})
+        assert missing.exit_code == 1 and "$FW_TEST_KEY, which is not set" in missing.output
+    good, bad = out["v2"]["run_id"], out["v1"]["run_id"]
+    listed = runner.invoke(main, ["eval", "list"], env=env)
+    assert listed.exit_code == 0 and good in listed.output and bad in listed.output
+    md = runner.invoke(main, ["eval", "compare", good, bad, "--format", "markdown"], env=env)
+    assert md.exit_code == 0 and "| similarity |" in md.output
+    blocked = runner.invoke(main, ["eval", "gate", bad, "--baseline", good], env=env)
+    assert blocked.exit_code == 1 and "mean similarity dropped" in blocked.output
+    assert runner.invoke(main, ["eval", "gate", good, "--baseline", bad], env=env).exit_code == 0
+
+    # The lake has never seen these models serve an app: promotion is refused, with the query to check.
+    refused = runner.invoke(main, ["release", "promote", "writer", "--model", "writer-v2", "--eval", good], env=env)
+    assert refused.exit_code == 1 and "never served by" in refused.output
+    # Nothing written anywhere holds the key.
+    for path in (tmp_path / "home").rglob("*"):
+        if path.is_file():
+            assert b"sk-test-DO-NOT-LEAK" not in path.read_bytes(), path

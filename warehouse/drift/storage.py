@@ -1,0 +1,73 @@
+"""The `drift_runs` table: one row per (run, segment, feature) check, appended to a Delta table in the lake (a
+DuckDB view `drift_runs`), and read back for decisions, the overview and tests."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import duckdb
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+
+from flywheel.config import Settings
+from flywheel.warehouse.drift.features import DriftError, drift_kind
+from flywheel.warehouse.drift.windows import Window
+
+if TYPE_CHECKING:
+    from flywheel.warehouse.drift.decisions import Decision
+
+RUNS_TABLE = "drift_runs"
+RUNS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("run_at", pa.timestamp("us", tz="UTC")),
+    ("window_start", pa.timestamp("us", tz="UTC")), ("window_end", pa.timestamp("us", tz="UTC")),
+    ("reference", pa.string()), ("level", pa.string()), ("segment", pa.string()), ("feature", pa.string()),
+    ("drift_kind", pa.string()), ("method", pa.string()), ("score", pa.float64()), ("threshold", pa.float64()),
+    ("p_value", pa.float64()), ("drifted", pa.bool_()), ("alert", pa.bool_()), ("alert_reason", pa.string()),
+    ("n_reference", pa.int64()), ("n_current", pa.int64()), ("reference_value", pa.float64()),
+    ("current_value", pa.float64()), ("before", pa.string()), ("after", pa.string()), ("report_path", pa.string()),
+])
+
+
+def store(settings: Settings, run_id: str, window: Window, reference: str, decided: Sequence[Decision],
+          reports: dict[str, str]) -> None:
+    """Append one row per decided check to `<lake>/drift_runs` (nothing when there are none)."""
+    if not decided:
+        return
+    now = datetime.now(timezone.utc)
+    rows = {name: [] for name in RUNS_SCHEMA.names}  # type: dict[str, list[Any]]
+    for e, alert, reason in decided:
+        for k, v in (("run_id", run_id), ("run_at", now), ("window_start", window.start),
+                     ("window_end", window.end), ("reference", reference), ("level", e.level),
+                     ("segment", e.segment), ("feature", e.feature), ("drift_kind", drift_kind(e.feature)),
+                     ("method", e.method), ("score", e.score), ("threshold", e.threshold), ("p_value", e.p_value),
+                     ("drifted", e.drifted), ("alert", alert), ("alert_reason", reason or None),
+                     ("n_reference", e.n_reference), ("n_current", e.n_current),
+                     ("reference_value", e.reference_value), ("current_value", e.current_value),
+                     ("before", e.before), ("after", e.after), ("report_path", reports.get(e.segment))):
+            rows[k].append(v)
+    table = pa.table(rows, schema=RUNS_SCHEMA)
+    path = Path(settings.lake) / RUNS_TABLE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Appends never conflict in Delta, so concurrent runs need no lock.
+        write_deltalake(str(path), table, mode="append")
+    except Exception as exc:
+        raise DriftError(f"could not append the drift run to {path}: {exc}") from exc
+
+
+def read_runs(settings: Settings, where: str = "TRUE") -> pa.Table:
+    """Rows of `drift_runs` matching a SQL condition (empty table when there are none)."""
+    path = Path(settings.lake) / RUNS_TABLE
+    if not DeltaTable.is_deltatable(str(path)):
+        return RUNS_SCHEMA.empty_table()
+    files = DeltaTable(str(path)).file_uris()
+    if not files:
+        return RUNS_SCHEMA.empty_table()
+    con = duckdb.connect()
+    try:
+        return con.sql(f"SELECT * FROM read_parquet($f) WHERE {where} ORDER BY window_start, level, segment, "
+                       "feature", params={"f": files}).to_arrow_table()
+    finally:
+        con.close()

@@ -1,0 +1,198 @@
+"""Comparing two evaluation runs over the same examples, and the gate a release pipeline can block on.
+
+Deltas are candidate minus baseline over the examples both runs recorded (matched by example id). Confidence
+intervals are 95% paired bootstrap intervals (`EvalSettings.bootstrap` resamples of the matched examples, seed 0):
+each resample draws examples with replacement and recomputes both runs' metric on the same draw. Latency p95 is
+compared as a ratio. Per-segment regressions are the segments whose pass rate fell; *flipped* examples passed in
+the baseline and fail in the candidate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from flywheel.errors import FlywheelError
+from flywheel.warehouse.evaluation.runs import rows
+from flywheel.warehouse.evaluation.settings import EvalSettings
+
+
+class EvalError(FlywheelError):
+    """A comparison or gate could not be made (a run that does not exist, no common examples); also `run_id`."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.run_id = run_id
+
+
+@dataclass(frozen=True)
+class Delta:
+    metric: str
+    baseline: float | None
+    candidate: float | None
+    delta: float | None
+    low: float | None
+    high: float | None
+    """95% paired bootstrap interval of the delta (None where the metric is missing)."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    segment: str
+    n: int
+    baseline_pass_rate: float
+    candidate_pass_rate: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    baseline: str
+    candidate: str
+    matched: int
+    deltas: tuple[Delta, ...]
+    latency_p95_ratio: float | None
+    regressions: tuple[Segment, ...]
+    flipped: tuple[str, ...]
+    """Example ids that passed in the baseline and fail in the candidate."""
+    method: str
+
+    def delta(self, metric: str) -> Delta:
+        return next(d for d in self.deltas if d.metric == metric)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"baseline": self.baseline, "candidate": self.candidate, "matched": self.matched,
+                "method": self.method, "latency_p95_ratio": self.latency_p95_ratio,
+                "deltas": [d.__dict__ for d in self.deltas], "regressions": [s.__dict__ for s in self.regressions],
+                "flipped": list(self.flipped)}
+
+
+@dataclass(frozen=True)
+class Gate:
+    passed: bool
+    reasons: tuple[str, ...]
+    comparison: Comparison
+
+
+METRICS = ("pass_rate", "similarity", "error_rate", "refusal_rate", "output_chars")
+
+
+def _matrix(t: pa.Table) -> dict[str, np.ndarray]:
+    errors = np.array([e is not None for e in t["error"].to_pylist()], dtype=np.float64)
+    ok = errors == 0
+    refusal = np.array([bool(r) if r is not None else np.nan for r in t["refusal"].to_pylist()], np.float64)
+    sim = np.array([s if s is not None else np.nan for s in t["similarity"].to_pylist()], np.float64)
+    chars = np.array([c if c is not None else np.nan for c in t["output_chars"].to_pylist()], np.float64)
+    lat = np.array([x if x is not None else np.nan for x in t["latency_ms"].to_pylist()], np.float64)
+    return {"pass_rate": np.array([bool(p) for p in t["passed"].to_pylist()], np.float64),
+            "similarity": sim, "error_rate": errors, "refusal_rate": np.where(ok, refusal, np.nan),
+            "output_chars": chars, "latency": np.where(ok, lat, np.nan)}
+
+
+def _mean(x: np.ndarray) -> float | None:
+    return float(np.nanmean(x)) if np.isfinite(x).any() else None
+
+
+def compare(lake: str | Path, baseline: str, candidate: str, settings: EvalSettings) -> Comparison:
+    a, b = rows(lake, baseline), rows(lake, candidate)
+    for run_id, t in ((baseline, a), (candidate, b)):
+        if t.num_rows == 0:
+            raise EvalError(f"evaluation run {run_id!r} has no recorded examples (see `flywheel eval list`)",
+                            run_id=run_id)
+    ids_a, ids_b = a["example_id"].to_pylist(), b["example_id"].to_pylist()
+    common = sorted(set(ids_a) & set(ids_b))
+    if not common:
+        raise EvalError(f"runs {baseline} and {candidate} share no example: compare runs over the same eval set")
+    a = a.take(pa.array([ids_a.index(i) for i in common])) if ids_a != common else a
+    b = b.take(pa.array([ids_b.index(i) for i in common])) if ids_b != common else b
+    ma, mb = _matrix(a), _matrix(b)
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, len(common), size=(settings.bootstrap, len(common)))
+    deltas = []
+    for m in METRICS:
+        base, cand = _mean(ma[m]), _mean(mb[m])
+        if base is None or cand is None:
+            deltas.append(Delta(m, base, cand, None, None, None))
+            continue
+        with np.errstate(invalid="ignore"), _quiet():
+            boot = np.nanmean(mb[m][draws], axis=1) - np.nanmean(ma[m][draws], axis=1)
+        boot = boot[np.isfinite(boot)]
+        low, high = (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))) if len(boot) else (None, None)
+        deltas.append(Delta(m, base, cand, cand - base, low, high))
+    la, lb = ma["latency"][np.isfinite(ma["latency"])], mb["latency"][np.isfinite(mb["latency"])]
+    ratio = float(np.quantile(lb, 0.95) / np.quantile(la, 0.95)) if len(la) and len(lb) and np.quantile(la, 0.95) > 0 \
+        else None
+    segments = []
+    seg = a["segment"].to_pylist()
+    for s in sorted(set(seg)):
+        idx = np.array([i for i, x in enumerate(seg) if x == s])
+        pa_, pb = float(ma["pass_rate"][idx].mean()), float(mb["pass_rate"][idx].mean())
+        if pb < pa_:
+            segments.append(Segment(s, len(idx), pa_, pb))
+    flipped = tuple(i for i, x, y in zip(common, ma["pass_rate"], mb["pass_rate"]) if x == 1 and y == 0)
+    return Comparison(baseline, candidate, len(common), tuple(deltas), ratio,
+                      tuple(sorted(segments, key=lambda s: s.candidate_pass_rate - s.baseline_pass_rate)), flipped,
+                      f"paired bootstrap, {settings.bootstrap} resamples of the {len(common)} matched examples, "
+                      "95% percentile intervals")
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no value of a metric: dropped above
+
+    def __exit__(self, *exc: object) -> None:
+        self._w.__exit__(*exc)
+
+
+def gate(lake: str | Path, candidate: str, baseline: str, settings: EvalSettings) -> Gate:
+    """The candidate passes unless it is worse than the baseline beyond a tolerance of `settings` (each failure
+    is a reason, naming the metric, both values and the tolerance)."""
+    c = compare(lake, baseline, candidate, settings)
+    reasons = []
+    checks = (("similarity", -settings.max_similarity_drop, "mean similarity dropped"),
+              ("pass_rate", -settings.max_pass_rate_drop, "pass rate dropped"),
+              ("error_rate", settings.max_error_rate_rise, "error rate rose"),
+              ("refusal_rate", settings.max_refusal_rate_rise, "refusal rate rose"))
+    for metric, tolerance, what in checks:
+        d = c.delta(metric)
+        if d.delta is None:
+            continue
+        worse = d.delta < tolerance if tolerance < 0 else d.delta > tolerance
+        if worse:
+            reasons.append(f"{what}: {d.baseline:.3f} -> {d.candidate:.3f} ({d.delta:+.3f}, tolerance "
+                           f"{abs(tolerance):g}; 95% CI {d.low:+.3f}..{d.high:+.3f})")
+    if c.latency_p95_ratio is not None and c.latency_p95_ratio > settings.max_latency_p95_ratio:
+        reasons.append(f"latency p95 is {c.latency_p95_ratio:.2f}x the baseline's (tolerance "
+                       f"{settings.max_latency_p95_ratio:g}x)")
+    return Gate(not reasons, tuple(reasons), c)
+
+
+def markdown(c: Comparison) -> str:
+    """The comparison as a Markdown table, for a CI comment."""
+    out = [f"**{c.candidate}** vs baseline **{c.baseline}** over {c.matched} examples ({c.method})", "",
+           "| metric | baseline | candidate | delta | 95% CI |", "|---|---|---|---|---|"]
+    for d in c.deltas:
+        f = (lambda v: "n/a" if v is None else f"{v:.3f}")
+        ci = "n/a" if d.low is None else f"{d.low:+.3f} .. {d.high:+.3f}"
+        out.append(f"| {d.metric} | {f(d.baseline)} | {f(d.candidate)} | "
+                   f"{'n/a' if d.delta is None else f'{d.delta:+.3f}'} | {ci} |")
+    if c.latency_p95_ratio is not None:
+        out.append(f"| latency p95 (ratio) | 1 | {c.latency_p95_ratio:.2f} | | |")
+    if c.regressions:
+        out += ["", "Segments whose pass rate fell: " + ", ".join(
+            f"{s.segment or '(none)'} {s.baseline_pass_rate:.0%} -> {s.candidate_pass_rate:.0%} (n={s.n})"
+            for s in c.regressions)]
+    if c.flipped:
+        out += ["", f"{len(c.flipped)} examples flipped from pass to fail: " + ", ".join(c.flipped[:20])]
+    return "\n".join(out)
+
+
+def to_json(c: Comparison) -> str:
+    return json.dumps(c.to_dict(), default=str)

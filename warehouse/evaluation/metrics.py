@@ -1,0 +1,87 @@
+"""Offline metrics of one answer against its example, each a pure function; what each measures:
+
+- `similarity`: chrF (character n-gram F-score, n = 1..6, beta = 2, as sacrebleu's chrF defines it, on text with
+  whitespace collapsed) between the answer and the example's reference, in [0, 1]; None without a reference (a
+  reference exists where a human corrected an answer).
+- `exact_match`: the answer equals the reference after collapsing whitespace and case (for short, closed answers).
+- `json_valid`: the answer parses as a JSON object or array (for recipes that ask for JSON).
+- `refusal`: the answer starts like a refusal (the drift stage's refusal descriptor, first 200 characters).
+- `output_chars`: the answer's length in characters.
+An example *passes* when the call succeeded, the answer is not a refusal, and (with a reference) its similarity is
+at least the pass threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from flywheel.warehouse.drift.descriptors import REFUSAL_PREFIX_CHARS, REFUSAL_RE
+
+_REFUSAL = re.compile(REFUSAL_RE)
+CHRF_ORDER = 6
+CHRF_BETA = 2.0
+
+
+@dataclass(frozen=True)
+class Scores:
+    similarity: float | None
+    exact_match: bool | None
+    json_valid: bool
+    refusal: bool
+    output_chars: int
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def chrf(hypothesis: str, reference: str, order: int = CHRF_ORDER, beta: float = CHRF_BETA) -> float:
+    """chrF in [0, 1]: the mean over n = 1..order of character n-gram precision and recall, combined as F-beta
+    (sacrebleu's definition, whitespace removed before counting n-grams)."""
+    hyp, ref = hypothesis.replace(" ", ""), reference.replace(" ", "")
+    precisions, recalls = [], []
+    for n in range(1, order + 1):
+        h = Counter(hyp[i:i + n] for i in range(len(hyp) - n + 1))
+        r = Counter(ref[i:i + n] for i in range(len(ref) - n + 1))
+        if not h or not r:
+            continue
+        common = sum((h & r).values())
+        precisions.append(common / sum(h.values()))
+        recalls.append(common / sum(r.values()))
+    if not precisions:
+        return 1.0 if hyp == ref else 0.0
+    p, r = sum(precisions) / len(precisions), sum(recalls) / len(recalls)
+    if p + r == 0:
+        return 0.0
+    b2 = beta * beta
+    return (1 + b2) * p * r / (b2 * p + r)
+
+
+def is_refusal(text: str) -> bool:
+    return bool(_REFUSAL.search(text[:REFUSAL_PREFIX_CHARS].lower()))
+
+
+def is_json(text: str) -> bool:
+    stripped = text.strip()
+    if not stripped.startswith(("{", "[")):
+        return False
+    try:
+        json.loads(stripped)
+    except ValueError:
+        return False
+    return True
+
+
+def score(output: str, reference: str | None) -> Scores:
+    sim = chrf(_norm(output), _norm(reference)) if reference else None
+    exact = _norm(output).lower() == _norm(reference).lower() if reference else None
+    return Scores(sim, exact, is_json(output), is_refusal(output), len(output))
+
+
+def passes(ok: bool, scores: Scores | None, threshold: float) -> bool:
+    if not ok or scores is None or scores.refusal:
+        return False
+    return scores.similarity is None or scores.similarity >= threshold

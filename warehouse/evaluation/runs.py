@@ -1,0 +1,190 @@
+"""Evaluation runs: every example of an eval set sent to a target, scored, and recorded in the `eval_runs` lake table.
+
+Guarantees:
+- One row per (run, example) with the answer, latency, tokens, cost when priced, error, and scores, plus one
+  `summary` row once every example has one; the target is recorded without its key.
+- Resumable: results are committed in batches (`EvalSettings.save_every`); a run that was killed resumes where its
+  last batch ended (same `run_id`: the latest run of the same eval set and target that has no summary), and an
+  example already recorded in the run is never sent or scored again.
+- Appends are atomic (Delta), so a reader never sees half a batch. Two processes resuming the same run at once are
+  not supported (each would score the examples the other has not committed yet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+
+from flywheel.warehouse import tables
+from flywheel.warehouse.evaluation.client import ChatClient, ChatRequest, Completion, RetryPolicy
+from flywheel.warehouse.evaluation.metrics import passes, score
+from flywheel.warehouse.evaluation.settings import EvalSettings
+from flywheel.warehouse.evaluation.targets import Secret, Target
+
+TABLE = "eval_runs"
+TS = pa.timestamp("us", tz="UTC")
+SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("row_kind", pa.string()), ("recorded_at", TS),
+    ("eval_set", pa.string()), ("target", pa.string()), ("target_spec", pa.string()), ("model", pa.string()),
+    ("example_id", pa.string()), ("segment", pa.string()), ("prompt", pa.string()), ("reference", pa.string()),
+    ("output", pa.string()), ("error", pa.string()), ("attempts", pa.int32()), ("latency_ms", pa.float64()),
+    ("input_tokens", pa.int64()), ("output_tokens", pa.int64()), ("cost_usd", pa.float64()),
+    ("similarity", pa.float64()), ("exact_match", pa.bool_()), ("json_valid", pa.bool_()), ("refusal", pa.bool_()),
+    ("output_chars", pa.int64()), ("passed", pa.bool_()), ("summary", pa.string()),
+])
+"""`eval_runs`: `row_kind` is `example` (one per example) or `summary` (one per finished run, `summary` as JSON)."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One thing to ask: the conversation up to the answer, the reference answer if a human gave one, and the
+    segment it is reported under (app, prompt template, ...)."""
+
+    example_id: str
+    messages: tuple[tuple[str, str], ...]
+    reference: str | None = None
+    segment: str = ""
+
+    @property
+    def prompt(self) -> str:
+        users = [c for r, c in self.messages if r == "user"]
+        return users[-1] if users else (self.messages[-1][1] if self.messages else "")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    resumed: bool
+    examples: int
+    sent: int
+    """Examples sent in this call (the rest were recorded before it, by the run it resumed)."""
+    failed: int
+    summary: dict[str, float | int | None]
+
+
+def target_key(target: Target) -> str:
+    """What identifies a target's behaviour in `eval_runs` (its spec, never its key), for resuming."""
+    return hashlib.sha256(json.dumps(target.describe(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_eval(lake: str | Path, eval_set: str, examples: Sequence[Example], target: Target, key: Secret,
+             settings: EvalSettings, progress: Callable[[int, int], None] | None = None) -> RunResult:
+    """Send every example not yet recorded to `target`, score and record each, then the run's summary."""
+    ids = [e.example_id for e in examples]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"eval set {eval_set!r} has duplicate example ids")
+    spec = json.dumps(target.describe(), sort_keys=True, default=str)
+    tkey = target_key(target)
+    run_id, done = _unfinished(lake, eval_set, tkey)
+    resumed = run_id is not None
+    if run_id is None:
+        now = datetime.now(timezone.utc)
+        run_id = f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{uuid.uuid4().hex[:8]}"
+    todo = [e for e in examples if e.example_id not in done]
+    client = ChatClient(target, key, settings.concurrency, RetryPolicy(attempts=settings.attempts))
+    pending: list[dict[str, object]] = []
+    lock = threading.Lock()
+    finished = [len(done)]
+
+    def record(i: int, c: Completion) -> None:
+        row = _row(run_id, eval_set, tkey, spec, target, todo[i], c, settings.pass_threshold)
+        with lock:
+            pending.append(row)
+            finished[0] += 1
+            if len(pending) >= settings.save_every:
+                _save(lake, pending)
+                pending.clear()
+        if progress is not None:
+            progress(finished[0], len(examples))
+
+    client.complete_all([ChatRequest(e.messages) for e in todo], record)
+    _save(lake, pending)
+    summary = summarize(rows(lake, run_id))
+    _save(lake, [{"run_id": run_id, "row_kind": "summary", "recorded_at": datetime.now(timezone.utc),
+                  "eval_set": eval_set, "target": tkey, "target_spec": spec, "model": target.model,
+                  "summary": json.dumps(summary)}])
+    return RunResult(run_id, resumed, len(examples), len(todo), int(summary["errors"] or 0), summary)
+
+
+def _row(run_id: str, eval_set: str, tkey: str, spec: str, target: Target, e: Example, c: Completion,
+         threshold: float) -> dict[str, object]:
+    s = score(c.output, e.reference) if c.output is not None else None
+    return {"run_id": run_id, "row_kind": "example", "recorded_at": datetime.now(timezone.utc),
+            "eval_set": eval_set, "target": tkey, "target_spec": spec, "model": target.model,
+            "example_id": e.example_id, "segment": e.segment, "prompt": e.prompt, "reference": e.reference,
+            "output": c.output, "error": c.error, "attempts": c.attempts, "latency_ms": c.latency_ms,
+            "input_tokens": c.input_tokens, "output_tokens": c.output_tokens, "cost_usd": c.cost_usd,
+            "similarity": s.similarity if s else None, "exact_match": s.exact_match if s else None,
+            "json_valid": s.json_valid if s else None, "refusal": s.refusal if s else None,
+            "output_chars": s.output_chars if s else None, "passed": passes(c.ok, s, threshold)}
+
+
+def _save(lake: str | Path, rows_: list[dict[str, object]]) -> None:
+    if rows_:
+        tables.append(lake, TABLE, pa.Table.from_pylist(rows_, SCHEMA))
+
+
+def _unfinished(lake: str | Path, eval_set: str, tkey: str) -> tuple[str | None, set[str]]:
+    """The latest run of this eval set and target without a summary, and the examples it has recorded."""
+    latest = tables.query(lake, TABLE, """
+        SELECT run_id FROM t WHERE eval_set = $s AND target = $k GROUP BY run_id
+        HAVING count(*) FILTER (WHERE row_kind = 'summary') = 0 ORDER BY max(recorded_at) DESC LIMIT 1""",
+                          {"s": eval_set, "k": tkey}, empty=SCHEMA)
+    if latest.num_rows == 0:
+        return None, set()
+    run_id = str(latest["run_id"][0].as_py())
+    done = tables.query(lake, TABLE, "SELECT DISTINCT example_id FROM t WHERE run_id = $r AND row_kind = 'example'",
+                        {"r": run_id}, empty=SCHEMA)
+    return run_id, {str(v) for v in done["example_id"].to_pylist()}
+
+
+def rows(lake: str | Path, run_id: str) -> pa.Table:
+    """The example rows of a run, in example-id order."""
+    return tables.query(lake, TABLE, "SELECT * FROM t WHERE run_id = $r AND row_kind = 'example' "
+                        "ORDER BY example_id", {"r": run_id}, empty=SCHEMA)
+
+
+def runs(lake: str | Path) -> pa.Table:
+    """One row per run: its eval set, target, model, examples, and summary (null while unfinished)."""
+    return tables.query(lake, TABLE, """
+        SELECT run_id, any_value(eval_set) AS eval_set, any_value(model) AS model, any_value(target) AS target,
+          count(*) FILTER (WHERE row_kind = 'example') AS examples, min(recorded_at) AS started_at,
+          max(summary) AS summary
+        FROM t GROUP BY run_id ORDER BY started_at""", empty=SCHEMA)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def summarize(t: pa.Table) -> dict[str, float | int | None]:
+    """Counts, rates and percentiles of a run's example rows (as stored in its summary row)."""
+    n = t.num_rows
+    ok = [e is None for e in t["error"].to_pylist()]
+    sims = [s for s in t["similarity"].to_pylist() if s is not None]
+    lat = [x for x, good in zip(t["latency_ms"].to_pylist(), ok) if good and x is not None]
+    costs = [c for c in t["cost_usd"].to_pylist() if c is not None]
+    refusals = [bool(r) for r, good in zip(t["refusal"].to_pylist(), ok) if good]
+    chars = [c for c in t["output_chars"].to_pylist() if c is not None]
+    return {
+        "examples": n, "errors": n - sum(ok), "error_rate": (n - sum(ok)) / n if n else None,
+        "pass_rate": sum(bool(p) for p in t["passed"].to_pylist()) / n if n else None,
+        "similarity_mean": sum(sims) / len(sims) if sims else None, "with_reference": len(sims),
+        "refusal_rate": sum(refusals) / len(refusals) if refusals else None,
+        "output_chars_mean": sum(chars) / len(chars) if chars else None,
+        "latency_p50_ms": _percentile(lat, 0.5), "latency_p95_ms": _percentile(lat, 0.95),
+        "cost_usd": sum(costs) if costs else None,
+    }

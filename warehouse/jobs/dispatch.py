@@ -1,0 +1,118 @@
+"""Dispatch: match events (new dataset versions, drift alerts) against the policies, and start each job once.
+
+For every (policy, event) that matches, the job is claimed in the jobs table under (policy, subject) before its
+target starts (`JobStore.claim`): a second dispatch of the same event, by this process or another, or after a
+crash, finds the claim and starts nothing. The target's outcome is then recorded (succeeded with its result, or
+failed with its error and output); secrets come in resolved, from the edge, and never reach the record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from flywheel.schemas.alerts import Alert
+from flywheel.warehouse.evaluation.targets import Secret
+from flywheel.warehouse.jobs import targets as T
+from flywheel.warehouse.jobs.policies import Policy
+from flywheel.warehouse.jobs.store import Job, JobStore
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """A dataset version the registry published: what a `dataset` trigger fires on."""
+
+    name: str
+    version: int
+    new_examples: int
+    path: str = ""
+    manifest: str = ""
+    """Where the version's manifest is (a path or URI), for the target to fetch."""
+    export: str = ""
+    """The export file a fine-tune uploads (the recipe's first format), when there is one."""
+    counts: Mapping[str, int] | None = None
+
+
+Event = DatasetVersion | Alert
+
+
+def subject(event: Event) -> str:
+    if isinstance(event, DatasetVersion):
+        return f"dataset:{event.name}@{event.version}"
+    return f"alert:{event.dedup_key}"
+
+
+def matches(policy: Policy, event: Event) -> bool:
+    w = policy.when
+    if isinstance(event, DatasetVersion):
+        return w.dataset == event.name and event.new_examples >= w.min_new_examples
+    return (w.alert_segment is not None and event.drift_kind is not None
+            and event.segment.startswith(w.alert_segment) and (w.alert_kind is None or w.alert_kind == event.kind))
+
+
+def params(event: Event) -> dict[str, object]:
+    if isinstance(event, DatasetVersion):
+        return {"dataset": event.name, "version": event.version, "new_examples": event.new_examples,
+                "path": event.path, "manifest": event.manifest, "counts": dict(event.counts or {})}
+    return {"alert": event.kind, "segment": event.segment, "window": event.window, "features": list(event.features),
+            "report": event.report}
+
+
+Secrets = Callable[[str], Secret]
+"""Resolves a variable's name (a policy's `secret_env`, `key_env`) into its value: the edge passes its reader."""
+
+
+def run_target(policy: Policy, p: Mapping[str, object], secrets: Secrets, export: str = "") -> T.Outcome:
+    o = policy.options
+    if policy.kind == "webhook":
+        secret = secrets(str(o["secret_env"])) if o.get("secret_env") else Secret("")
+        return T.webhook(str(o["url"]), p, secret, attempts=int(o.get("attempts", 4)))
+    if policy.kind == "shell":
+        return T.shell(str(o["command"]), p, float(o.get("timeout_s", 3600.0)))
+    if policy.kind == "fine_tune":
+        if not export:
+            raise T.TargetFailed("the dataset version has no export to upload: add an export format to its recipe")
+        key = secrets(str(o["key_env"])) if o.get("key_env") else Secret("")
+        return T.fine_tune(str(o["base_url"]), str(o["model"]), Path(export), key, float(o.get("poll_s", 5.0)))
+    return T.prefect(str(o["deployment"]), p, float(o.get("timeout_s", 0.0)))
+
+
+def dispatch(policies: Iterable[Policy], events: Iterable[Event], store: JobStore, secrets: Secrets) -> list[Job]:
+    """Start the job of every matching (policy, event) not started before; returns the jobs this call ran."""
+    store.recover()
+    ran = []
+    for event in events:
+        for policy in policies:
+            if not matches(policy, event):
+                continue
+            p = params(event)
+            trigger = "dataset" if isinstance(event, DatasetVersion) else "drift_alert"
+            job = store.claim(policy.name, subject(event), trigger, policy.kind, json.dumps(p, default=str))
+            if job is None:
+                continue  # claimed before: never twice
+            ran.append(_run(store, job, policy, p, secrets, event.export if isinstance(event, DatasetVersion) else ""))
+    return ran
+
+
+def retry(store: JobStore, job_id: int, policies: Mapping[str, Policy], secrets: Secrets) -> Job:
+    """Run a failed (or cancelled) job again with its recorded parameters."""
+    job = store.get(job_id)
+    policy = policies.get(job.policy)
+    if policy is None:
+        raise T.TargetFailed(f"job {job_id}'s policy {job.policy!r} is no longer in the policy file")
+    job = store.retry(job_id)
+    return _run(store, job, policy, json.loads(job.params), secrets, "")
+
+
+def _run(store: JobStore, job: Job, policy: Policy, p: Mapping[str, object], secrets: Secrets, export: str) -> Job:
+    try:
+        outcome = run_target(policy, p, secrets, export)
+    except T.TargetFailed as exc:
+        store.finish(job.id, False, error=str(exc), output=exc.output)
+    except Exception as exc:  # a target's unexpected failure is the job's, never the dispatcher's
+        store.finish(job.id, False, error=f"{type(exc).__name__}: {exc}")
+    else:
+        store.finish(job.id, True, result=outcome.result, output=outcome.output)
+    return store.get(job.id)

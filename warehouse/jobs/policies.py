@@ -1,0 +1,129 @@
+"""Trigger policies: reviewable YAML saying which event starts which job, validated on load.
+
+    policies:
+      notify-ci:
+        when: {dataset: support-sft, min_new_examples: 100}     # a new version with at least 100 new examples
+        target: {kind: webhook, url: https://ci.example.com/hooks/flywheel, secret_env: CI_WEBHOOK_SECRET}
+      retrain-on-drift:
+        when: {drift_alert: {segment: app=support-bot, kind: model-drift}}   # an alert on that segment (prefix)
+        target: {kind: shell, command: "python train.py --data $DATASET_PATH", dataset: support-sft}
+      fine-tune:
+        when: {dataset: support-sft, min_new_examples: 500}
+        target: {kind: fine_tune, base_url: https://api.openai.com/v1, model: gpt-4o-mini, key_env: OPENAI_API_KEY,
+                 format: openai-chat}
+      rerun-eval-flow:
+        when: {dataset: support-eval}
+        target: {kind: prefect, deployment: curate/curate}
+
+Errors name the file, the key and the fix; a policy naming a dataset the registry does not know is refused when
+the caller passes the known names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flywheel.errors import FlywheelError
+
+KINDS: dict[str, tuple[set[str], set[str]]] = {
+    # kind: (required keys, optional keys)
+    "webhook": ({"url"}, {"secret_env", "attempts"}),
+    "shell": ({"command"}, {"timeout_s", "dataset"}),
+    "fine_tune": ({"base_url", "model"}, {"key_env", "format", "poll_s", "dataset"}),
+    "prefect": ({"deployment"}, {"timeout_s"}),
+}
+
+
+class PolicyError(FlywheelError):
+    """A policy file or entry is malformed; the message names the file, the key and the fix (also `file`, `key`)."""
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
+        super().__init__(message, file=file, key=key)
+        self.file, self.key = file, key
+
+
+@dataclass(frozen=True)
+class When:
+    dataset: str | None = None
+    min_new_examples: int = 1
+    alert_segment: str | None = None
+    """A drift alert fires on a segment starting with this (e.g. `app=support-bot`); `""` matches every segment."""
+    alert_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    when: When
+    kind: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+def load_policies(path: Path, known_datasets: Collection[str] | None = None) -> dict[str, Policy]:
+    src = str(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PolicyError(f"cannot read policy file {src}: {exc}", file=src) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("policies"), dict) or not doc["policies"]:
+        raise PolicyError(f"policy file {src} must be a mapping with a non-empty `policies:` mapping", file=src,
+                          key="policies")
+    return {str(n): _policy(str(n), spec, src, known_datasets) for n, spec in doc["policies"].items()}
+
+
+def _fail(src: str, key: str, what: str) -> PolicyError:
+    return PolicyError(f"{src}: `{key}` {what}", file=src, key=key)
+
+
+def _policy(name: str, spec: Any, src: str, known: Collection[str] | None) -> Policy:
+    where = f"policies.{name}"
+    if not isinstance(spec, dict) or set(spec) - {"when", "target"} or "when" not in spec or "target" not in spec:
+        raise _fail(src, where, "must be a mapping with exactly `when` and `target`")
+    w, t = spec["when"], spec["target"]
+    if not isinstance(w, dict) or len({"dataset", "drift_alert"} & set(w)) != 1 \
+            or set(w) - {"dataset", "min_new_examples", "drift_alert"}:
+        raise _fail(src, f"{where}.when", "must name one trigger: `dataset: NAME` (with optional "
+                    "`min_new_examples: N`) or `drift_alert: {segment: PREFIX, kind: model-drift|data-drift}`")
+    when = When()
+    if "dataset" in w:
+        if not isinstance(w["dataset"], str) or not w["dataset"]:
+            raise _fail(src, f"{where}.when.dataset", "must be a dataset name")
+        if known is not None and w["dataset"] not in known:
+            raise _fail(src, f"{where}.when.dataset", f"names {w['dataset']!r}, which the registry does not have "
+                        f"(datasets: {', '.join(sorted(known)) or 'none yet'}); curate it first or fix the name")
+        n = w.get("min_new_examples", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise _fail(src, f"{where}.when.min_new_examples", f"must be a positive integer, got {n!r}")
+        when = When(dataset=w["dataset"], min_new_examples=n)
+    else:
+        a = w["drift_alert"]
+        if not isinstance(a, dict) or set(a) - {"segment", "kind"}:
+            raise _fail(src, f"{where}.when.drift_alert", "must be a mapping of `segment` (prefix) and `kind`")
+        kind = a.get("kind")
+        if kind is not None and kind not in ("model-drift", "data-drift"):
+            raise _fail(src, f"{where}.when.drift_alert.kind", f"must be model-drift or data-drift, got {kind!r}")
+        when = When(alert_segment=str(a.get("segment", "")), alert_kind=kind)
+    if not isinstance(t, dict) or t.get("kind") not in KINDS:
+        raise _fail(src, f"{where}.target.kind", f"must be one of {', '.join(KINDS)}, got "
+                    f"{t.get('kind') if isinstance(t, dict) else t!r}")
+    required, optional = KINDS[t["kind"]]
+    options = {k: v for k, v in t.items() if k != "kind"}
+    missing, unknown = required - set(options), set(options) - required - optional
+    if missing:
+        raise _fail(src, f"{where}.target.{sorted(missing)[0]}", f"is required for a {t['kind']} target")
+    if unknown:
+        raise _fail(src, f"{where}.target.{sorted(unknown)[0]}", f"is not a key of a {t['kind']} target; the keys "
+                    f"are {', '.join(sorted(required | optional))}")
+    for key in ("timeout_s", "poll_s", "attempts"):
+        v = options.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise _fail(src, f"{where}.target.{key}", f"must be a positive number, got {v!r}")
+    if "dataset" in options and known is not None and options["dataset"] not in known:
+        raise _fail(src, f"{where}.target.dataset", f"names {options['dataset']!r}, which the registry does not have")
+    return Policy(name, when, t["kind"], options, src)

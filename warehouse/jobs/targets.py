@@ -1,0 +1,129 @@
+"""What a job can start, each a function of the job's parameters that returns its result or raises `TargetFailed`
+with the output to keep:
+
+- `webhook`: POST the parameters as JSON, signed in the Standard Webhooks style (`webhook-id`,
+  `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`), retried with backoff
+  on 5xx and network errors; the secret comes from the environment variable the policy names.
+- `shell`: a command, with the dataset's name, version, path and manifest in its environment (`DATASET_NAME`,
+  `DATASET_VERSION`, `DATASET_PATH`, `DATASET_MANIFEST`); its output's tail is kept; a non-zero exit fails it.
+  A local TRL run is a shell target (see the README's Triggers section).
+- `fine_tune`: an OpenAI-compatible fine-tuning API: upload the export, create the job, poll it until it ends,
+  and record the resulting model name.
+- `prefect`: `run_deployment(name, parameters={dataset, version, ...})` on the configured Prefect API.
+Secrets are resolved by the caller (an edge) into `Secret`s and never appear in results, errors or output.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from flywheel.errors import FlywheelError
+from flywheel.warehouse.evaluation.targets import Secret
+
+
+class TargetFailed(FlywheelError):
+    """A job's target failed; `output` is what it printed or answered (for the job's record)."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: str
+    """What the job produced: a run id, a model name, a flow run id, an HTTP status."""
+    output: str = ""
+
+
+def sign(secret: Secret, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks signature header value for `body` (a `whsec_` secret is base64 after its prefix)."""
+    raw = secret.reveal()
+    key = base64.b64decode(raw.removeprefix("whsec_")) if raw.startswith("whsec_") else raw.encode()
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def webhook(url: str, params: Mapping[str, object], secret: Secret, attempts: int = 4, backoff_s: float = 0.5,
+            timeout_s: float = 10.0) -> Outcome:
+    body = json.dumps(params, sort_keys=True, default=str).encode()
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    last = ""
+    for attempt in range(1, attempts + 1):
+        ts = int(time.time())
+        headers = {"content-type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(ts)}
+        if secret:
+            headers["webhook-signature"] = sign(secret, msg_id, ts, body)
+        try:
+            res = httpx.post(url, content=body, headers=headers, timeout=timeout_s)
+            if 200 <= res.status_code < 300:
+                return Outcome(f"HTTP {res.status_code}", res.text[-2000:])
+            last = f"HTTP {res.status_code}: {res.text[:300]}"
+            if res.status_code < 500 and res.status_code != 429:
+                raise TargetFailed(f"webhook answered {last}", res.text[-2000:])
+        except httpx.HTTPError as exc:
+            last = f"network error: {type(exc).__name__}"
+        if attempt < attempts:
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    raise TargetFailed(f"webhook failed after {attempts} attempts: {last}")
+
+
+def shell(command: str, params: Mapping[str, object], timeout_s: float = 3600.0, cwd: Path | None = None) -> Outcome:
+    env = {**os.environ, "DATASET_NAME": str(params.get("dataset", "")),
+           "DATASET_VERSION": str(params.get("version", "")), "DATASET_PATH": str(params.get("path", "")),
+           "DATASET_MANIFEST": str(params.get("manifest", ""))}
+    try:
+        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=timeout_s, env=env,
+                              cwd=cwd)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or "") if isinstance(exc.stdout, str) else ""
+        raise TargetFailed(f"command timed out after {timeout_s:g} s", out[-4000:]) from None
+    output = (done.stdout + done.stderr)[-4000:]
+    if done.returncode != 0:
+        raise TargetFailed(f"command exited with code {done.returncode}", output)
+    return Outcome("exit 0", output)
+
+
+def fine_tune(base_url: str, model: str, training_file: Path, key: Secret, poll_s: float = 5.0,
+              timeout_s: float = 86_400.0) -> Outcome:
+    headers = {"Authorization": f"Bearer {key.reveal()}"} if key else {}
+    with httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=60) as http:
+        up = http.post("/files", content=training_file.read_bytes(), params={"purpose": "fine-tune"})
+        if up.status_code != 200:
+            raise TargetFailed(f"uploading {training_file.name} failed: HTTP {up.status_code}", up.text[-2000:])
+        job = http.post("/fine_tuning/jobs", json={"model": model, "training_file": up.json()["id"]})
+        if job.status_code != 200:
+            raise TargetFailed(f"creating the fine-tuning job failed: HTTP {job.status_code}", job.text[-2000:])
+        jid = job.json()["id"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = http.get(f"/fine_tuning/jobs/{jid}").json()
+            if state.get("status") == "succeeded":
+                return Outcome(str(state.get("fine_tuned_model")), json.dumps(state)[-2000:])
+            if state.get("status") in ("failed", "cancelled"):
+                raise TargetFailed(f"fine-tuning job {jid} {state['status']}", json.dumps(state)[-2000:])
+            time.sleep(poll_s)
+    raise TargetFailed(f"fine-tuning job {jid} did not finish within {timeout_s:g} s")
+
+
+def prefect(deployment: str, params: Mapping[str, object], timeout_s: float = 0.0) -> Outcome:
+    """Start the Prefect deployment `flow/deployment` with `params`; with `timeout_s` 0, do not wait for it."""
+    from prefect.deployments import run_deployment
+
+    try:
+        run = run_deployment(deployment, parameters=dict(params), timeout=timeout_s)
+    except Exception as exc:  # Prefect raises many types (unknown deployment, API unreachable)
+        raise TargetFailed(f"starting Prefect deployment {deployment!r} failed: {exc}") from exc
+    return Outcome(f"flow run {run.id}", str(getattr(run, "state_name", "")))
