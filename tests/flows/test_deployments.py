@@ -204,8 +204,7 @@ def test_a_served_deployment_retries_a_busy_table_and_fails_a_missing_one_at_onc
 
 
 @pytest.mark.slow
-def test_a_drift_alert_from_the_served_drift_flow_starts_the_curation_deployment(
-        served: Served, api: Any, shared_data: Path) -> None:
+def test_a_drift_alert_from_the_served_drift_flow_starts_the_curation_deployment(served: Served, api: Any) -> None:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.deployments import run_deployment
     from prefect.events.schemas.automations import Automation
@@ -226,7 +225,7 @@ def test_a_drift_alert_from_the_served_drift_flow_starts_the_curation_deployment
         assert len(api.read_automations_by_name(f"curate on {DRIFT_ALERT_EVENT}")) == 1
         watched.add(curate.id)
 
-    S.land(served.settings, S.satisfaction_drop(shared_data, windows_before=3, windows_after=1), offset0=10_000)
+    S.land(served.settings, S.satisfaction_drop(windows_before=3, windows_after=1), offset0=10_000)
     H = timedelta(hours=1)
     t0 = time.monotonic()
     run = run_deployment("drift/drift", timeout=120, parameters={
