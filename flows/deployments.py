@@ -109,7 +109,8 @@ def drift_alert_trigger(deployment: str) -> DeploymentEventTrigger:
 
 def build(settings: ServeSettings, deployments: tuple[Deployment, ...] = DEPLOYMENTS) -> list[RunnerDeployment]:
     """The runner deployments to serve: every row whose flow imports, with its cron (none when its setting is
-    `off`) and, for `on_drift_alert` rows, the drift-alert trigger. Runs of one deployment never overlap."""
+    `off`) and, for `on_drift_alert` rows, the drift-alert trigger (unless `drift_triggers` is off). Runs of one
+    deployment never overlap."""
     from prefect.deployments.runner import RunnerDeployment
 
     out = []
@@ -118,9 +119,10 @@ def build(settings: ServeSettings, deployments: tuple[Deployment, ...] = DEPLOYM
         if flow is None:
             continue
         cron = settings.schedule(d.schedule)
+        triggered = d.on_drift_alert and settings.drift_triggers
         dep = flow.to_deployment(
             name=d.name, cron=cron or None, tags=["flywheel"], concurrency_limit=1,
-            triggers=[drift_alert_trigger(d.name)] if d.on_drift_alert else None,
+            triggers=[drift_alert_trigger(d.name)] if triggered else None,
             description=(flow.description or "").split("\n\n")[0] or None)
         assert isinstance(dep, RunnerDeployment)  # called outside an event loop, so not a coroutine
         out.append(dep)

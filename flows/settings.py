@@ -47,6 +47,10 @@ class ServeSettings:
     limit: int = 4
     """FLYWHEEL_SERVE_LIMIT: most flow runs `flywheel serve` executes at once; later ones wait their turn."""
 
+    drift_triggers: bool = True
+    """FLYWHEEL_SERVE_DRIFT_TRIGGERS: give `curate` its automation, one run per drift alert. Turn off when a
+    `drift_alert` policy of `flywheel jobs` starts it instead (both would run it); the next registration removes it."""
+
     def __post_init__(self) -> None:
         from croniter import croniter  # type: ignore[import-untyped]  # Prefect's own cron parser: a schedule it accepts is one Prefect runs
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from flywheel.cli import main
 from flywheel.environment import Environment
 from flywheel.errors import ConfigError
-from flywheel.flows.deployments import DEPLOYMENTS
+from flywheel.flows.deployments import DEPLOYMENTS, DRIFT_ALERT_EVENT, Deployment, build
+from flywheel.flows.settings import ServeSettings
 
 
 def test_serve_list_shows_every_deployment_with_its_configured_schedule() -> None:
@@ -52,3 +53,11 @@ def test_serve_without_a_reachable_prefect_api_says_where_and_what_to_do(tmp_pat
     assert res.returncode == 1, res.stderr
     assert f"Error: the Prefect API at {url} does not answer (ConnectError" in res.stderr
     assert "start `prefect server start` or fix PREFECT_API_URL" in res.stderr
+
+
+def test_drift_triggers_can_be_turned_off_for_a_jobs_policy_to_start_curation_instead() -> None:
+    row = (Deployment("quality", "flywheel.flows.quality:quality_flow", "schedule_quality", on_drift_alert=True),)
+    [on] = build(ServeSettings(), row)
+    assert [(t.name, t.expect) for t in on.triggers] == [(f"quality on {DRIFT_ALERT_EVENT}", {DRIFT_ALERT_EVENT})]
+    [off] = build(Environment.load({"FLYWHEEL_SERVE_DRIFT_TRIGGERS": "off"}).serve, row)
+    assert off.triggers == []
