@@ -79,8 +79,11 @@ class Deployment:
             obj = getattr(importlib.import_module(module), function)
         except (ImportError, AttributeError) as exc:
             if self.optional:
-                log.warning("deployment %s skipped: %s does not import yet (%s: %s)", self.name, self.flow,
-                            type(exc).__name__, exc)
+                # Not written yet is expected; written but broken is a bug to see (the tests import it too).
+                missing = isinstance(exc, ModuleNotFoundError) and exc.name == module
+                log.log(logging.WARNING if missing else logging.ERROR,
+                        "deployment %s skipped: %s does not import %s(%s: %s)", self.name, self.flow,
+                        "yet " if missing else "", type(exc).__name__, exc)
                 return None
             raise ConfigError(f"deployment {self.name}: {self.flow} does not import ({type(exc).__name__}: {exc}); "
                               "fix the module or its row in flywheel.flows.deployments.DEPLOYMENTS") from exc

@@ -61,3 +61,17 @@ def test_drift_triggers_can_be_turned_off_for_a_jobs_policy_to_start_curation_in
     assert [(t.name, t.expect) for t in on.triggers] == [(f"quality on {DRIFT_ALERT_EVENT}", {DRIFT_ALERT_EVENT})]
     [off] = build(Environment.load({"FLYWHEEL_SERVE_DRIFT_TRIGGERS": "off"}).serve, row)
     assert off.triggers == []
+
+
+def test_a_flow_not_written_yet_is_skipped_a_broken_one_logged_as_an_error_a_required_one_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "broken_flow_module.py").write_text("import flywheel_has_no_such_module\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    caplog.set_level("WARNING", logger="flywheel.flows.deployments")
+    assert Deployment("later", "flywheel.flows.not_written:later_flow", "schedule_curate", optional=True).load() is None
+    assert Deployment("broken", "broken_flow_module:flow", "schedule_curate", optional=True).load() is None
+    levels = {r.getMessage().split(":")[0]: r.levelname for r in caplog.records}
+    assert levels == {"deployment later skipped": "WARNING", "deployment broken skipped": "ERROR"}
+    assert "does not import yet" in caplog.text and "flywheel_has_no_such_module" in caplog.text
+    with pytest.raises(ConfigError, match="deployment later: flywheel.flows.not_written:later_flow does not import"):
+        Deployment("later", "flywheel.flows.not_written:later_flow", "schedule_curate").load()
