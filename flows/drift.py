@@ -3,7 +3,8 @@
 A thin wrapper over `flywheel.warehouse.drift.run_drift` and `flywheel.warehouse.alerts.outbox.SlackSender` (which work
 without Prefect). Drift found is a result, not a failure: the flow succeeds and returns what drifted. Errors a
 retry can help with (`retryable`) are retried; alerts Slack did not take yet stay in the outbox for the next run
-(or `flywheel alerts send`), so a Slack outage never fails or loses a run.
+(or `flywheel alerts send`), so a Slack outage never fails or loses a run. Each alert is also announced to Prefect as
+a `flywheel.drift.alert` event (`announce`), which the `curate` deployment's automation answers with a curation run.
 
     from flywheel.flows.drift import drift_flow
     drift_flow.serve(name="daily-drift", cron="15 0 * * *")   # or drift_flow(current="1d") once
@@ -12,13 +13,18 @@ retry can help with (`retryable`) are retried; alerts Slack did not take yet sta
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from flywheel.environment import Environment
+from flywheel.flows.deployments import DRIFT_ALERT_EVENT, SEGMENT_RESOURCE
 from flywheel.flows.retry import retry_if_retryable
+from flywheel.schemas.alerts import Alert
 from flywheel.warehouse.alerts.outbox import Outbox, SlackSender
 from flywheel.warehouse.drift.run import run_drift
 
@@ -49,6 +55,21 @@ def deliver(env: Environment, wait_s: float) -> dict[str, int]:
     return {"delivered": rep.delivered, "pending": box.pending(), "failed": rep.failed}
 
 
+def announce(alerts: Sequence[Alert]) -> int:
+    """Emit one `flywheel.drift.alert` Prefect event per alert (resource `flywheel.segment.<segment>`, the alert as
+    payload); returns how many were handed to Prefect's events client (0 when none is configured). The event id
+    derives from `Alert.dedup_key`, so a re-run over the same window repeats the id rather than minting a new alert."""
+    sent = 0
+    for alert in alerts:
+        event = emit_event(
+            DRIFT_ALERT_EVENT, id=uuid.uuid5(uuid.NAMESPACE_URL, f"{DRIFT_ALERT_EVENT}:{alert.dedup_key}"),
+            resource={"prefect.resource.id": SEGMENT_RESOURCE + alert.segment, "prefect.resource.name": alert.segment,
+                      "flywheel.kind": alert.kind, "flywheel.window": alert.window},
+            payload=json.loads(alert.to_json()))
+        sent += event is not None
+    return sent
+
+
 @flow(name="drift")
 def drift_flow(current: str | None = None, reference: str | None = None, by: str | None = None,
                reports: bool = True, deliver_wait_s: float = 30.0) -> dict[str, Any]:
@@ -56,6 +77,7 @@ def drift_flow(current: str | None = None, reference: str | None = None, by: str
     reference (default: FLYWHEEL_DRIFT_REFERENCE), then deliver alerts for up to `deliver_wait_s` seconds."""
     env = Environment.load()  # a flow run is an edge: its settings are read once, here, and passed down
     result = detect(env, current, reference, by, reports)
+    result["announced"] = announce([Alert.from_json(json.dumps(a)) for a in result["alerts"]])
     result["delivery"] = deliver(env, deliver_wait_s)
     get_run_logger().info("drift %s: %d checks, %d drifted, %d alerts, delivery %s", result["window"],
                           result["checks"], len(result["drifted"]), len(result["alerts"]), result["delivery"])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from flywheel.config import ENV_PREFIX, Settings, describe
+from flywheel.flows.settings import ServeSettings
 from flywheel.infra.demo import DemoSettings
 from flywheel.streams.collector.settings import CollectorSettings
 from flywheel.streams.signals import SignalSettings
@@ -40,6 +41,7 @@ class Environment:
     evaluation: EvalSettings
     jobs: JobSettings
     collector: CollectorSettings
+    serve: ServeSettings
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> "Environment":
@@ -48,15 +50,16 @@ class Environment:
                    maintenance=MaintenanceSettings.from_env(environ), drift=DriftSettings.from_env(environ),
                    alerts=AlertSettings.from_env(environ), signals=SignalSettings.from_env(environ),
                    demo=DemoSettings.from_env(environ), evaluation=EvalSettings.from_env(environ),
-                   jobs=JobSettings.from_env(environ),
-                   collector=CollectorSettings.from_env(environ))
+                   jobs=JobSettings.from_env(environ), collector=CollectorSettings.from_env(environ),
+                   serve=ServeSettings.from_env(environ))
 
     @classmethod
     def defaults(cls, core: Settings | None = None) -> "Environment":
         """Every stage at its defaults (on `core`, if given): what a program that sets nothing gets."""
         return cls(core=core or Settings(), quality=QualitySettings(), maintenance=MaintenanceSettings(),
                    drift=DriftSettings(), alerts=AlertSettings(), signals=SignalSettings(), demo=DemoSettings(),
-                   evaluation=EvalSettings(), jobs=JobSettings(), collector=CollectorSettings())
+                   evaluation=EvalSettings(), jobs=JobSettings(), collector=CollectorSettings(),
+                   serve=ServeSettings())
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ GROUPS: tuple[Group, ...] = (
     Group("The demo (flywheel demo)", "demo", DemoSettings, "FLYWHEEL_DEMO_"),
     Group("HTTP and OpenTelemetry collector (flywheel collect)", "collector", CollectorSettings,
           "FLYWHEEL_COLLECTOR_"),
+    Group("Schedules and serving (flywheel serve)", "serve", ServeSettings, "FLYWHEEL_SERVE_"),
 )
 
 

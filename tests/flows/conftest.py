@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from flywheel.infra.testing.prefect_server import PrefectServer
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +30,13 @@ def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A real `prefect server start` for the session (about 5-60 s to become healthy, see STACK-NOTES), stopped
+    with its whole process group at the end. Clients point at it with `server.env` / `server.api_url`."""
+    from flywheel.infra.testing.prefect_server import PrefectServer
+
+    with PrefectServer(tmp_path_factory.mktemp("prefect-server")) as server:
+        yield server
