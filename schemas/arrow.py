@@ -8,7 +8,10 @@ recognised. Lineage columns added later are nullable, so `Lake.ensure()` can add
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from flywheel.schemas.contract import EVENT_TYPES, EventType, Field
 
@@ -72,4 +75,25 @@ SCHEMAS: dict[str, pa.Schema] = {
     "feedback": table_schema(EVENT_TYPES["feedback"]),
     "quarantine": QUARANTINE,
 }
+def landed_rows(table: str, typed: pa.Table, *, topic: str, partitions: pa.Array, offsets: pa.Array,
+                ingested_at: datetime, topic_id: str | None = None) -> pa.Table:
+    """The rows of lake table `table` for typed events (the validators' output, one row per event, every field
+    there): `event_date` from each event's own timestamp, and its Kafka coordinates. The one place lake rows of
+    events are shaped, for the landing worker and for fixtures that land known-good events without Kafka."""
+    n = typed.num_rows
+    rows = (typed.append_column("event_date", pc.cast(typed["timestamp"], pa.date32()))
+            .append_column("_topic", pa.repeat(pa.scalar(topic, pa.string()), n))
+            .append_column("_partition", partitions.cast(pa.int32()))
+            .append_column("_offset", offsets.cast(pa.int64()))
+            .append_column("_ingested_at", pa.repeat(pa.scalar(ingested_at, TS), n))
+            .append_column("_topic_id", pa.repeat(pa.scalar(topic_id, pa.string()), n)))
+    return rows.select(SCHEMAS[table].names).cast(SCHEMAS[table])
+
+
+def defaults(table: str) -> dict[str, object]:
+    """The contract's defaults of a lake table's columns (`schema_version`, feedback's `source`, ...)."""
+    et = EVENT_TYPES["inference" if table == "inferences" else "feedback"]
+    return {f.name: f.default for f in et.fields if f.default is not None}
+
+
 PARTITION_COLUMN = {"inferences": "event_date", "feedback": "event_date", "quarantine": "quarantine_date"}

@@ -35,13 +35,12 @@ from typing import Callable, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError
-from flywheel.schemas.arrow import SCHEMAS
+from flywheel.schemas.arrow import SCHEMAS, landed_rows
 from flywheel.schemas.contract import FEEDBACK, INFERENCE, EventType
 from flywheel.schemas.validation import BatchValidator
 from flywheel.streams.topics import admin, describe_topic_ids, ensure_topics, topic_ids
@@ -644,14 +643,8 @@ class IngestWorker:
             ok = pa.array([r is None for r in reasons], pa.bool_())
             valid, valid_partitions, valid_offsets = typed.filter(ok), partitions.filter(ok), offsets.filter(ok)
         if valid.num_rows:
-            n = valid.num_rows
-            valid = (valid.append_column("event_date", pc.cast(valid["timestamp"], pa.date32()))
-                     .append_column("_topic", pa.repeat(pa.scalar(topic, pa.string()), n))
-                     .append_column("_partition", valid_partitions)
-                     .append_column("_offset", valid_offsets)
-                     .append_column("_ingested_at", pa.repeat(ingested, n))
-                     .append_column("_topic_id", pa.repeat(pa.scalar(topic_id, pa.string()), n)))
-            valid = valid.select(SCHEMAS[route.table].names).cast(SCHEMAS[route.table])
+            valid = landed_rows(route.table, valid, topic=topic, partitions=valid_partitions, offsets=valid_offsets,
+                                ingested_at=now, topic_id=topic_id)
         else:
             valid = SCHEMAS[route.table].empty_table()
         if bad_idx:

@@ -10,6 +10,13 @@ replay after a crash lands nothing twice, and a crash before a commit loses noth
 Commits to one table are serialized across processes on this host by a file lock, and the watermark is re-read
 under it, so two workers that briefly own the same partition during a rebalance cannot both land its rows.
 
+Why not files named after topic, partition and offsets (STYLE rule 3, as Kafka Connect's S3 sink does): that makes
+a replay *overwrite* its file, which needs batch boundaries that repeat exactly after a crash (they do not: a batch
+is cut by size and time, and one file holds many partitions), and it leaves readers to list a directory that
+changes under them. Here the offsets are committed *with* the rows, atomically, in the table's log: a replay is
+recognised by the watermark, whatever its batching, and readers see a commit whole or not at all. Do not "fix" the
+file names back.
+
 The Parquet files are written here with pyarrow and then committed, with the app transactions, by
 `DeltaTable.create_write_transaction`, rather than by `write_deltalake`: a landing commit is almost all compression
 of ~1 KB texts, which `write_deltalake` does on one core after copying the batch to split it by partition, while

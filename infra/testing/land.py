@@ -13,10 +13,9 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flywheel.errors import ContractViolation
-from flywheel.schemas.arrow import SCHEMAS, TS
+from flywheel.schemas.arrow import SCHEMAS, landed_rows
 from flywheel.schemas.contract import EVENT_TYPES, event_type_of
 from flywheel.schemas.validation import BatchValidator
 from flywheel.warehouse.lake import Lake
@@ -51,14 +50,10 @@ def to_rows(events: Iterable[dict[str, Any]], *, ingested_at: datetime | None = 
             if reason is not None:
                 raise ContractViolation(name, [reason], json.loads(payloads[i]))
         n = typed.num_rows
-        rows = (typed.append_column("event_date", pc.cast(typed["timestamp"], pa.date32()))
-                .append_column("_topic", pa.array([f"{topic_prefix}.{name}"] * n, pa.string()))
-                .append_column("_partition", pa.array([0] * n, pa.int32()))
-                .append_column("_offset", pa.array(range(offset, offset + n), pa.int64()))
-                .append_column("_ingested_at", pa.array([ingested_at] * n, TS))
-                .append_column("_topic_id", pa.nulls(n, pa.string())))
+        out[table] = landed_rows(table, typed, topic=f"{topic_prefix}.{name}",
+                                 partitions=pa.array([0] * n, pa.int32()),
+                                 offsets=pa.array(range(offset, offset + n), pa.int64()), ingested_at=ingested_at)
         offset += n
-        out[table] = rows.select(SCHEMAS[table].names).cast(SCHEMAS[table])
     return out
 
 

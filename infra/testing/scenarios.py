@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flywheel.config import Settings
-from flywheel.schemas.arrow import SCHEMAS
+from flywheel.schemas.arrow import SCHEMAS, defaults
 from flywheel.warehouse.lake import Lake
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -65,6 +65,7 @@ def lake_table(name: str, columns: dict[str, Any], offset0: int = 0, topic: str 
     Kafka coordinates `topic`[0] from `offset0`)."""
     schema = SCHEMAS[name]
     n = len(columns["timestamp"])
+    default = defaults(name)
     arrays = []
     for f in schema:
         if f.name in columns:
@@ -80,10 +81,8 @@ def lake_table(name: str, columns: dict[str, Any], offset0: int = 0, topic: str 
             arrays.append(pa.array(np.arange(offset0, offset0 + n, dtype=np.int64)))
         elif f.name == "_ingested_at":
             arrays.append(pa.array([datetime.now(timezone.utc)] * n, f.type))
-        elif f.name == "schema_version":
-            arrays.append(pa.array(np.ones(n, np.int64)))
-        elif f.name == "source" and name == "feedback":
-            arrays.append(pa.array(["user"] * n, pa.string()))
+        elif f.name in default:
+            arrays.append(pa.repeat(pa.scalar(default[f.name], f.type), n))
         else:
             arrays.append(pa.nulls(n, f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
