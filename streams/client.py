@@ -39,6 +39,7 @@ from flywheel.config import Settings
 from flywheel.errors import BrokerUnavailable, ConfigError, ContractViolation, FlywheelError
 from flywheel.schemas.contract import FEEDBACK, INFERENCE, EventType, event_type_of
 from flywheel.schemas.validation import check_event
+from flywheel.streams.releases import Champion, ChampionFeed
 
 DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "acks": "all",
@@ -132,13 +133,15 @@ class FlywheelClient:
       touches the network: the application's thread is never blocked longer.
     - `close_timeout_s` (10): how long `close()` (without its own timeout), the end of a `with` block and the
       exit hook wait for buffered events before they count as dropped.
+    - `champion_ttl_s` (10): how long `champion(app)` keeps its answer before it reads the releases topic again.
     """
 
     def __init__(self, settings: Settings | None = None, *, validate: bool = True, strict: bool = False,
                  buffer_bytes: int = 64 * 1024 * 1024, block_ms: float = 0, close_timeout_s: float = 10.0,
-                 **producer_config: Any) -> None:
+                 champion_ttl_s: float = 10.0, **producer_config: Any) -> None:
         self.settings = settings or Settings.from_env()
         self.validate = validate
+        self._champions = ChampionFeed(self.settings, ttl_s=champion_ttl_s)
         self.strict = strict
         if buffer_bytes <= 0 or block_ms < 0 or close_timeout_s < 0:
             raise ConfigError(f"FlywheelClient: buffer_bytes must be positive ({buffer_bytes!r}), block_ms "
@@ -171,6 +174,14 @@ class FlywheelClient:
 
         self._exit_hook = exit_hook
         atexit.register(self._exit_hook)
+
+    # --------------------------------------------------------------------------------------------- releases
+
+    def champion(self, app: str) -> Champion | None:
+        """The app's current champion (model, model version, prompt version), as the releases topic says, cached
+        for `champion_ttl_s`: an application that asks before each call follows a promotion or a rollback within
+        that time, without a redeploy. None when the app has no release yet."""
+        return self._champions.champion(app)
 
     # --------------------------------------------------------------------------------------------- typed calls
 

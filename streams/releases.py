@@ -15,13 +15,16 @@ import json
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flywheel.config import Settings
 from flywheel.errors import BrokerUnavailable
-from flywheel.warehouse.releases import Release
+
+if TYPE_CHECKING:  # the SDK imports this module: keep the warehouse out of applications' imports
+    from flywheel.warehouse.releases import Release
 
 
 @dataclass(frozen=True)

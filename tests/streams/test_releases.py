@@ -31,3 +31,16 @@ def test_promote_then_rollback_is_what_the_feed_reads(kafka_settings: Settings) 
     assert cached.champion("support-bot").sequence == 3  # cached for a minute ...
     assert ChampionFeed(s, ttl_s=0).champion("support-bot").sequence == 4  # ... a fresh read sees the change
     assert feed.champion("another-app") is None
+
+
+def test_the_sdk_follows_a_rollback_without_a_redeploy(kafka_settings: Settings) -> None:
+    from flywheel.streams.client import FlywheelClient
+
+    s = kafka_settings
+    publish(s, champion_of(_release(1, "gpt-4o")))
+    with FlywheelClient(s, champion_ttl_s=0) as fw:
+        assert fw.champion("support-bot").model == "gpt-4o"
+        publish(s, champion_of(_release(2, "gpt-4o-mini")))
+        assert fw.champion("support-bot").model == "gpt-4o-mini"
+        publish(s, champion_of(_release(3, "gpt-4o", "rollback")))
+        assert (fw.champion("support-bot").model, fw.champion("support-bot").action) == ("gpt-4o", "rollback")
