@@ -64,7 +64,7 @@ QUERIES = [
 
 NEXT_STEPS = [
     'flywheel sql "SELECT model, model_version, count(*), avg(thumbs_down) FROM interactions GROUP BY ALL"',
-    "flywheel quality run --since 30d",
+    "flywheel quality run",
     "flywheel drift run --current 1d --reference 7d",
     "flywheel drift report --open",
     "flywheel alerts list",

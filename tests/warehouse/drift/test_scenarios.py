@@ -67,14 +67,15 @@ def test_stationary_30_windows_raise_no_alert(settings: Settings) -> None:
 
 @pytest.mark.slow
 def test_stationary_false_alarms_over_more_seeds(tmp_path: Path) -> None:
-    """Seeds 1-6 pooled: no alert in any, and the drifted checks of all of them within the binomial bound of
-    alpha x all their checks (about 3,400 checks, bound 10)."""
+    """Seeds 1-3 pooled: no alert in any, and the drifted checks of all of them within the binomial bound of
+    alpha x all their checks (about 1,700 checks). Seeds 1-6 (3,402 checks, bound 10, 3 drifted) were measured
+    too (warehouse/drift/DRIFT.md); three keep the suite within its ten minutes."""
     total, drifted = 0, 0
-    for seed in range(1, 7):
+    for seed in range(1, 4):
         n, d, alerts = _stationary_runs(Settings(home=tmp_path / f"seed{seed}"), seed)
         assert alerts == [], (seed, alerts)
         total, drifted = total + n, drifted + len(d)
-    assert total > 6 * 27 * 15
+    assert total > 3 * 27 * 15
     assert drifted <= _false_alarm_bound(total, DriftSettings().alpha), (drifted, total)
 
 
