@@ -4,13 +4,11 @@ building the typed alerts (`flywheel.schemas.alerts.Alert`) the run hands to its
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Sequence
 
-import duckdb
-from deltalake import DeltaTable
 
 from flywheel.config import Settings
+from flywheel.warehouse import tables
 from flywheel.schemas.alerts import Alert, AlertItem
 from flywheel.warehouse.drift.effects import Effect
 from flywheel.warehouse.drift.features import drift_kind
@@ -29,22 +27,15 @@ History = dict[tuple[str, str, str, datetime, datetime], bool]
 
 def history(settings: Settings, current: Window, ds: DriftSettings, effects: Sequence[Effect]) -> History:
     """(level, segment, feature, window_end) -> drifted, for the windows right before `current`."""
-    path = Path(settings.lake) / RUNS_TABLE
-    if ds.sustain <= 1 or not effects or not DeltaTable.is_deltatable(str(path)):
-        return {}
-    files = DeltaTable(str(path)).file_uris()
-    if not files:
+    if ds.sustain <= 1 or not effects or not tables.files(settings.lake, RUNS_TABLE):
         return {}
     since = current.start - current.length * (ds.sustain - 1)
-    con = duckdb.connect()
-    try:
-        rows = con.execute(
-            "SELECT level, segment, feature, window_start, window_end, bool_or(drifted) FROM read_parquet($f) "
-            "WHERE window_end <= $s AND window_start >= $since GROUP BY ALL",
-            {"f": files, "s": current.start, "since": since}).fetchall()
-    finally:
-        con.close()
-    return {(lv, seg, feat, ws, we): d for lv, seg, feat, ws, we, d in rows}
+    t = tables.query(settings.lake, RUNS_TABLE,
+                     "SELECT level, segment, feature, window_start, window_end, bool_or(drifted) AS d FROM t "
+                     "WHERE window_end <= $s AND window_start >= $since GROUP BY ALL",
+                     {"s": current.start, "since": since})
+    return {(r["level"], r["segment"], r["feature"], r["window_start"], r["window_end"]): r["d"]
+            for r in t.to_pylist()}
 
 
 def decide(e: Effect, current: Window, ds: DriftSettings, history: History,

@@ -14,9 +14,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable
 
 from flywheel.config import Settings
+from flywheel.warehouse import tables
 from flywheel.warehouse.drift.descriptors import describe_batches
 from flywheel.warehouse.drift.features import CATEGORICAL, FEEDBACK_FEATURES, DriftError
 from flywheel.warehouse.drift.settings import SEGMENT_COLUMNS, DriftSettings
@@ -131,10 +132,7 @@ def load_window(con: duckdb.DuckDBPyConnection, window: Window, ds: DriftSetting
 
 
 def _cached(con: duckdb.DuckDBPyConnection, lake: Path, params: dict[str, Any]) -> pa.Table | None:
-    path = lake / DESCRIPTORS_TABLE
-    if not DeltaTable.is_deltatable(str(path)):
-        return None
-    files = DeltaTable(str(path)).file_uris()
+    files = tables.files(lake, DESCRIPTORS_TABLE)
     if not files:
         return None
     t = con.sql("SELECT * EXCLUDE (event_date, descriptor_version) FROM read_parquet($f, hive_partitioning = true, "
@@ -155,8 +153,8 @@ def _cache(lake: Path, described: pa.Table) -> None:
     try:
         # Appends never conflict in Delta; two runs describing the same rows at once only duplicate cache rows,
         # which the per-inference dedup of every read removes.
-        write_deltalake(str(lake / DESCRIPTORS_TABLE), t, mode="append", partition_by=["event_date"])
-    except Exception as exc:  # the cache only saves time: a run must not fail on it
+        tables.append(lake, DESCRIPTORS_TABLE, t, partition_by=["event_date"])
+    except tables.TableError as exc:  # the cache only saves time: a run must not fail on it
         log.warning("could not cache %d descriptors in %s: %s", t.num_rows, lake / DESCRIPTORS_TABLE, exc)
 
 

@@ -4,14 +4,12 @@ DuckDB view `drift_runs`), and read back for decisions, the overview and tests."
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-import duckdb
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
 
 from flywheel.config import Settings
+from flywheel.warehouse import tables
 from flywheel.warehouse.drift.features import DriftError, drift_kind
 from flywheel.warehouse.drift.windows import Window
 
@@ -47,27 +45,14 @@ def store(settings: Settings, run_id: str, window: Window, reference: str, decid
                      ("reference_value", e.reference_value), ("current_value", e.current_value),
                      ("before", e.before), ("after", e.after), ("report_path", reports.get(e.segment))):
             rows[k].append(v)
-    table = pa.table(rows, schema=RUNS_SCHEMA)
-    path = Path(settings.lake) / RUNS_TABLE
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         # Appends never conflict in Delta, so concurrent runs need no lock.
-        write_deltalake(str(path), table, mode="append")
-    except Exception as exc:
-        raise DriftError(f"could not append the drift run to {path}: {exc}") from exc
+        tables.append(settings.lake, RUNS_TABLE, pa.table(rows, schema=RUNS_SCHEMA))
+    except tables.TableError as exc:
+        raise DriftError(f"could not append the drift run: {exc}") from exc
 
 
 def read_runs(settings: Settings, where: str = "TRUE") -> pa.Table:
     """Rows of `drift_runs` matching a SQL condition (empty table when there are none)."""
-    path = Path(settings.lake) / RUNS_TABLE
-    if not DeltaTable.is_deltatable(str(path)):
-        return RUNS_SCHEMA.empty_table()
-    files = DeltaTable(str(path)).file_uris()
-    if not files:
-        return RUNS_SCHEMA.empty_table()
-    con = duckdb.connect()
-    try:
-        return con.sql(f"SELECT * FROM read_parquet($f) WHERE {where} ORDER BY window_start, level, segment, "
-                       "feature", params={"f": files}).to_arrow_table()
-    finally:
-        con.close()
+    return tables.query(settings.lake, RUNS_TABLE, f"SELECT * FROM t WHERE {where} ORDER BY window_start, level, "
+                        "segment, feature", empty=RUNS_SCHEMA)

@@ -47,12 +47,11 @@ from typing import Any, Sequence
 
 import duckdb
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
 
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError
 from flywheel.schemas.arrow import SCHEMAS, TS
-from flywheel.warehouse import pii
+from flywheel.warehouse import pii, tables
 from flywheel.warehouse.quality.settings import QualitySettings
 from flywheel.warehouse.quality.suites import ExpectationSpec, Suite, gx_class, load_suites
 
@@ -373,28 +372,18 @@ def store_run(settings: Settings, run: QualityRun) -> None:
             })
     if not rows:
         return
-    path = runs_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        write_deltalake(str(path), pa.Table.from_pylist(rows, RUNS_SCHEMA), mode="append",
-                        configuration={"delta.checkpointInterval": "50"} if not DeltaTable.is_deltatable(str(path))
-                        else None)
-    except Exception as exc:
-        raise QualityError(f"storing quality run {run.run_id} in {path} failed: {exc}") from exc
+        tables.append(settings.lake, RUNS_TABLE, pa.Table.from_pylist(rows, RUNS_SCHEMA))
+    except tables.TableError as exc:
+        raise QualityError(f"storing quality run {run.run_id} failed: {exc}") from exc
 
 
 def _query_runs(settings: Settings, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     """Rows of `sql` over the stored runs (as `runs`); no rows when no run was stored yet."""
-    path = runs_path(settings)
-    if not DeltaTable.is_deltatable(str(path)):
+    if not tables.files(settings.lake, RUNS_TABLE):
         return []
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.register("runs", DeltaTable(str(path)).to_pyarrow_dataset())
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
+    t = tables.query(settings.lake, RUNS_TABLE, sql.replace(" FROM runs", " FROM t"), params, empty=RUNS_SCHEMA)
+    return [tuple(r.values()) for r in t.to_pylist()]
 
 
 def last_window_end(settings: Settings, table: str) -> datetime | None:
