@@ -3,37 +3,35 @@
 from __future__ import annotations
 
 import json
-import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import click
 
 from flywheel.commands.options import pass_env
 from flywheel.environment import Environment
+from flywheel.durations import is_duration, parse_duration
 from flywheel.errors import ConfigError
 from flywheel.config import describe
 from flywheel.warehouse.quality.settings import QualitySettings
 
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 
 def parse_time(value: str | None, option: str) -> datetime | None:
-    """An ISO 8601 time (UTC unless it says otherwise), `now`, or a duration ago: `90m`, `24h`, `7d`."""
+    """An ISO 8601 time (UTC unless it says otherwise), `now`, or a duration ago in the project's one grammar
+    (`flywheel.durations`: `90m`, `24h`, `7d`, `2w`)."""
     if value is None:
         return None
     now = datetime.now(timezone.utc)
     if value == "now":
         return now
-    m = _RELATIVE.match(value.strip())
-    if m:
-        return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+    if is_duration(value):
+        return now - parse_duration(value)
     try:
         t = datetime.fromisoformat(value)
     except ValueError:
         raise ConfigError(f"{option} {value!r}: expected an ISO 8601 time (2026-11-28T09:00:00Z), `now`, "
-                          "or a duration ago such as 90m, 24h, 7d") from None
+                          "or a duration ago such as 90m, 24h, 7d, 2w") from None
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
 
 

@@ -95,3 +95,15 @@ def test_bad_time_options_are_clear_errors(settings: Settings, monkeypatch: pyte
 def test_every_command_has_help_with_an_example(group: click.Group) -> None:
     for cmd in [group, *group.commands.values()]:
         assert cmd.help and "Example:" in cmd.help, cmd.name
+
+
+def test_quality_windows_take_the_one_duration_grammar() -> None:
+    """`1w` and `90min` work for the quality gates as for drift windows (flywheel.durations)."""
+    from datetime import datetime, timedelta, timezone
+
+    from flywheel.commands.quality import parse_time
+
+    now = datetime.now(timezone.utc)
+    for text, ago in (("1w", timedelta(weeks=1)), ("90min", timedelta(minutes=90)), ("24h", timedelta(hours=24))):
+        got = parse_time(text, "--since")
+        assert got is not None and abs((now - got) - ago) < timedelta(seconds=5)
