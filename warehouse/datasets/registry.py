@@ -67,7 +67,10 @@ class DatasetNotFound(FlywheelError):
 
 
 class RegistryError(FlywheelError):
-    """Writing or reading the registry failed; `path` names where."""
+    """Writing the registry failed (e.g. a busy file system); `path` names where. Retryable: nothing became
+    visible, and the next run removes what was written and writes the same version again."""
+
+    retryable = True
 
     def __init__(self, message: str, *, path: str) -> None:
         self.path = path
