@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError
 from flywheel.warehouse.datasets import exports
+from flywheel.warehouse.datasets.recipes import FORMATS
 from flywheel.warehouse.datasets.registry import DatasetNotFound, Registry, VersionInfo
 from flywheel.warehouse.datasets.settings import DatasetSettings
 
@@ -64,7 +65,10 @@ def to_hf(ref: str, split: str | None = None, *, settings: Settings | None = Non
         tmp = Path(tempfile.mkdtemp(prefix=f"flywheel-{info.name}-"))
         exports.write("hf", info.kind, {s: pq.read_table(_split(info, s)) for s, _ in info.splits}, tmp, info.name)
         hf_dir = tmp / "hf"
-    loaded = datasets.load_dataset(str(hf_dir))
+    # A private cache: every version's directory has the same layout, and a shared cache can serve one version's
+    # rows for another's.
+    with tempfile.TemporaryDirectory(prefix="flywheel-hf-cache-") as cache:
+        loaded = datasets.load_dataset(str(hf_dir), cache_dir=cache, keep_in_memory=True)
     return loaded if split is None else loaded[split]
 
 
@@ -97,6 +101,9 @@ def pull(ref: str, fmt: str, out: str | Path, *, force: bool = False, settings: 
     file is written first to a temporary directory next to `out` and moved in by a name this function chose, so
     nothing is written outside `out`."""
     info = _registry(settings, ds).get(ref)
+    if fmt not in FORMATS[info.kind]:
+        raise exports.ExportError(f"format {fmt!r} does not fit a {info.kind} dataset; its formats are "
+                                  f"{', '.join(FORMATS[info.kind])}", format=fmt, kind=info.kind)
     dest = Path(out)
     if dest.exists() and not dest.is_dir():
         raise PullError(f"--out {dest} is a file; give a directory", out=str(dest))
