@@ -69,7 +69,8 @@ def test_unchanged_rebuild_writes_nothing_and_new_feedback_makes_a_version_that_
     assert sum(a for a, _ in changes.values()) == 1 and sum(r for _, r in changes.values()) == 0
     added = [r for s, _ in second.splits for r in load("support-sft@2", s, settings=lake, ds=ds).to_pylist()
              if r["inference_ids"] == ["k-4"]]
-    assert added[0]["completion"] == "A better answer, written by an expert." and added[0]["feedback_ids"] == ["fb-new-1"]
+    assert added[0]["completion"] == "A better answer, written by an expert."
+    assert added[0]["feedback_ids"] == ["fb-new-1"]
     assert [v.version for v in Registry(lake, ds).versions("support-sft")] == [1, 2]
     assert (first.path / "manifest.json").read_bytes() == before["support-sft/v1/manifest.json"]  # v1 untouched
 
