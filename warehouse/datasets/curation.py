@@ -8,8 +8,11 @@ next version is written and published (`registry`), with a manifest saying what 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -58,7 +61,7 @@ class CurationResult:
 
 def _step_json(s: StepReport) -> dict[str, object]:
     return {"step": s.step, "rows_in": s.rows_in, "rows_out": s.rows_out, "reasons": dict(s.reasons),
-            "detail": s.detail}
+            "detail": s.detail, "seconds": s.seconds}
 
 
 def code_version() -> dict[str, str]:
@@ -96,18 +99,19 @@ def build(core: Settings, ds: DatasetSettings, recipe: Recipe, windows: list[Sus
     """The rows of every split and the report of every step (nothing is written)."""
     con = connect(core)
     try:
-        sel = select(con, recipe)
+        sel = _timed(lambda: select(con, recipe))
         if sel.rows_in == 0:
             s = recipe.source
             raise CurationError(f"{recipe.name}: the window has no inferences (since {s.since or 'the start'}, "
                                 f"until {s.until or 'now'}, filters {_filters(recipe)}); widen `source` in "
                                 f"{recipe.path or 'the recipe'} or land events first", dataset=recipe.name)
-        reports = [sel, steps.quality_gate(con, recipe, windows), steps.flags(con, recipe),
-                   steps.length(con, recipe), steps.script(con, recipe), steps.pii(con, recipe),
-                   steps.exact_dedupe(con, recipe), steps.near_dedupe(con, recipe, ds),
-                   steps.decontaminate(con, recipe, ds, evals), steps.sample(con, recipe)]
         columns = KIND_COLUMNS[recipe.kind]
-        reports.append(steps.split(con, recipe, columns))
+        reports = [sel] + [_timed(step) for step in (
+            lambda: steps.quality_gate(con, recipe, windows), lambda: steps.flags(con, recipe),
+            lambda: steps.length(con, recipe), lambda: steps.script(con, recipe), lambda: steps.pii(con, recipe),
+            lambda: steps.exact_dedupe(con, recipe), lambda: steps.near_dedupe(con, recipe, ds),
+            lambda: steps.decontaminate(con, recipe, ds, evals), lambda: steps.sample(con, recipe),
+            lambda: steps.split(con, recipe, columns))]
         if reports[-1].rows_out == 0:
             raise CurationError(f"{recipe.name}: no row is left after the steps ("
                                 + ", ".join(f"{r.step} {r.rows_in}->{r.rows_out}" for r in reports)
@@ -120,6 +124,12 @@ def build(core: Settings, ds: DatasetSettings, recipe: Recipe, windows: list[Sus
         return splits, reports
     finally:
         con.close()
+
+
+def _timed(step: Callable[[], StepReport]) -> StepReport:
+    t0 = time.perf_counter()
+    report = step()
+    return dataclasses.replace(report, seconds=round(time.perf_counter() - t0, 3))
 
 
 def _filters(recipe: Recipe) -> str:

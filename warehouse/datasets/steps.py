@@ -23,7 +23,7 @@ import rensa
 from flywheel.warehouse.datasets.kinds import ANSWER_COLUMNS, StepReport, norm
 from flywheel.warehouse.datasets.recipes import Recipe
 from flywheel.warehouse.datasets.settings import DatasetSettings
-from flywheel.warehouse.pii import LUHN_MACRO, PLACEHOLDERS, scrub_sql
+from flywheel.warehouse.pii import ANY_PATTERN, LUHN_MACRO, PLACEHOLDERS, scrub_sql
 from flywheel.warehouse.quality.gates import SuspectWindow
 
 SCRIPT_CLASSES = {"latin": r"\p{Latin}", "cyrillic": r"\p{Cyrillic}", "greek": r"\p{Greek}",
@@ -131,9 +131,9 @@ def pii(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
         return _skipped(con, "pii", "turned off in the recipe")
     con.execute(LUHN_MACRO)
     cols = ["prompt", *ANSWER_COLUMNS[recipe.kind]]
-    sets = [f"{c} = {scrub_sql(c, kinds)}" for c in cols]
+    sets = [f"{c} = {_scrub_if_any(c, kinds)}" for c in cols]
     sets.append("messages = list_transform(messages, lambda m: struct_pack(role := m.role, content := "
-                f"{scrub_sql('m.content', kinds)}))")
+                f"{_scrub_if_any('m.content', kinds)}))")
     before = con.execute(f"SELECT {', '.join(_placeholder_counts(c, kinds) for c in cols + ['prompt_all'])} "
                          "FROM rows").fetchall()[0]
     con.execute("UPDATE rows SET " + ", ".join(sets))
@@ -149,6 +149,15 @@ def pii(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     return StepReport("pii", n, n, tuple(per_kind), "texts rewritten, no row removed")
 
 
+def _scrub_if_any(col: str, kinds: tuple[str, ...]) -> str:
+    """Scrub only texts the one-pass prefilter matches: most texts hold no PII, and each pattern is a scan."""
+    return f"CASE WHEN regexp_matches({col}, {_lit(ANY_PATTERN)}) THEN {scrub_sql(col, kinds)} ELSE {col} END"
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _placeholder_counts(col: str, kinds: tuple[str, ...]) -> str:
     return ", ".join(f"count(*) FILTER (WHERE contains({col}, '{PLACEHOLDERS[k]}'))" for k in kinds)
 
@@ -162,15 +171,19 @@ def _key_sql(kind: str) -> str:
 
 def _order(kind: str) -> str:
     """A total order of a kind's rows (oldest first): which of two duplicates is kept must not depend on chance."""
-    return f"timestamp, inference_ids[1], origin, {answers_sql(kind)}, label"
+    return f"timestamp, inference_ids[1], origin, md5({answers_sql(kind)}), label"
 
 
 def exact_dedupe(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     if not recipe.steps.exact_dedupe:
         return _skipped(con, "exact_dedupe", "turned off in the recipe")
     n = _count(con)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE rows AS SELECT * FROM rows "
-                f"QUALIFY row_number() OVER (PARTITION BY {_key_sql(recipe.kind)} ORDER BY {_order(recipe.kind)}) = 1")
+    # The key and the order as plain columns first: a window over the expressions themselves was ~7x slower.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _keyed AS SELECT {_key_sql(recipe.kind)} AS _key, "
+                f"row_number() OVER (ORDER BY {_order(recipe.kind)}) AS _rank, * FROM rows")
+    con.execute("CREATE OR REPLACE TEMP TABLE rows AS SELECT * EXCLUDE (_key, _rank) FROM _keyed "
+                "WHERE _rank IN (SELECT min(_rank) FROM _keyed GROUP BY _key)")
+    con.execute("DROP TABLE _keyed")
     out = _count(con)
     return StepReport("exact_dedupe", n, out, (("same normalized text as an earlier row", n - out),) if n - out else ())
 
