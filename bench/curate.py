@@ -72,7 +72,8 @@ def child(home: Path, what: str, root: str) -> dict[str, object]:
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", _CHILD, str(home), what, root], check=True, capture_output=True,
                          text=True)
-    result: dict[str, object] = json.loads(next(ln for ln in reversed(out.stdout.splitlines()) if ln.startswith("{")))
+    last = [ln for ln in out.stdout.splitlines() if "{" in ln][-1]  # DuckDB's progress bar may share the line
+    result: dict[str, object] = json.loads(last[last.index("{"):])
     result["wall_seconds"] = time.perf_counter() - t0
     return result
 

@@ -201,7 +201,7 @@ def _reason(recipe: Recipe, latest: VersionInfo | None, splits: dict[str, pa.Tab
     moved = [f"{t} v{old_lake.get(t)} -> v{v}" for t, v in lake.items() if old_lake.get(t) != v]
     if moved:
         parts.append("lake changed: " + ", ".join(moved))
-    if list(old.get("decontaminated_against") or []) != list(evals.sources):
+    if old.get("decontaminated_against") != list(evals.sources):
         parts.append(f"eval sets now {', '.join(evals.sources) or 'none'}")
     diffs = []
     for name, table in splits.items():
@@ -212,7 +212,7 @@ def _reason(recipe: Recipe, latest: VersionInfo | None, splits: dict[str, pa.Tab
             diffs.append(f"{name} +{len(after - before)} -{len(before - after)}")
     if diffs:
         parts.append("rows: " + ", ".join(diffs))
-    if list(old.get("exports") or []) != list(recipe.exports):
+    if old.get("exports") != list(recipe.exports):
         parts.append(f"exports now {', '.join(recipe.exports)}")
     return "; ".join(parts) or "content changed"
 

@@ -99,11 +99,10 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
     WITH w AS (
       SELECT *, coalesce(input_messages, [{{'role': 'user', 'content': input}}]) AS msgs
       FROM inferences WHERE {_source_filter(recipe)})
-    SELECT inference_id, timestamp, app, model, prompt_template, session_id, user_id, output, msgs AS messages,
-      input AS prompt, _ingested_at,
-      md5(app || chr(31) || {norm(_CONVERSATION)}) AS prompt_key
-    FROM w""")
-    con.execute(f"ALTER TABLE src ADD COLUMN group_key VARCHAR; UPDATE src SET group_key = {group}")
+    SELECT *, {group} AS group_key FROM (
+      SELECT inference_id, timestamp, app, model, prompt_template, session_id, user_id, output, msgs AS messages,
+        input AS prompt, _ingested_at, md5(app || chr(31) || {norm(_CONVERSATION)}) AS prompt_key
+      FROM w)""")
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE fbk AS
     SELECT f.feedback_id, f.inference_id, f.timestamp, f.kind, f.value, f.correction, f.other_inference_id,
@@ -136,7 +135,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
         AS correction_id,
       list(_ingested_at) AS fb_ingested
     FROM fbk GROUP BY inference_id""")
-    return int(con.execute("SELECT count(*) FROM src").fetchall()[0][0])  # type: ignore[index]
+    return int(con.execute("SELECT count(*) FROM src").fetchall()[0][0])
 
 
 _SELECT_ROW = """
