@@ -60,15 +60,15 @@ def to_hf(ref: str, split: str | None = None, *, settings: Settings | None = Non
     import datasets  # an optional dependency: only this helper needs it
 
     info = _registry(settings, ds).get(ref)
-    hf_dir = info.path / "hf"
-    if not hf_dir.is_dir():  # the recipe did not export `hf`: build it from the data, outside the version
-        tmp = Path(tempfile.mkdtemp(prefix=f"flywheel-{info.name}-"))
-        exports.write("hf", info.kind, {s: pq.read_table(_split(info, s)) for s, _ in info.splits}, tmp, info.name)
-        hf_dir = tmp / "hf"
-    # A private cache: every version's directory has the same layout, and a shared cache can serve one version's
-    # rows for another's.
-    with tempfile.TemporaryDirectory(prefix="flywheel-hf-cache-") as cache:
-        loaded = datasets.load_dataset(str(hf_dir), cache_dir=cache, keep_in_memory=True)
+    with tempfile.TemporaryDirectory(prefix=f"flywheel-{info.name}-") as tmp:
+        hf_dir = info.path / "hf"
+        if not hf_dir.is_dir():  # the recipe did not export `hf`: build it from the data, outside the version
+            exports.write("hf", info.kind, {s: pq.read_table(_split(info, s)) for s, _ in info.splits}, Path(tmp),
+                          info.name)
+            hf_dir = Path(tmp) / "hf"
+        # A private cache: every version's directory has the same layout, and a shared cache can serve one
+        # version's rows for another's. In memory, so nothing outlives the call.
+        loaded = datasets.load_dataset(str(hf_dir), cache_dir=str(Path(tmp) / "cache"), keep_in_memory=True)
     return loaded if split is None else loaded[split]
 
 

@@ -98,7 +98,12 @@ def build(core: Settings, ds: DatasetSettings, recipe: Recipe, windows: list[Sus
           evals: steps.EvalPrompts) -> tuple[dict[str, pa.Table], list[StepReport]]:
     """The rows of every split and the report of every step (nothing is written)."""
     con = connect(core)
+    spill = ds.root_path(core) / ".spill"
     try:
+        spill.mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET memory_limit = '{ds.memory_limit}'")
+        con.execute(f"SET temp_directory = '{str(spill).replace(chr(39), chr(39) * 2)}'")
+        con.execute("SET enable_progress_bar = false")
         sel = _timed(lambda: select(con, recipe))
         if sel.rows_in == 0:
             s = recipe.source

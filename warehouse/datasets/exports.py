@@ -123,6 +123,8 @@ def write(fmt: str, kind: str, splits: Mapping[str, pa.Table], out: Path, name: 
             rel = Path("jsonl") / f"{split}.jsonl"
             _write_jsonl(out / rel, (_plain(r) for r in table.to_pylist()))
         elif fmt == "hf":
+            if table.num_rows == 0:  # `datasets` cannot read a Parquet file without rows: the card omits the split
+                continue
             rel = Path("hf") / "data" / f"{split}.parquet"
             write_parquet(out / rel, _hf_table(kind, table))
         else:
@@ -131,7 +133,9 @@ def write(fmt: str, kind: str, splits: Mapping[str, pa.Table], out: Path, name: 
             _write_jsonl(out / rel, (make(r) for r in table.to_pylist()))
         written.append(rel)
     if fmt == "hf":
-        (out / "hf" / "README.md").write_text(hf_card(name, kind, list(splits)), encoding="utf-8")
+        (out / "hf").mkdir(parents=True, exist_ok=True)
+        (out / "hf" / "README.md").write_text(hf_card(name, kind, [k for k, t in splits.items() if t.num_rows]),
+                                              encoding="utf-8")
         written.append(Path("hf") / "README.md")
     return written
 

@@ -34,6 +34,10 @@ class DatasetSettings:
     seed: int = 42
     """FLYWHEEL_DATASETS_SEED: MinHash seed; changing it may change which near duplicate is kept."""
 
+    memory_limit: str = "1536MB"
+    """FLYWHEEL_DATASETS_MEMORY_LIMIT: DuckDB's memory limit for a curation; beyond it, intermediate tables spill to
+    a temporary directory under the registry root (DuckDB's size syntax: 1536MB, 4GB)."""
+
     def __post_init__(self) -> None:
         if self.num_perm <= 0 or self.num_bands <= 0 or self.num_perm % self.num_bands:
             raise ConfigError(f"FLYWHEEL_DATASETS_NUM_BANDS={self.num_bands} must divide "

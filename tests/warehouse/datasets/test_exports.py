@@ -70,6 +70,12 @@ def test_the_hf_directory_loads_with_the_datasets_package(built: Settings, ds: D
     hf = to_hf("x-kto@1", "train", settings=built, ds=ds)
     assert set(hf.column_names) == {"id", "prompt", "completion", "label"}
     assert load("x-sft", "train", settings=built, ds=ds).to_pandas().shape[0] > 0
+    # A version exported without `hf` still loads: the directory is built from its data, in a temporary place.
+    plain = curate(built, ds, parse_recipe({"name": "x-plain", "kind": "sft"}))
+    assert not (plain.path / "hf").exists()
+    both = to_hf("x-plain", None, settings=built, ds=ds)
+    assert {k: v.num_rows for k, v in both.items()} == {k: n for k, n in plain.splits if n}
+    assert set(both["train"].column_names) == {"id", "messages"}
 
 
 def test_pull_writes_only_inside_out_and_refuses_a_non_empty_directory(
