@@ -70,8 +70,9 @@ print(json.dumps(out))
 
 def child(home: Path, what: str, root: str) -> dict[str, object]:
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(home), what, root], check=True, capture_output=True,
-                         text=True)
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(home), what, root], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{what} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     last = [ln for ln in out.stdout.splitlines() if "{" in ln][-1]  # DuckDB's progress bar may share the line
     result: dict[str, object] = json.loads(last[last.index("{"):])
     result["wall_seconds"] = time.perf_counter() - t0

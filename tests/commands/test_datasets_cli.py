@@ -55,8 +55,6 @@ def test_curate_all_then_list_show_diff_pull(home: dict[str, str], tmp_path: Pat
     assert code == 0 and (dest / "openai_chat" / "train.jsonl").is_file(), out
     code, out = _run(home, "datasets", "pull", "support-sft", "--format", "trl", "--out", str(dest))
     assert code == 1 and "is not empty" in out and "--force" in out
-    code, out = _run(home, "sql", "SELECT name, version FROM datasets ORDER BY name", "--format", "json")
-    assert code == 0 and "support-sft" in out, out
 
 
 def test_bad_input_exits_1_with_a_clear_error_and_writes_nothing(home: dict[str, str], tmp_path: Path) -> None:

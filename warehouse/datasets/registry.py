@@ -12,8 +12,8 @@ registered (a run killed between the rename and the commit) is invisible, and th
 removes it, with any temporary directory, before it writes. Runs of one dataset are serialized by a file lock.
 
 Why a Delta table rather than a JSON index: appends from several datasets' runs commit atomically without a
-rewrite of the whole index, old states stay readable (time travel), and `flywheel sql "SELECT * FROM datasets"`
-reads it like every other lake table.
+rewrite of the whole index, and old states stay readable (time travel). It sits under the registry root, not
+directly under the lake, so lake maintenance (which vacuums the lake's top-level tables) never touches it.
 """
 
 from __future__ import annotations
@@ -240,12 +240,3 @@ def sha256_file(path: Path) -> str:
 def now() -> datetime:
     return datetime.now(UTC)
 
-
-def register_views(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
-    """The `datasets` view (one row per published version) for `flywheel sql`, when the registry is at its default
-    place under the lake (`FLYWHEEL_DATASETS_ROOT` unset)."""
-    path = Registry(settings, DatasetSettings()).table_path
-    if DeltaTable.is_deltatable(str(path)):
-        files = ", ".join("'" + f.replace("'", "''") + "'" for f in DeltaTable(str(path)).file_uris())
-        if files:
-            con.execute(f"CREATE OR REPLACE VIEW datasets AS SELECT * FROM read_parquet([{files}])")
