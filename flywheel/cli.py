@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from flywheel.commands import alerts, collect, config, datasets, demo, drift, evaluate, jobs, lake, lane, quality, serve, status
+from flywheel.commands import (alerts, collect, config, datasets, demo, drift, evaluate, jobs, lake, lane, quality,
+                               serve, status)
 from flywheel.errors import FlywheelError
 
 
