@@ -18,8 +18,10 @@ from prefect.cache_policies import NO_CACHE
 
 from flywheel.commands.datasets import recipes_dir
 from flywheel.environment import Environment
+from flywheel.errors import FlywheelError
 from flywheel.flows.retry import retry_if_retryable
-from flywheel.warehouse.datasets import CurationResult, Recipe, curate, find_recipe, load_recipe, recipe_files
+from flywheel.warehouse.datasets import (CurationError, CurationResult, Recipe, curate, find_recipe, load_recipe,
+                                         recipe_files)
 
 
 @task(retries=2, retry_delay_seconds=30, retry_condition_fn=retry_if_retryable, cache_policy=NO_CACHE)
@@ -31,15 +33,26 @@ def curate_one(env: Environment, recipe: Recipe) -> CurationResult:
 @flow(name="curate")
 def curate_flow(recipe: str | None = None) -> list[dict[str, Any]]:
     """Curate `recipe` (a path or a name in FLYWHEEL_RECIPES_DIR), or every recipe (eval sets first) when None.
-    Returns each run's result: the version, whether it was created, why, and the counts per split and step."""
+    Returns each run's result: the version, whether it was created, why, and the counts per split and step. A
+    recipe that fails is logged and the others still run; the flow then fails naming it."""
     env = Environment.load()  # a flow run is an edge: its settings are read once, here, and passed down
     directory = recipes_dir(env)
     recipes = [find_recipe(recipe, directory)] if recipe else [load_recipe(p) for p in recipe_files(directory)]
     recipes.sort(key=lambda r: r.kind != "eval")
     log = get_run_logger()
-    out = []
-    for r in recipes:
-        res = curate_one(env, r)
+    out: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for r in recipes:  # one recipe failing (an empty window, say) does not keep the others from running
+        try:
+            res = curate_one(env, r)
+        except FlywheelError as exc:
+            log.error("%s: %s", r.name, exc)
+            out.append({"name": r.name, "error": str(exc)})
+            failed.append(r.name)
+            continue
         log.info("%s@%s %s: %s", res.name, res.version, "written" if res.created else "unchanged", res.reason)
         out.append(res.to_json())
+    if failed:  # the run fails, so a scheduler or a human notices; what succeeded is published
+        raise CurationError(f"curation failed for {', '.join(failed)} (the others ran): see the run's log",
+                            dataset=failed[0])
     return out
