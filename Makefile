@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/maintenance.py
 	$(BIN)/python bench/drift.py
 	$(BIN)/python bench/collect.py
+	$(BIN)/python bench/curate.py
 
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py

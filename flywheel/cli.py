@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from flywheel.commands import alerts, collect, config, demo, drift, evaluate, jobs, lake, lane, quality, serve, status
+from flywheel.commands import (alerts, collect, config, datasets, demo, drift, evaluate, jobs, lake, lane, quality,
+                               serve, status)
 from flywheel.errors import FlywheelError
 
 
@@ -42,7 +43,7 @@ def main(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _module in (config, lane, collect, demo, quality, lake, drift, alerts, evaluate, jobs, status, serve):
+for _module in (config, lane, collect, demo, quality, lake, drift, alerts, evaluate, jobs, status, serve, datasets):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

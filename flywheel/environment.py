@@ -11,8 +11,8 @@ edge imports it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from flywheel.config import ENV_PREFIX, Settings, describe
 from flywheel.flows.settings import ServeSettings
@@ -20,6 +20,7 @@ from flywheel.infra.demo import DemoSettings
 from flywheel.streams.collector.settings import CollectorSettings
 from flywheel.streams.signals import SignalSettings
 from flywheel.warehouse.alerts.outbox import AlertSettings
+from flywheel.warehouse.datasets.settings import DatasetSettings
 from flywheel.warehouse.drift.settings import DriftSettings
 from flywheel.warehouse.evaluation.settings import EvalSettings
 from flywheel.warehouse.jobs.settings import JobSettings
@@ -42,24 +43,26 @@ class Environment:
     jobs: JobSettings
     collector: CollectorSettings
     serve: ServeSettings
+    datasets: DatasetSettings
 
     @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None) -> "Environment":
+    def load(cls, environ: Mapping[str, str] | None = None) -> Environment:
         """Read and check every setting; a malformed one is a `ConfigError` naming its variable."""
         return cls(core=Settings.from_env(environ), quality=QualitySettings.from_env(environ),
                    maintenance=MaintenanceSettings.from_env(environ), drift=DriftSettings.from_env(environ),
                    alerts=AlertSettings.from_env(environ), signals=SignalSettings.from_env(environ),
                    demo=DemoSettings.from_env(environ), evaluation=EvalSettings.from_env(environ),
                    jobs=JobSettings.from_env(environ), collector=CollectorSettings.from_env(environ),
-                   serve=ServeSettings.from_env(environ))
+                   serve=ServeSettings.from_env(environ),
+                   datasets=DatasetSettings.from_env(environ))
 
     @classmethod
-    def defaults(cls, core: Settings | None = None) -> "Environment":
+    def defaults(cls, core: Settings | None = None) -> Environment:
         """Every stage at its defaults (on `core`, if given): what a program that sets nothing gets."""
         return cls(core=core or Settings(), quality=QualitySettings(), maintenance=MaintenanceSettings(),
                    drift=DriftSettings(), alerts=AlertSettings(), signals=SignalSettings(), demo=DemoSettings(),
                    evaluation=EvalSettings(), jobs=JobSettings(), collector=CollectorSettings(),
-                   serve=ServeSettings())
+                   serve=ServeSettings(), datasets=DatasetSettings())
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ GROUPS: tuple[Group, ...] = (
     Group("Live signals (flywheel signals)", "signals", SignalSettings, "FLYWHEEL_SIGNALS_"),
     Group("Evaluation and releases (flywheel eval, flywheel release)", "evaluation", EvalSettings, "FLYWHEEL_EVAL_"),
     Group("Triggers and jobs (flywheel jobs)", "jobs", JobSettings, "FLYWHEEL_JOBS_"),
+    Group("Curation and datasets (flywheel curate, flywheel datasets)", "datasets", DatasetSettings,
+          "FLYWHEEL_DATASETS_"),
     Group("The demo (flywheel demo)", "demo", DemoSettings, "FLYWHEEL_DEMO_"),
     Group("HTTP and OpenTelemetry collector (flywheel collect)", "collector", CollectorSettings,
           "FLYWHEEL_COLLECTOR_"),

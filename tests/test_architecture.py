@@ -25,6 +25,7 @@ ROOMS: dict[str, set[str]] = {
     "warehouse.evaluation": {"base", "schemas", "warehouse", "warehouse.drift"},
     "warehouse.releases": {"base", "schemas", "warehouse", "warehouse.evaluation"},
     "warehouse.jobs": {"base", "schemas", "warehouse", "warehouse.evaluation"},
+    "warehouse.datasets": {"base", "schemas", "warehouse", "warehouse.quality"},
     "streams": {"base", "schemas", "warehouse", "warehouse.alerts", "warehouse.releases"},
     "infra.broker": {"base"},
     "infra.testing": {"base", "schemas", "warehouse", "warehouse.quality", "warehouse.drift", "warehouse.alerts",
@@ -48,6 +49,7 @@ def room(module: str) -> str:
                          ("flywheel.warehouse.evaluation", "warehouse.evaluation"),
                          ("flywheel.warehouse.releases", "warehouse.releases"),
                          ("flywheel.warehouse.jobs", "warehouse.jobs"),
+                         ("flywheel.warehouse.datasets", "warehouse.datasets"),
                          ("flywheel.warehouse", "warehouse"), ("flywheel.streams", "streams"),
                          ("flywheel.schemas", "schemas"), ("flywheel.infra", "infra.broker")):
         if module == prefix or module.startswith(prefix + "."):

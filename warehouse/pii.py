@@ -12,19 +12,31 @@ individual detectors run only on the few texts that matched it (`flag_sql`).
 
 from __future__ import annotations
 
-PATTERNS: dict[str, str] = {
-    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+_PHONE = r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}"
+_IPV4 = r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV6 = r"(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}"
+
+PARTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "email": (("", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", ""),),
     # Not inside a longer run of digit groups (a card number is not a phone number).
-    "phone": r"(?:^|[^0-9 .-]|[^0-9][ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}"
-             r"(?:$|[^0-9 .-]|[ .-](?:$|[^0-9]))",
+    "phone": ((r"(?:^|[^0-9 .-]|[^0-9][ .-])", _PHONE, r"(?:$|[^0-9 .-]|[ .-](?:$|[^0-9]))"),),
+    "ip_address": ((r"(?:^|[^0-9.])", _IPV4, r"(?:$|[^0-9.]|\.(?:$|[^0-9]))"), ("", _IPV6, "")),
+    "secret": (("", r"sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}"
+                    r"|xox[abpr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}"
+                    r"|(?i:api[_-]?key|secret[_-]?key|access[_-]?token)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9_\-]{16,}",
+                "",),),
+}
+"""Each detector as alternatives of (the context it must sit in, the PII itself, the context after it): the
+context is matched but is not PII, so a scrubber keeps it (`scrub_sql`) and a detector just matches all three."""
+
+PATTERNS: dict[str, str] = {
+    "email": PARTS["email"][0][1],
+    "phone": "".join(PARTS["phone"][0]),
     # Issuers' first digits are 2-6 (Mastercard, Amex, Visa, Discover); not the decimals of a number; group 1 is
     # the candidate, which `fw_card` checks.
     "credit_card": r"(?:^|[^0-9.,])([2-6](?:[ -]?[0-9]){12,18})(?:[^0-9]|$)",
-    "ip_address": r"(?:^|[^0-9.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-                  r"(?:$|[^0-9.]|\.(?:$|[^0-9]))|(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}",
-    "secret": r"sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}"
-              r"|xox[abpr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}"
-              r"|(?i:api[_-]?key|secret[_-]?key|access[_-]?token)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9_\-]{16,}",
+    "ip_address": "|".join("".join(p) for p in PARTS["ip_address"]),
+    "secret": PARTS["secret"][0][1],
 }
 """RE2 patterns (DuckDB's dialect), one per kind of PII. RE2 has no look-around, so number patterns consume the
 non-digit around them to avoid matching inside a longer digit run."""
@@ -74,3 +86,26 @@ def flag_sql(kind: str, column: str, any_column: str) -> str:
     else:
         test = f"regexp_matches({col}, {pat})"
     return f"CASE WHEN \"{any_column}\" THEN coalesce({test}, false) ELSE false END"
+
+
+PLACEHOLDERS = {kind: f"[{kind.upper()}]" for kind in KINDS}
+"""The typed placeholder that replaces each kind of PII when it is scrubbed: `[EMAIL]`, `[PHONE]`, ..."""
+
+
+def scrub_sql(expr: str, kinds: tuple[str, ...] = KINDS) -> str:
+    """A SQL expression: the text `expr` with every PII match of `kinds` replaced by its typed placeholder (the
+    context around a number is kept). Card numbers are replaced only where `fw_card` accepts the candidate (define
+    `LUHN_MACRO` first); secrets go first, so a key holding digits is not half-replaced as a phone number."""
+    order = [k for k in ("secret", "email", "credit_card", "ip_address", "phone") if k in kinds]
+    for kind in order:
+        if kind not in PATTERNS:
+            raise KeyError(f"unknown PII kind {kind!r}; the kinds are {', '.join(KINDS)}")
+        if kind == "credit_card":
+            cands = (f"list_filter(regexp_extract_all({expr}, {_lit(PATTERNS[kind])}, 1), "
+                     "lambda c: fw_card(regexp_replace(c, '[^0-9]', '', 'g')))")
+            expr = f"list_reduce({cands}, lambda acc, c: replace(acc, c, '[CREDIT_CARD]'), {expr})"
+            continue
+        for before, pii, after in PARTS[kind]:
+            pattern, keep_context = f"({before})({pii})({after})", "\\1" + PLACEHOLDERS[kind] + "\\3"
+            expr = f"regexp_replace({expr}, {_lit(pattern)}, {_lit(keep_context)}, 'g')"
+    return expr
