@@ -24,7 +24,7 @@ def demo(env: Environment) -> None:
     """
     from flywheel.infra.demo import run
 
-    run(env.core, env.demo, env.quality, env.drift, env.alerts, echo=click.echo)
+    run(env.core, env.demo, env.quality, env.drift, env.alerts, env.datasets, env.evaluation, echo=click.echo)
 
 
 COMMANDS = [demo]

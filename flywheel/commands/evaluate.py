@@ -40,16 +40,19 @@ def evaluate() -> None:
 
 
 @evaluate.command("run")
+@click.option("--dataset", default=None, metavar="NAME[@V]",
+              help="A curated eval set (`flywheel datasets list`); the latest version without @V.")
+@click.option("--split", default="test", show_default=True, help="The dataset split to evaluate.")
 @click.option("--examples", "examples_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help="JSONL of examples: {id, prompt | messages, reference?, segment?} per line.")
+              default=None, help="Instead of --dataset: a JSONL of {id, prompt | messages, reference?, segment?}.")
 @click.option("--target", required=True, help="A target's name in the targets file.")
 @click.option("--targets", "targets_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The targets file (default: FLYWHEEL_EVAL_TARGETS_FILE, else $FLYWHEEL_HOME/targets.yaml).")
 @click.option("--name", default=None, help="The eval set's name in eval_runs (default: the file's name).")
 @format_option("text", "json")
 @pass_env
-def eval_run(env: Environment, examples_file: Path, target: str, targets_file: Path | None, name: str | None,
-             fmt: str) -> None:
+def eval_run(env: Environment, dataset: str | None, split: str, examples_file: Path | None, target: str,
+             targets_file: Path | None, name: str | None, fmt: str) -> None:
     """Send every example to TARGET, score the answers and record them; a killed run resumes when re-run.
 
     A targets file (YAML) names OpenAI-compatible endpoints; keys come from the environment variable a target
@@ -65,6 +68,7 @@ def eval_run(env: Environment, examples_file: Path, target: str, targets_file: P
 
     \b
     Example:
+      flywheel eval run --dataset regression-eval --target candidate
       flywheel eval run --examples golden.jsonl --target candidate --format json
     """
     from flywheel.warehouse.evaluation.runs import run_eval
@@ -74,7 +78,13 @@ def eval_run(env: Environment, examples_file: Path, target: str, targets_file: P
     if target not in targets:
         raise ConfigError(f"no target {target!r} in the targets file; it has {', '.join(sorted(targets))}")
     chosen = targets[target]
-    examples = read_examples(examples_file)
+    if (dataset is None) == (examples_file is None):
+        raise ConfigError("name what to evaluate: --dataset NAME[@V] (a curated eval set) or --examples FILE")
+    if dataset is not None:
+        examples, set_name = dataset_examples(env, dataset, split)
+    else:
+        assert examples_file is not None
+        examples, set_name = read_examples(examples_file), examples_file.stem
     key = resolve_key(chosen, os.environ)  # the edge: the key leaves the environment only for the request header
     with click.progressbar(length=len(examples), label=f"evaluating {chosen.name}", file=sys.stderr,
                            hidden=not sys.stderr.isatty()) as bar:
@@ -84,7 +94,7 @@ def eval_run(env: Environment, examples_file: Path, target: str, targets_file: P
             bar.update(done - last[0])
             last[0] = done
 
-        result = run_eval(env.core.lake, name or examples_file.stem, examples, chosen, key, env.evaluation, progress)
+        result = run_eval(env.core.lake, name or set_name, examples, chosen, key, env.evaluation, progress)
     if fmt == "json":
         click.echo(json.dumps({"run_id": result.run_id, "resumed": result.resumed, "examples": result.examples,
                                "sent": result.sent, "failed": result.failed, "summary": result.summary}))
@@ -94,6 +104,25 @@ def eval_run(env: Environment, examples_file: Path, target: str, targets_file: P
                f"{result.failed} failed")
     for k, v in result.summary.items():
         click.echo(f"  {k:20s} {v if not isinstance(v, float) else f'{v:.4g}'}")
+
+
+def dataset_examples(env: Environment, ref: str, split: str) -> tuple[list[Example], str]:
+    """The examples of a curated dataset version's split, and the eval set's name in eval_runs (`name@version`):
+    its conversation up to the answer, the reference (a human correction) where it has one, its stratum."""
+    from flywheel.warehouse.datasets.registry import Registry
+
+    info = Registry(env.core, env.datasets).get(ref)
+    from flywheel.warehouse.datasets.api import load
+
+    rows = load(f"{info.name}@{info.version}", split, settings=env.core, ds=env.datasets)
+    out = []
+    for r in rows.to_pylist():
+        msgs = r.get("messages") or [{"role": "user", "content": r["prompt"]}]
+        out.append(Example(str(r["id"]), tuple((m["role"], m["content"]) for m in msgs), r.get("reference"),
+                           str(r.get("stratum") or r.get("app") or "")))
+    if not out:
+        raise ConfigError(f"{info.name}@{info.version} has no rows in split {split!r}")
+    return out, f"{info.name}@{info.version}"
 
 
 def read_examples(path: Path) -> list[Example]:

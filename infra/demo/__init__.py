@@ -7,7 +7,11 @@
    (more thumbs down), which drift detection finds. A few hostile messages are sent as well;
 3. lands it (`flywheel ingest`), runs the quality gates and a drift run (alerts go to the outbox, and to Slack
    when FLYWHEEL_SLACK_WEBHOOK_URL is set; otherwise their Block Kit message is shown here);
-4. ends with a summary and the next commands to try.
+4. curates the bundled recipes (an eval set, an SFT set, preference pairs) into versioned datasets;
+5. re-evaluates: the previous support-bot version and the shifted one answer the curated eval set through a
+   recorded-answers stand-in for an OpenAI-compatible endpoint (`flywheel.infra.testing.provider`); the gate
+   compares them, and the release that shipped the shifted version is rolled back on that evidence;
+6. ends with a summary and the next commands to try.
 
 Re-running it is safe: the views show every event once however often it was sent (ids are stable), and the
 quality gates and drift runs pick up where the last ones ended.
@@ -32,17 +36,23 @@ from flywheel.streams.ingest import IngestWorker
 from flywheel.streams.topics import ensure_topics
 from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender, slack_message
 from flywheel.warehouse.drift.run import run_drift
+from flywheel.warehouse.datasets.settings import DatasetSettings
 from flywheel.warehouse.drift.settings import DriftSettings
+from flywheel.warehouse.evaluation.settings import EvalSettings
 from flywheel.warehouse.quality.gates import run_quality
 from flywheel.warehouse.quality.settings import QualitySettings
 from flywheel.warehouse.query import connect
 
 EVENTS = Path(__file__).parent / "events.jsonl"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 DAYS = 8
 """Traffic covers the last DAYS days: a complete current day and the seven before it, as the README's drift run
 compares."""
+SUPPORT_MODEL = "support-model"
+PREVIOUS_VERSION = "2026-11-stable"
+"""The version of support-bot's model until yesterday (its release history starts there) ..."""
 SHIFTED_VERSION = "2026-12-rc1"
-"""The model version the last day's `support-bot` traffic moves to; its answers get more thumbs down."""
+"""... and the one it moves to yesterday: its answers stop after the first sentence and get more thumbs down."""
 
 HOSTILE = [
     b'{"inference_id": "demo-bad-1", "timestamp": "2026-11-01T00:00:00Z", "app": "x", "model"',  # truncated
@@ -62,12 +72,83 @@ QUERIES = [
     ("why events were quarantined", "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC"),
 ]
 
+def _curate_evaluate_release(settings: Settings, datasets: DatasetSettings, evaluation: EvalSettings,
+                             echo: Callable[[str], None]) -> None:
+    """Curate every bundled recipe, evaluate the previous and the shifted support-bot versions on the curated eval
+    set, and let the gate's verdict roll the shifted release back."""
+    from flywheel.infra.testing.provider import Answer, RecordedProvider
+    from flywheel.warehouse.datasets import curate, load, load_recipe, recipe_files
+    from flywheel.warehouse.evaluation.compare import gate
+    from flywheel.warehouse.evaluation.runs import Example, run_eval
+    from flywheel.warehouse.evaluation.targets import Secret, Target
+    from flywheel.warehouse.releases import champion, promote, rollback
+
+    directory = datasets.recipes_dir or str(RECIPES)
+    recipes = sorted((load_recipe(p) for p in recipe_files(directory)), key=lambda r: r.kind != "eval")
+    made = {}
+    for r in recipes:
+        res = curate(settings, datasets, r)
+        made[r.name] = res
+        echo(f"curated {res.name}@{res.version} ({'new: ' + res.reason if res.created else 'unchanged'}): "
+             + ", ".join(f"{k} {v}" for k, v in res.splits))
+    evals = [n for n, r in made.items() if next(x for x in recipes if x.name == n).kind == "eval"]
+    if not evals:
+        return
+    ref = f"{evals[0]}@{made[evals[0]].version}"
+    rows = load(ref, "test", settings=settings, ds=datasets).to_pylist()
+    if not rows:
+        echo(f"  {ref} has no test rows yet: nothing to evaluate")
+        return
+    examples = [Example(str(r["id"]), tuple((m["role"], m["content"]) for m in r["messages"]), r.get("reference"),
+                        str(r.get("stratum") or "")) for r in rows]
+    # The stand-in provider answers as each version would: the previous one with the accepted answer (the
+    # writer's correction where there is one), the shifted one with its first sentence only (as the lazier
+    # model did in the traffic).
+    recorded = []
+    for e, r in zip(examples, rows):
+        good = r.get("reference") or r.get("output") or ""
+        first = good.split(". ", 1)[0]
+        recorded += [Answer(PREVIOUS_VERSION, e.prompt, good),
+                     Answer(SHIFTED_VERSION, e.prompt, first if first.endswith(".") else first + ".")]
+    with RecordedProvider(recorded) as provider:
+        runs = {v: run_eval(settings.lake, ref, examples, Target(v, provider.url, v), Secret(""), evaluation)
+                for v in (PREVIOUS_VERSION, SHIFTED_VERSION)}
+    verdict = gate(settings.lake, runs[SHIFTED_VERSION].run_id, runs[PREVIOUS_VERSION].run_id, evaluation)
+    for v, run in runs.items():
+        s = run.summary
+        echo(f"evaluated support-bot {v} on {ref}: pass {s['pass_rate'] or 0:.0%}, similarity "
+             f"{s['similarity_mean'] or 0:.3f} over {s['with_reference']} references (run {run.run_id})")
+    echo("gate: " + ("passed" if verdict.passed else "BLOCKED: " + "; ".join(verdict.reasons)))
+    # The release history: the previous version was the champion; yesterday's shift shipped without evidence.
+    con = connect(settings)
+    try:
+        seen = {v for (v,) in con.execute("SELECT DISTINCT model_version FROM inferences WHERE app = 'support-bot' "
+                                          "AND model = ?", [SUPPORT_MODEL]).fetchall()}
+    finally:
+        con.close()
+    if champion(settings.lake, "support-bot") is None:
+        promote(settings.lake, "support-bot", SUPPORT_MODEL, PREVIOUS_VERSION, runs[PREVIOUS_VERSION].run_id,
+                evaluation, seen=PREVIOUS_VERSION in seen)
+    current = champion(settings.lake, "support-bot")
+    if current is not None and current.model_version != SHIFTED_VERSION:
+        promote(settings.lake, "support-bot", SUPPORT_MODEL, SHIFTED_VERSION, runs[SHIFTED_VERSION].run_id,
+                evaluation, force=True, reason="shipped yesterday before its evaluation",
+                seen=SHIFTED_VERSION in seen)
+    if not verdict.passed:
+        back = rollback(settings.lake, "support-bot", reason="the gate blocked " + SHIFTED_VERSION)
+        echo(f"release: support-bot rolled back to {back.model_version} (release {back.sequence}; "
+             "`flywheel release history support-bot`)")
+
+
 NEXT_STEPS = [
     'flywheel sql "SELECT model, model_version, count(*), avg(thumbs_down) FROM interactions GROUP BY ALL"',
     "flywheel quality run",
     "flywheel drift run --current 1d --reference 7d",
     "flywheel drift report --open",
     "flywheel alerts list",
+    "flywheel datasets list",
+    "flywheel eval list",
+    "flywheel release history support-bot",
     "flywheel lake stats",
 ]
 
@@ -122,7 +203,9 @@ def traffic(n_inferences: int, now: datetime, seed: int = 1) -> Iterator[dict[st
             at = when((n + rng.random()) / n_inferences)
             shift[ev["inference_id"]] = at - datetime.fromisoformat(ev["timestamp"])
             ev = {**ev, "timestamp": at.isoformat(timespec="milliseconds")}
-            if shift_from <= at < end and ev["app"] == "support-bot":
+            if ev["app"] == "support-bot":  # one model, whose version moves yesterday
+                ev.update(model=SUPPORT_MODEL, model_version=PREVIOUS_VERSION)
+            if shift_from <= at and ev["app"] == "support-bot":
                 first = ev["output"].split(". ", 1)[0]
                 ev.update(model_version=SHIFTED_VERSION, output=first if first.endswith(".") else first + ".",
                           output_tokens=len(first) // 4 + 1)
@@ -136,13 +219,14 @@ def traffic(n_inferences: int, now: datetime, seed: int = 1) -> Iterator[dict[st
 
 
 def run(settings: Settings, demo: DemoSettings, quality: QualitySettings, drift: DriftSettings,
-        alerts: AlertSettings, echo: Callable[[str], None] = print) -> None:
+        alerts: AlertSettings, datasets: DatasetSettings, evaluation: EvalSettings,
+        echo: Callable[[str], None] = print) -> None:
     started = False
     if settings.uses_embedded_broker:
         st, started = broker.start(settings)
         echo(f"{'started' if started else 'using'} the embedded broker on {st.address}")
     try:
-        _run(settings, demo, quality, drift, alerts, echo)
+        _run(settings, demo, quality, drift, alerts, datasets, evaluation, echo)
     finally:
         if started:
             broker.stop(settings)
@@ -150,7 +234,8 @@ def run(settings: Settings, demo: DemoSettings, quality: QualitySettings, drift:
 
 
 def _run(settings: Settings, demo: DemoSettings, quality: QualitySettings, drift: DriftSettings,
-         alerts: AlertSettings, echo: Callable[[str], None]) -> None:
+         alerts: AlertSettings, datasets: DatasetSettings, evaluation: EvalSettings,
+         echo: Callable[[str], None]) -> None:
     ensure_topics(settings)
     now = datetime.now(timezone.utc)
     n = max(20, int(2500 * demo.scale))
@@ -188,6 +273,8 @@ def _run(settings: Settings, demo: DemoSettings, quality: QualitySettings, drift
     elif found.alerts:
         echo("  no FLYWHEEL_SLACK_WEBHOOK_URL set: the alerts wait in the outbox; the first one's Slack message:")
         echo("  " + json.dumps(slack_message(found.alerts[0]), ensure_ascii=False)[:1500])
+
+    _curate_evaluate_release(settings, datasets, evaluation, echo)
 
     con = connect(settings)
     try:

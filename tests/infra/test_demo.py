@@ -27,8 +27,12 @@ def test_the_demo_runs_twice_and_the_readme_next_steps_work_on_what_it_left(tmp_
     assert first.exit_code == 0, first.output
     assert "quality gates: inferences passed" in first.output and "feedback passed" in first.output
     assert "model-drift on app=support-bot" in first.output  # the injected shift is found
+    assert "curated regression-eval@1" in first.output and "curated support-sft@1" in first.output
+    assert "gate: BLOCKED: mean similarity dropped" in first.output  # the re-evaluation decides ...
+    assert "release: support-bot rolled back to 2026-11-stable" in first.output  # ... and the release follows
     second = runner.invoke(main, ["demo"], env=env)  # the broker restarts empty: new topic ids, offsets from 0
     assert second.exit_code == 0, second.output
+    assert "curated regression-eval@1 (unchanged)" in second.output  # same events: no new dataset version
 
     con = connect(Settings(home=home))
     assert con.execute("SELECT count(*), count(DISTINCT inference_id) FROM inferences").fetchone() == (1000, 1000)
