@@ -1,7 +1,8 @@
 """PII detectors as DuckDB SQL: which texts contain e-mail addresses, phone numbers, credit-card numbers (network
 prefix and Luhn checked), IP addresses or API-key-like secrets.
 
-This measures; it does not scrub (curation does). The patterns favour precision over recall: a phone number needs
+The quality gates count with `flag_sql`; curation (`flywheel curate`, the recipe's `pii` step) rewrites what
+`scrub_sql` finds into typed placeholders in every dataset it writes. The patterns favour precision over recall: a phone number needs
 separators, a card number needs 13-19 digits that pass the Luhn check, a secret needs a known vendor prefix or an
 explicit `api_key=`-style assignment.
 

@@ -68,7 +68,7 @@ def run_cmd(env: Environment, since: str | None, until: str | None, tables: tupl
             fmt: str, no_report: bool, gx_logs: bool) -> None:
     """Validate the events that landed in a window; exit 1 when a critical expectation fails.
 
-    A failed gate marks the window suspect (curation excludes it) and is stored, with every result, in the
+    A failed gate marks the window suspect (`flywheel curate` leaves its rows out) and is stored, with every result, in the
     `quality_runs` table. The HTML report is written under FLYWHEEL_QUALITY_REPORTS_DIR
     ($FLYWHEEL_HOME/quality by default; latest.html is the newest).
 
@@ -99,7 +99,7 @@ def run_cmd(env: Environment, since: str | None, until: str | None, tables: tupl
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @pass_env
 def suspects_cmd(env: Environment, table: str | None, fmt: str) -> None:
-    """List the windows whose latest quality run failed (curation excludes their rows).
+    """List the windows whose latest quality run failed (`flywheel curate` leaves their rows out).
 
     \b
     Example:

@@ -23,7 +23,7 @@ the read (a batch stamped, then committed a moment later) lands after the window
 run. Every landed row is in exactly one scheduled window, and a window that has ended never gains rows, so a run
 over it can be repeated with the same outcome. Why not the wall clock: a batch stamped at prepare time and
 committed after a run read the lake would be stamped inside that run's ended window, and checked by no run. Why
-not Delta versions: `quality_runs` keeps time windows (curation excludes rows by `_ingested_at`), and versions
+not Delta versions: `quality_runs` keeps time windows (`flywheel curate`'s `quality_gate` step excludes rows by `_ingested_at`), and versions
 would need a second mapping to times that stamps in the commit already give.
 
 Two ways to step outside that guarantee, both explicit: rows committed with `Lake.commit(keep_ingested_at=True)`
@@ -393,7 +393,8 @@ def last_window_end(settings: Settings, table: str) -> datetime | None:
 
 
 def suspect_windows(settings: Settings, table: str | None = None) -> list[SuspectWindow]:
-    """Windows whose latest run failed a critical expectation, oldest first. Curation excludes rows whose
+    """Windows whose latest run failed a critical expectation, oldest first. Curation (the `quality_gate` step)
+    excludes rows whose
     `_ingested_at` lies in one of them (`window_start <= _ingested_at < window_end`)."""
     rows = _query_runs(settings, """
         WITH latest AS (

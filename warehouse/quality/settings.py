@@ -43,7 +43,7 @@ class QualitySettings:
 
     pii_max_share: float = 0.0
     """FLYWHEEL_QUALITY_PII_MAX_SHARE: share of texts with PII of one kind above which the PII expectation (a
-    warning: it reports, curation scrubs) fails."""
+    warning: it reports; `flywheel curate` scrubs PII from the datasets it writes) fails."""
 
     orphan_horizon_hours: float = ORPHAN_HORIZON_HOURS
     """FLYWHEEL_QUALITY_ORPHAN_HORIZON_HOURS: feedback whose inference has not landed this long after the feedback
