@@ -394,8 +394,7 @@ def last_window_end(settings: Settings, table: str) -> datetime | None:
 
 def suspect_windows(settings: Settings, table: str | None = None) -> list[SuspectWindow]:
     """Windows whose latest run failed a critical expectation, oldest first. Curation (the `quality_gate` step)
-    excludes rows whose
-    `_ingested_at` lies in one of them (`window_start <= _ingested_at < window_end`)."""
+    excludes rows whose `_ingested_at` lies in one of them (`window_start <= _ingested_at < window_end`)."""
     rows = _query_runs(settings, """
         WITH latest AS (
           SELECT table_name, window_start, window_end, max(run_at) AS run_at FROM runs GROUP BY ALL)
