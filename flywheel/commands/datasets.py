@@ -10,6 +10,8 @@ import click
 
 from flywheel.commands.options import format_option, pass_env, settings_help
 from flywheel.environment import Environment
+from flywheel.warehouse.datasets.curation import CurationResult
+from flywheel.warehouse.jobs.store import Job
 from flywheel.errors import FlywheelError
 from flywheel.warehouse.datasets.settings import DatasetSettings
 
@@ -62,9 +64,13 @@ def curate_cmd(env: Environment, recipe: str | None, run_all: bool, fmt: str) ->
             click.echo(json.dumps({"name": r.name, "error": str(exc)}) if fmt == "json" else f"{r.name}: {exc}",
                        err=fmt != "json")
             continue
+        started = dispatch_version(env, res) if res.created else []
         if fmt == "json":
-            click.echo(json.dumps(res.to_json()))
+            click.echo(json.dumps({**res.to_json(), "jobs": [j.id for j in started]}))
             continue
+        for job in started:
+            click.echo(f"policy {job.policy} started job {job.id} ({job.target}): {job.status}"
+                       + (f" -> {job.result}" if job.result else f" ({job.error})" if job.error else ""))
         what = f"wrote {res.name}@{res.version}" if res.created else f"{res.name}@{res.version}"
         click.echo(f"{what}: {res.reason}")
         click.echo("  splits: " + ", ".join(f"{k} {v}" for k, v in res.splits))
@@ -73,6 +79,34 @@ def curate_cmd(env: Environment, recipe: str | None, run_all: bool, fmt: str) ->
             click.echo(f"  {s.step:14s} {s.rows_in:>8} -> {s.rows_out:<8} {why}")
     if failed:
         raise click.exceptions.Exit(1)
+
+
+def dispatch_version(env: Environment, res: CurationResult) -> list[Job]:
+    """Hand a new dataset version to the trigger policies (when a policy file exists): each matching job starts
+    once (`flywheel jobs list`). New examples are the rows no split of the previous version had."""
+    import os
+
+    from flywheel.warehouse.datasets.api import diff
+    from flywheel.warehouse.evaluation.targets import Secret
+    from flywheel.warehouse.jobs.dispatch import DatasetVersion, dispatch
+    from flywheel.warehouse.jobs.policies import load_policies
+    from flywheel.warehouse.jobs.store import JobStore
+
+    path = env.jobs.policies_path(env.core.home)
+    if not path.is_file():
+        return []
+    if res.version > 1:
+        new = sum(len(d.added) for d in diff(f"{res.name}@{res.version - 1}", f"{res.name}@{res.version}",
+                                              settings=env.core, ds=env.datasets))
+    else:
+        new = sum(n for _, n in res.splits)
+    # the export a fine-tune uploads: the OpenAI chat file when the recipe writes one, else the first JSONL
+    exports = sorted((p for p in res.path.rglob("*.jsonl") if p.parent.name != "data"),
+                     key=lambda p: (p.parent.name != "openai_chat", str(p)))
+    event = DatasetVersion(res.name, res.version, new, str(res.path), str(res.path / "manifest.json"),
+                           str(exports[0]) if exports else "", dict(res.splits))
+    store = JobStore(env.jobs.db_path(env.core.home))
+    return dispatch(load_policies(path).values(), [event], store, lambda name: Secret(os.environ.get(name, "")))
 
 
 @click.group("datasets", epilog=_SETTINGS)
