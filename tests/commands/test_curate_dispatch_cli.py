@@ -21,7 +21,8 @@ def test_a_new_version_starts_its_job_once(tmp_path: Path) -> None:
     marker = tmp_path / "trained.txt"
     policies = tmp_path / "policies.yaml"
     policies.write_text("policies:\n  train:\n    when: {dataset: support-sft, min_new_examples: 1}\n"
-                        f"    target: {{kind: shell, command: 'echo \"$DATASET_NAME@$DATASET_VERSION\" >> {marker}'}}\n")
+                        "    target: {kind: shell, command: 'echo \"$DATASET_NAME@$DATASET_VERSION\" >> "
+                        f"{marker}'}}\n")
     env = {"FLYWHEEL_HOME": str(home), "FLYWHEEL_JOBS_POLICIES_FILE": str(policies)}
     runner = CliRunner()
     for _ in range(2):

@@ -23,8 +23,8 @@ the read (a batch stamped, then committed a moment later) lands after the window
 run. Every landed row is in exactly one scheduled window, and a window that has ended never gains rows, so a run
 over it can be repeated with the same outcome. Why not the wall clock: a batch stamped at prepare time and
 committed after a run read the lake would be stamped inside that run's ended window, and checked by no run. Why
-not Delta versions: `quality_runs` keeps time windows (`flywheel curate`'s `quality_gate` step excludes rows by `_ingested_at`), and versions
-would need a second mapping to times that stamps in the commit already give.
+not Delta versions: `quality_runs` keeps time windows (`flywheel curate`'s `quality_gate` step excludes rows by
+`_ingested_at`), and versions would need a second mapping to times that stamps in the commit already give.
 
 Two ways to step outside that guarantee, both explicit: rows committed with `Lake.commit(keep_ingested_at=True)`
 (backfills and tests at chosen landing times) can land in windows that have ended; and an explicit `until` is taken
