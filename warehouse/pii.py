@@ -3,8 +3,8 @@ prefix and Luhn checked), IP addresses or API-key-like secrets.
 
 The quality gates count with `flag_sql`; curation (`flywheel curate`, the recipe's `pii` step) rewrites what
 `scrub_sql` finds into typed placeholders in every dataset it writes. The patterns favour precision over recall:
-a phone number needs separators, a card number needs 13-19 digits that pass the Luhn check, a secret needs a known vendor prefix or an
-explicit `api_key=`-style assignment.
+a phone number needs separators, a card number needs 13-19 digits that pass the Luhn check, a secret needs a
+known vendor prefix or an explicit `api_key=`-style assignment.
 
 Speed: a regular expression over a large text column costs seconds per million rows here, about the same for one
 pattern as for the alternation of all of them. So each column is scanned once with `ANY_PATTERN` and the

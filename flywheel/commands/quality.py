@@ -69,8 +69,7 @@ def run_cmd(env: Environment, since: str | None, until: str | None, tables: tupl
     """Validate the events that landed in a window; exit 1 when a critical expectation fails.
 
     A failed gate marks the window suspect (`flywheel curate` leaves its rows out) and is stored, with every
-    result, in the
-    `quality_runs` table. The HTML report is written under FLYWHEEL_QUALITY_REPORTS_DIR
+    result, in the `quality_runs` table. The HTML report is written under FLYWHEEL_QUALITY_REPORTS_DIR
     ($FLYWHEEL_HOME/quality by default; latest.html is the newest).
 
     \b
