@@ -116,6 +116,33 @@ class Settings:
         return env_settings(cls, ENV_PREFIX, environ)
 
 
+class Secret:
+    """A string that does not show itself in reprs, logs or tracebacks' locals: webhook URLs, API keys, secrets.
+    `reveal()` is the one way to its value, for the header or request that needs it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
 T = TypeVar("T")
 
 

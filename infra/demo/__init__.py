@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Mapping
 from flywheel.config import Settings, env_settings
 from flywheel.errors import ConfigError
 from flywheel.infra import broker
-from flywheel.infra.testing.corpus import BUNDLED, Corpus, generate
+from flywheel.infra.testing.corpus import generate, load_corpus
 from flywheel.schemas.contract import event_type_of
 from flywheel.streams.client import FlywheelClient
 from flywheel.streams.ingest import IngestWorker
@@ -168,16 +168,6 @@ class DemoSettings:
         return env_settings(cls, "FLYWHEEL_DEMO_", environ)
 
 
-def _bundled() -> Corpus:
-    # Always the bundled sample, never a ../shared checkout: the demo is the same on every machine.
-    c = Corpus()
-    with open(BUNDLED, encoding="utf-8") as fh:
-        for line in fh:
-            rec = json.loads(line)
-            getattr(c, rec.pop("kind")).append(rec)
-    return c
-
-
 def traffic(n_inferences: int, now: datetime, seed: int = 1) -> Iterator[dict[str, Any]]:
     """`n_inferences` inferences (and their feedback) from the bundled corpus: 60% spread over the seven days
     before yesterday, 30% over yesterday (UTC), 10% over today so far. Yesterday `support-bot` runs
@@ -197,7 +187,8 @@ def traffic(n_inferences: int, now: datetime, seed: int = 1) -> Iterator[dict[st
 
     shift: dict[str, timedelta] = {}
     moved: set[str] = set()
-    for ev in generate(_bundled(), n_inferences, seed=seed, prefix="demo"):
+    # The bundled sample, never a ../shared checkout: the demo is the same on every machine.
+    for ev in generate(load_corpus(), n_inferences, seed=seed, prefix="demo"):
         if "feedback_id" not in ev:
             n = int(ev["inference_id"].rsplit("-", 1)[1])
             at = when((n + rng.random()) / n_inferences)

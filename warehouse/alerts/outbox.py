@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from flywheel.config import env_settings
+from flywheel.config import Secret, env_settings
 from flywheel.errors import ConfigError, FlywheelError
 from flywheel.schemas.alerts import Alert, AlertItem
 
@@ -52,32 +52,6 @@ log = logging.getLogger("flywheel.alerts")
 
 class AlertError(FlywheelError):
     """The outbox could not be read or written, or an alert is malformed."""
-
-
-class Secret:
-    """A string that does not show itself in reprs, logs or tracebacks' locals."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,10 @@ from typing import Any, Mapping
 
 import yaml
 
+from flywheel.config import Secret
 from flywheel.errors import FlywheelError
+
+__all__ = ["Secret", "Target", "TargetError", "load_targets", "parse_target", "resolve_key"]
 
 KEYS = {"base_url", "model", "api_key_env", "params", "system_prompt", "price_per_1k_input_usd",
         "price_per_1k_output_usd", "timeout_s"}
@@ -37,26 +40,6 @@ class TargetError(FlywheelError):
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
         super().__init__(message, file=file, key=key)
         self.file, self.key = file, key
-
-
-class Secret:
-    """A string that does not show itself in reprs, logs or tracebacks' locals."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    __str__ = __repr__
 
 
 @dataclass(frozen=True)
