@@ -31,7 +31,8 @@ ROOMS: dict[str, set[str]] = {
     "infra.testing": {"base", "schemas", "warehouse", "warehouse.quality", "warehouse.drift", "warehouse.alerts",
                       "streams"},
     "infra.demo": {"base", "schemas", "warehouse", "warehouse.quality", "warehouse.drift", "warehouse.alerts",
-                   "warehouse.maintenance", "streams", "infra.broker", "infra.testing"},
+                   "warehouse.maintenance", "warehouse.datasets", "warehouse.evaluation", "warehouse.releases",
+                   "streams", "infra.broker", "infra.testing"},
     "edge": {"*"},  # the CLI, its commands, the flows and flywheel.environment wire every room together
 }
 
