@@ -38,14 +38,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 
 from flywheel.config import Secret, env_settings
 from flywheel.errors import ConfigError, FlywheelError
 from flywheel.schemas.alerts import Alert, AlertItem
+from flywheel.warehouse.sqlite import transaction
 
 log = logging.getLogger("flywheel.alerts")
 
@@ -220,25 +220,9 @@ class Outbox:
     def from_settings(cls, home: Path, settings: AlertSettings) -> "Outbox":
         return cls(settings.db_path(home), settings.cooldown_s)
 
-    @contextmanager
-    def _tx(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
-        try:
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise AlertError(f"cannot open the alert outbox {self.path}: {exc}") from exc
-        try:
-            con.execute("PRAGMA synchronous=FULL")  # an enqueued alert survives a power cut
-            con.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise AlertError(f"alert outbox {self.path}: {exc}") from exc
-        finally:
-            con.close()
+    def _tx(self, immediate: bool = False) -> ContextManager[sqlite3.Connection]:
+        # synchronous=FULL there: an enqueued alert survives a power cut
+        return transaction(self.path, f"the alert outbox {self.path}", AlertError, immediate)
 
     def enqueue(self, alert: Alert) -> tuple[int, str]:
         """Record `alert` (idempotent by its dedup key). Returns (row id, status): `pending`, or `suppressed` when

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import ContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from flywheel.errors import FlywheelError
+from flywheel.warehouse.sqlite import transaction
 
 STATES = ("claimed", "running", "succeeded", "failed", "cancelled")
 
@@ -90,22 +90,8 @@ class JobStore:
         except sqlite3.Error as exc:
             raise JobError(f"cannot create the jobs table {self.path}: {exc}") from exc
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            con.execute("PRAGMA synchronous=FULL")
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise JobError(f"jobs table {self.path}: {exc}") from exc
-        finally:
-            con.close()
+    def _tx(self) -> ContextManager[sqlite3.Connection]:
+        return transaction(self.path, f"the jobs table {self.path}", JobError)
 
     def claim(self, policy: str, subject: str, trigger: str, target: str, params: str,
               lease_s: float = 3600.0) -> Job | None:
