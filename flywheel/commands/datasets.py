@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from flywheel.commands.options import format_option, pass_env, settings_help
+from flywheel.commands.options import dispatch, format_option, pass_env, settings_help
 from flywheel.environment import Environment
 from flywheel.warehouse.datasets.curation import CurationResult
 from flywheel.warehouse.jobs.store import Job
@@ -84,16 +84,10 @@ def curate_cmd(env: Environment, recipe: str | None, run_all: bool, fmt: str) ->
 def dispatch_version(env: Environment, res: CurationResult) -> list[Job]:
     """Hand a new dataset version to the trigger policies (when a policy file exists): each matching job starts
     once (`flywheel jobs list`). New examples are the rows no split of the previous version had."""
-    import os
-
     from flywheel.warehouse.datasets.api import diff
-    from flywheel.warehouse.evaluation.targets import Secret
-    from flywheel.warehouse.jobs.dispatch import DatasetVersion, dispatch
-    from flywheel.warehouse.jobs.policies import load_policies
-    from flywheel.warehouse.jobs.store import JobStore
+    from flywheel.warehouse.jobs.dispatch import DatasetVersion
 
-    path = env.jobs.policies_path(env.core.home)
-    if not path.is_file():
+    if not env.jobs.policies_path(env.core.home).is_file():
         return []
     if res.version > 1:
         new = sum(len(d.added) for d in diff(f"{res.name}@{res.version - 1}", f"{res.name}@{res.version}",
@@ -105,8 +99,7 @@ def dispatch_version(env: Environment, res: CurationResult) -> list[Job]:
                      key=lambda p: (p.parent.name != "openai_chat", str(p)))
     event = DatasetVersion(res.name, res.version, new, str(res.path), str(res.path / "manifest.json"),
                            str(exports[0]) if exports else "", dict(res.splits))
-    store = JobStore(env.jobs.db_path(env.core.home))
-    return dispatch(load_policies(path).values(), [event], store, lambda name: Secret(os.environ.get(name, "")))
+    return dispatch(env, [event])
 
 
 @click.group("datasets", epilog=_SETTINGS)

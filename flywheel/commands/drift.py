@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from flywheel.commands.options import pass_env
+from flywheel.commands.options import dispatch, pass_env
 from flywheel.environment import Environment
 from flywheel.schemas.alerts import Alert
 from flywheel.warehouse.jobs.store import Job
@@ -105,21 +105,8 @@ def drift_run(env: Environment, current: str | None, reference: str | None, by: 
 
 
 def dispatch_alerts(env: Environment, alerts: list[Alert]) -> list[Job]:
-    """Hand a drift run's alerts to the trigger policies (when a policy file exists): each matching job starts
-    once (`flywheel jobs list`)."""
-    import os
-
-    from flywheel.warehouse.evaluation.targets import Secret
-    from flywheel.warehouse.jobs.dispatch import dispatch
-    from flywheel.warehouse.jobs.policies import load_policies
-    from flywheel.warehouse.jobs.store import JobStore
-
-    path = env.jobs.policies_path(env.core.home)
-    if not alerts or not path.is_file():
-        return []
-    policies = load_policies(path)
-    store = JobStore(env.jobs.db_path(env.core.home))
-    return dispatch(policies.values(), alerts, store, lambda name: Secret(os.environ.get(name, "")))
+    """Hand a drift run's alerts to the trigger policies: each matching job starts once."""
+    return dispatch(env, alerts)
 
 
 def _summary(run: Any, delivered: Any) -> dict[str, Any]:

@@ -7,12 +7,15 @@ command reads the environment on its own.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
 import click
 
-from flywheel.config import describe
+from flywheel.config import Secret, describe
 from flywheel.environment import Environment
+from flywheel.warehouse.jobs.dispatch import Event
+from flywheel.warehouse.jobs.store import Job
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,3 +48,20 @@ def format_option(*choices: str, default: str | None = None) -> Callable[[F], F]
 def settings_help(cls: type, prefix: str, width: int = 40) -> str:
     """The settings of a stage as help text: variable and what it does, one per line."""
     return "\n".join(f"  {var:{width}s} {doc}" for var, _default, doc in describe(cls, prefix))
+
+
+def dispatch(env: Environment, events: Sequence[Event]) -> list[Job]:
+    """Hand events (new dataset versions, drift alerts) to the trigger policies, when a policy file exists: each
+    matching job starts once (`flywheel jobs list`). Secrets are read here, at the edge, by the variable a policy
+    names."""
+    import os
+
+    from flywheel.warehouse.jobs.dispatch import dispatch as start
+    from flywheel.warehouse.jobs.policies import load_policies
+    from flywheel.warehouse.jobs.store import JobStore
+
+    path = env.jobs.policies_path(env.core.home)
+    if not events or not path.is_file():
+        return []
+    store = JobStore(env.jobs.db_path(env.core.home))
+    return start(load_policies(path).values(), events, store, lambda name: Secret(os.environ.get(name, "")))
