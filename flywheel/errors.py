@@ -28,6 +28,15 @@ class ConfigError(FlywheelError):
         self.variable = variable
 
 
+class FileSpecError(FlywheelError):
+    """A reviewable YAML file (targets, policies, ...) or one of its entries is malformed. The message names the
+    file, the key and the fix; `file` and `key` say them for programs. Terminal: fix the file."""
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
+        super().__init__(message, file=file, key=key)
+        self.file, self.key = file, key
+
+
 class BrokerUnavailable(FlywheelError):
     """No Kafka broker answers at the configured address (`bootstrap`). Retryable: start one or fix
     FLYWHEEL_KAFKA_BOOTSTRAP."""

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import yaml
 
 from flywheel.config import Secret
-from flywheel.errors import FlywheelError
+from flywheel.errors import FileSpecError
 
 __all__ = ["Secret", "Target", "TargetError", "load_targets", "parse_target", "resolve_key"]
 
@@ -34,12 +34,8 @@ KEYS = {"base_url", "model", "api_key_env", "params", "system_prompt", "price_pe
 PARAMS = {"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty"}
 
 
-class TargetError(FlywheelError):
+class TargetError(FileSpecError):
     """A target file or entry is malformed; the message names the file, the key and the fix (also `file`, `key`)."""
-
-    def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
-        super().__init__(message, file=file, key=key)
-        self.file, self.key = file, key
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from flywheel.errors import FlywheelError
+from flywheel.errors import FileSpecError
 
 KINDS: dict[str, tuple[set[str], set[str]]] = {
     # kind: (required keys, optional keys)
@@ -39,12 +39,8 @@ KINDS: dict[str, tuple[set[str], set[str]]] = {
 }
 
 
-class PolicyError(FlywheelError):
+class PolicyError(FileSpecError):
     """A policy file or entry is malformed; the message names the file, the key and the fix (also `file`, `key`)."""
-
-    def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
-        super().__init__(message, file=file, key=key)
-        self.file, self.key = file, key
 
 
 @dataclass(frozen=True)
