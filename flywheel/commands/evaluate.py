@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,6 +17,10 @@ from flywheel.errors import ConfigError
 from flywheel.warehouse.evaluation.runs import Example
 from flywheel.warehouse.evaluation.settings import EvalSettings
 
+if TYPE_CHECKING:
+    from flywheel.warehouse.evaluation.judge import JudgeResult, JudgeSpec
+    from flywheel.warehouse.evaluation.targets import Secret
+
 
 def _targets_file(env: Environment, given: Path | None) -> Path:
     path = given or (Path(env.evaluation.targets_file) if env.evaluation.targets_file
@@ -23,6 +29,58 @@ def _targets_file(env: Environment, given: Path | None) -> Path:
         raise ConfigError(f"no targets file at {path}: write one (see `flywheel eval run --help`) or point "
                           "FLYWHEEL_EVAL_TARGETS_FILE / --targets at it", variable="FLYWHEEL_EVAL_TARGETS_FILE")
     return path
+
+
+def _judge_options(f: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed((
+        click.option("--judge", default=None, metavar="TARGET",
+                     help="Also judge the answers with this target of the targets file (an LLM judge)."),
+        click.option("--judge-mode", type=click.Choice(["pairwise", "rubric"]), default="pairwise",
+                     show_default=True, help="pairwise: against --judge-baseline's answers, in both orders; "
+                     "rubric: a 1-5 score per answer."),
+        click.option("--judge-baseline", default=None, metavar="RUN",
+                     help="Pairwise: the run whose answers are the other side of each pair."),
+        click.option("--rubric", default=None, help="What the judge values (text, or @FILE to read it from)."),
+    )):
+        f = option(f)
+    return f
+
+
+def _judge_spec(env: Environment, targets_file: Path | None, judge: str, mode: str, baseline: str | None,
+                rubric: str | None) -> tuple[JudgeSpec, Secret]:
+    from flywheel.warehouse.evaluation.judge import DEFAULT_RUBRIC, JudgeSpec
+    from flywheel.warehouse.evaluation.targets import load_targets, resolve_key
+
+    targets = load_targets(_targets_file(env, targets_file))
+    if judge not in targets:
+        raise ConfigError(f"no judge target {judge!r} in the targets file; it has {', '.join(sorted(targets))}")
+    text = DEFAULT_RUBRIC if rubric is None else (Path(rubric[1:]).read_text(encoding="utf-8")
+                                                  if rubric.startswith("@") else rubric)
+    spec = JudgeSpec(targets[judge], mode, text.strip(), baseline)
+    return spec, resolve_key(spec.target, os.environ)  # the edge, as for the target itself
+
+
+def _run_judge(env: Environment, run_id: str, spec: JudgeSpec, key: Secret) -> JudgeResult:
+    from flywheel.warehouse.evaluation.judge import judge_run
+
+    with click.progressbar(length=0, label=f"judging with {spec.target.name}", file=sys.stderr,
+                           hidden=not sys.stderr.isatty()) as bar:
+        last = [0]
+
+        def progress(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(done - last[0])
+            last[0] = done
+
+        return judge_run(env.core.lake, run_id, spec, key, env.evaluation, progress)
+
+
+def _judge_text(r: JudgeResult) -> str:
+    if r.mode == "rubric":
+        mean = "n/a" if r.mean_score is None else f"{r.mean_score:.2f}"
+        return f"judged {r.judged} answers, mean score {mean} (1-5), {r.failed} failed judgements ({r.asked} asked now)"
+    return (f"judged {r.judged} pairs in both orders: {r.wins} wins, {r.losses} losses, {r.ties} ties, "
+            f"{r.failed} failed judgements ({r.asked} asked now)")
 
 
 @click.group(epilog="\b\nSettings:\n" + settings_help(EvalSettings, "FLYWHEEL_EVAL_", 44))
@@ -49,10 +107,12 @@ def evaluate() -> None:
 @click.option("--targets", "targets_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The targets file (default: FLYWHEEL_EVAL_TARGETS_FILE, else $FLYWHEEL_HOME/targets.yaml).")
 @click.option("--name", default=None, help="The eval set's name in eval_runs (default: the file's name).")
+@_judge_options
 @format_option("text", "json")
 @pass_env
 def eval_run(env: Environment, dataset: str | None, split: str, examples_file: Path | None, target: str,
-             targets_file: Path | None, name: str | None, fmt: str) -> None:
+             targets_file: Path | None, name: str | None, judge: str | None, judge_mode: str,
+             judge_baseline: str | None, rubric: str | None, fmt: str) -> None:
     """Send every example to TARGET, score the answers and record them; a killed run resumes when re-run.
 
     A targets file (YAML) names OpenAI-compatible endpoints; keys come from the environment variable a target
@@ -86,6 +146,7 @@ def eval_run(env: Environment, dataset: str | None, split: str, examples_file: P
         assert examples_file is not None
         examples, set_name = read_examples(examples_file), examples_file.stem
     key = resolve_key(chosen, os.environ)  # the edge: the key leaves the environment only for the request header
+    judging = _judge_spec(env, targets_file, judge, judge_mode, judge_baseline, rubric) if judge else None
     with click.progressbar(length=len(examples), label=f"evaluating {chosen.name}", file=sys.stderr,
                            hidden=not sys.stderr.isatty()) as bar:
         last = [0]
@@ -95,15 +156,45 @@ def eval_run(env: Environment, dataset: str | None, split: str, examples_file: P
             last[0] = done
 
         result = run_eval(env.core.lake, name or set_name, examples, chosen, key, env.evaluation, progress)
+    judged = _run_judge(env, result.run_id, *judging) if judging else None
     if fmt == "json":
         click.echo(json.dumps({"run_id": result.run_id, "resumed": result.resumed, "examples": result.examples,
-                               "sent": result.sent, "failed": result.failed, "summary": result.summary}))
+                               "sent": result.sent, "failed": result.failed, "summary": result.summary,
+                               "judge": judged.__dict__ if judged else None}))
         return
     verb = "resumed" if result.resumed else "ran"
     click.echo(f"{verb} evaluation {result.run_id}: {result.examples} examples ({result.sent} sent now), "
                f"{result.failed} failed")
     for k, v in result.summary.items():
         click.echo(f"  {k:20s} {v if not isinstance(v, float) else f'{v:.4g}'}")
+    if judged:
+        click.echo(_judge_text(judged))
+
+
+@evaluate.command("judge")
+@click.argument("run_id")
+@click.option("--targets", "targets_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The targets file (default: FLYWHEEL_EVAL_TARGETS_FILE, else $FLYWHEEL_HOME/targets.yaml).")
+@_judge_options
+@format_option("text", "json")
+@pass_env
+def eval_judge(env: Environment, run_id: str, targets_file: Path | None, judge: str | None, judge_mode: str,
+               judge_baseline: str | None, rubric: str | None, fmt: str) -> None:
+    """Judge the answers of RUN_ID with an LLM judge (a target of the targets file); resumes where it stopped.
+
+    Pairwise, each answer is compared with the baseline run's answer to the same example in both orders, and
+    counts as a win only when both orders agree (a position-biased judge yields ties). Verdicts go to the
+    `eval_judgements` table; `flywheel eval compare` shows the judge win rate with its interval.
+
+    \b
+    Example:
+      flywheel eval judge RUN_B --judge gpt-4o-judge --judge-baseline RUN_A
+      flywheel eval judge RUN_B --judge gpt-4o-judge --judge-mode rubric --rubric @rubric.txt
+    """
+    if not judge:
+        raise ConfigError("name the judge: --judge TARGET (a target of the targets file)")
+    judged = _run_judge(env, run_id, *_judge_spec(env, targets_file, judge, judge_mode, judge_baseline, rubric))
+    click.echo(json.dumps(judged.__dict__) if fmt == "json" else f"{run_id}: {_judge_text(judged)}")
 
 
 def dataset_examples(env: Environment, ref: str, split: str) -> tuple[list[Example], str]:
@@ -172,15 +263,21 @@ def eval_list(env: Environment, fmt: str) -> None:
 @pass_env
 def eval_compare(env: Environment, baseline: str, candidate: str, fmt: str) -> None:
     """Compare CANDIDATE against BASELINE: per-metric deltas with 95% paired bootstrap intervals, segments whose
-    pass rate fell, and examples that flipped from pass to fail.
+    pass rate fell, examples that flipped from pass to fail, the LLM judge's verdicts where one judged the runs
+    (`flywheel eval judge`), and what users said in the lake about each run's model and prompt version (thumbs-up
+    rate, mean rating, correction and flag rates, with their sample sizes).
 
     \b
     Example:
       flywheel eval compare 20261201T100000.000Z-ab12cd34 20261201T110000.000Z-ef56ab78 --format markdown
     """
+    import dataclasses
+
     from flywheel.warehouse.evaluation.compare import compare, markdown, to_json
+    from flywheel.warehouse.evaluation.online import for_runs
 
     c = compare(env.core.lake, baseline, candidate, env.evaluation)
+    c = dataclasses.replace(c, online=for_runs(env.core, baseline, candidate))
     click.echo(to_json(c) if fmt == "json" else markdown(c))
 
 

@@ -11,6 +11,12 @@ Misbehaviour on demand, for the tests of clients: `script` holds what the next r
 for a connection closed without an answer, `"slow"` for an answer after `slow_s`), then normal answers resume.
 Every request is recorded in `requests` (its JSON body), so a test can count what arrived.
 
+It can also stand in for an LLM judge (`add_judge`): a judge model answers a prompt that shows both answers of a
+known pair (PandaLM's pairwise human preferences, in the bundled corpus) with the recorded human verdict for the
+position each answer was shown in ("Verdict: A|B|tie"), and a prompt that shows one of them with a score (5 for
+the preferred answer, 1 for the other, 3 on a tie). A judge `bias="first"` always prefers the first answer shown
+(the order bias position swapping must cancel); a `garbled` one answers without any verdict.
+
 It also speaks enough of the fine-tuning API (`POST /v1/files`, `POST /v1/fine_tuning/jobs`,
 `GET /v1/fine_tuning/jobs/{id}`) for a fine-tune submission to be tested: a job succeeds on its second poll with
 the model name `ft:<base>:flywheel:<job id>`.
@@ -42,6 +48,14 @@ class Answer:
     output: str
 
 
+@dataclass(frozen=True)
+class _Judge:
+    pairs: tuple[tuple[str, str, str, int], ...]
+    """(request, answer a, answer b, preference: 1 a, -1 b, 0 tie), whitespace collapsed."""
+    bias: str | None
+    garbled: bool
+
+
 Action = tuple[int, dict[str, str]] | str
 """What a scripted request gets: (status, headers), or "malformed", "reset", "slow"."""
 
@@ -69,6 +83,7 @@ class RecordedProvider:
         self.delay_s = 0.0
         """Added to every answer (a slow endpoint)."""
         self.requests: list[dict[str, Any]] = []
+        self.judges: dict[str, _Judge] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}
         self.lock = threading.Lock()
@@ -114,6 +129,39 @@ class RecordedProvider:
         """From dicts with `model`, `prompt`, `output` (a JSONL fixture, say)."""
         return cls([Answer(r["model"], r["prompt"], r["output"]) for r in records], **kwargs)
 
+    def add_judge(self, model: str, pairs: Iterable[Mapping[str, Any]], bias: str | None = None,
+                  garbled: bool = False) -> None:
+        """Serve `model` as a judge of `pairs` (dicts with `prompt`, `a`, `b`, `preference` as `Corpus.pairs`).
+        Pairs where one answer holds the other cannot be told apart by position and are left out."""
+        kept = []
+        for p in pairs:
+            a, b = _norm(str(p["a"])), _norm(str(p["b"]))
+            if a and b and a not in b and b not in a:
+                kept.append((_norm(str(p["prompt"])), a, b, int(p["preference"])))
+        self.judges[model] = _Judge(tuple(kept), bias, garbled)
+        self.models = sorted(set(self.models) | {model})
+
+    def _judge(self, judge: _Judge, prompt: str) -> str | None:
+        text = _norm(prompt)
+        if judge.garbled:
+            return "Both answers have their merits; it depends on what the user values most."
+        # The request first (answers can be short and common); the answers after it, where the judge shows them.
+        for request, a, b, pref in judge.pairs:
+            at = text.find(request)
+            if at < 0:
+                continue
+            rest = text[at + len(request):]
+            ia, ib = rest.find(a), rest.find(b)
+            if ia >= 0 and ib >= 0:
+                if judge.bias == "first":
+                    return "The first answer is better.\nVerdict: A"
+                preferred = "tie" if pref == 0 else ("A" if (ia < ib) == (pref == 1) else "B")
+                return f"Judged as the human annotators did.\nVerdict: {preferred}"
+            if ia >= 0 or ib >= 0:
+                score = 3 if pref == 0 else 5 if (pref == 1) == (ia >= 0) else 1
+                return f"Scored as the human annotators preferred.\nScore: {score}"
+        return None
+
     # ------------------------------------------------------------------------------------------------ chat
 
     def _next_action(self) -> Action | None:
@@ -148,7 +196,9 @@ class RecordedProvider:
         messages = req.get("messages") or []
         users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         prompt = users[-1] if users else ""
-        found = self.answers.get((model, _norm(str(prompt))))
+        judge = self.judges.get(model)
+        verdict = self._judge(judge, str(prompt)) if judge is not None else None
+        found = [verdict] if verdict is not None else self.answers.get((model, _norm(str(prompt))))
         if found is None:
             known = model in self.models
             _send(h, 404, {"error": {"message": (f"model {model!r} has no recorded answer to this prompt" if known

@@ -17,17 +17,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from flywheel.errors import FlywheelError
-from flywheel.warehouse.evaluation.runs import rows
+from flywheel.warehouse.evaluation.judge import pairwise_between, rubric_scores
+from flywheel.warehouse.evaluation.online import OnlineEvidence
+from flywheel.warehouse.evaluation.runs import EvalError, rows
 from flywheel.warehouse.evaluation.settings import EvalSettings
 
-
-class EvalError(FlywheelError):
-    """A comparison or gate could not be made (a run that does not exist, no common examples); also `run_id`."""
-
-    def __init__(self, message: str, *, run_id: str | None = None) -> None:
-        super().__init__(message, run_id=run_id)
-        self.run_id = run_id
+__all__ = ["Comparison", "Delta", "EvalError", "Gate", "JudgeWinRate", "Segment", "compare", "gate", "markdown",
+           "to_json"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +46,24 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class JudgeWinRate:
+    """The candidate's pairwise judge verdicts against the baseline (each example asked in both orders)."""
+
+    judge: str
+    judged: int
+    """Examples with a verdict in both orders (failed judgements are left out and counted in `failed`)."""
+    wins: int
+    losses: int
+    ties: int
+    failed: int
+    win_rate: float | None
+    """(wins + ties / 2) / judged: 0.5 is no difference."""
+    low: float | None
+    high: float | None
+    """95% bootstrap interval of the win rate, over the judged examples."""
+
+
+@dataclass(frozen=True)
 class Comparison:
     baseline: str
     candidate: str
@@ -60,6 +74,9 @@ class Comparison:
     flipped: tuple[str, ...]
     """Example ids that passed in the baseline and fail in the candidate."""
     method: str
+    judge: JudgeWinRate | None = None
+    online: tuple[OnlineEvidence, ...] = ()
+    """What users said about each run's model and prompt version in the lake (baseline first), when looked up."""
 
     def delta(self, metric: str) -> Delta:
         return next(d for d in self.deltas if d.metric == metric)
@@ -68,7 +85,8 @@ class Comparison:
         return {"baseline": self.baseline, "candidate": self.candidate, "matched": self.matched,
                 "method": self.method, "latency_p95_ratio": self.latency_p95_ratio,
                 "deltas": [d.__dict__ for d in self.deltas], "regressions": [s.__dict__ for s in self.regressions],
-                "flipped": list(self.flipped)}
+                "flipped": list(self.flipped), "judge": self.judge.__dict__ if self.judge else None,
+                "online": [o.__dict__ for o in self.online]}
 
 
 @dataclass(frozen=True)
@@ -78,7 +96,7 @@ class Gate:
     comparison: Comparison
 
 
-METRICS = ("pass_rate", "similarity", "error_rate", "refusal_rate", "output_chars")
+METRICS = ("pass_rate", "similarity", "error_rate", "refusal_rate", "output_chars", "judge_score")
 
 
 def _matrix(t: pa.Table) -> dict[str, np.ndarray]:
@@ -91,6 +109,26 @@ def _matrix(t: pa.Table) -> dict[str, np.ndarray]:
     return {"pass_rate": np.array([bool(p) for p in t["passed"].to_pylist()], np.float64),
             "similarity": sim, "error_rate": errors, "refusal_rate": np.where(ok, refusal, np.nan),
             "output_chars": chars, "latency": np.where(ok, lat, np.nan)}
+
+
+def _judge_scores(ids: list[str], scores: dict[str, int] | None) -> np.ndarray:
+    return np.array([scores.get(i, np.nan) if scores else np.nan for i in ids], np.float64)
+
+
+def _win_rate(lake: str | Path, baseline: str, candidate: str, common: list[str],
+              draws: int) -> JudgeWinRate | None:
+    record = pairwise_between(lake, baseline, candidate)
+    if record is None:
+        return None
+    got = [record.outcomes[i] for i in common if i in record.outcomes]
+    judged = np.array([{"win": 1.0, "tie": 0.5, "loss": 0.0}[o] for o in got if o != "failed"])
+    low = high = rate = None
+    if len(judged):
+        rate = float(judged.mean())
+        boot = judged[np.random.default_rng(0).integers(0, len(judged), size=(draws, len(judged)))].mean(axis=1)
+        low, high = float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+    return JudgeWinRate(record.judge, len(judged), got.count("win"), got.count("loss"), got.count("tie"),
+                        got.count("failed"), rate, low, high)
 
 
 def _mean(x: np.ndarray) -> float | None:
@@ -110,6 +148,9 @@ def compare(lake: str | Path, baseline: str, candidate: str, settings: EvalSetti
     a = a.take(pa.array([ids_a.index(i) for i in common])) if ids_a != common else a
     b = b.take(pa.array([ids_b.index(i) for i in common])) if ids_b != common else b
     ma, mb = _matrix(a), _matrix(b)
+    scores = rubric_scores(lake, baseline, candidate)
+    ma["judge_score"] = _judge_scores(common, scores[0] if scores else None)
+    mb["judge_score"] = _judge_scores(common, scores[1] if scores else None)
     rng = np.random.default_rng(0)
     draws = rng.integers(0, len(common), size=(settings.bootstrap, len(common)))
     deltas = []
@@ -138,7 +179,7 @@ def compare(lake: str | Path, baseline: str, candidate: str, settings: EvalSetti
     return Comparison(baseline, candidate, len(common), tuple(deltas), ratio,
                       tuple(sorted(segments, key=lambda s: s.candidate_pass_rate - s.baseline_pass_rate)), flipped,
                       f"paired bootstrap, {settings.bootstrap} resamples of the {len(common)} matched examples, "
-                      "95% percentile intervals")
+                      "95% percentile intervals", _win_rate(lake, baseline, candidate, common, settings.bootstrap))
 
 
 def gate(lake: str | Path, candidate: str, baseline: str, settings: EvalSettings) -> Gate:
@@ -172,6 +213,8 @@ def markdown(c: Comparison) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
     for d in c.deltas:
+        if d.metric == "judge_score" and d.baseline is None and d.candidate is None:
+            continue  # no rubric judge scored both runs
         ci = "n/a" if d.low is None else f"{d.low:+.3f} .. {d.high:+.3f}"
         out.append(f"| {d.metric} | {f(d.baseline)} | {f(d.candidate)} | "
                    f"{'n/a' if d.delta is None else f'{d.delta:+.3f}'} | {ci} |")
@@ -183,6 +226,22 @@ def markdown(c: Comparison) -> str:
             for s in c.regressions)]
     if c.flipped:
         out += ["", f"{len(c.flipped)} examples flipped from pass to fail: " + ", ".join(c.flipped[:20])]
+    if c.judge is not None:
+        j = c.judge
+        rate = "n/a" if j.win_rate is None else f"{j.win_rate:.3f} (95% CI {j.low:.3f} .. {j.high:.3f})"
+        out += ["", f"LLM judge `{j.judge}` (pairwise, position-swapped: a win needs both orders to agree): "
+                    f"candidate judge win rate {rate} over {j.judged} examples: {j.wins} wins, {j.losses} losses, "
+                    f"{j.ties} ties, {j.failed} failed judgements"]
+    if c.online:
+        out += ["", "Online evidence (the lake's feedback on each run's model and prompt version; rates per "
+                    "inference, n = inferences counted):", "",
+                "| run | model | model version | prompt version | inferences | thumbs-up rate | mean rating "
+                "(0-1) | correction rate | flag rate |", "|---|---|---|---|---|---|---|---|---|"]
+        for o in c.online:
+            out.append(f"| {o.run_id} | {o.model} | {o.model_version or 'any'} | {o.prompt_version or 'any'} | "
+                       f"{o.inferences} | {f(o.thumbs_up_rate)} (n={o.thumbs_n}) | {f(o.rating_mean)} "
+                       f"(n={o.rating_n}) | {f(o.correction_rate)} (n={o.inferences}) | {f(o.flag_rate)} "
+                       f"(n={o.inferences}) |")
     return "\n".join(out)
 
 

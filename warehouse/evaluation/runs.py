@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from flywheel.errors import FlywheelError
 from flywheel.warehouse import tables
 from flywheel.warehouse.evaluation.client import ChatClient, ChatRequest, Completion, RetryPolicy
 from flywheel.warehouse.evaluation.metrics import passes, score
@@ -41,6 +42,14 @@ SCHEMA = pa.schema([
     ("output_chars", pa.int64()), ("passed", pa.bool_()), ("summary", pa.string()),
 ])
 """`eval_runs`: `row_kind` is `example` (one per example) or `summary` (one per finished run, `summary` as JSON)."""
+
+
+class EvalError(FlywheelError):
+    """A run could not be read, compared or gated (a run that does not exist, no common examples); also `run_id`."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.run_id = run_id
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,27 @@ def rows(lake: str | Path, run_id: str) -> pa.Table:
     """The example rows of a run, in example-id order."""
     return tables.query(lake, TABLE, "SELECT * FROM t WHERE run_id = $r AND row_kind = 'example' "
                         "ORDER BY example_id", {"r": run_id}, empty=SCHEMA)
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """What a run evaluated, as the lake's inferences name it."""
+
+    run_id: str
+    model: str
+    model_version: str | None
+    """None: the target named no version (any version of the model)."""
+    prompt_version: str | None
+
+
+def run_target(lake: str | Path, run_id: str) -> RunTarget:
+    """The model, model version and prompt version of a run's target (from its recorded spec)."""
+    t = tables.query(lake, TABLE, "SELECT target_spec FROM t WHERE run_id = $r LIMIT 1", {"r": run_id},
+                     empty=SCHEMA)
+    if t.num_rows == 0:
+        raise EvalError(f"evaluation run {run_id!r} does not exist (see `flywheel eval list`)", run_id=run_id)
+    spec = json.loads(str(t["target_spec"][0].as_py()))
+    return RunTarget(run_id, str(spec["model"]), spec.get("model_version") or None, spec.get("prompt_version") or None)
 
 
 def runs(lake: str | Path) -> pa.Table:

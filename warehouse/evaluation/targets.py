@@ -6,6 +6,8 @@ declared in reviewable YAML files and validated on load.
       candidate:
         base_url: http://127.0.0.1:8000/v1
         model: oasst-rlhf-1-llama-30b-8k-steps
+        model_version: 2023-05-02        # optional: as the application logs it (for the online evidence)
+        prompt_version: v3               # optional: the prompt version the system prompt stands for
         api_key_env: OPENAI_API_KEY      # the key is read from this variable at the edge, never stored
         params: {temperature: 0.0, max_tokens: 512}
         system_prompt: You are a helpful assistant.
@@ -30,7 +32,7 @@ from flywheel.errors import FileSpecError
 __all__ = ["Secret", "Target", "TargetError", "load_targets", "parse_target", "resolve_key"]
 
 KEYS = {"base_url", "model", "api_key_env", "params", "system_prompt", "price_per_1k_input_usd",
-        "price_per_1k_output_usd", "timeout_s"}
+        "price_per_1k_output_usd", "timeout_s", "model_version", "prompt_version"}
 PARAMS = {"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty"}
 
 
@@ -49,6 +51,10 @@ class Target:
     price_per_1k_input_usd: float | None = None
     price_per_1k_output_usd: float | None = None
     timeout_s: float = 60.0
+    model_version: str = ""
+    """The model version as the application logs it in its inferences (empty: any version of `model`)."""
+    prompt_version: str = ""
+    """The prompt version as logged (empty: any): with the model, what the online evidence is looked up for."""
 
     def cost(self, input_tokens: int | None, output_tokens: int | None) -> float | None:
         """The call's cost in USD when the target is priced and the endpoint reported usage."""
@@ -59,8 +65,12 @@ class Target:
 
     def describe(self) -> dict[str, Any]:
         """What a run records about its target: everything but the key (not even the variable's value)."""
-        return {"name": self.name, "base_url": self.base_url, "model": self.model, "params": dict(self.params),
-                "system_prompt": self.system_prompt, "api_key_env": self.api_key_env}
+        out = {"name": self.name, "base_url": self.base_url, "model": self.model, "params": dict(self.params),
+               "system_prompt": self.system_prompt, "api_key_env": self.api_key_env}
+        # Only when set, so the key that resumes a run is the same as before these fields existed.
+        out.update({k: v for k, v in (("model_version", self.model_version),
+                                      ("prompt_version", self.prompt_version)) if v})
+        return out
 
 
 def resolve_key(target: Target, environ: Mapping[str, str]) -> Secret:
@@ -116,8 +126,9 @@ def parse_target(name: str, spec: Any, src: str = "<config>") -> Target:
                               key=f"{where}.{key}")
         if value is not None:
             numbers[key] = float(value)
-    for key in ("api_key_env", "system_prompt"):
+    for key in ("api_key_env", "system_prompt", "model_version", "prompt_version"):
         if key in spec and not isinstance(spec[key], str):
             raise TargetError(f"{src}: `{where}.{key}` must be a string", file=src, key=f"{where}.{key}")
     return Target(name, spec["base_url"].rstrip("/"), spec["model"], spec.get("api_key_env", ""), dict(params),
-                  spec.get("system_prompt", ""), **numbers)
+                  spec.get("system_prompt", ""), **numbers, model_version=spec.get("model_version", ""),
+                  prompt_version=spec.get("prompt_version", ""))
