@@ -53,3 +53,47 @@ def test_run_compare_gate_promote_rollback_and_the_key_never_shows(tmp_path: Pat
     for path in (tmp_path / "home").rglob("*"):
         if path.is_file():
             assert b"sk-test-DO-NOT-LEAK" not in path.read_bytes(), path
+
+
+def test_judge_through_the_cli_and_its_key_never_shows(tmp_path: Path) -> None:
+    from flywheel.infra.testing.corpus import load_corpus
+
+    pairs = [p for p in load_corpus().pairs if len(str(p["a"])) > 40 and len(str(p["b"])) > 40][:10]
+    examples = tmp_path / "panda.jsonl"
+    examples.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p["prompt"]}) + "\n"
+                                for i, p in enumerate(pairs)))
+    records = ([{"model": "r1", "prompt": str(p["prompt"]), "output": str(p["a"])} for p in pairs]
+               + [{"model": "r2", "prompt": str(p["prompt"]), "output": str(p["b"])} for p in pairs])
+    runner = CliRunner()
+    with RecordedProvider.from_records(records) as p:
+        p.add_judge("judge-human", pairs)
+        targets = tmp_path / "targets.yaml"
+        targets.write_text(f"targets:\n  r1: {{base_url: '{p.url}', model: r1}}\n"
+                           f"  r2: {{base_url: '{p.url}', model: r2, model_version: '2', prompt_version: v3}}\n"
+                           f"  judge: {{base_url: '{p.url}', model: judge-human, api_key_env: FW_JUDGE_KEY}}\n")
+        env = {"FLYWHEEL_HOME": str(tmp_path / "home"), "FLYWHEEL_EVAL_TARGETS_FILE": str(targets),
+               "FW_JUDGE_KEY": "sk-judge-DO-NOT-LEAK", "FLYWHEEL_EVAL_BOOTSTRAP": "200"}
+        base = runner.invoke(main, ["eval", "run", "--examples", str(examples), "--target", "r1", "--format", "json"],
+                             env=env)
+        assert base.exit_code == 0, base.output
+        base_id = json.loads(base.output)["run_id"]
+        # A pairwise judge with nothing to compare against is refused before anything is sent.
+        sent = len(p.requests)
+        bad = runner.invoke(main, ["eval", "run", "--examples", str(examples), "--target", "r2", "--judge", "judge"],
+                            env=env)
+        assert bad.exit_code == 1 and "--judge-baseline" in bad.output and len(p.requests) == sent
+        cand = runner.invoke(main, ["eval", "run", "--examples", str(examples), "--target", "r2", "--judge", "judge",
+                                    "--judge-baseline", base_id, "--format", "json"], env=env)
+        assert cand.exit_code == 0, cand.output
+        got = json.loads(cand.output)
+        want = sum(q["preference"] == -1 for q in pairs), sum(q["preference"] == 1 for q in pairs)
+        assert (got["judge"]["wins"], got["judge"]["losses"]) == want and got["judge"]["failed"] == 0
+        rubric = runner.invoke(main, ["eval", "judge", got["run_id"], "--judge", "judge", "--judge-mode", "rubric",
+                                      "--rubric", "Is it correct?"], env=env)
+        assert rubric.exit_code == 0 and "judged 10 answers" in rubric.output, rubric.output
+    md = runner.invoke(main, ["eval", "compare", base_id, got["run_id"], "--format", "markdown"], env=env)
+    assert md.exit_code == 0 and "judge win rate" in md.output and f"{want[0]} wins" in md.output
+    assert "| 2 | v3 | 0 |" in md.output  # no inference in the lake yet for r2 version 2, prompt v3: n = 0
+    for path in (tmp_path / "home").rglob("*"):
+        if path.is_file():
+            assert b"sk-judge-DO-NOT-LEAK" not in path.read_bytes(), path

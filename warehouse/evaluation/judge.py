@@ -310,8 +310,6 @@ class PairwiseRecord:
 def pairwise_between(lake: str | Path, baseline: str, candidate: str) -> PairwiseRecord | None:
     """The latest pairwise judging of `candidate` against `baseline` (or of `baseline` against `candidate`, with
     wins and losses swapped), or None when neither was judged against the other."""
-    if not tables.exists(lake, TABLE):
-        return None
     t = tables.query(lake, TABLE, """
         SELECT run_id, judge_key, any_value(judge) AS judge FROM t
         WHERE mode = 'pairwise' AND ((run_id = $c AND against_run = $b) OR (run_id = $b AND against_run = $c))
@@ -329,8 +327,6 @@ def pairwise_between(lake: str | Path, baseline: str, candidate: str) -> Pairwis
 
 def rubric_scores(lake: str | Path, baseline: str, candidate: str) -> tuple[dict[str, int], dict[str, int]] | None:
     """Example id -> score of each run, by the latest judge and rubric that scored both runs (None if none did)."""
-    if not tables.exists(lake, TABLE):
-        return None
     t = tables.query(lake, TABLE, """
         SELECT judge_key FROM t WHERE mode = 'rubric' AND run_id IN ($b, $c) GROUP BY judge_key
         HAVING count(DISTINCT run_id) = 2 ORDER BY max(recorded_at) DESC LIMIT 1""",
@@ -338,6 +334,7 @@ def rubric_scores(lake: str | Path, baseline: str, candidate: str) -> tuple[dict
     if t.num_rows == 0:
         return None
     jkey = str(t["judge_key"][0].as_py())
-    return tuple(  # type: ignore[return-value]
-        {j.example_id: j.score for j in judgements(lake, run, jkey) if j.score is not None}
-        for run in (baseline, candidate))
+    def scores(run: str) -> dict[str, int]:
+        return {j.example_id: j.score for j in judgements(lake, run, jkey) if j.score is not None}
+
+    return scores(baseline), scores(candidate)

@@ -9,6 +9,21 @@
 - `output_chars`: the answer's length in characters.
 An example *passes* when the call succeeded, the answer is not a refusal, and (with a reference) its similarity is
 at least the pass threshold.
+
+With an LLM judge (`judge`, optional; `eval_judgements` holds every verdict):
+- `judge win rate` (pairwise): the share of examples where the judge preferred the candidate's answer to the
+  baseline run's, ties counted half, over the examples judged in both orders; a win or a loss needs the judge to
+  agree with itself when the two answers are swapped, anything else is a tie, so 0.5 is "no difference" and a
+  judge that always prefers one position yields 0.5, not a win. Shown with wins, losses, ties, failed judgements
+  and a 95% bootstrap interval.
+- `judge_score` (rubric): the judge's 1-5 score of each answer against the rubric, compared as the paired mean of
+  two runs scored by the same judge and rubric.
+A judge answer without a readable verdict (`Verdict: A|B|tie`, `Score: N`) is a failed judgement with its error,
+left out of both.
+
+Online evidence (`online`, shown by `eval compare` next to these): for the run's model, model version and prompt
+version, the lake's thumbs-up rate, mean rating (scaled to [0, 1]), correction rate and flag rate, each per
+inference and with its sample size.
 """
 
 from __future__ import annotations
