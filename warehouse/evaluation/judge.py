@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,7 +31,7 @@ import pyarrow as pa
 from flywheel.errors import FlywheelError
 from flywheel.warehouse import tables
 from flywheel.warehouse.evaluation.client import ChatClient, ChatRequest, Completion, RetryPolicy
-from flywheel.warehouse.evaluation.runs import TS, rows
+from flywheel.warehouse.evaluation.runs import TS, record_completions, rows
 from flywheel.warehouse.evaluation.settings import EvalSettings
 from flywheel.warehouse.evaluation.targets import Secret, Target
 
@@ -215,23 +214,9 @@ def judge_run(lake: str | Path, run_id: str, spec: JudgeSpec, key: Secret, setti
     done = {(j.example_id, j.order) for j in judgements(lake, run_id, jkey)}
     todo = [a for a in asks if (a.example_id, a.order) not in done]
     client = ChatClient(spec.target, key, settings.concurrency, RetryPolicy(attempts=settings.attempts))
-    pending: list[dict[str, object]] = []
-    lock = threading.Lock()
-    finished = [len(asks) - len(todo)]
-
-    def record(i: int, c: Completion) -> None:
-        row = _row(run_id, jkey, spec, todo[i], c)
-        with lock:
-            pending.append(row)
-            finished[0] += 1
-            if len(pending) >= settings.save_every:
-                _save(lake, pending)
-                pending.clear()
-        if progress is not None:
-            progress(finished[0], len(asks))
-
-    client.complete_all([a.request for a in todo], record)
-    _save(lake, pending)
+    record_completions(lake, TABLE, SCHEMA, client, [a.request for a in todo],
+                       lambda i, c: _row(run_id, jkey, spec, todo[i], c), settings.save_every, progress,
+                       len(asks) - len(todo), len(asks))
     return _totals(run_id, jkey, spec.mode, judgements(lake, run_id, jkey), len(todo))
 
 
@@ -252,11 +237,6 @@ def _row(run_id: str, jkey: str, spec: JudgeSpec, ask: _Ask, c: Completion) -> d
             "against_run": spec.baseline_run if spec.mode == "pairwise" else None, "rubric": spec.rubric,
             "example_id": ask.example_id, "order": ask.order, "output": c.output, "verdict": verdict,
             "score": score, "error": error, "latency_ms": c.latency_ms}
-
-
-def _save(lake: str | Path, rows_: list[dict[str, object]]) -> None:
-    if rows_:
-        tables.append(lake, TABLE, pa.Table.from_pylist(rows_, SCHEMA))
 
 
 def judgements(lake: str | Path, run_id: str, judge_key: str) -> list[Judgement]:

@@ -99,28 +99,42 @@ def run_eval(lake: str | Path, eval_set: str, examples: Sequence[Example], targe
         run_id = f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{uuid.uuid4().hex[:8]}"
     todo = [e for e in examples if e.example_id not in done]
     client = ChatClient(target, key, settings.concurrency, RetryPolicy(attempts=settings.attempts))
-    pending: list[dict[str, object]] = []
-    lock = threading.Lock()
-    finished = [len(done)]
-
-    def record(i: int, c: Completion) -> None:
-        row = _row(run_id, eval_set, tkey, spec, target, todo[i], c, settings.pass_threshold)
-        with lock:
-            pending.append(row)
-            finished[0] += 1
-            if len(pending) >= settings.save_every:
-                _save(lake, pending)
-                pending.clear()
-        if progress is not None:
-            progress(finished[0], len(examples))
-
-    client.complete_all([ChatRequest(e.messages) for e in todo], record)
-    _save(lake, pending)
+    record_completions(lake, TABLE, SCHEMA, client, [ChatRequest(e.messages) for e in todo],
+                       lambda i, c: _row(run_id, eval_set, tkey, spec, target, todo[i], c, settings.pass_threshold),
+                       settings.save_every, progress, len(done), len(examples))
     summary = summarize(rows(lake, run_id))
     _save(lake, [{"run_id": run_id, "row_kind": "summary", "recorded_at": datetime.now(timezone.utc),
                   "eval_set": eval_set, "target": tkey, "target_spec": spec, "model": target.model,
                   "summary": json.dumps(summary)}])
     return RunResult(run_id, resumed, len(examples), len(todo), int(summary["errors"] or 0), summary)
+
+
+def record_completions(lake: str | Path, table: str, schema: pa.Schema, client: ChatClient,
+                       requests: Sequence[ChatRequest], make_row: Callable[[int, Completion], dict[str, object]],
+                       save_every: int, progress: Callable[[int, int], None] | None = None, already: int = 0,
+                       total: int | None = None) -> None:
+    """Send `requests` and commit the row `make_row(i, completion)` of each to `table` in batches of `save_every`
+    (the rest at the end), so a killed caller loses at most one batch; `progress(done, total)` as each finishes,
+    counting the `already` recorded before."""
+    pending: list[dict[str, object]] = []
+    lock = threading.Lock()
+    finished = [already]
+    total = len(requests) + already if total is None else total
+
+    def record(i: int, c: Completion) -> None:
+        row = make_row(i, c)
+        with lock:
+            pending.append(row)
+            finished[0] += 1
+            if len(pending) >= save_every:
+                tables.append(lake, table, pa.Table.from_pylist(pending, schema))
+                pending.clear()
+        if progress is not None:
+            progress(finished[0], total)
+
+    client.complete_all(requests, record)
+    if pending:
+        tables.append(lake, table, pa.Table.from_pylist(pending, schema))
 
 
 def _row(run_id: str, eval_set: str, tkey: str, spec: str, target: Target, e: Example, c: Completion,
