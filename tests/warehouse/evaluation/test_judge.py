@@ -11,6 +11,7 @@ import pytest
 
 from flywheel.infra.testing.corpus import load_corpus
 from flywheel.infra.testing.provider import RecordedProvider
+from flywheel.warehouse import tables
 from flywheel.warehouse.evaluation.compare import compare, markdown
 from flywheel.warehouse.evaluation.judge import (JudgeSpec, JudgeVerdictError, judge_run, judgements,
                                                  parse_rubric, parse_verdict)
@@ -131,3 +132,30 @@ def test_rubric_scores_follow_the_human_preference_and_compare_as_a_paired_delta
     d = compare(lake, base, cand, SETTINGS).delta("judge_score")
     assert d.baseline == pytest.approx(want_b) and d.delta == pytest.approx(want_c - want_b)
     assert d.low is not None and d.low <= d.delta <= d.high
+
+
+def test_judging_killed_midway_resumes_without_asking_a_pair_twice(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    pairs = _pairs()[:12]
+    batched = EvalSettings(concurrency=2, attempts=2, save_every=5, bootstrap=100)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_13(done: int, _total: int) -> None:
+        if done == 13:
+            raise Killed  # as a SIGKILL would: the batch in memory is lost, the committed ones stay
+
+    with _provider(pairs) as provider:
+        base, cand = _runs(lake, provider, pairs)
+        spec = JudgeSpec(Target("judge", provider.url, "judge-human"), "pairwise", baseline_run=base)
+        with pytest.raises(Killed):
+            judge_run(lake, cand, spec, Secret(""), batched, progress=kill_at_13)
+        saved = len(judgements(lake, cand, spec.key()))
+        assert saved == 10  # two batches of five committed; the three after them were lost
+        resumed = judge_run(lake, cand, spec, Secret(""), batched)
+    assert resumed.asked == 2 * len(pairs) - saved
+    raw = tables.query(lake, "eval_judgements", "SELECT example_id, \"order\", count(*) AS n FROM t "
+                       "GROUP BY ALL HAVING n > 1")
+    assert raw.num_rows == 0 and len(judgements(lake, cand, spec.key())) == 2 * len(pairs)
+    assert resumed.judged == len(pairs) and resumed.failed == 0
