@@ -10,6 +10,7 @@ import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import click
@@ -86,7 +87,7 @@ def jobs_runtime(env: Environment) -> JobsRuntime | None:
 
     return JobsRuntime(policies, JobStore(env.jobs.db_path(env.core.home)),
                        lambda name: Secret(os.environ.get(name, "")),
-                       EvalContext(env.core.lake, env.evaluation, targets, examples))
+                       EvalContext(Path(env.core.lake), env.evaluation, targets, examples))
 
 
 def watched_versions(env: Environment, rt: JobsRuntime) -> list[DatasetVersion]:
