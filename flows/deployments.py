@@ -3,8 +3,7 @@
 `DEPLOYMENTS` is the single source: `flywheel serve` builds its deployments from it (schedules from
 `ServeSettings`), and `infra/prefect.yaml` (for `prefect deploy` on a work pool) is checked against it by
 tests/flows/test_deployments.py. A new stage's flow is one more `Deployment(...)` row (plus its schedule field in
-`ServeSettings` and its block in infra/prefect.yaml), for example
-`Deployment("dispatch", "flywheel.flows.dispatch:dispatch_flow", "schedule_dispatch")`.
+`ServeSettings` and its block in infra/prefect.yaml), as `dispatch` is.
 
 A drift alert turns into curation through an automation: the `drift` flow emits one `flywheel.drift.alert` event
 per alert (resource `flywheel.segment.<segment>`, see `flywheel.flows.drift.announce`), and every deployment marked
@@ -97,6 +96,7 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
     Deployment("quality", "flywheel.flows.quality:quality_flow", "schedule_quality"),
     Deployment("drift", "flywheel.flows.drift:drift_flow", "schedule_drift"),
     Deployment("curate", "flywheel.flows.curate:curate_flow", "schedule_curate", optional=True, on_drift_alert=True),
+    Deployment("dispatch", "flywheel.flows.dispatch:dispatch_flow", "schedule_dispatch"),
 )
 
 

@@ -4,7 +4,9 @@ A thin wrapper over `flywheel.warehouse.drift.run_drift` and `flywheel.warehouse
 without Prefect). Drift found is a result, not a failure: the flow succeeds and returns what drifted. Errors a
 retry can help with (`retryable`) are retried; alerts Slack did not take yet stay in the outbox for the next run
 (or `flywheel alerts send`), so a Slack outage never fails or loses a run. Each alert is also announced to Prefect as
-a `flywheel.drift.alert` event (`announce`), which the `curate` deployment's automation answers with a curation run.
+a `flywheel.drift.alert` event (`announce`), which the `curate` deployment's automation answers with a curation run,
+and handed to the `dispatch` flow (a subflow: the trigger policies' `drift_alert` jobs, each started once). A failed
+job is recorded in the jobs table and in the result (`jobs`), not a failure of the drift run.
 
     from flywheel.flows.drift import drift_flow
     drift_flow.serve(name="daily-drift", cron="15 0 * * *")   # or drift_flow(current="1d") once
@@ -23,6 +25,7 @@ from prefect.events import emit_event
 
 from flywheel.environment import Environment
 from flywheel.flows.deployments import DRIFT_ALERT_EVENT, SEGMENT_RESOURCE
+from flywheel.flows.dispatch import dispatch_flow
 from flywheel.flows.retry import retry_if_retryable
 from flywheel.schemas.alerts import Alert
 from flywheel.warehouse.alerts.outbox import Outbox, SlackSender
@@ -78,6 +81,9 @@ def drift_flow(current: str | None = None, reference: str | None = None, by: str
     env = Environment.load()  # a flow run is an edge: its settings are read once, here, and passed down
     result = detect(env, current, reference, by, reports)
     result["announced"] = announce([Alert.from_json(json.dumps(a)) for a in result["alerts"]])
+    if result["alerts"]:
+        state = dispatch_flow(alerts=result["alerts"], datasets=False, return_state=True)
+        result["jobs"] = state.result() if state.is_completed() else {"error": state.message}
     result["delivery"] = deliver(env, deliver_wait_s)
     get_run_logger().info("drift %s: %d checks, %d drifted, %d alerts, delivery %s", result["window"],
                           result["checks"], len(result["drifted"]), len(result["alerts"]), result["delivery"])

@@ -28,6 +28,7 @@ class ServeSettings:
         "schedule_quality": "FLYWHEEL_SCHEDULE_QUALITY",
         "schedule_drift": "FLYWHEEL_SCHEDULE_DRIFT",
         "schedule_curate": "FLYWHEEL_SCHEDULE_CURATE",
+        "schedule_dispatch": "FLYWHEEL_SCHEDULE_DISPATCH",
     }
 
     schedule_lake_maintenance: str = "30 2 * * *"
@@ -43,6 +44,10 @@ class ServeSettings:
 
     schedule_curate: str = "45 0 * * *"
     """FLYWHEEL_SCHEDULE_CURATE: cron (UTC) of `curate` (dataset curation), besides the runs drift alerts start."""
+
+    schedule_dispatch: str = "55 * * * *"
+    """FLYWHEEL_SCHEDULE_DISPATCH: cron (UTC) of `dispatch` (the trigger policies over the latest version of each
+    watched dataset: catches versions no command dispatched; drift alerts are handed over by `drift` itself)."""
 
     limit: int = 4
     """FLYWHEEL_SERVE_LIMIT: most flow runs `flywheel serve` executes at once; later ones wait their turn."""

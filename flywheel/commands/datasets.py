@@ -4,6 +4,7 @@ pull them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ import click
 from flywheel.commands.options import dispatch, format_option, pass_env, settings_help
 from flywheel.environment import Environment
 from flywheel.warehouse.datasets.curation import CurationResult
+from flywheel.warehouse.jobs.dispatch import DatasetVersion
 from flywheel.warehouse.jobs.store import Job
 from flywheel.errors import FlywheelError
 from flywheel.warehouse.datasets.settings import DatasetSettings
@@ -83,23 +85,27 @@ def curate_cmd(env: Environment, recipe: str | None, run_all: bool, fmt: str) ->
 
 def dispatch_version(env: Environment, res: CurationResult) -> list[Job]:
     """Hand a new dataset version to the trigger policies (when a policy file exists): each matching job starts
-    once (`flywheel jobs list`). New examples are the rows no split of the previous version had."""
-    from flywheel.warehouse.datasets.api import diff
-    from flywheel.warehouse.jobs.dispatch import DatasetVersion
-
+    once (`flywheel jobs list`)."""
     if not env.jobs.policies_path(env.core.home).is_file():
         return []
-    if res.version > 1:
-        new = sum(len(d.added) for d in diff(f"{res.name}@{res.version - 1}", f"{res.name}@{res.version}",
-                                              settings=env.core, ds=env.datasets))
+    return dispatch(env, [version_event(env, res.name, res.version, res.path, res.splits)])
+
+
+def version_event(env: Environment, name: str, version: int, path: Path,
+                  splits: Sequence[tuple[str, int]]) -> DatasetVersion:
+    """The `dataset` trigger's event for a published version. New examples are the rows no split of the previous
+    version had (all of them for a first version)."""
+    from flywheel.warehouse.datasets.api import diff
+    if version > 1:
+        new = sum(len(d.added) for d in diff(f"{name}@{version - 1}", f"{name}@{version}", settings=env.core,
+                                              ds=env.datasets))
     else:
-        new = sum(n for _, n in res.splits)
+        new = sum(n for _, n in splits)
     # the export a fine-tune uploads: the OpenAI chat file when the recipe writes one, else the first JSONL
-    exports = sorted((p for p in res.path.rglob("*.jsonl") if p.parent.name != "data"),
+    exports = sorted((p for p in path.rglob("*.jsonl") if p.parent.name != "data"),
                      key=lambda p: (p.parent.name != "openai_chat", str(p)))
-    event = DatasetVersion(res.name, res.version, new, str(res.path), str(res.path / "manifest.json"),
-                           str(exports[0]) if exports else "", dict(res.splits))
-    return dispatch(env, [event])
+    return DatasetVersion(name, version, new, str(path), str(path / "manifest.json"),
+                          str(exports[0]) if exports else "", dict(splits))
 
 
 @click.group("datasets", epilog=_SETTINGS)

@@ -23,8 +23,7 @@ if TYPE_CHECKING:
 
 
 def _targets_file(env: Environment, given: Path | None) -> Path:
-    path = given or (Path(env.evaluation.targets_file) if env.evaluation.targets_file
-                     else env.core.home / "targets.yaml")
+    path = given or env.evaluation.targets_path(env.core.home)
     if not path.is_file():
         raise ConfigError(f"no targets file at {path}: write one (see `flywheel eval run --help`) or point "
                           "FLYWHEEL_EVAL_TARGETS_FILE / --targets at it", variable="FLYWHEEL_EVAL_TARGETS_FILE")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 
 import click
 
-from flywheel.commands.options import format_option, pass_env, settings_help
+from flywheel.commands.options import format_option, jobs_runtime, pass_env, settings_help, watched_versions
 from flywheel.environment import Environment
+from flywheel.errors import ConfigError
 from flywheel.warehouse.jobs.settings import JobSettings
 
 
@@ -72,6 +72,27 @@ def jobs_show(env: Environment, job_id: int) -> None:
         click.echo(f"{k:12s} {_ts(v) if k.endswith('_at') or k == 'lease_until' else v}")
 
 
+@jobs.command("dispatch")
+@pass_env
+def jobs_dispatch(env: Environment) -> None:
+    """Hand the latest version of every dataset a policy watches to the policies, as the `dispatch` flow does on
+    its schedule (after a `curate` flow run, say): each matching job starts once, whoever else dispatches it.
+
+    \b
+    Example:
+      flywheel jobs dispatch
+    """
+    from flywheel.warehouse.jobs.dispatch import dispatch
+
+    rt = jobs_runtime(env)
+    if rt is None:
+        click.echo(f"no policy file at {env.jobs.policies_path(env.core.home)}: nothing to dispatch")
+        return
+    for j in dispatch(rt.policies.values(), watched_versions(env, rt), rt.store, rt.secrets, rt.evaluation):
+        click.echo(f"policy {j.policy} started job {j.id} ({j.target}) on {j.subject}: {j.status}"
+                   + (f" -> {j.result}" if j.result else f" ({j.error})" if j.error else ""))
+
+
 @jobs.command("retry")
 @click.argument("job_id", type=int)
 @pass_env
@@ -82,12 +103,14 @@ def jobs_retry(env: Environment, job_id: int) -> None:
     Example:
       CI_WEBHOOK_SECRET=... flywheel jobs retry 7
     """
-    from flywheel.warehouse.evaluation.targets import Secret
     from flywheel.warehouse.jobs.dispatch import retry
-    from flywheel.warehouse.jobs.policies import load_policies
 
-    policies = load_policies(env.jobs.policies_path(env.core.home))
-    j = retry(_store(env), job_id, policies, lambda name: Secret(os.environ.get(name, "")))  # the edge reads
+    rt = jobs_runtime(env)
+    if rt is None:
+        raise ConfigError(f"no policy file at {env.jobs.policies_path(env.core.home)}: a job runs its policy's "
+                          "target, so retrying needs the file (FLYWHEEL_JOBS_POLICIES_FILE)",
+                          variable="FLYWHEEL_JOBS_POLICIES_FILE")
+    j = retry(rt.store, job_id, rt.policies, rt.secrets, rt.evaluation)
     click.echo(f"job {j.id}: {j.status}" + (f" -> {j.result}" if j.result else f" ({j.error})"))
 
 

@@ -7,15 +7,20 @@ command reads the environment on its own.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import click
 
 from flywheel.config import Secret, describe
 from flywheel.environment import Environment
-from flywheel.warehouse.jobs.dispatch import Event
-from flywheel.warehouse.jobs.store import Job
+from flywheel.warehouse.jobs.dispatch import DatasetVersion, Event, Secrets
+from flywheel.warehouse.jobs.eval_target import EvalContext
+from flywheel.warehouse.jobs.policies import Policy
+from flywheel.warehouse.jobs.store import Job, JobStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,18 +55,63 @@ def settings_help(cls: type, prefix: str, width: int = 40) -> str:
     return "\n".join(f"  {var:{width}s} {doc}" for var, _default, doc in describe(cls, prefix))
 
 
-def dispatch(env: Environment, events: Sequence[Event]) -> list[Job]:
-    """Hand events (new dataset versions, drift alerts) to the trigger policies, when a policy file exists: each
-    matching job starts once (`flywheel jobs list`). Secrets are read here, at the edge, by the variable a policy
-    names."""
-    import os
+@dataclass(frozen=True)
+class JobsRuntime:
+    """What starting jobs needs, read once at an edge (a command, a flow run) and passed down."""
 
-    from flywheel.warehouse.jobs.dispatch import dispatch as start
+    policies: Mapping[str, Policy]
+    store: JobStore
+    secrets: Secrets
+    """Reads the variable a policy or target names (`secret_env`, `key_env`, `api_key_env`) from this process's
+    environment, at the moment a job needs it."""
+    evaluation: EvalContext
+
+
+def jobs_runtime(env: Environment) -> JobsRuntime | None:
+    """The policies (validated against the evaluation targets file), the jobs table and the evaluation context of
+    `eval` targets; None when there is no policy file (nothing is triggered)."""
+    from flywheel.warehouse.evaluation.targets import load_targets
     from flywheel.warehouse.jobs.policies import load_policies
-    from flywheel.warehouse.jobs.store import JobStore
 
     path = env.jobs.policies_path(env.core.home)
-    if not events or not path.is_file():
+    if not path.is_file():
+        return None
+    tf = env.evaluation.targets_path(env.core.home)
+    targets = load_targets(tf) if tf.is_file() else {}
+    policies = load_policies(path, known_targets=set(targets))
+
+    def examples(ref: str, split: str) -> tuple[Sequence[Any], str]:
+        from flywheel.commands.evaluate import dataset_examples  # imports this module: loaded when needed
+
+        return dataset_examples(env, ref, split)
+
+    return JobsRuntime(policies, JobStore(env.jobs.db_path(env.core.home)),
+                       lambda name: Secret(os.environ.get(name, "")),
+                       EvalContext(Path(env.core.lake), env.evaluation, targets, examples))
+
+
+def watched_versions(env: Environment, rt: JobsRuntime) -> list[DatasetVersion]:
+    """The latest published version of every dataset a `dataset` policy names, as trigger events (a dataset not
+    curated yet has none)."""
+    from flywheel.commands.datasets import version_event  # imports this module: loaded when needed
+    from flywheel.warehouse.datasets.registry import Registry
+
+    registry = Registry(env.core, env.datasets)
+    out = []
+    for name in sorted({p.when.dataset for p in rt.policies.values() if p.when.dataset}):
+        info = registry.latest(name)
+        if info is not None:
+            out.append(version_event(env, info.name, info.version, info.path, info.splits))
+    return out
+
+
+def dispatch(env: Environment, events: Sequence[Event]) -> list[Job]:
+    """Hand events (new dataset versions, drift alerts) to the trigger policies, when a policy file exists: each
+    matching job starts once (`flywheel jobs list`), whoever else (the `dispatch` flow, another command) hands
+    the same event over. Secrets are read here, at the edge, by the variable a policy names."""
+    from flywheel.warehouse.jobs.dispatch import dispatch as start
+
+    rt = jobs_runtime(env) if events else None
+    if rt is None:
         return []
-    store = JobStore(env.jobs.db_path(env.core.home))
-    return start(load_policies(path).values(), events, store, lambda name: Secret(os.environ.get(name, "")))
+    return start(rt.policies.values(), events, rt.store, rt.secrets, rt.evaluation)

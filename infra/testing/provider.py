@@ -32,7 +32,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -192,6 +192,11 @@ class RecordedProvider:
             time.sleep(self.slow_s)
         if self.delay_s:
             time.sleep(self.delay_s)
+        status, obj = self.answer(req, body)
+        _send(h, status, obj)
+
+    def answer(self, req: Mapping[str, Any], body: bytes) -> tuple[int, dict[str, Any]]:
+        """The status and JSON body the double answers a well-formed chat request with (no script applied)."""
         model = str(req.get("model", ""))
         messages = req.get("messages") or []
         users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
@@ -201,21 +206,51 @@ class RecordedProvider:
         found = [verdict] if verdict is not None else self.answers.get((model, _norm(str(prompt))))
         if found is None:
             known = model in self.models
-            _send(h, 404, {"error": {"message": (f"model {model!r} has no recorded answer to this prompt" if known
-                                                 else f"model {model!r} does not exist"),
-                                     "type": "invalid_request_error", "code": "model_not_found"}})
-            return
+            return 404, {"error": {"message": (f"model {model!r} has no recorded answer to this prompt" if known
+                                               else f"model {model!r} does not exist"),
+                                   "type": "invalid_request_error", "code": "model_not_found"}}
         # Several recorded samples: pick one by the request, so the same request gets the same answer.
-        pick = int(hashlib.sha256(body).hexdigest(), 16) % len(found)
-        output = found[pick]
+        digest = hashlib.sha256(body).digest()
+        output = found[int.from_bytes(digest, "big") % len(found)]
         n_in = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict)) // 4 + 1
-        _send(h, 200, {
+        return 200, {
             "id": "chatcmpl-" + hashlib.sha1(body).hexdigest()[:24], "object": "chat.completion",
             "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": output}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": n_in, "completion_tokens": len(output) // 4 + 1,
                       "total_tokens": n_in + len(output) // 4 + 1},
-        })
+        }
+
+    def asgi(self) -> Callable[..., Awaitable[None]]:
+        """The chat endpoint alone as a lean ASGI app (for uvicorn), for benchmarks whose endpoint must not be the
+        bottleneck: the same answers as the threaded server, without its script, request log or fine-tuning API."""
+
+        async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                      send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+            if scope["type"] == "lifespan":  # nothing to set up or tear down
+                for phase in ("startup", "shutdown"):
+                    await receive()
+                    await send({"type": f"lifespan.{phase}.complete"})
+                return
+            chunks, more = [], True
+            while more:
+                msg = await receive()
+                chunks.append(msg.get("body", b""))
+                more = msg.get("more_body", False)
+            body = b"".join(chunks)
+            try:
+                req = json.loads(body)
+                status, obj = (self.answer(req, body) if scope["path"].rstrip("/").endswith("/chat/completions")
+                               else (404, {"error": {"message": f"no route {scope['path']}", "type": "not_found"}}))
+            except ValueError:
+                status, obj = 400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}}
+            data = json.dumps(obj, ensure_ascii=False).encode()
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(data)).encode())]})
+            await send({"type": "http.response.body", "body": data})
+
+        return app
 
     # ------------------------------------------------------------------------------------------------ fine-tuning
 

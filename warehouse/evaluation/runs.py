@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -86,7 +87,9 @@ def target_key(target: Target) -> str:
 
 def run_eval(lake: str | Path, eval_set: str, examples: Sequence[Example], target: Target, key: Secret,
              settings: EvalSettings, progress: Callable[[int, int], None] | None = None) -> RunResult:
-    """Send every example not yet recorded to `target`, score and record each, then the run's summary."""
+    """Send every example not yet recorded to `target`, score and record each, then the run's summary.
+    Scoring and commits run on a writer thread beside the client's requests (`progress(done, total)` is called
+    from it); an error of the writer stops the run and is raised here, after the batches before it committed."""
     ids = [e.example_id for e in examples]
     if len(set(ids)) != len(ids):
         raise ValueError(f"eval set {eval_set!r} has duplicate example ids")
@@ -115,26 +118,46 @@ def record_completions(lake: str | Path, table: str, schema: pa.Schema, client: 
                        total: int | None = None) -> None:
     """Send `requests` and commit the row `make_row(i, completion)` of each to `table` in batches of `save_every`
     (the rest at the end), so a killed caller loses at most one batch; `progress(done, total)` as each finishes,
-    counting the `already` recorded before."""
-    pending: list[dict[str, object]] = []
-    lock = threading.Lock()
-    finished = [already]
+    counting the `already` recorded before.
+
+    Rows are made and committed on a writer thread, off the client's event loop: a Delta commit takes 50-150 ms
+    here, and on the loop it stalled every request in flight for as long (about 10% of a run). An error of the
+    writer stops the sending and is raised here, after the batches before it committed."""
+    results: queue.SimpleQueue[tuple[int, Completion] | None] = queue.SimpleQueue()
+    failed: list[BaseException] = []
     total = len(requests) + already if total is None else total
 
-    def record(i: int, c: Completion) -> None:
-        row = make_row(i, c)
-        with lock:
-            pending.append(row)
-            finished[0] += 1
-            if len(pending) >= save_every:
+    def write() -> None:
+        pending: list[dict[str, object]] = []
+        finished = already
+        try:
+            while (item := results.get()) is not None:
+                pending.append(make_row(*item))
+                finished += 1
+                if len(pending) >= save_every:
+                    tables.append(lake, table, pa.Table.from_pylist(pending, schema))
+                    pending = []
+                if progress is not None:
+                    progress(finished, total)
+            if pending:
                 tables.append(lake, table, pa.Table.from_pylist(pending, schema))
-                pending.clear()
-        if progress is not None:
-            progress(finished[0], total)
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            failed.append(exc)
 
-    client.complete_all(requests, record)
-    if pending:
-        tables.append(lake, table, pa.Table.from_pylist(pending, schema))
+    def record(i: int, c: Completion) -> None:
+        if failed:  # the writer failed: stop sending (what it committed stays, for a resume)
+            raise failed[0]
+        results.put((i, c))
+
+    writer = threading.Thread(target=write, name=f"eval-writer-{table}", daemon=True)
+    writer.start()
+    try:
+        client.complete_all(requests, record)
+    finally:
+        results.put(None)
+        writer.join()
+    if failed:
+        raise failed[0]
 
 
 def _row(run_id: str, eval_set: str, tkey: str, spec: str, target: Target, e: Example, c: Completion,

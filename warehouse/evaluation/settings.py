@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from flywheel.config import env_settings
 from flywheel.errors import ConfigError
@@ -47,6 +48,9 @@ class EvalSettings:
 
     bootstrap: int = 2000
     """FLYWHEEL_EVAL_BOOTSTRAP: resamples of the paired bootstrap behind the comparison's confidence intervals."""
+
+    def targets_path(self, home: Path) -> Path:
+        return Path(self.targets_file) if self.targets_file else Path(home) / "targets.yaml"
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "attempts", "save_every", "bootstrap"):

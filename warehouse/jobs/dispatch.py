@@ -16,6 +16,7 @@ from pathlib import Path
 from flywheel.schemas.alerts import Alert
 from flywheel.warehouse.evaluation.targets import Secret
 from flywheel.warehouse.jobs import targets as T
+from flywheel.warehouse.jobs.eval_target import EvalContext, evaluate
 from flywheel.warehouse.jobs.policies import Policy
 from flywheel.warehouse.jobs.store import Job, JobStore
 
@@ -64,8 +65,14 @@ Secrets = Callable[[str], Secret]
 """Resolves a variable's name (a policy's `secret_env`, `key_env`) into its value: the edge passes its reader."""
 
 
-def run_target(policy: Policy, p: Mapping[str, object], secrets: Secrets, export: str = "") -> T.Outcome:
+def run_target(policy: Policy, p: Mapping[str, object], secrets: Secrets, export: str = "",
+               evaluation: EvalContext | None = None) -> T.Outcome:
     o = policy.options
+    if policy.kind == "eval":
+        if evaluation is None:
+            raise T.TargetFailed("this dispatcher was started without the evaluation settings and targets; "
+                                 "dispatch from `flywheel curate`, `flywheel jobs retry` or the `dispatch` flow")
+        return evaluate(evaluation, o, p, secrets)
     if policy.kind == "webhook":
         secret = secrets(str(o["secret_env"])) if o.get("secret_env") else Secret("")
         return T.webhook(str(o["url"]), p, secret, attempts=int(o.get("attempts", 4)))
@@ -79,8 +86,11 @@ def run_target(policy: Policy, p: Mapping[str, object], secrets: Secrets, export
     return T.prefect(str(o["deployment"]), p, float(o.get("timeout_s", 0.0)))
 
 
-def dispatch(policies: Iterable[Policy], events: Iterable[Event], store: JobStore, secrets: Secrets) -> list[Job]:
-    """Start the job of every matching (policy, event) not started before; returns the jobs this call ran."""
+def dispatch(policies: Iterable[Policy], events: Iterable[Event], store: JobStore, secrets: Secrets,
+             evaluation: EvalContext | None = None) -> list[Job]:
+    """Start the job of every matching (policy, event) not started before; returns the jobs this call ran.
+    `evaluation` is what `eval` targets run with (the edge builds it when a policy has one)."""
+    policies = list(policies)
     store.recover()
     ran = []
     for event in events:
@@ -92,23 +102,26 @@ def dispatch(policies: Iterable[Policy], events: Iterable[Event], store: JobStor
             job = store.claim(policy.name, subject(event), trigger, policy.kind, json.dumps(p, default=str))
             if job is None:
                 continue  # claimed before: never twice
-            ran.append(_run(store, job, policy, p, secrets, event.export if isinstance(event, DatasetVersion) else ""))
+            ran.append(_run(store, job, policy, p, secrets, event.export if isinstance(event, DatasetVersion) else "",
+                            evaluation))
     return ran
 
 
-def retry(store: JobStore, job_id: int, policies: Mapping[str, Policy], secrets: Secrets) -> Job:
+def retry(store: JobStore, job_id: int, policies: Mapping[str, Policy], secrets: Secrets,
+          evaluation: EvalContext | None = None) -> Job:
     """Run a failed (or cancelled) job again with its recorded parameters."""
     job = store.get(job_id)
     policy = policies.get(job.policy)
     if policy is None:
         raise T.TargetFailed(f"job {job_id}'s policy {job.policy!r} is no longer in the policy file")
     job = store.retry(job_id)
-    return _run(store, job, policy, json.loads(job.params), secrets, "")
+    return _run(store, job, policy, json.loads(job.params), secrets, "", evaluation)
 
 
-def _run(store: JobStore, job: Job, policy: Policy, p: Mapping[str, object], secrets: Secrets, export: str) -> Job:
+def _run(store: JobStore, job: Job, policy: Policy, p: Mapping[str, object], secrets: Secrets, export: str,
+         evaluation: EvalContext | None) -> Job:
     try:
-        outcome = run_target(policy, p, secrets, export)
+        outcome = run_target(policy, p, secrets, export, evaluation)
     except T.TargetFailed as exc:
         store.finish(job.id, False, error=str(exc), output=exc.output)
     except Exception as exc:  # a target's unexpected failure is the job's, never the dispatcher's

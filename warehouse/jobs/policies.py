@@ -14,9 +14,13 @@
       rerun-eval-flow:
         when: {dataset: support-eval}
         target: {kind: prefect, deployment: curate/curate}
+      re-evaluate:                                   # flywheel's own evaluation of the new version, then its gate
+        when: {dataset: support-eval}
+        target: {kind: eval, targets: [champion, candidate], split: test,
+                 gate: {candidate: candidate, baseline: champion}}
 
-Errors name the file, the key and the fix; a policy naming a dataset the registry does not know is refused when
-the caller passes the known names.
+Errors name the file, the key and the fix; a policy naming a dataset the registry does not know, or an evaluation
+target the targets file does not have, is refused when the caller passes the known names.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ KINDS: dict[str, tuple[set[str], set[str]]] = {
     "shell": ({"command"}, {"timeout_s", "dataset"}),
     "fine_tune": ({"base_url", "model"}, {"key_env", "format", "poll_s", "dataset"}),
     "prefect": ({"deployment"}, {"timeout_s"}),
+    "eval": ({"targets"}, {"split", "gate", "dataset"}),
 }
 
 
@@ -61,7 +66,10 @@ class Policy:
     source: str = ""
 
 
-def load_policies(path: Path, known_datasets: Collection[str] | None = None) -> dict[str, Policy]:
+def load_policies(path: Path, known_datasets: Collection[str] | None = None,
+                  known_targets: Collection[str] | None = None) -> dict[str, Policy]:
+    """Every policy of a YAML file, validated; `known_datasets` (the registry's names) and `known_targets` (the
+    evaluation targets file's names), when given, are what a policy may name."""
     src = str(path)
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -70,14 +78,15 @@ def load_policies(path: Path, known_datasets: Collection[str] | None = None) -> 
     if not isinstance(doc, dict) or not isinstance(doc.get("policies"), dict) or not doc["policies"]:
         raise PolicyError(f"policy file {src} must be a mapping with a non-empty `policies:` mapping", file=src,
                           key="policies")
-    return {str(n): _policy(str(n), spec, src, known_datasets) for n, spec in doc["policies"].items()}
+    return {str(n): _policy(str(n), spec, src, known_datasets, known_targets) for n, spec in doc["policies"].items()}
 
 
 def _fail(src: str, key: str, what: str) -> PolicyError:
     return PolicyError(f"{src}: `{key}` {what}", file=src, key=key)
 
 
-def _policy(name: str, spec: Any, src: str, known: Collection[str] | None) -> Policy:
+def _policy(name: str, spec: Any, src: str, known: Collection[str] | None,
+            known_targets: Collection[str] | None) -> Policy:
     where = f"policies.{name}"
     if not isinstance(spec, dict) or set(spec) - {"when", "target"} or "when" not in spec or "target" not in spec:
         raise _fail(src, where, "must be a mapping with exactly `when` and `target`")
@@ -122,4 +131,37 @@ def _policy(name: str, spec: Any, src: str, known: Collection[str] | None) -> Po
             raise _fail(src, f"{where}.target.{key}", f"must be a positive number, got {v!r}")
     if "dataset" in options and known is not None and options["dataset"] not in known:
         raise _fail(src, f"{where}.target.dataset", f"names {options['dataset']!r}, which the registry does not have")
+    if t["kind"] == "eval":
+        options = _eval_options(src, f"{where}.target", options, when, known_targets)
     return Policy(name, when, t["kind"], options, src)
+
+
+def _eval_options(src: str, where: str, o: dict[str, Any], when: When,
+                  known_targets: Collection[str] | None) -> dict[str, Any]:
+    names = [o["targets"]] if isinstance(o["targets"], str) else o["targets"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names) \
+            or len(set(names)) != len(names):
+        raise _fail(src, f"{where}.targets", "must name one or more evaluation targets (a list of distinct names "
+                    "from the targets file, FLYWHEEL_EVAL_TARGETS_FILE)")
+    if known_targets is not None:
+        unknown = [n for n in names if n not in known_targets]
+        if unknown:
+            raise _fail(src, f"{where}.targets", f"names {unknown[0]!r}, which the targets file does not have "
+                        f"(targets: {', '.join(sorted(known_targets)) or 'none'}); add it there or fix the name")
+    if when.dataset is None and "dataset" not in o:
+        raise _fail(src, f"{where}.dataset", "is required for an eval target on a drift alert: name the eval set "
+                    "to run (its latest version is evaluated)")
+    if "split" in o and (not isinstance(o["split"], str) or not o["split"]):
+        raise _fail(src, f"{where}.split", f"must be a split name such as test, got {o['split']!r}")
+    gate = o.get("gate")
+    if gate is not None:
+        if not isinstance(gate, dict) or set(gate) != {"candidate", "baseline"}:
+            raise _fail(src, f"{where}.gate", "must be a mapping of exactly `candidate` and `baseline` (two of the "
+                        "policy's targets)")
+        for role in ("candidate", "baseline"):
+            if gate[role] not in names:
+                raise _fail(src, f"{where}.gate.{role}", f"must be one of the policy's targets "
+                            f"({', '.join(names)}), got {gate[role]!r}")
+        if gate["candidate"] == gate["baseline"]:
+            raise _fail(src, f"{where}.gate", "gates a target against itself: name two different targets")
+    return {**o, "targets": names}
