@@ -310,16 +310,16 @@ def _field_sql(f: Field, i: int) -> tuple[list[tuple[str, str]], list[tuple[str,
         checks.append((f"{present} AND {t} <> 'OBJECT'", M.wrong_type(f)))
         cols.append((f.name, f"CASE WHEN {t} = 'OBJECT' THEN {v}::VARCHAR END"))
     elif k == "input":
-        msgs = f"json_extract({v}, '$[*]')"
+        msgs = f"list_transform(json_extract({v}, '$[*]'), lambda m: {{'m': m, 'k': json_type(m, {_MESSAGE_PATHS})}})"
         n = f"json_array_length({v})"
-        msgs_ok = f"{n} > 0 AND coalesce(list_bool_and(list_transform({msgs}, lambda m: {_MESSAGE_OK})), false)"
-        input_ok = f"({t} = 'VARCHAR' OR ({t} = 'ARRAY' AND {msgs_ok}))"
-        checks.append((f"{present} AND NOT {input_ok}", M.wrong_type(f)))
-        chat_ok = f"{t} = 'ARRAY' AND {msgs_ok}"  # what a message must hold beyond its shape: once it has that
-        checks.append((f"{chat_ok} AND coalesce(list_bool_or(list_transform({msgs}, lambda m: {_TOOL_ID_BAD})), "
-                       "false)", M.tool_call_id))
-        checks.append((f"{chat_ok} AND coalesce(list_bool_or(list_transform({msgs}, lambda m: {_TOOL_CALLS_BAD})), "
-                       "false)", M.tool_calls))
+        # CASE, not AND: DuckDB then runs the per-message lambdas on chat inputs only.
+        chat_ok = (f"CASE WHEN {t} = 'ARRAY' THEN {n} > 0 AND coalesce(list_bool_and(list_transform({msgs}, "
+                   f"lambda x: {_MESSAGE_OK})), false) ELSE false END")
+        checks.append((f"{present} AND NOT ({t} = 'VARCHAR' OR {chat_ok})", M.wrong_type(f)))
+        # What a message must hold beyond its shape, once every message has that shape.
+        for bad, reason in ((_TOOL_ID_BAD, M.tool_call_id), (_TOOL_CALLS_BAD, M.tool_calls)):
+            checks.append((f"CASE WHEN {chat_ok} THEN coalesce(list_bool_or(list_transform({msgs}, lambda x: {bad})), "
+                           "false) ELSE false END", reason))
         typed_msgs = f"json_transform({v}, {_q(json.dumps([_json_structure(MESSAGES.value_type)]))})"
         cols.append(("input_messages", f"CASE WHEN {t} = 'ARRAY' THEN {typed_msgs} END"))
         # The plain-text view of a chat input is what the user asked last: the last user message (or message).
@@ -352,23 +352,25 @@ def _optional_sql(value: str, path: str, json_type: str) -> str:
     return f"coalesce(json_type({value}, '{path}'), 'NULL') IN ('NULL', '{json_type}')"
 
 
-# Per message `m` of a chat input, per tool call `c`, per tool `e` (JSON values): the same tests as `_message_ok`,
-# `_tool_call_ok` and `_tool_ok`, each coalesced to a boolean (a lambda's null would hide a broken message).
-_MESSAGE_OK = ("coalesce(json_type(m) = 'OBJECT' AND json_type(m, '$.role') = 'VARCHAR' AND ("
-               "json_type(m, '$.content') = 'VARCHAR' OR (coalesce(json_type(m, '$.content'), 'NULL') = 'NULL' "
-               "AND m->>'$.role' = 'assistant' AND json_type(m, '$.tool_calls') = 'ARRAY' "
-               "AND json_array_length(m, '$.tool_calls') > 0)) "
-               f"AND {_optional_sql('m', '$.name', 'VARCHAR')} AND {_optional_sql('m', '$.tool_call_id', 'VARCHAR')}"
+# Per message `x` of a chat input (`x.m` its JSON, `x.k` types), per tool call `c`, per tool `e` (JSON values): the
+# same tests as `_message_ok`, `_tool_call_ok` and `_tool_ok`, each coalesced to a boolean (a lambda's null would
+# hide a broken message).
+_MESSAGE_PATHS = "['$', '$.role', '$.content', '$.tool_calls', '$.name', '$.tool_call_id']"
+"""What the message checks read of each message `m`, typed by one `json_type` call (one parse) as `x.k`."""
+_MESSAGE_OK = ("coalesce(x.k[1] = 'OBJECT' AND x.k[2] = 'VARCHAR' AND (x.k[3] = 'VARCHAR' OR ("
+               "coalesce(x.k[3], 'NULL') = 'NULL' AND x.m->>'$.role' = 'assistant' AND x.k[4] = 'ARRAY' "
+               "AND json_array_length(x.m, '$.tool_calls') > 0)) "
+               "AND coalesce(x.k[5], 'NULL') IN ('NULL', 'VARCHAR') AND coalesce(x.k[6], 'NULL') IN ('NULL', 'VARCHAR')"
                ", false)")
-_TOOL_ID_BAD = ("coalesce(m->>'$.role' = 'tool' AND NOT coalesce(json_type(m, '$.tool_call_id') = 'VARCHAR' "
-                "AND m->>'$.tool_call_id' <> '', false), false)")
+_TOOL_ID_BAD = ("coalesce(x.m->>'$.role' = 'tool' AND NOT coalesce(x.k[6] = 'VARCHAR' "
+                "AND x.m->>'$.tool_call_id' <> '', false), false)")
 _TOOL_CALL_OK = ("coalesce(json_type(c) = 'OBJECT' AND json_type(c, '$.id') = 'VARCHAR' "
                  "AND json_type(c, '$.type') = 'VARCHAR' AND c->>'$.type' = 'function' "
                  "AND json_type(c, '$.function') = 'OBJECT' AND json_type(c, '$.function.name') = 'VARCHAR' "
                  "AND json_type(c, '$.function.arguments') = 'VARCHAR', false)")
-_TOOL_CALLS_BAD = ("coalesce(json_type(m, '$.tool_calls'), 'NULL') <> 'NULL' AND NOT coalesce("
-                   "m->>'$.role' = 'assistant' AND json_type(m, '$.tool_calls') = 'ARRAY' AND coalesce(list_bool_and("
-                   f"list_transform(json_extract(m, '$.tool_calls[*]'), lambda c: {_TOOL_CALL_OK})), true), false)")
+_TOOL_CALLS_BAD = ("coalesce(x.k[4], 'NULL') <> 'NULL' AND NOT coalesce("
+                   "x.m->>'$.role' = 'assistant' AND x.k[4] = 'ARRAY' AND coalesce(list_bool_and("
+                   f"list_transform(json_extract(x.m, '$.tool_calls[*]'), lambda c: {_TOOL_CALL_OK})), true), false)")
 _TOOL_OK = ("coalesce(json_type(e) = 'OBJECT' AND json_type(e, '$.type') = 'VARCHAR' AND e->>'$.type' = 'function' "
             "AND json_type(e, '$.function') = 'OBJECT' AND json_type(e, '$.function.name') = 'VARCHAR' "
             "AND e->>'$.function.name' <> '' "
