@@ -16,7 +16,11 @@ import pyarrow.compute as pc
 from flywheel.schemas.contract import EVENT_TYPES, EventType, Field
 
 TS = pa.timestamp("us", tz="UTC")
-MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+TOOL_CALLS = pa.list_(pa.struct([("id", pa.string()), ("type", pa.string()),
+                                  ("function", pa.struct([("name", pa.string()), ("arguments", pa.string())]))]))
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()), ("name", pa.string()),
+                               ("tool_call_id", pa.string()), ("tool_calls", TOOL_CALLS)]))
+"""Chat messages in OpenAI's shape (see the contract); `arguments` is the JSON string the model produced."""
 
 LINEAGE = [
     pa.field("_topic", pa.string(), nullable=False),
@@ -30,7 +34,7 @@ LINEAGE = [
 ]
 
 _SCALAR = {"id": pa.string(), "string": pa.string(), "text": pa.string(), "enum": pa.string(), "timestamp": TS,
-           "number": pa.float64(), "integer": pa.int64(), "object": pa.string()}
+           "number": pa.float64(), "integer": pa.int64(), "object": pa.string(), "tools": pa.string()}
 
 
 def _arrow_fields(f: Field) -> list[pa.Field]:

@@ -15,6 +15,19 @@ Evolution policy (tested in tests/schemas/test_evolution.py):
   UTF-8, or a payload over the size limit rejects the event: it goes to the dead-letter topic and the quarantine
   table with every reason found.
 - `schema_version` above the version this build knows is accepted: later versions only add optional fields.
+
+Chat messages and tools follow OpenAI's chat format (the shape of its Chat Completions API and chat fine-tuning
+files), so a tool-calling app's traffic lands as its trainer will read it:
+- A message is `{role, content, name?, tool_call_id?, tool_calls?}`. `content` is a string; only an `assistant`
+  message with a non-empty `tool_calls` may leave it null or out. A `tool` message needs a non-empty
+  `tool_call_id` (the `id` of the call it answers).
+- `tool_calls` (assistant messages only) is a list of `{id, type: "function", function: {name, arguments}}`.
+  `arguments` is the JSON string the model produced, as OpenAI sends it: it is stored verbatim, never parsed or
+  re-serialized (a model may emit invalid JSON there, and training on its own traffic must see exactly that).
+- `tools` (on the inference) is a non-empty list of `{type: "function", function: {name, description?,
+  parameters?}}`, `parameters` a JSON Schema object. It lands as its JSON text, like `metadata`; keys beyond these
+  (such as `strict`) are kept.
+- Other keys of a message are not part of the contract and are not kept.
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ from typing import Literal
 
 SCHEMA_VERSION = 1
 
-Kind = Literal["id", "string", "text", "timestamp", "number", "integer", "object", "input", "enum", "scale"]
+Kind = Literal["id", "string", "text", "timestamp", "number", "integer", "object", "input", "enum", "scale", "tools"]
 
 ID_MAX_LENGTH = 256
 NAME_MAX_LENGTH = 1024
@@ -109,7 +122,8 @@ INFERENCE = EventType(
         Field("timestamp", "timestamp", "When the inference happened: RFC 3339 with an offset.", required=True),
         Field("app", "string", "Application (product surface) that called the model.", required=True),
         Field("model", "string", "Model name as the provider knows it.", required=True),
-        Field("input", "input", "The prompt: a string, or a list of chat messages `{role, content}`.", required=True),
+        Field("input", "input", "The prompt: a string, or a list of chat messages `{role, content}` (with "
+              "`name`, `tool_call_id`, `tool_calls` as OpenAI's chat format has them).", required=True),
         Field("output", "text", "What the model answered.", required=True),
         Field("model_version", "string", "Model version or snapshot."),
         Field("provider", "string", "Model provider (openai, anthropic, self-hosted, ...)."),
@@ -122,6 +136,8 @@ INFERENCE = EventType(
         Field("user_id", "string", "End user (pseudonymous id)."),
         Field("session_id", "string", "Conversation or session."),
         Field("trace_id", "string", "Distributed-tracing id, to join with traces."),
+        Field("tools", "tools", "The tools offered to the model: OpenAI-style `[{type: \"function\", function: "
+              "{name, description?, parameters?}}]`."),
         *_COMMON_TAIL,
     ),
 )

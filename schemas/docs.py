@@ -12,6 +12,29 @@ from flywheel.schemas import contract
 from flywheel.schemas.contract import EVENT_TYPES, EventType, Field
 from flywheel.schemas.validation import RFC3339
 
+MESSAGE: dict[str, Any] = {
+    "type": "object", "required": ["role"],
+    "properties": {
+        "role": {"type": "string"}, "content": {"type": ["string", "null"]}, "name": {"type": "string"},
+        "tool_call_id": {"type": "string"},
+        "tool_calls": {"type": "array", "items": {
+            "type": "object", "required": ["id", "type", "function"],
+            "properties": {"id": {"type": "string"}, "type": {"const": "function"}, "function": {
+                "type": "object", "required": ["name", "arguments"],
+                "properties": {"name": {"type": "string"},
+                               "arguments": {"type": "string", "description": "JSON text, stored verbatim"}}}}}}},
+    "allOf": [
+        {"if": {"not": {"properties": {"role": {"const": "assistant"}, "tool_calls": {"minItems": 1}},
+                        "required": ["role", "tool_calls"]}},
+         "then": {"required": ["content"], "properties": {"content": {"type": "string"}}}},
+        {"if": {"required": ["tool_calls"]}, "then": {"properties": {"role": {"const": "assistant"}}}},
+        {"if": {"properties": {"role": {"const": "tool"}}, "required": ["role"]},
+         "then": {"required": ["tool_call_id"], "properties": {"tool_call_id": {"minLength": 1}}}},
+    ],
+}
+"""A chat message of `input` (OpenAI's chat format; see the contract's docstring)."""
+
+
 _JSON_TYPES: dict[str, dict[str, Any]] = {
     "id": {"type": "string", "minLength": 1, "maxLength": contract.ID_MAX_LENGTH},
     "string": {"type": "string", "maxLength": contract.NAME_MAX_LENGTH},
@@ -20,9 +43,13 @@ _JSON_TYPES: dict[str, dict[str, Any]] = {
     "number": {"type": "number"},
     "integer": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
     "object": {"type": "object"},
-    "input": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {
-        "type": "object", "required": ["role", "content"],
-        "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}}]},
+    "input": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": MESSAGE}]},
+    "tools": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["type", "function"],
+        "properties": {"type": {"const": "function"}, "function": {
+            "type": "object", "required": ["name"],
+            "properties": {"name": {"type": "string", "minLength": 1}, "description": {"type": "string"},
+                           "parameters": {"type": "object"}}}}}},
     "scale": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number"}},
 }
 
@@ -58,7 +85,7 @@ def _type_text(f: Field) -> str:
         return "one of " + ", ".join(f"`{c}`" for c in f.choices)
     text = {"id": "string (1-256 chars)", "string": "string", "text": "string", "timestamp": "RFC 3339 string",
             "number": "number", "integer": "integer", "object": "object", "input": "string or messages",
-            "scale": "[min, max]"}[f.kind]
+            "scale": "[min, max]", "tools": "list of tools"}[f.kind]
     if f.minimum is not None:
         text += f", >= {f.minimum:g}"
     return text

@@ -19,7 +19,8 @@ textual guess renamed it, in the chunk's buffer, to a key of the same length rea
 strictness then verifies the guess. `metadata` (any object) is never parsed by Arrow where its span can be found:
 DuckDB writes the object's JSON text from that span alone (it is the one parse of the object, with the writer the
 full query uses), and then the object is blanked in the buffer (`{` spaces `}`) and its key renamed, so Arrow reads
-an empty object under a key of its own, which confirms the key was the event's own (see `_cut_objects`).
+an empty object under a key of its own, which confirms the key was the event's own (see `_cut_objects`). The text
+of `tools`, which Arrow types but for each tool's `parameters`, comes from DuckDB over the payload, where present.
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ from flywheel.schemas.contract import DEFAULT_RATING_SCALE, EventType, Field, Ru
 
 STRICT_TYPES = {"id": pa.string(), "string": pa.string(), "text": pa.string(), "enum": pa.string(),
                 "timestamp": pa.string(), "number": pa.float64(), "integer": pa.int64(),
-                "scale": pa.list_(pa.float64())}
+                "scale": pa.list_(pa.float64()),
+                "tools": pa.list_(pa.struct([("type", pa.string()), ("function", pa.struct([
+                    ("name", pa.string()), ("description", pa.string())]))]))}
 """Arrow types of the kinds Arrow can type strictly. Timestamps stay text: the contract's RFC 3339 check is stricter
-than Arrow's timestamp parser."""
+than Arrow's timestamp parser. A tool's `parameters` (any JSON Schema) is inferred, to check it is an object; the
+text of `tools` comes from DuckDB, as `metadata`'s does."""
 
 CHAT_INPUT = r'"input"\s*:\s*\['
 """Payloads whose `input` looks like a list of messages; a wrong guess only makes Arrow refuse the chunk."""
@@ -88,10 +92,13 @@ class FastPath:
         self._object = objects[0] if objects else None
         self._object_key = _chat_key({f.name for f in et.fields} | {self._chat_key}, len(self._object or ""))
         self._known_next = "|".join(re.escape(f.name) for f in et.fields)
-        self._long = {f.name for f in et.fields if f.kind in ("text", "input", "object")} | {"input_messages", "raw"}
+        self._long = {f.name for f in et.fields if f.kind in ("text", "input", "object", "tools")} \
+            | {"input_messages", "raw"}
         self.objects_cut = 0
         """Objects of chunks Arrow read whose text was cut out (`_cut_objects`) rather than parsed by Arrow too."""
         """Columns of long texts, which `check` leaves in the chunks Arrow's reader made."""
+        self._texts_from_raw = [f.name for f in et.fields if f.kind == "tools"]
+        """Fields Arrow checks but whose text DuckDB takes from the payload."""
 
     def read(self, con: duckdb.DuckDBPyConnection, values: Sequence[bytes], sizes: np.ndarray, first_row: int
              ) -> pa.Table | None:
@@ -175,10 +182,13 @@ class FastPath:
         if self._object is not None:
             table = table.append_column(self._object, cut_text if cut_text is not None else pa.nulls(n, pa.string()))
             self.objects_cut += int(cut.sum())
-        # `raw` is kept only where `check` reads it (an object left in place): otherwise the buffer is free again.
+        for c in self._texts_from_raw:  # Arrow inferred a tool's `parameters` per chunk: keep only the verdict
+            table = table.set_column(table.schema.get_field_index(c), c, _tools_ok(table[c]))
+        # `raw` is kept only where `check` reads it (an object left in place, `tools`): otherwise the buffer is free.
+        from_raw = left.any() or any(table[c].null_count < n for c in self._texts_from_raw)
         return (table.append_column("_has_object", pa.array(has_object))
                 .append_column("_row", pa.array(np.arange(first_row, first_row + n, dtype=np.int64)))
-                .append_column("raw", text if left.any() else pa.nulls(n, text.type)))
+                .append_column("raw", text if from_raw else pa.nulls(n, text.type)))
 
     def _cut_objects(self, con: duckdb.DuckDBPyConnection, text: pa.Array, buffer: memoryview, offsets: np.ndarray
                      ) -> tuple[np.ndarray, pa.Array | None]:
@@ -314,6 +324,8 @@ def _field(f: Field, read: pa.Table, columns: dict[str, Any], con: duckdb.DuckDB
                 {"input": pc.if_else(chat, last, read["input"])})
     if k == "object":
         return pc.field("_has_object"), None, {f.name: _object_text(con, read, f.name)}
+    if k == "tools":  # `read` holds the verdict of `_tools_ok`; the text comes from the payload
+        return v.is_valid(), v, {f.name: _payload_text(con, read, f.name, pc.is_valid(read[f.name]))}
     if k == "scale":
         lengths = pc.fill_null(pc.list_value_length(read[f.name]), 0).to_numpy()
         pair = lengths == 2
@@ -370,7 +382,7 @@ def _rule(rule: Rule, typed: dict[str, Any]) -> pc.Expression:
 
 def _chat_inputs(messages: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.Array]:
     """Per row of a chat input: its text (the content of the last user message, or else of the last message) and
-    whether it is a valid one (at least one message, and every message has a role and a content)."""
+    whether it is a valid one (at least one message, each as the contract says: see `validation._message_ok`)."""
     lengths = pc.fill_null(pc.list_value_length(messages), 0).to_numpy()
     flat = pc.list_flatten(messages)
     role, content = pc.struct_field(flat, "role"), pc.struct_field(flat, "content")  # a null message: both null
@@ -380,14 +392,57 @@ def _chat_inputs(messages: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.Array]:
     pick = ends - 1
     ok = some.copy()
     if some.any():
-        broken = pc.or_(pc.is_null(role), pc.is_null(content)).to_numpy()
-        ok[some] = np.add.reduceat(broken, starts[some]) == 0
+        ok[some] = np.logical_and.reduceat(_messages_ok(flat, role, content), starts[some])
         user = pc.fill_null(pc.equal(role, "user"), False).to_numpy()
         last_user = np.maximum.reduceat(np.where(user, np.arange(len(user)), -1), starts[some])
         pick[some] = np.where(last_user >= 0, last_user, pick[some])
     texts = _take(content, pick[some])  # one text per chat input, in row order
     at = np.cumsum(some) - 1
     return texts.take(pa.array(at, pa.int64(), mask=~some)), pa.array(ok, pa.bool_())
+
+
+def _true(a: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(a, False).to_numpy(zero_copy_only=False), np.bool_)
+
+
+def _every(ok: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per list of `lengths` items, whether `ok` holds for all of its items (an empty list: it does)."""
+    out = np.ones(len(lengths), np.bool_)
+    some = lengths > 0
+    if some.any():
+        out[some] = np.logical_and.reduceat(ok, (np.cumsum(lengths) - lengths)[some])
+    return out
+
+
+def _messages_ok(flat: pa.ChunkedArray, role: pa.ChunkedArray, content: pa.ChunkedArray) -> np.ndarray:
+    """Per message (Arrow has typed every value strictly), the contract's rules on content, tool ids and calls."""
+    calls = pc.struct_field(flat, "tool_calls")
+    n_calls = pc.fill_null(pc.list_value_length(calls), 0).to_numpy()
+    call = pc.list_flatten(calls)
+    fn = pc.struct_field(call, "function")
+    call_ok = (_true(pc.is_valid(call)) & _true(pc.is_valid(pc.struct_field(call, "id")))
+               & _true(pc.equal(pc.struct_field(call, "type"), "function")) & _true(pc.is_valid(fn))
+               & _true(pc.is_valid(pc.struct_field(fn, "name"))) & _true(pc.is_valid(pc.struct_field(fn, "arguments"))))
+    assistant = _true(pc.equal(role, "assistant"))
+    tool_id = pc.struct_field(flat, "tool_call_id")
+    return (_true(pc.is_valid(role)) & (_true(pc.is_valid(content)) | (assistant & (n_calls > 0)))
+            & (~_true(pc.equal(role, "tool")) | _true(pc.greater(pc.utf8_length(tool_id), 0)))
+            & (~_true(pc.is_valid(calls)) | (assistant & _every(call_ok, n_calls))))
+
+
+def _tools_ok(tools: pa.ChunkedArray) -> pa.Array:
+    """Per row, whether `tools` is a non-empty list of valid tools (see `validation._tool_ok`); null where absent."""
+    lengths = pc.fill_null(pc.list_value_length(tools), 0).to_numpy()
+    tool = pc.list_flatten(tools)
+    fn = pc.struct_field(tool, "function")
+    ok = (_true(pc.equal(pc.struct_field(tool, "type"), "function"))
+          & _true(pc.greater(pc.utf8_length(pc.struct_field(fn, "name")), 0)))
+    fn_type = tools.type.value_type.field("function").type
+    if fn_type.get_field_index("parameters") >= 0:  # inferred: an object, or a null, is the only valid value
+        params = fn_type.field("parameters").type
+        if not (pa.types.is_struct(params) or pa.types.is_null(params)):
+            ok &= ~_true(pc.is_valid(pc.struct_field(fn, "parameters")))
+    return pa.array((lengths > 0) & _every(ok, lengths), pa.bool_(), mask=~_true(pc.is_valid(tools)))
 
 
 def _take(values: pa.ChunkedArray, at: np.ndarray) -> pa.Array:
@@ -418,9 +473,15 @@ def _object_text(con: duckdb.DuckDBPyConnection, read: pa.Table, name: str) -> p
     left = pc.and_(read["_has_object"], pc.is_null(read[name]))
     if not pc.any(left).as_py():
         return read[name]
+    return pc.coalesce(read[name], _payload_text(con, read, name, left))
+
+
+def _payload_text(con: duckdb.DuckDBPyConnection, read: pa.Table, name: str, present: Any) -> pa.ChunkedArray:
+    """Field `name`'s JSON text where `present`, as the full validator writes it (by DuckDB, from the payload)."""
+    if not pc.any(present).as_py():
+        return pa.chunked_array([pa.nulls(read.num_rows, pa.string())])
     extract = f"json_transform(raw, {_q(json.dumps({name: 'JSON'}))}).{_ident(name)}::VARCHAR"
-    return _duckdb(con, pa.table({"raw": read["raw"], "in_place": left, "cut": read[name]}),
-                   f"CASE WHEN in_place THEN {extract} ELSE cut END")
+    return _duckdb(con, pa.table({"raw": read["raw"], "present": present}), f"CASE WHEN present THEN {extract} END")
 
 
 _JSON_SPACE = np.array([ord(c) for c in " \t\n\r"], np.uint8)

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flywheel.schemas.arrow import MESSAGES
 from flywheel.schemas.contract import DEFAULT_RATING_SCALE, EventType, Field, Rule
 from flywheel.schemas.fast_path import FastPath, _ident, _q
 
@@ -36,6 +37,7 @@ _TYPE_NAMES = {
     "timestamp": "an RFC 3339 timestamp with an offset", "number": "a finite number", "integer": "an integer",
     "object": "a JSON object", "input": "a string or a non-empty list of {role, content} messages",
     "scale": "a [min, max] pair of numbers",
+    "tools": 'a non-empty list of {type: "function", function: {name, description?, parameters?}} tools',
 }
 
 
@@ -71,6 +73,10 @@ class _Messages:
     @staticmethod
     def not_in(f: Field) -> str:
         return f"`{f.name}` must be one of {', '.join(f.choices)}"
+
+    tool_call_id = "a `tool` message in `input` needs a non-empty `tool_call_id`"
+    tool_calls = ('`tool_calls` in `input` belong to assistant messages and must be a list of {id, type: '
+                  '"function", function: {name, arguments}}, `arguments` a JSON string')
 
     @staticmethod
     def wrong_topic(et: EventType, tag: str) -> str:
@@ -127,6 +133,37 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _is_text(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+def _optional(d: dict[str, Any], key: str, kind: type) -> bool:
+    return d.get(key) is None or isinstance(d[key], kind)
+
+
+def _message_ok(m: Any) -> bool:
+    """The shape every message has: a role, a content (or an assistant's tool calls instead), and strings where
+    `name` and `tool_call_id` are given. What `tool_call_id` and `tool_calls` must hold is checked after."""
+    if not (isinstance(m, dict) and isinstance(m.get("role"), str)):
+        return False
+    calls = m.get("tool_calls")
+    content_ok = isinstance(m.get("content"), str) or (
+        m.get("content") is None and m["role"] == "assistant" and isinstance(calls, list) and len(calls) > 0)
+    return content_ok and _optional(m, "name", str) and _optional(m, "tool_call_id", str)
+
+
+def _tool_call_ok(c: Any) -> bool:
+    fn = c.get("function") if isinstance(c, dict) else None
+    return (isinstance(c, dict) and isinstance(c.get("id"), str) and c.get("type") == "function"
+            and isinstance(fn, dict) and isinstance(fn.get("name"), str) and isinstance(fn.get("arguments"), str))
+
+
+def _tool_ok(t: Any) -> bool:
+    fn = t.get("function") if isinstance(t, dict) else None
+    return (isinstance(t, dict) and t.get("type") == "function" and isinstance(fn, dict)
+            and _is_text(fn.get("name")) and _optional(fn, "description", str) and _optional(fn, "parameters", dict))
+
+
 def _check_value(f: Field, v: Any) -> tuple[Any, list[str]]:
     """Typed value and the reasons it breaks `f` (v is present and not null)."""
     k = f.kind
@@ -158,11 +195,17 @@ def _check_value(f: Field, v: Any) -> tuple[Any, list[str]]:
     if k == "input":
         if isinstance(v, str):
             return v, []
-        if isinstance(v, list) and v and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in v
-        ):
-            return v, []
-        return None, [M.wrong_type(f)]
+        if not (isinstance(v, list) and v and all(_message_ok(m) for m in v)):
+            return None, [M.wrong_type(f)]
+        reasons = []
+        if any(m["role"] == "tool" and not _is_text(m.get("tool_call_id")) for m in v):
+            reasons.append(M.tool_call_id)
+        if any(m.get("tool_calls") is not None and not (m["role"] == "assistant" and isinstance(m["tool_calls"], list)
+                                                        and all(map(_tool_call_ok, m["tool_calls"]))) for m in v):
+            reasons.append(M.tool_calls)
+        return (None, reasons) if reasons else (v, [])
+    if k == "tools":
+        return (v, []) if isinstance(v, list) and v and all(map(_tool_ok, v)) else (None, [M.wrong_type(f)])
     if k == "scale":
         if isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v):
             return (float(v[0]), float(v[1])), []
@@ -224,7 +267,8 @@ def validate_payload(et: EventType, payload: bytes | str | None, max_bytes: int 
 
 _NUMERIC_JSON = "('BIGINT', 'UBIGINT', 'DOUBLE')"
 _TRANSFORM_TYPE = {"id": "VARCHAR", "string": "VARCHAR", "text": "VARCHAR", "enum": "VARCHAR", "timestamp": "VARCHAR",
-                   "number": "DOUBLE", "integer": "BIGINT", "object": "JSON", "input": "JSON", "scale": "JSON"}
+                   "number": "DOUBLE", "integer": "BIGINT", "object": "JSON", "input": "JSON", "scale": "JSON",
+                   "tools": "JSON"}
 
 
 def _field_sql(f: Field, i: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -266,18 +310,27 @@ def _field_sql(f: Field, i: int) -> tuple[list[tuple[str, str]], list[tuple[str,
         checks.append((f"{present} AND {t} <> 'OBJECT'", M.wrong_type(f)))
         cols.append((f.name, f"CASE WHEN {t} = 'OBJECT' THEN {v}::VARCHAR END"))
     elif k == "input":
-        roles = f"json_type({v}, '$[*].role')"
-        contents = f"json_type({v}, '$[*].content')"
+        msgs = f"list_transform(json_extract({v}, '$[*]'), lambda m: {{'m': m, 'k': json_type(m, {_MESSAGE_PATHS})}})"
         n = f"json_array_length({v})"
-        msgs_ok = (f"{n} > 0 AND len(list_filter({roles}, lambda x: x = 'VARCHAR')) = {n} "
-                   f"AND len(list_filter({contents}, lambda x: x = 'VARCHAR')) = {n}")
-        checks.append((f"{present} AND NOT ({t} = 'VARCHAR' OR ({t} = 'ARRAY' AND {msgs_ok}))", M.wrong_type(f)))
-        typed_msgs = f"json_transform({v}, '[{{\"role\":\"VARCHAR\",\"content\":\"VARCHAR\"}}]')"
+        # CASE, not AND: DuckDB then runs the per-message lambdas on chat inputs only.
+        chat_ok = (f"CASE WHEN {t} = 'ARRAY' THEN {n} > 0 AND coalesce(list_bool_and(list_transform({msgs}, "
+                   f"lambda x: {_MESSAGE_OK})), false) ELSE false END")
+        checks.append((f"{present} AND NOT ({t} = 'VARCHAR' OR {chat_ok})", M.wrong_type(f)))
+        # What a message must hold beyond its shape, once every message has that shape.
+        for bad, reason in ((_TOOL_ID_BAD, M.tool_call_id), (_TOOL_CALLS_BAD, M.tool_calls)):
+            checks.append((f"CASE WHEN {chat_ok} THEN coalesce(list_bool_or(list_transform({msgs}, lambda x: {bad})), "
+                           "false) ELSE false END", reason))
+        typed_msgs = f"json_transform({v}, {_q(json.dumps([_json_structure(MESSAGES.value_type)]))})"
         cols.append(("input_messages", f"CASE WHEN {t} = 'ARRAY' THEN {typed_msgs} END"))
         # The plain-text view of a chat input is what the user asked last: the last user message (or message).
         last_user = (f"coalesce(list_last(list_filter({typed_msgs}, lambda m: m.role = 'user')).content, "
                      f"list_last({typed_msgs}).content)")
         cols.append(("input", f"CASE WHEN {t} = 'VARCHAR' THEN {v}->>'$' WHEN {t} = 'ARRAY' THEN {last_user} END"))
+    elif k == "tools":
+        tools_ok = (f"{t} = 'ARRAY' AND json_array_length({v}) > 0 AND "
+                    f"coalesce(list_bool_and(list_transform(json_extract({v}, '$[*]'), lambda e: {_TOOL_OK})), false)")
+        checks.append((f"{present} AND NOT ({tools_ok})", M.wrong_type(f)))
+        cols.append((f.name, f"CASE WHEN {t} = 'ARRAY' THEN {v}::VARCHAR END"))
     elif k == "scale":
         ends = f"json_type({v}, ['$[0]', '$[1]'])"
         lo_v, hi_v = f"TRY_CAST({v}->>'$[0]' AS DOUBLE)", f"TRY_CAST({v}->>'$[1]' AS DOUBLE)"
@@ -293,6 +346,45 @@ def _field_sql(f: Field, i: int) -> tuple[list[tuple[str, str]], list[tuple[str,
 
 
 _NUMERIC_JSON_T = ("BIGINT", "UBIGINT", "DOUBLE")
+
+
+def _optional_sql(value: str, path: str, json_type: str) -> str:
+    return f"coalesce(json_type({value}, '{path}'), 'NULL') IN ('NULL', '{json_type}')"
+
+
+# Per message `x` of a chat input (`x.m` its JSON, `x.k` types), per tool call `c`, per tool `e` (JSON values): the
+# same tests as `_message_ok`, `_tool_call_ok` and `_tool_ok`, each coalesced to a boolean (a lambda's null would
+# hide a broken message).
+_MESSAGE_PATHS = "['$', '$.role', '$.content', '$.tool_calls', '$.name', '$.tool_call_id']"
+"""What the message checks read of each message `m`, typed by one `json_type` call (one parse) as `x.k`."""
+_MESSAGE_OK = ("coalesce(x.k[1] = 'OBJECT' AND x.k[2] = 'VARCHAR' AND (x.k[3] = 'VARCHAR' OR ("
+               "coalesce(x.k[3], 'NULL') = 'NULL' AND x.m->>'$.role' = 'assistant' AND x.k[4] = 'ARRAY' "
+               "AND json_array_length(x.m, '$.tool_calls') > 0)) "
+               "AND coalesce(x.k[5], 'NULL') IN ('NULL', 'VARCHAR') AND coalesce(x.k[6], 'NULL') IN ('NULL', 'VARCHAR')"
+               ", false)")
+_TOOL_ID_BAD = ("coalesce(x.m->>'$.role' = 'tool' AND NOT coalesce(x.k[6] = 'VARCHAR' "
+                "AND x.m->>'$.tool_call_id' <> '', false), false)")
+_TOOL_CALL_OK = ("coalesce(json_type(c) = 'OBJECT' AND json_type(c, '$.id') = 'VARCHAR' "
+                 "AND json_type(c, '$.type') = 'VARCHAR' AND c->>'$.type' = 'function' "
+                 "AND json_type(c, '$.function') = 'OBJECT' AND json_type(c, '$.function.name') = 'VARCHAR' "
+                 "AND json_type(c, '$.function.arguments') = 'VARCHAR', false)")
+_TOOL_CALLS_BAD = ("coalesce(x.k[4], 'NULL') <> 'NULL' AND NOT coalesce("
+                   "x.m->>'$.role' = 'assistant' AND x.k[4] = 'ARRAY' AND coalesce(list_bool_and("
+                   f"list_transform(json_extract(x.m, '$.tool_calls[*]'), lambda c: {_TOOL_CALL_OK})), true), false)")
+_TOOL_OK = ("coalesce(json_type(e) = 'OBJECT' AND json_type(e, '$.type') = 'VARCHAR' AND e->>'$.type' = 'function' "
+            "AND json_type(e, '$.function') = 'OBJECT' AND json_type(e, '$.function.name') = 'VARCHAR' "
+            "AND e->>'$.function.name' <> '' "
+            f"AND {_optional_sql('e', '$.function.description', 'VARCHAR')} "
+            f"AND {_optional_sql('e', '$.function.parameters', 'OBJECT')}, false)")
+
+
+def _json_structure(t: pa.DataType) -> object:
+    """The `json_transform` structure of an Arrow type of strings, structs and lists (a message's type)."""
+    if pa.types.is_list(t):
+        return [_json_structure(t.value_type)]
+    if pa.types.is_struct(t):
+        return {f.name: _json_structure(f.type) for f in t}
+    return "VARCHAR"
 
 
 def batch_sql(et: EventType, guarded: bool) -> str:

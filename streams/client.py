@@ -185,12 +185,15 @@ class FlywheelClient:
 
     # --------------------------------------------------------------------------------------------- typed calls
 
-    def log_inference(self, *, app: str, model: str, input: str | list[dict[str, str]], output: str,
+    def log_inference(self, *, app: str, model: str, input: str | list[dict[str, Any]], output: str,
                       inference_id: str | None = None, timestamp: datetime | str | None = None,
-                      **optional: Any) -> str:
-        """Emit an inference event; returns its `inference_id` (generated when not given)."""
+                      tools: list[dict[str, Any]] | None = None, **optional: Any) -> str:
+        """Emit an inference event; returns its `inference_id` (generated when not given). A tool-calling app
+        passes its chat messages as OpenAI has them (`tool_calls`, `tool_call_id`, `name`) and the `tools` it
+        offered the model, unchanged."""
         event = {"inference_id": inference_id or str(uuid.uuid4()), "timestamp": timestamp or _now(),
-                 "app": app, "model": model, "input": input, "output": output, **optional}
+                 "app": app, "model": model, "input": input, "output": output,
+                 **({"tools": tools} if tools is not None else {}), **optional}
         self.send(event, INFERENCE)
         return str(event["inference_id"])
 

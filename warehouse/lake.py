@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
@@ -109,13 +109,17 @@ class Lake:
     def ensure(self) -> None:
         """Create the tables that do not exist yet, and add to existing ones the nullable columns this build has
         and they lack (a lake created by an older build keeps working; its old rows read those columns as null).
-        Idempotent; safe with concurrent callers. A column that differs otherwise is left for `commit` to refuse."""
+        Nested columns whose structs gained nullable fields (chat messages gained `name`, `tool_call_id` and
+        `tool_calls`) are widened in the table's schema; old files keep their narrower structs, which readers fill
+        with nulls. Idempotent; safe with concurrent callers. A column that differs otherwise is left for `commit`
+        to refuse."""
         for name in TABLES:
             path = self.path(name)
             if DeltaTable.is_deltatable(str(path)):
-                if self._missing_columns(name):
+                if self._missing_columns(name) or self._narrower_columns(name):
                     with self._lock(name):
                         self._add_missing_columns(name)
+                        self._widen_columns(name)
                 continue
             path.mkdir(parents=True, exist_ok=True)
             with self._lock(name):
@@ -139,6 +143,20 @@ class Lake:
         if missing:
             fields = DeltaSchema.from_arrow(pa.schema(missing)).fields
             self.table(name).alter.add_columns(fields)
+            self._tables.pop(name, None)
+
+    def _narrower_columns(self, name: str) -> list[str]:
+        """Columns whose type in the table is this build's but for struct fields this build added."""
+        have = {f.name: f.type for f in pa.schema(self.table(name).schema().to_arrow())}
+        return [f.name for f in SCHEMAS[name] if f.name in have and have[f.name] != f.type
+                and _widens(have[f.name], f.type)]
+
+    def _widen_columns(self, name: str) -> None:
+        """Under the table's lock: give narrower columns this build's type, by an empty append that merges the
+        schema (delta-rs adds nested fields only that way; `alter.add_columns` adds top-level ones)."""
+        if self._narrower_columns(name):
+            write_deltalake(str(self.path(name)), SCHEMAS[name].empty_table(), mode="append", schema_mode="merge",
+                            partition_by=[PARTITION_COLUMN[name]])
             self._tables.pop(name, None)
 
     def table(self, name: str) -> DeltaTable:
@@ -267,6 +285,19 @@ def _short_columns(name: str) -> list[str]:
 
 
 @cache
+def _widens(old: pa.DataType, new: pa.DataType) -> bool:
+    """`new` is `old` with fields added to its structs (at any depth), each after the fields `old` has."""
+    if old == new:
+        return True
+    if pa.types.is_list(old) and pa.types.is_list(new):
+        return _widens(old.value_type, new.value_type)
+    if pa.types.is_struct(old) and pa.types.is_struct(new):
+        return old.num_fields <= new.num_fields and all(
+            old.field(i).name == new.field(i).name and _widens(old.field(i).type, new.field(i).type)
+            for i in range(old.num_fields))
+    return False
+
+
 def _delta_columns(name: str) -> dict[str, Any]:
     return {f.name: f.type for f in DeltaSchema.from_arrow(SCHEMAS[name]).fields}
 

@@ -96,8 +96,15 @@ def _scan(path: Path, columns: list[str] | None = None) -> str | None:
     return f"(SELECT {cols} FROM read_parquet([{listed}], hive_partitioning = true, union_by_name = true))"
 
 
-_SQL_TYPE = {pa.string(): "VARCHAR"}
-"""SQL types of the nullable columns a table can lack in its older files."""
+def sql_type(t: pa.DataType) -> str:
+    """DuckDB's name of the type of a nullable column a table can lack in its older files (or have narrower)."""
+    if pa.types.is_list(t):
+        return f"{sql_type(t.value_type)}[]"
+    if pa.types.is_struct(t):
+        return "STRUCT(" + ", ".join(f'"{f.name}" {sql_type(f.type)}' for f in t) + ")"
+    if pa.types.is_string(t):
+        return "VARCHAR"
+    raise TypeError(f"no DuckDB type here for the Arrow type {t}: add it to flywheel.warehouse.query.sql_type")
 
 
 def _source(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> str:
@@ -106,7 +113,10 @@ def _source(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> str:
     if scan is not None:
         # Files landed before a nullable column was added to the table do not have it: read it as null there.
         have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
-        cols = [f'"{f.name}"' if f.name in have else f'CAST(NULL AS {_SQL_TYPE[f.type]}) AS "{f.name}"'
+        # Nested columns are read as this build types them: files from before their structs gained fields have the
+        # narrower structs (and when only such files exist, so does the scan), and DuckDB's cast fills in nulls.
+        cols = [(f'CAST("{f.name}" AS {sql_type(f.type)}) AS "{f.name}"' if pa.types.is_nested(f.type)
+                 else f'"{f.name}"') if f.name in have else f'CAST(NULL AS {sql_type(f.type)}) AS "{f.name}"'
                 for f in SCHEMAS[table]]
         scan = f"(SELECT {', '.join(cols)} FROM {scan})"
     else:

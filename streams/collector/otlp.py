@@ -83,9 +83,32 @@ class Span:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A `tool_call` part: `arguments` as JSON text, as OpenAI's format and the contract keep them."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Message:
+    """A chat message in the contract's (OpenAI's) shape: an assistant's tool calls, or a tool's answer to one."""
+
     role: str
-    content: str
+    content: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+    def wire(self) -> dict[str, Json]:
+        out: dict[str, Json] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name,
+                                                                               "arguments": c.arguments}}
+                                 for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 @dataclass(frozen=True)
@@ -107,13 +130,14 @@ class Inference:
     output_tokens: int | None = None
     user_id: str | None = None
     session_id: str | None = None
+    tools: list[Json] | None = None
     metadata: dict[str, Json] = field(default_factory=dict)
 
     def payload(self) -> bytes:
         """The event in wire format (absent optional fields left out, as the SDK does)."""
         event: dict[str, Json] = {
             "inference_id": self.inference_id, "timestamp": self.timestamp, "app": self.app, "model": self.model,
-            "input": [{"role": m.role, "content": m.content} for m in self.input], "output": self.output,
+            "input": [m.wire() for m in self.input], "output": self.output, "tools": self.tools,
             "model_version": self.model_version, "provider": self.provider, "latency_ms": self.latency_ms,
             "input_tokens": self.input_tokens, "output_tokens": self.output_tokens, "user_id": self.user_id,
             "session_id": self.session_id, "trace_id": self.trace_id, "metadata": {"otel": self.metadata},
@@ -258,6 +282,7 @@ def map_span(span: Span) -> Inference | Refusal | None:
         output_tokens=_int(span.attr("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")),
         user_id=_str(span.attr("user.id", "enduser.id")),
         session_id=_str(span.attr("gen_ai.conversation.id", "session.id")),
+        tools=_tools(span.attr("gen_ai.tool.definitions") or details.get("gen_ai.tool.definitions")),
         metadata=metadata,
     )
 
@@ -274,7 +299,8 @@ def _input(span: Span, details: Mapping[str, Value]) -> tuple[Message, ...]:
 
 
 def _output(span: Span, details: Mapping[str, Value]) -> str | None:
-    messages = (_messages(span.attr("gen_ai.output.messages") or details.get("gen_ai.output.messages"))
+    # `output` is text: tool calls the model answered with stay in it as JSON (see `_parts_text`).
+    messages = (_messages(span.attr("gen_ai.output.messages") or details.get("gen_ai.output.messages"), calls=False)
                 or _indexed(span, "gen_ai.completion") or _plain(span.attr("gen_ai.completion"), "assistant"))
     # Several choices (n > 1) are one answer each: the first is the one an application shows.
     return messages[0].content if messages else None
@@ -301,18 +327,66 @@ def _from_json(v: object) -> Value:
     return str(v)
 
 
-def _messages(v: Value) -> tuple[Message, ...]:
-    """`[{role, parts: [{type, content | ...}]}]` (the current conventions) or `[{role, content}]` (older)."""
+def _messages(v: Value, calls: bool = True) -> tuple[Message, ...]:
+    """`[{role, parts: [{type, content | ...}]}]` (the current conventions) or `[{role, content}]` (older); with
+    `calls`, tool calls and their answers as the contract's messages, else as JSON in the text."""
     v = _structured(v)
     if not isinstance(v, tuple):
         return ()
-    out = []
+    out: list[Message] = []
     for m in v:
         if not isinstance(m, Mapping):
             continue
-        content = _parts_text(m["parts"]) if "parts" in m else _text(m.get("content"))
-        out.append(Message(str(m.get("role") or "user"), content))
+        role = str(m.get("role") or "user")
+        if "parts" in m:
+            out += _from_parts(role, m["parts"]) if calls else [Message(role, _parts_text(m["parts"]))]
+        else:
+            out.append(Message(role, _text(m.get("content"))))
     return tuple(out)
+
+
+def _from_parts(role: str, parts: Value) -> list[Message]:
+    """One message's parts as the contract's messages: `tool_call` parts become the message's tool calls (its
+    content null when it has no text), each `tool_call_response` part a `tool` message answering its call."""
+    if not isinstance(parts, tuple):
+        return [Message(role, _parts_text(parts))]
+    def typed(p: Value, kind: str) -> bool:
+        return isinstance(p, Mapping) and p.get("type") == kind
+    calls = tuple(ToolCall(_text(p.get("id")), _text(p.get("name")), _arguments(p.get("arguments")))
+                  for p in parts if isinstance(p, Mapping) and typed(p, "tool_call"))
+    answers = [p for p in parts if isinstance(p, Mapping) and typed(p, "tool_call_response")]
+    rest = tuple(p for p in parts if not typed(p, "tool_call") and not typed(p, "tool_call_response"))
+    out = []
+    if calls:
+        out.append(Message(role, _parts_text(rest) or None, tool_calls=calls))
+    elif rest or not answers:
+        out.append(Message(role, _parts_text(rest)))
+    out += [Message("tool", _text(p.get("response")), tool_call_id=_text(p.get("id"))) for p in answers]
+    return out
+
+
+def _arguments(v: Value) -> str:
+    """A tool call's arguments as JSON text: a string as sent (OpenAI's form), an object encoded."""
+    return v if isinstance(v, str) else json.dumps(_json(v) if v is not None else {}, ensure_ascii=False)
+
+
+def _tools(v: Value) -> list[Json] | None:
+    """`gen_ai.tool.definitions` (`[{type, name, description, parameters}]`) in OpenAI's shape, `[{type,
+    function: {name, description, parameters}}]`; a definition already in that shape is kept."""
+    v = _structured(v)
+    if not isinstance(v, tuple) or not v:
+        return None
+    out: list[Json] = []
+    for d in v:
+        if not isinstance(d, Mapping):
+            return None  # not definitions this mapping knows: the event goes without them
+        plain = {k: _json(x) for k, x in d.items()}
+        if "function" in plain:
+            out.append(plain)
+        else:
+            out.append({"type": plain.get("type", "function"),
+                        "function": {k: plain[k] for k in ("name", "description", "parameters") if k in plain}})
+    return out
 
 
 def _parts_text(parts: Value) -> str:

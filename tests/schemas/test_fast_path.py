@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from flywheel.infra.testing.corpus import generate, hostile_payloads, load_corpus
+from flywheel.infra.testing.tool_calls import bad_shapes, tool_inferences
 from flywheel.schemas.contract import EVENT_TYPES, event_type_of
 from flywheel.schemas.validation import BatchValidator
 
@@ -223,6 +224,11 @@ def test_a_shuffled_mix_spanning_many_chunks_matches(events: list[dict], name: s
     clean = [json.dumps(e).encode() for e in valid]
     shuffled = clean + [p for e in valid[:5] for p in _tricky(e)]
     shuffled += [p for _, p in hostile_payloads(valid, 40, big_bytes=2 * LIMIT)]
+    if name == "inference":  # tool-calling events (each chunk infers its tools' `parameters` anew), and bad shapes
+        tools = tool_inferences(12)
+        shuffled += [json.dumps(e).encode() for e in tools]
+        shuffled += [json.dumps(b).encode() for _, b, _ in bad_shapes(tools[0])]
+        clean[:0] = [json.dumps(e).encode() for e in tool_inferences(16, prefix="tc")]  # the first clean chunk
     random.Random(7).shuffle(shuffled)
     # Nearly half the shuffled payloads are odd, so a chunk of 16 of them is almost never clean: whether one was
     # depended on the corpus. A clean chunk ahead of every three shuffled ones makes some certain, on any corpus.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -191,3 +192,49 @@ def test_a_lake_created_by_an_older_build_gains_the_new_nullable_columns(setting
     got = connect(settings).execute(
         "SELECT _topic_id, count(*) FROM lake_quarantine GROUP BY ALL ORDER BY ALL NULLS FIRST").fetchall()
     assert got == [(None, 2), ("id-9", 3)]
+
+
+def test_a_lake_landed_before_tool_calls_widens_its_messages_and_keeps_working(settings: Settings) -> None:
+    """Chat messages gained `name`, `tool_call_id` and `tool_calls`, and inferences `tools`: a lake an older build
+    wrote (narrower message structs, no `tools`) is widened by `ensure`, reads as before, and takes tool events."""
+    from deltalake import write_deltalake
+
+    from flywheel.infra.testing.land import land, to_rows
+    from flywheel.infra.testing.tool_calls import WEATHER_TOOLS, tool_inferences
+    from flywheel.warehouse.query import connect
+
+    narrow = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    old = pa.schema([f.with_type(narrow) if f.name == "input_messages" else f
+                     for f in SCHEMAS["inferences"] if f.name != "tools"])
+    chat = {"inference_id": "old-1", "timestamp": "2026-11-01T12:00:00Z", "app": "a", "model": "m", "output": "o",
+            "input": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}
+    rows = to_rows([chat])["inferences"]
+    rows = rows.drop_columns(["tools"]).set_column(rows.schema.get_field_index("input_messages"), "input_messages",
+                                                   pa.array([chat["input"]], narrow))
+    path = Lake(settings.lake).path("inferences")
+    path.mkdir(parents=True)
+    write_deltalake(str(path), rows.select(old.names).cast(old), partition_by=["event_date"])
+
+    lake = Lake(settings.lake)
+    lake.ensure()
+    widened = pa.schema(lake.table("inferences").schema().to_arrow())
+    assert widened.field("input_messages").type == SCHEMAS["inferences"].field("input_messages").type
+    assert "tools" in widened.names
+    version = lake.table("inferences").version()
+    lake.ensure()  # idempotent: nothing more to widen
+    assert lake.table("inferences").version() == version
+    # Only old files so far: the messages still read in this build's type, the new fields null.
+    con = connect(settings)
+    assert con.execute("SELECT input_messages[2].tool_calls, input_messages[2].content, tools FROM inferences"
+                       ).fetchall() == [(None, "hi", None)]
+    con.close()
+
+    land(lake, tool_inferences(2), start_offset=10)
+    con = connect(settings)
+    got = con.execute("SELECT inference_id, len(input_messages), input_messages[3].tool_calls[1].function.name, "
+                      "tools IS NOT NULL FROM inferences ORDER BY inference_id").fetchall()
+    assert got == [("old-1", 2, None, False), ("t-0", 4, "get_current_weather", True),
+                   ("t-1", 5, "get_current_weather", True)]
+    assert json.loads(con.execute("SELECT tools FROM inferences WHERE inference_id = 't-0'").fetchall()[0][0]
+                      ) == WEATHER_TOOLS
+    con.close()

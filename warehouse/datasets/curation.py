@@ -90,7 +90,7 @@ def eval_prompts(registry: Registry, exclude: str) -> steps.EvalPrompts:
         sources.append(info.ref)
         for split, _n in info.splits:
             table = pq.read_table(info.path / "data" / f"{split}.parquet", columns=["messages"])
-            prompts += [" ".join(m["content"] for m in msgs) for msgs in table["messages"].to_pylist()]
+            prompts += [" ".join(m["content"] or "" for m in msgs) for msgs in table["messages"].to_pylist()]
     return steps.EvalPrompts(tuple(prompts), tuple(sources))
 
 

@@ -6,13 +6,16 @@ Files are written deterministically: the same rows give the same bytes.
 
 - `parquet`: `data/<split>.parquet`, the version's own data (every column, lineage included).
 - `jsonl`: `jsonl/<split>.jsonl`, the same columns as JSON lines.
-- `openai_chat` (sft): `{"messages": [..., {"role": "assistant", "content": ...}]}` (OpenAI chat fine-tuning).
+- `openai_chat` (sft): `{"messages": [..., {"role": "assistant", "content": ...}], "tools"?: [...]}` (OpenAI chat
+  fine-tuning). Messages keep `name`, `tool_calls` and `tool_call_id` as landed, and a row whose inference offered
+  tools has them at the top level, as OpenAI's fine-tuning format puts them (likewise `input.tools` for DPO and
+  `tools` in the TRL rows, which TRL's conversational format accepts).
 - `openai_dpo` (preference): `{"input": {"messages": [...]}, "preferred_output": [assistant message],
   "non_preferred_output": [assistant message]}` (OpenAI preference fine-tuning).
 - `trl`: conversational TRL rows: sft `{"messages"}`, preference `{"prompt", "chosen", "rejected"}` (lists of
   messages), kto `{"prompt", "completion", "label"}`.
 - `hf`: a Hugging Face `datasets` directory: `hf/data/<split>.parquet` (the TRL columns plus `id`, or for eval
-  every column) and `hf/README.md` whose YAML `configs` front matter names each split's file, so
+  every column; `tools` as JSON text) and `hf/README.md` whose YAML `configs` front matter names each split's file, so
   `datasets.load_dataset("<dir>/hf")` returns a `DatasetDict` of the splits.
 """
 
@@ -30,28 +33,49 @@ import pyarrow.parquet as pq
 from flywheel.errors import FlywheelError
 from flywheel.warehouse.datasets.recipes import FORMATS
 
-MESSAGE = {"type": "object", "required": ["role", "content"],
+TOOL_CALL = {"type": "object", "required": ["id", "type", "function"], "additionalProperties": False,
+             "properties": {"id": {"type": "string"}, "type": {"const": "function"},
+                            "function": {"type": "object", "required": ["name", "arguments"],
+                                         "additionalProperties": False,
+                                         "properties": {"name": {"type": "string"},
+                                                        "arguments": {"type": "string"}}}}}
+MESSAGE = {"type": "object", "required": ["role"], "additionalProperties": False,
            "properties": {"role": {"enum": ["system", "user", "assistant", "tool", "developer"]},
-                          "content": {"type": "string"}}}
+                          "content": {"type": "string"}, "name": {"type": "string"},
+                          "tool_calls": {"type": "array", "minItems": 1, "items": TOOL_CALL},
+                          "tool_call_id": {"type": "string", "minLength": 1}},
+           # Only an assistant's tool calls stand in for content; a tool's answer names the call it answers.
+           "allOf": [{"if": {"not": {"required": ["tool_calls"]}}, "then": {"required": ["content"]}},
+                     {"if": {"required": ["tool_calls"]}, "then": {"properties": {"role": {"const": "assistant"}}}},
+                     {"if": {"properties": {"role": {"const": "tool"}}},
+                      "then": {"required": ["tool_call_id", "content"]}}]}
+TOOL = {"type": "object", "required": ["type", "function"],
+        "properties": {"type": {"const": "function"},
+                       "function": {"type": "object", "required": ["name"],
+                                    "properties": {"name": {"type": "string", "minLength": 1},
+                                                   "description": {"type": "string"},
+                                                   "parameters": {"type": "object"}}}}}
+TOOLS = {"type": "array", "minItems": 1, "items": TOOL}
 ASSISTANT = {"type": "array", "minItems": 1, "maxItems": 1,
-             "items": {**MESSAGE, "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}}}}
+             "items": {"type": "object", "required": ["role", "content"], "additionalProperties": False,
+                       "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}}}}
 JSON_SCHEMAS: dict[str, dict[str, Any]] = {
     "openai_chat": {"type": "object", "required": ["messages"], "additionalProperties": False,
-                    "properties": {"messages": {"type": "array", "minItems": 2, "items": MESSAGE}}},
+                    "properties": {"messages": {"type": "array", "minItems": 2, "items": MESSAGE}, "tools": TOOLS}},
     "openai_dpo": {"type": "object", "required": ["input", "preferred_output", "non_preferred_output"],
                    "additionalProperties": False,
-                   "properties": {"input": {"type": "object", "required": ["messages"],
+                   "properties": {"input": {"type": "object", "required": ["messages"], "additionalProperties": False,
                                             "properties": {"messages": {"type": "array", "minItems": 1,
-                                                                        "items": MESSAGE}}},
+                                                                        "items": MESSAGE}, "tools": TOOLS}},
                                   "preferred_output": ASSISTANT, "non_preferred_output": ASSISTANT}},
     "trl_sft": {"type": "object", "required": ["messages"], "additionalProperties": False,
-                "properties": {"messages": {"type": "array", "minItems": 2, "items": MESSAGE}}},
+                "properties": {"messages": {"type": "array", "minItems": 2, "items": MESSAGE}, "tools": TOOLS}},
     "trl_preference": {"type": "object", "required": ["prompt", "chosen", "rejected"], "additionalProperties": False,
                        "properties": {"prompt": {"type": "array", "minItems": 1, "items": MESSAGE},
-                                      "chosen": ASSISTANT, "rejected": ASSISTANT}},
+                                      "chosen": ASSISTANT, "rejected": ASSISTANT, "tools": TOOLS}},
     "trl_kto": {"type": "object", "required": ["prompt", "completion", "label"], "additionalProperties": False,
                 "properties": {"prompt": {"type": "array", "minItems": 1, "items": MESSAGE},
-                               "completion": ASSISTANT, "label": {"type": "boolean"}}},
+                               "completion": ASSISTANT, "label": {"type": "boolean"}, "tools": TOOLS}},
 }
 """JSON Schemas of each JSON-lines format, as their projects document them (see the module docstring)."""
 
@@ -69,20 +93,40 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-def _msgs(row: Mapping[str, Any]) -> list[dict[str, str]]:
-    return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+def _message(m: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored message in OpenAI's chat format: only the keys it has (a null content, or an empty `tool_calls`,
+    is left out, as OpenAI's own examples of tool calls do). Rows of versions written before tool calls have only
+    role and content."""
+    out: dict[str, Any] = {"role": m["role"]}
+    for key in ("name", "content", "tool_call_id"):
+        if m.get(key) is not None:
+            out[key] = m[key]
+    if m.get("tool_calls"):
+        out["tool_calls"] = [{"id": c["id"], "type": c["type"],
+                              "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
+                             for c in m["tool_calls"]]
+    return out
+
+
+def _msgs(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [_message(m) for m in row["messages"]]
+
+
+def _tools(row: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"tools": [...]}` when the row's inference offered tools (their JSON, as landed), else nothing."""
+    return {"tools": json.loads(row["tools"])} if row.get("tools") else {}
 
 
 RECORDS: dict[tuple[str, str], Callable[[Mapping[str, Any]], dict[str, Any]]] = {
-    ("openai_chat", "sft"): lambda r: {"messages": _msgs(r) + _assistant(r["completion"])},
-    ("openai_dpo", "preference"): lambda r: {"input": {"messages": _msgs(r)},
+    ("openai_chat", "sft"): lambda r: {"messages": _msgs(r) + _assistant(r["completion"]), **_tools(r)},
+    ("openai_dpo", "preference"): lambda r: {"input": {"messages": _msgs(r), **_tools(r)},
                                              "preferred_output": _assistant(r["chosen"]),
                                              "non_preferred_output": _assistant(r["rejected"])},
-    ("trl", "sft"): lambda r: {"messages": _msgs(r) + _assistant(r["completion"])},
+    ("trl", "sft"): lambda r: {"messages": _msgs(r) + _assistant(r["completion"]), **_tools(r)},
     ("trl", "preference"): lambda r: {"prompt": _msgs(r), "chosen": _assistant(r["chosen"]),
-                                      "rejected": _assistant(r["rejected"])},
+                                      "rejected": _assistant(r["rejected"]), **_tools(r)},
     ("trl", "kto"): lambda r: {"prompt": _msgs(r), "completion": _assistant(r["completion"]),
-                               "label": bool(r["label"])},
+                               "label": bool(r["label"]), **_tools(r)},
 }
 """One exported record per row, per (format, kind)."""
 
@@ -143,7 +187,13 @@ def write(fmt: str, kind: str, splits: Mapping[str, pa.Table], out: Path, name: 
 def _hf_table(kind: str, table: pa.Table) -> pa.Table:
     if kind == "eval":
         return table
-    records = [{"id": r["id"], **RECORDS[("trl", kind)](r)} for r in table.to_pylist()]
+    # `tools` stay JSON text here: every tool's `parameters` is a different JSON Schema, which Arrow cannot type as
+    # one column (the JSON-lines formats carry them as objects). A split with tools has the key in every record:
+    # Arrow takes the columns from the first one.
+    rows = table.to_pylist()
+    tools = any(r.get("tools") for r in rows)
+    records = [{"id": r["id"], **RECORDS[("trl", kind)](r), **({"tools": r.get("tools")} if tools else {})}
+               for r in rows]
     return pa.Table.from_pylist(records) if records else pa.table({"id": pa.array([], pa.string())})
 
 

@@ -25,21 +25,25 @@ from dataclasses import dataclass
 
 import duckdb
 
+from flywheel.schemas.arrow import MESSAGES
 from flywheel.warehouse.datasets.recipes import Recipe
+from flywheel.warehouse.query import sql_type
 
-ROW_COLUMNS = ("id", "split", "prompt", "messages", "completion", "label", "chosen", "rejected", "output",
+ROW_COLUMNS = ("id", "split", "prompt", "messages", "tools", "completion", "label", "chosen", "rejected", "output",
                "reference", "failure", "stratum", "app", "origin", "group_key", "prompt_key", "timestamp",
                "inference_ids", "feedback_ids")
-"""Columns every kind's rows have (those a kind does not use are null); `KIND_COLUMNS` are the ones written."""
+"""Columns every kind's rows have (those a kind does not use are null); `KIND_COLUMNS` are the ones written.
+`messages` are the chat messages as landed (with their tool calls), `tools` the JSON text of the tools the
+inference offered (null when none)."""
 KIND_COLUMNS: dict[str, tuple[str, ...]] = {
-    "sft": ("id", "prompt", "messages", "completion", "app", "origin", "group_key", "timestamp", "inference_ids",
-            "feedback_ids"),
-    "preference": ("id", "prompt", "messages", "chosen", "rejected", "app", "origin", "group_key", "timestamp",
-                   "inference_ids", "feedback_ids"),
-    "kto": ("id", "prompt", "messages", "completion", "label", "app", "origin", "group_key", "timestamp",
+    "sft": ("id", "prompt", "messages", "tools", "completion", "app", "origin", "group_key", "timestamp",
             "inference_ids", "feedback_ids"),
-    "eval": ("id", "prompt", "messages", "output", "reference", "failure", "stratum", "app", "origin", "group_key",
-             "timestamp", "inference_ids", "feedback_ids"),
+    "preference": ("id", "prompt", "messages", "tools", "chosen", "rejected", "app", "origin", "group_key",
+                   "timestamp", "inference_ids", "feedback_ids"),
+    "kto": ("id", "prompt", "messages", "tools", "completion", "label", "app", "origin", "group_key", "timestamp",
+            "inference_ids", "feedback_ids"),
+    "eval": ("id", "prompt", "messages", "tools", "output", "reference", "failure", "stratum", "app", "origin",
+             "group_key", "timestamp", "inference_ids", "feedback_ids"),
 }
 ANSWER_COLUMNS: dict[str, tuple[str, ...]] = {"sft": ("completion",), "preference": ("chosen", "rejected"),
                                               "kto": ("completion",), "eval": ("output", "reference")}
@@ -83,7 +87,9 @@ def _source_filter(recipe: Recipe) -> str:
     return " AND ".join(conds)
 
 
-_CONVERSATION = "array_to_string(list_transform(msgs, lambda m: m.role || ': ' || m.content), chr(30))"
+# A tool call is part of what was said (a message without tool calls keys as it did before they existed).
+_CONVERSATION = ("array_to_string(list_transform(msgs, lambda m: m.role || ': ' || coalesce(m.content, '') || "
+                 "coalesce(to_json(nullif(m.tool_calls, []))::VARCHAR, '')), chr(30))")
 
 
 def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
@@ -97,10 +103,10 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE src AS
     WITH w AS (
-      SELECT *, coalesce(input_messages, [{{'role': 'user', 'content': input}}]) AS msgs
+      SELECT *, coalesce(input_messages, [{{'role': 'user', 'content': input}}]::{sql_type(MESSAGES)}) AS msgs
       FROM inferences WHERE {_source_filter(recipe)})
     SELECT *, {group} AS group_key FROM (
-      SELECT inference_id, timestamp, app, model, prompt_template, session_id, user_id, output, msgs AS messages,
+      SELECT inference_id, timestamp, app, model, prompt_template, session_id, user_id, output, msgs AS messages, tools,
         input AS prompt, _ingested_at, md5(app || chr(31) || {norm(_CONVERSATION)}) AS prompt_key
       FROM w)""")
     con.execute(f"""
@@ -140,7 +146,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
 
 _SELECT_ROW = """
   SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS split, {prompt} AS prompt, {messages} AS messages,
-    {completion}::VARCHAR AS completion, {label}::BOOLEAN AS label, {chosen}::VARCHAR AS chosen,
+    {a}.tools, {completion}::VARCHAR AS completion, {label}::BOOLEAN AS label, {chosen}::VARCHAR AS chosen,
     {rejected}::VARCHAR AS rejected, {output}::VARCHAR AS output, {reference}::VARCHAR AS reference,
     {failure}::BOOLEAN AS failure, NULL::VARCHAR AS stratum, {a}.app, {origin}::VARCHAR AS origin,
     {a}.group_key, {a}.prompt_key, {a}.timestamp, {inference_ids}::VARCHAR[] AS inference_ids,

@@ -132,8 +132,12 @@ def pii(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     con.execute(LUHN_MACRO)
     cols = ["prompt", *ANSWER_COLUMNS[recipe.kind]]
     sets = [f"{c} = {_scrub_if_any(c, kinds)}" for c in cols]
+    # Tool calls' `arguments` are scrubbed too: a lookup by e-mail or card number carries it there.
+    calls = ("list_transform(m.tool_calls, lambda c: struct_pack(id := c.id, type := c.type, function := "
+             f"struct_pack(name := c.function.name, arguments := {_scrub_if_any('c.function.arguments', kinds)})))")
     sets.append("messages = list_transform(messages, lambda m: struct_pack(role := m.role, content := "
-                f"{_scrub_if_any('m.content', kinds)}))")
+                f"{_scrub_if_any('m.content', kinds)}, name := m.name, tool_call_id := m.tool_call_id, "
+                f"tool_calls := {calls}))")
     before = con.execute(f"SELECT {', '.join(_placeholder_counts(c, kinds) for c in cols + ['prompt_all'])} "
                          "FROM rows").fetchall()[0]
     con.execute("UPDATE rows SET " + ", ".join(sets))

@@ -93,7 +93,8 @@ def test_spans_from_the_otlp_exporter_land_as_inference_events(
     assert set(rows) == {answered, failed, "5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174"}
     ok = rows[answered]
     assert ok[1:6] == ("support-bot", "gpt-4o", "gpt-4o-2024-08-06", "openai", "How do I reset my password?")
-    assert ok[6] == [{"role": "user", "content": "How do I reset my password?"}]
+    assert ok[6] == [{"role": "user", "content": "How do I reset my password?", "name": None, "tool_call_id": None,
+                      "tool_calls": None}]  # a message's fields the span did not have are null
     assert ok[7:12] == ("Open Settings, then Security, then Reset.", 12, 9, "conv-7", answered.split("-")[0])
     assert ok[12] >= 0 and ok[13] is None and ok[14] == 0.2
     assert rows[failed][7] == "" and rows[failed][13] == "RateLimitError"
@@ -170,3 +171,38 @@ def test_the_span_mapping_skips_what_is_not_an_inference_and_reads_content_where
     assert event.timestamp == "2025-12-01T12:00:00.000000Z" and event.latency_ms == 1000.0
     wire = json.loads(event.payload())
     assert wire["metadata"]["otel"]["span_id"] == "cd" * 8 and "model_version" not in wire
+
+
+def test_tool_call_parts_and_tool_definitions_map_to_the_contracts_tool_fields() -> None:
+    """GenAI semantic conventions: `tool_call` / `tool_call_response` parts and `gen_ai.tool.definitions` become
+    OpenAI-shaped `tool_calls`, `tool` messages and `tools`, which the contract accepts."""
+    from flywheel.schemas.contract import INFERENCE
+    from flywheel.schemas.validation import validate_payload
+
+    base = dict(trace_id="ab" * 16, span_id="cd" * 8, name="chat m", start_time_unix_nano=1_764_590_400_000_000_000,
+                end_time_unix_nano=1_764_590_401_000_000_000, resource={"service.name": "app"})
+    messages = [
+        {"role": "user", "parts": [{"type": "text", "content": "Weather in Paris?"}]},
+        {"role": "assistant", "parts": [{"type": "tool_call", "id": "call_1", "name": "get_weather",
+                                         "arguments": {"location": "Paris"}}]},
+        {"role": "tool", "parts": [{"type": "tool_call_response", "id": "call_1", "response": "18 C"}]},
+    ]
+    tools = [{"type": "function", "name": "get_weather", "description": "Current weather",
+              "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}]
+    span = otlp.Span(attributes={"gen_ai.operation.name": "chat", "gen_ai.request.model": "m",
+                                 "gen_ai.input.messages": json.dumps(messages),
+                                 "gen_ai.output.messages": json.dumps(OUTPUT),
+                                 "gen_ai.tool.definitions": json.dumps(tools)}, **base)  # type: ignore[arg-type]
+    event = otlp.map_span(span)
+    assert isinstance(event, otlp.Inference)
+    wire = json.loads(event.payload())
+    assert wire["input"] == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                              "arguments": '{"location": "Paris"}'}}]},
+        {"role": "tool", "content": "18 C", "tool_call_id": "call_1"}]
+    assert wire["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}]
+    assert validate_payload(INFERENCE, event.payload()) == []
