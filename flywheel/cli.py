@@ -15,6 +15,7 @@ import click
 from flywheel.commands import (alerts, collect, config, datasets, demo, drift, evaluate, jobs, lake, lane, quality,
                                serve, status)
 from flywheel.errors import FlywheelError
+from flywheel.logs import FORMATS, LogSettings, configure
 
 
 class _Group(click.Group):
@@ -28,8 +29,10 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("-v", "--verbose", is_flag=True, help="Log what the workers do.")
+@click.option("--log-format", type=click.Choice(FORMATS), default=None,
+              help="Logs as readable lines or one JSON object per line (default: FLYWHEEL_LOG_FORMAT, text).")
 @click.version_option(package_name="flywheel")
-def main(verbose: bool) -> None:
+def main(verbose: bool, log_format: str | None) -> None:
     """flywheel: the feedback data flywheel for LLM products.
 
     Settings come from FLYWHEEL_* environment variables (`flywheel config` lists them).
@@ -39,8 +42,9 @@ def main(verbose: bool) -> None:
       flywheel broker start && flywheel send events.jsonl && flywheel ingest --until-idle 5
       flywheel sql "SELECT app, count(*) FROM interactions GROUP BY app"
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The one place logging is set up (a long-running command's own --log-format only changes the format); only
+    # this setting is read here, so that `--help` works whatever else the environment holds.
+    configure(logging.INFO if verbose else logging.WARNING, log_format or LogSettings.from_env().log_format)
 
 
 for _module in (config, lane, collect, demo, quality, lake, drift, alerts, evaluate, jobs, status, serve, datasets):

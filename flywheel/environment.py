@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from flywheel.config import ENV_PREFIX, Settings, describe
 from flywheel.flows.settings import ServeSettings
 from flywheel.infra.demo import DemoSettings
+from flywheel.logs import LogSettings
 from flywheel.streams.collector.settings import CollectorSettings
+from flywheel.streams.metrics import MetricsSettings
 from flywheel.streams.signals import SignalSettings
 from flywheel.warehouse.alerts.outbox import AlertSettings
 from flywheel.warehouse.datasets.settings import DatasetSettings
@@ -44,6 +46,8 @@ class Environment:
     collector: CollectorSettings
     serve: ServeSettings
     datasets: DatasetSettings
+    logs: LogSettings
+    metrics: MetricsSettings
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Environment:
@@ -54,7 +58,8 @@ class Environment:
                    demo=DemoSettings.from_env(environ), evaluation=EvalSettings.from_env(environ),
                    jobs=JobSettings.from_env(environ), collector=CollectorSettings.from_env(environ),
                    serve=ServeSettings.from_env(environ),
-                   datasets=DatasetSettings.from_env(environ))
+                   datasets=DatasetSettings.from_env(environ), logs=LogSettings.from_env(environ),
+                   metrics=MetricsSettings.from_env(environ))
 
     @classmethod
     def defaults(cls, core: Settings | None = None) -> Environment:
@@ -62,7 +67,8 @@ class Environment:
         return cls(core=core or Settings(), quality=QualitySettings(), maintenance=MaintenanceSettings(),
                    drift=DriftSettings(), alerts=AlertSettings(), signals=SignalSettings(), demo=DemoSettings(),
                    evaluation=EvalSettings(), jobs=JobSettings(), collector=CollectorSettings(),
-                   serve=ServeSettings(), datasets=DatasetSettings())
+                   serve=ServeSettings(), datasets=DatasetSettings(), logs=LogSettings(),
+                   metrics=MetricsSettings())
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ GROUPS: tuple[Group, ...] = (
     Group("HTTP and OpenTelemetry collector (flywheel collect)", "collector", CollectorSettings,
           "FLYWHEEL_COLLECTOR_"),
     Group("Schedules and serving (flywheel serve)", "serve", ServeSettings, "FLYWHEEL_SERVE_"),
+    Group("Operations: logs (every command)", "logs", LogSettings, ENV_PREFIX),
+    Group("Operations: metrics (flywheel ingest, flywheel signals)", "metrics", MetricsSettings, ENV_PREFIX),
 )
 
 

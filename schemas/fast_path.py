@@ -73,8 +73,10 @@ def _ident(name: str) -> str:
 class FastPath:
     """Reads chunks of one event type with Arrow (`read`) and checks many read chunks at once (`check`)."""
 
-    def __init__(self, et: EventType, rfc3339: str) -> None:
+    def __init__(self, et: EventType, rfc3339: str, use_threads: bool = True) -> None:
         self.et = et
+        self.use_threads = use_threads
+        """Whether Arrow's JSON reader parses a chunk's blocks on its thread pool (else on the calling thread)."""
         strict = [(f.name, STRICT_TYPES[f.kind]) for f in et.fields if f.kind in STRICT_TYPES]
         self._has_input = any(f.kind == "input" for f in et.fields)
         self._chat_key = _chat_key({f.name for f in et.fields})
@@ -138,7 +140,8 @@ class FastPath:
         longest = int(sizes.max()) + 1
         block = max(MIN_BLOCK_BYTES, 1 << (longest + 2).bit_length())  # a payload never spans two blocks
         try:
-            table = pj.read_json(pa.BufferReader(pa.py_buffer(buffer)), read_options=pj.ReadOptions(block_size=block),
+            table = pj.read_json(pa.BufferReader(pa.py_buffer(buffer)),
+                                 read_options=pj.ReadOptions(block_size=block, use_threads=self.use_threads),
                                  parse_options=pj.ParseOptions(explicit_schema=self._schema,
                                                                unexpected_field_behavior="infer"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

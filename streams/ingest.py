@@ -40,9 +40,11 @@ from confluent_kafka.admin import AdminClient
 
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError
+from flywheel.logs import coords
 from flywheel.schemas.arrow import SCHEMAS, landed_rows
 from flywheel.schemas.contract import FEEDBACK, INFERENCE, EventType
 from flywheel.schemas.validation import BatchValidator
+from flywheel.streams.metrics import IngestMetrics
 from flywheel.streams.topics import admin, describe_topic_ids, ensure_topics, topic_ids
 from flywheel.warehouse.lake import CommitResult, Lake, TopicPartition as TP
 
@@ -150,10 +152,12 @@ class IngestWorker:
     def __init__(self, settings: Settings, lake: Lake | None = None, *,
                  consumer_config: dict[str, object] | None = None,
                  dead_letter_config: dict[str, object] | None = None,
-                 on_flush: Callable[[IngestStats], None] | None = None) -> None:
+                 on_flush: Callable[[IngestStats], None] | None = None,
+                 metrics: IngestMetrics | None = None) -> None:
         self.settings = settings
         self.lake = lake or Lake(settings.lake, settings.lake_codec)
         self.stats = IngestStats()
+        self.metrics = metrics or IngestMetrics()
         self.on_flush = on_flush
         self._stop = threading.Event()
         self._routes = {
@@ -450,13 +454,13 @@ class IngestWorker:
                 target = high
             elif resume < low:
                 log.error("%s[%s]: offsets %d..%d are gone from the broker before they were landed; resuming at %d",
-                          tp[0], tp[1], resume, low - 1, low)
+                          tp[0], tp[1], resume, low - 1, low, extra=coords(*tp, low, offsets=f"{resume}..{low - 1}"))
                 target = low
             else:
                 target = resume
             log.warning("%s[%s]: the broker reports offsets %d..%d, the lake is at %s; resuming at %s "
                         "(same topic id %s: never from the beginning)", tp[0], tp[1], low, high, resume, target,
-                        self._topic_ids.get(tp[0]))
+                        self._topic_ids.get(tp[0]), extra=coords(*tp, target, topic_id=self._topic_ids.get(tp[0])))
             self._seek(tp, target)
 
     def _seek(self, tp: TP, offset: int) -> None:
@@ -490,6 +494,10 @@ class IngestWorker:
             self.flush(force_watermarks=True)
         for p in partitions:
             self._pending_offsets.pop((p.topic, p.partition), None)
+            try:  # another worker owns its lag now
+                self.metrics.lag.remove(p.topic, str(p.partition))
+            except KeyError:
+                pass
         consumer.unassign()
 
     # ------------------------------------------------------------------------------------------------ landing
@@ -524,6 +532,20 @@ class IngestWorker:
             self._preparing = None  # its future holds the whole prepared batch: let it go once landed
         # On this thread: the consumer must not be called from two threads at once.
         self._commit_kafka_offsets()
+        self._observe_lag()
+
+    def _observe_lag(self) -> None:
+        """Set the lag gauge of every partition landed so far, from the end the broker reported in its last fetch
+        response (librdkafka's cache: no request)."""
+        if self._consumer is None:
+            return
+        for (topic, partition), landed in self._pending_offsets.items():
+            try:
+                _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except Exception:  # not fetched yet, or no longer assigned: nothing to say
+                continue
+            if high >= 0:
+                self.metrics.lag.labels(topic, str(partition)).set(max(high - landed, 0))
 
     def _wait_landed(self) -> None:
         while self._in_flight:
@@ -570,6 +592,13 @@ class IngestWorker:
         self.stats.consumed += n
         self.stats.consumed_bytes += nbytes
         self.stats.flushes += 1
+        if n:
+            m = self.metrics
+            m.consumed.inc(n)
+            m.consumed_bytes.inc(nbytes)
+            m.batches.inc()
+            m.batch_events.observe(n)
+            m.batch_bytes.observe(nbytes)
         if n and self.on_flush:
             self.on_flush(self.stats)
 
@@ -600,13 +629,19 @@ class IngestWorker:
             landed = result.rows
             for (topic, partition), (n, low, high) in result.replayed.items():
                 self.stats.replayed += n
+                self.metrics.replays.labels(topic, table).inc(n)
                 log.warning("dropped %d rows of %s[%s] offsets %d..%d as replays: table %s already holds them "
-                            "(topic id %s)", n, topic, partition, low, high, table, batch.topic_ids.get(topic))
+                            "(topic id %s)", n, topic, partition, low, high, table, batch.topic_ids.get(topic),
+                            extra=coords(topic, partition, low, offsets=f"{low}..{high}", table=table, count=n,
+                                         topic_id=batch.topic_ids.get(topic)))
             self.stats.seconds["commit"] += spent
+            self.metrics.commit_seconds.labels(table).observe(spent)
             if landed:
                 self.stats.last_commit_at = time.monotonic()
+                self.metrics.last_landed.set_to_current_time()
             self._last_watermark_commit[table] = now
             self.stats.landed[table] += landed
+            (self.metrics.quarantined if table == "quarantine" else self.metrics.landed.labels(table)).inc(landed)
         if failures:
             raise failures[0]
         # Only now is this batch landed in every table it feeds.
@@ -708,9 +743,11 @@ class IngestWorker:
             if not failed:
                 return
             self.stats.dead_letter_failures += len(failed)
+            self.metrics.dead_letter_failures.inc(len(failed))
             for m, _ in failed[:20]:
                 log.warning("dead letter for %s[%s]@%s not acknowledged by %s (attempt %d of %d): %s", m.topic(),
-                            m.partition(), m.offset(), topic, attempt, DEAD_LETTER_ATTEMPTS, errors[0])
+                            m.partition(), m.offset(), topic, attempt, DEAD_LETTER_ATTEMPTS, errors[0],
+                            extra=coords(*_coords(m), deadletter_topic=topic))
             pending = failed
         marks = self.lake.watermarks("quarantine", sorted({_coords(m)[:2] for m, _ in pending}), ids)
         lost = [m for m, _ in pending if (marks[_coords(m)[:2]] or 0) <= _coords(m)[2]]
@@ -738,10 +775,11 @@ def _without_errors(msgs: list[Message], out_of_range: set[TP]) -> list[Message]
         if err is None:
             kept.append(m)
         elif err.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
-            log.info("%s[%s]: %s", m.topic(), m.partition(), err)
+            log.info("%s[%s]: %s", m.topic(), m.partition(), err, extra=coords(m.topic(), m.partition()))
             out_of_range.add(_coords(m)[:2])
         elif err.code() != KafkaError._PARTITION_EOF:
-            log.warning("kafka error on %s[%s]: %s", m.topic(), m.partition(), err)
+            log.warning("kafka error on %s[%s]: %s", m.topic(), m.partition(), err,
+                        extra=coords(m.topic(), m.partition(), m.offset()))
     return kept
 
 

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from flywheel.config import Settings, env_settings
 from flywheel.errors import ConfigError
 from flywheel.schemas.alerts import Alert, AlertItem
+from flywheel.streams.metrics import SignalMetrics
 from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender
 
 log = logging.getLogger("flywheel.signals")
@@ -213,10 +214,13 @@ def segment_of(ev: Mapping[str, Any]) -> str:
 
 
 def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, outbox: Outbox,
-             **faust_options: Any) -> Any:
+             metrics: SignalMetrics | None = None, **faust_options: Any) -> Any:
     """The faust app (not started): alerts go to `outbox`, whose due rows it delivers with `alerts`' webhook.
-    `faust_options` override faust settings (tests shorten timeouts)."""
+    It counts into `metrics` (its own `SignalMetrics` if not given: `app.flywheel_metrics`). `faust_options`
+    override faust settings (tests shorten timeouts)."""
     import faust
+
+    metrics = metrics or SignalMetrics()
 
     sender = SlackSender(outbox, alerts)
     datadir = settings.home / "faust" / sig.group  # faust's default is a directory in the working directory
@@ -248,6 +252,7 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
     @app.agent(sources)
     async def route(stream: Any) -> None:
         async for event in stream.events():
+            metrics.events.labels(event.message.topic).inc()
             try:
                 ev = json.loads(event.value)
             except (ValueError, TypeError):
@@ -318,6 +323,10 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
         return cur, base, (start, start + size)
 
     async def check() -> None:
+        with metrics.checks.time():
+            await judge()
+
+    async def judge() -> None:
         now = datetime.now(timezone.utc).timestamp()
         queued = False
         for seg in sorted(segments):
@@ -339,9 +348,13 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
                 _, status = await asyncio.to_thread(outbox.enqueue, alert)
                 queued = queued or status == "pending"
                 if status == "pending":
+                    metrics.alerts.labels(s.signal).inc()
                     log.warning("live signal %s on %s: %s -> %s", s.signal, seg, s.before, s.after)
-        if queued or outbox.pending():
+        depth = await asyncio.to_thread(outbox.pending)
+        if queued or depth:
             await asyncio.to_thread(sender.deliver)
+            depth = await asyncio.to_thread(outbox.pending)
+        metrics.outbox_depth.set(depth)
 
     @app.timer(interval=sig.check_interval_s)
     async def checker() -> None:
@@ -351,4 +364,5 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
             log.exception("live-signal check failed")
 
     app.flywheel_check = check  # type: ignore[attr-defined]  # for tests and `flywheel signals --once`
+    app.flywheel_metrics = metrics  # type: ignore[attr-defined]
     return app

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from flywheel.commands.options import dispatch, pass_env
+from flywheel.commands.options import dispatch, log_format_option, metrics_port_option, metrics_served, pass_env
 from flywheel.environment import Environment
 from flywheel.schemas.alerts import Alert
 from flywheel.warehouse.jobs.store import Job
@@ -158,13 +158,17 @@ Stop with Ctrl-C. Settings:
 \b
 Example:
   FLYWHEEL_SLACK_WEBHOOK_URL=https://hooks.slack.com/services/... flywheel signals
+  flywheel signals --metrics-port 9465 --log-format json
 """)
+@metrics_port_option
+@log_format_option
 @pass_env
-def signals(env: Environment) -> None:
+def signals(env: Environment, metrics_port: int | None) -> None:
     import asyncio
     import signal
 
     from flywheel.errors import BrokerUnavailable
+    from flywheel.streams.metrics import SignalMetrics
     from flywheel.streams.signals import make_app
     from flywheel.streams.topics import ensure_topics
 
@@ -173,7 +177,8 @@ def signals(env: Environment) -> None:
     ensure_topics(s)
     from flywheel.warehouse.alerts.outbox import Outbox
 
-    app = make_app(s, sig, env.alerts, Outbox.from_settings(s.home, env.alerts))
+    metrics = SignalMetrics()
+    app = make_app(s, sig, env.alerts, Outbox.from_settings(s.home, env.alerts), metrics=metrics)
     click.echo(f"live signals on {s.inference_topic}, {s.feedback_topic} (group {sig.group}, windows of "
                f"{sig.window_s:g} s); Ctrl-C to stop", err=True)
 
@@ -191,7 +196,8 @@ def signals(env: Environment) -> None:
             await app.stop()
 
     try:
-        asyncio.run(main())
+        with metrics_served(env, metrics_port, metrics.registry, "live-signal"):
+            asyncio.run(main())
     except OSError as exc:
         raise BrokerUnavailable(f"live signals could not reach Kafka at {s.kafka_bootstrap}: {exc}",
                                 bootstrap=s.kafka_bootstrap) from None

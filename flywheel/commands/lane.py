@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from flywheel.commands.options import pass_env
+from flywheel.commands.options import log_format_option, metrics_port_option, metrics_served, pass_env
 from flywheel.environment import Environment
 from flywheel.errors import FlywheelError
 
@@ -124,21 +124,27 @@ def send(env: Environment, file: Path, rate: float | None, skip_invalid: bool, n
 @click.command()
 @click.option("--until-idle", type=float, default=None, metavar="SECONDS",
               help="Exit after SECONDS without a new event (default: run until stopped).")
+@metrics_port_option
+@log_format_option
 @pass_env
-def ingest(env: Environment, until_idle: float | None) -> None:
+def ingest(env: Environment, until_idle: float | None, metrics_port: int | None) -> None:
     """Land events from Kafka in the lake, exactly once, quarantining invalid ones.
 
     Start several to share the partitions (same FLYWHEEL_INGEST_GROUP). Stop with Ctrl-C or SIGTERM: the worker
     lands what it holds first. A killed worker resumes exactly where the lake is. With --until-idle it exits 0
     only once every partition is landed up to the broker's end; if some stay unowned or behind for
-    FLYWHEEL_DRAIN_TIMEOUT_S it exits 1 naming them and their lag.
+    FLYWHEEL_DRAIN_TIMEOUT_S it exits 1 naming them and their lag. With --metrics-port it serves Prometheus
+    metrics (events consumed, landed, quarantined, replays dropped, lag per partition, batch sizes, commit
+    latency).
 
     \b
     Example:
       flywheel ingest                 # run as a service
       flywheel ingest --until-idle 5  # drain the topics, then exit
+      flywheel ingest --metrics-port 9464 --log-format json
     """
     from flywheel.streams.ingest import IngestStats, IngestWorker
+    from flywheel.streams.metrics import IngestMetrics
 
     s = env.core
     last = [0.0]
@@ -151,9 +157,11 @@ def ingest(env: Environment, until_idle: float | None) -> None:
             click.echo(f"consumed {st.consumed}  inferences {st.landed['inferences']}  feedback "
                        f"{st.landed['feedback']}  quarantined {st.quarantined}  ({rate:,.0f} events/s)", err=True)
 
-    worker = IngestWorker(s, on_flush=report)
+    metrics = IngestMetrics()
+    worker = IngestWorker(s, on_flush=report, metrics=metrics)
     click.echo(f"landing {s.inference_topic}, {s.feedback_topic} from {s.kafka_bootstrap} into {s.lake}", err=True)
-    st = worker.run(until_idle=until_idle, install_signal_handlers=True)
+    with metrics_served(env, metrics_port, metrics.registry, "landing"):
+        st = worker.run(until_idle=until_idle, install_signal_handlers=True)
     click.echo(f"landed {st.landed['inferences']} inferences, {st.landed['feedback']} feedback, quarantined "
                f"{st.quarantined} (of {st.consumed} consumed; {st.replayed} replays dropped, "
                f"{st.dead_letter_failures} dead-letter deliveries failed)")

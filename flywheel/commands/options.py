@@ -6,12 +6,13 @@ command reads the environment on its own.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
@@ -21,6 +22,9 @@ from flywheel.warehouse.jobs.dispatch import DatasetVersion, Event, Secrets
 from flywheel.warehouse.jobs.eval_target import EvalContext
 from flywheel.warehouse.jobs.policies import Policy
 from flywheel.warehouse.jobs.store import Job, JobStore
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,3 +119,43 @@ def dispatch(env: Environment, events: Sequence[Event]) -> list[Job]:
     if rt is None:
         return []
     return start(rt.policies.values(), events, rt.store, rt.secrets, rt.evaluation)
+
+
+def log_format_option(fn: F) -> F:
+    """`--log-format text|json` for a long-running command: changes the format `flywheel` set up, keeps its level."""
+
+    def switch(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            import logging
+
+            from flywheel.logs import configure
+
+            configure(logging.getLogger().level, value)
+
+    return click.option("--log-format", type=click.Choice(["text", "json"]), default=None, expose_value=False,
+                        callback=switch, help="text or json: one object per line with time, level, logger, "
+                        "message, topic, partition, offset (default: FLYWHEEL_LOG_FORMAT).")(fn)
+
+
+def metrics_port_option(fn: F) -> F:
+    """`--metrics-port PORT`, defaulting to FLYWHEEL_METRICS_PORT (0: no metrics endpoint)."""
+    return click.option("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="Serve Prometheus metrics at http://FLYWHEEL_METRICS_HOST:PORT/metrics (default: "
+                        "FLYWHEEL_METRICS_PORT; 0: not served).")(fn)
+
+
+@contextlib.contextmanager
+def metrics_served(env: Environment, port: int | None, registry: CollectorRegistry, what: str) -> Iterator[None]:
+    """Serve `registry` on `port` (or FLYWHEEL_METRICS_PORT) while the block runs; nothing when that is 0."""
+    from flywheel.streams.metrics import MetricsServer
+
+    port = env.metrics.metrics_port if port is None else port
+    if not port:
+        yield
+        return
+    server = MetricsServer(registry, env.metrics.metrics_host, port)
+    click.echo(f"{what} metrics at {server.url}", err=True)
+    try:
+        yield
+    finally:
+        server.close()

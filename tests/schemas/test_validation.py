@@ -130,3 +130,16 @@ def test_feedback_defaults() -> None:
     typed, _ = BatchValidator(FEEDBACK, LIMIT).validate(pa.array([json.dumps(event).encode()]))
     row = typed.to_pylist()[0]
     assert (row["scale_min"], row["scale_max"], row["source"]) == (1.0, 5.0, "user")
+
+
+def test_a_single_threaded_validator_gives_the_same_verdicts_on_the_calling_thread_alone() -> None:
+    """`threads=1` (the collector's) changes where the work runs, never the typed rows or the reasons."""
+    events = [e for e in generate(load_corpus(), 600, seed=8) if event_type_of(e).name == "inference"]
+    good = [json.dumps(e).encode() for e in events]
+    payloads = good + [p for _, p in hostile_payloads(events, 40, seed=2)] + good[:50]
+    single = BatchValidator(INFERENCE, max_bytes=1 << 20, threads=1)
+    assert single._fast_path is not None and single._fast_path.use_threads is False
+    for batch in (good, payloads):
+        (t1, r1), (t2, r2) = single.validate(batch), BatchValidator(INFERENCE, max_bytes=1 << 20).validate(batch)
+        assert r1 == r2 and t1.equals(t2)
+    assert single.rows_fast >= len(good)

@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
 import pytest
 from confluent_kafka import Producer
 
@@ -18,6 +19,7 @@ from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox
 from flywheel.infra.testing.webhook import RecordingWebhook
 from flywheel.streams.signals import (DOWNS, ERRORS, HIST, N, THUMBS, SignalDetector, SignalSettings, empty,
                                       is_error, latency_bucket, make_app, p95)
+from flywheel.streams.metrics import MetricsServer, SignalMetrics
 from flywheel.streams.topics import ensure_topics
 
 
@@ -90,6 +92,13 @@ def test_helpers() -> None:
 
 @pytest.mark.slow
 @pytest.mark.broker
+def _events_read(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {s.labels["topic"]: s.value for f in text_string_to_metric_families(httpx.get(url).text)
+            for s in f.samples if s.name == "flywheel_signals_events_total"}
+
+
 def test_thumbs_down_jump_alerts_slack_within_a_window(kafka_settings: Settings, tmp_path: Path) -> None:
     """20% thumbs-down, then 45%: the live signal reaches Slack within one window of the change (windows of 6 s
     here instead of the default 60 s, so the test takes seconds, not minutes)."""
@@ -103,8 +112,10 @@ def test_thumbs_down_jump_alerts_slack_within_a_window(kafka_settings: Settings,
     with RecordingWebhook() as hook:
         alerts = AlertSettings(slack_webhook_url=hook.url, backoff_s=0.1)
         outbox = Outbox(tmp_path / "outbox.sqlite", cooldown_s=600)
-        app = make_app(settings, sig, alerts, outbox, broker_session_timeout=6, broker_rebalance_timeout=6,
-                       broker_heartbeat_interval=1)
+        metrics = SignalMetrics()
+        server = MetricsServer(metrics.registry, "127.0.0.1", 0)
+        app = make_app(settings, sig, alerts, outbox, metrics=metrics, broker_session_timeout=6,
+                       broker_rebalance_timeout=6, broker_heartbeat_interval=1)
         state = {"down": 0.2, "stop": False, "switched_at": None, "sent": 0}
 
         def produce() -> None:
@@ -148,9 +159,32 @@ def test_thumbs_down_jump_alerts_slack_within_a_window(kafka_settings: Settings,
                 state["stop"] = True
                 producer.join(10)
                 assert got, f"no alert within {sig.window_s * 3} s of the change ({state['sent']} inferences sent)"
+                # Scraped over HTTP. Events produced before the worker's first fetch are not read ("latest"), so
+                # once the count settles, 25 more of each kind must add exactly 25 to each topic's count.
+                before: dict[str, float] = {}
+                while (seen := _events_read(server.url)) != before:
+                    before = seen
+                    await asyncio.sleep(1.0)
+                assert 0 < before[settings.inference_topic] <= state["sent"]
+                p = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+                for n in range(25):
+                    p.produce(settings.inference_topic, b'{"inference_id": "x%d", "output": "ok"}' % n)
+                    p.produce(settings.feedback_topic, b'{"inference_id": "x%d", "kind": "thumbs", "value": 1}' % n)
+                assert await asyncio.to_thread(p.flush, 10) == 0
+                want = {t: v + 25 for t, v in before.items()}
+                deadline = time.monotonic() + 20
+                while (seen := _events_read(server.url)) != want and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                assert seen == want
+                await app.flywheel_check()
+                page = httpx.get(server.url).text
+                assert 'flywheel_signals_alerts_total{signal="thumbs_down_rate"} 1.0' in page
+                assert "\nflywheel_outbox_depth 0.0" in page
+                assert "flywheel_signals_check_duration_seconds_count" in page
                 return latency
             finally:
                 await app.stop()
+                server.close()
 
         latency = asyncio.run(scenario())
         assert latency <= sig.window_s + 2 * sig.check_interval_s + 2, latency
