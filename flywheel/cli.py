@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from flywheel.commands import (alerts, collect, config, datasets, demo, drift, evaluate, jobs, lake, lane, quality,
-                               serve, status)
+                               report, serve, status)
 from flywheel.errors import FlywheelError
 
 
@@ -43,7 +43,7 @@ def main(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _module in (config, lane, collect, demo, quality, lake, drift, alerts, evaluate, jobs, status, serve, datasets):
+for _module in (config, lane, collect, demo, quality, lake, drift, alerts, evaluate, jobs, status, serve, datasets, report):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 
