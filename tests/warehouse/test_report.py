@@ -57,7 +57,7 @@ def _report(home: Path, out: Path) -> str:
 def test_the_report_of_a_fresh_home_says_what_to_run_in_every_section(tmp_path: Path) -> None:
     page = _report(tmp_path / "home", tmp_path / "out" / "report.html")
     empties = re.findall(r"<p class=empty>.*?run <code>(.*?)</code>", page)
-    assert len(empties) == len(SECTIONS) + 1  # every section, and the comparisons inside evaluations
+    assert len(empties) == len(SECTIONS)  # one per section
     assert "flywheel demo" in empties and "flywheel quality run" in empties and "flywheel curate" in empties
     assert "<svg" not in page and "<script" not in page
 
@@ -187,11 +187,14 @@ def test_the_report_draws_every_plot_in_headless_chromium(tmp_path: Path) -> Non
         assert p["width"] > 300 and p["height"] > 20, p
         assert p["marks"] > 0 and p["drawn"] == p["marks"], p  # every mark laid out with a size, inside its plot
         per_section[p["section"]] = per_section.get(p["section"], 0) + 1
-    # three traffic plots (volume, feedback rate, thumbs down), one per other section, one per comparison
-    assert per_section == {"traffic": 3, "drift": 1, "quality": 1, "datasets": 1, "evaluation": 2, "jobs": 1,
-                           "releases": 1}, per_section
+    # every plot of the page was laid out: per app its volume (and its rates where a day has enough inferences),
+    # one per other section, and one per comparison
+    assert len(plots) == page.count("<svg class='plot'")
+    assert per_section["traffic"] >= 3 and per_section["evaluation"] == 2, per_section
+    assert {k: v for k, v in per_section.items() if k not in ("traffic", "evaluation")} == {
+        "drift": 1, "quality": 1, "datasets": 1, "jobs": 1, "releases": 1}, per_section
     traffic_marks = sum(p["marks"] for p in plots if p["section"] == "traffic")
-    assert traffic_marks > 3 * 8  # each plot: a line and a dot per day for each app and version
+    assert traffic_marks > 3 * 8  # a line and a dot per day for each app and version
 
     shot = tmp_path / "report.png"
     _browser(binary, tmp_path, "--window-size=1100,4200", f"--screenshot={shot}", out.as_uri())

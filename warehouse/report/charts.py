@@ -69,11 +69,9 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
-    out, v = [], start
-    while v <= hi + step * 1e-9:
-        out.append(round(v, 10))
-        v += step
+    out = [math.floor(lo / step) * step]
+    while out[-1] < hi - step * 1e-9:  # the last tick is at or above hi, so nothing is drawn above the frame
+        out.append(round(out[-1] + step, 10))
     return out
 
 
@@ -117,7 +115,7 @@ def line_chart(series: Sequence[Series], *, y_label: str, fmt: Callable[[float],
     out.append(f"<text x='12' y='{top + (height - top - bottom) / 2:.0f}' {_FONT} fill='#555' text-anchor='middle' "
                f"transform='rotate(-90 12 {top + (height - top - bottom) / 2:.0f})'>{_e(y_label)}</text>")
     out.append(f"<line x1='{left}' x2='{width - right}' y1='{height - bottom}' y2='{height - bottom}' stroke='#999'/>")
-    out.append(_time_axis(t0, t1, x, height - bottom))
+    out.append(_time_axis(t0, t1, x, height - bottom, n=max(2, min(6, (width - left - right) // 80))))
     if threshold is not None:
         out.append(f"<line x1='{left}' x2='{width - right}' y1='{y(threshold):.1f}' y2='{y(threshold):.1f}' "
                    "stroke='#c62828' stroke-dasharray='4,3'><title>threshold</title></line>")
@@ -190,15 +188,25 @@ def interval_chart(rows: Sequence[Interval], *, width: int = 760, row: int = 22)
 
 
 def timeline(marks: Sequence[Mark], *, width: int = 760, row: int = 24) -> str:
-    """Events over time, one row per `row` name; each a dot with a tooltip and an optional short label."""
+    """Events over time, one row per `row` name; each a dot with a tooltip and an optional short label. When two
+    dots of a row would overlap (a demo's releases seconds apart), the marks are spaced in time order instead and
+    the axis says so."""
     if not marks:
         return ""
     rows = list(dict.fromkeys(m.row for m in marks))
-    left, right, bottom = 160, 70, 30
+    left, right, bottom, r = 160, 110, 30, 5
     t0, t1 = min(_epoch(m.at) for m in marks), max(_epoch(m.at) for m in marks)
     if t1 - t0 < 60:
         t0, t1 = t0 - 1800, t1 + 1800
     x = lambda t: left + (t - t0) / (t1 - t0) * (width - left - right)
+    at = {id(m): x(_epoch(m.at)) for m in marks}
+    by_row: dict[str, list[float]] = {}
+    for m in marks:
+        by_row.setdefault(m.row, []).append(at[id(m)])
+    ordered = any(b - a < 2.5 * r for xs in by_row.values() for a, b in zip(sorted(xs), sorted(xs)[1:]))
+    if ordered:
+        order = sorted(marks, key=lambda m: m.at)
+        at = {id(m): left + (i + 0.5) / len(order) * (width - left - right) for i, m in enumerate(order)}
     height = row * len(rows) + bottom + 6
     out = [f"<svg class='plot' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
            f"viewBox='0 0 {width} {height}'>"]
@@ -208,12 +216,17 @@ def timeline(marks: Sequence[Mark], *, width: int = 760, row: int = 24) -> str:
                    f"<text x='{left - 6}' y='{cy + 4:.1f}' text-anchor='end' {_FONT} fill='#333'>{_e(name)}</text>")
     for m in marks:
         cy = 6 + rows.index(m.row) * row + row / 2
-        cx = x(_epoch(m.at))
-        out.append(f"<circle class='mark' cx='{cx:.1f}' cy='{cy:.1f}' r='5' fill='{m.color}' stroke='#fff'>"
-                   f"<title>{_e(m.title)}</title></circle>")
+        cx = at[id(m)]
+        out.append(f"<circle class='mark' cx='{cx:.1f}' cy='{cy:.1f}' r='{r}' fill='{m.color}' stroke='#fff'>"
+                   f"<title>{_e(m.title)} ({m.at:%Y-%m-%d %H:%M:%S} UTC)</title></circle>")
         if m.text:
             out.append(f"<text x='{cx + 7:.1f}' y='{cy - 5:.1f}' {_FONT} fill='#333'>{_e(m.text)}</text>")
     out.append(f"<line x1='{left}' x2='{width - right}' y1='{height - bottom}' y2='{height - bottom}' stroke='#999'/>")
-    out.append(_time_axis(t0, t1, x, height - bottom, n=5))
+    if ordered:
+        out.append(f"<text x='{left}' y='{height - bottom + 15}' {_FONT} fill='#555'>in time order, "
+                   f"{min(m.at for m in marks):%Y-%m-%d %H:%M}"
+                   " onwards (too close in time to place; each dot's time is in its tooltip)</text>")
+    else:
+        out.append(_time_axis(t0, t1, x, height - bottom, n=5))
     out.append("</svg>")
     return "".join(out)

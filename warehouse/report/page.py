@@ -27,10 +27,11 @@ h3{font-size:14px;margin:16px 0 4px}.k{color:#666;font-size:12px}code{font-size:
 table{border-collapse:collapse;margin:6px 0 12px;font-size:12px}td,th{border:1px solid #ddd;padding:3px 7px;
 text-align:left;vertical-align:top}th{background:#f6f6f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#2e7d32;font-weight:600}.bad{color:#c62828;font-weight:600}.empty{color:#666;background:#fafafa;
-border:1px dashed #ccc;padding:8px 12px}.legend{font-size:12px;margin:2px 0 10px 56px}.legend span{margin-right:14px;
+border:1px dashed #ccc;padding:8px 12px}.legend{font-size:12px;margin:2px 0 10px 56px;max-width:900px}.legend span{margin-right:14px;
 white-space:nowrap}.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:-1px}
 nav a{margin-right:12px}.cards{display:flex;gap:10px;flex-wrap:wrap;margin:12px 0}.card{border:1px solid #ddd;
 border-radius:6px;padding:6px 12px;min-width:130px}.card b{display:block;font-size:18px}svg.plot{display:block}
+.row{display:flex;gap:8px;flex-wrap:wrap}figure{margin:0}figcaption{font-size:12px;color:#555;margin-left:56px}
 """
 
 SECTIONS = (("traffic", "Traffic and feedback"), ("drift", "Drift"), ("quality", "Quality gates"),
@@ -83,40 +84,66 @@ class _Links:
         return f"<a href='{_e(Path(href).as_posix())}'>{_e(text)}</a>"
 
 
+TOP_VERSIONS = 4
+"""Model versions drawn per app; the app's other versions are drawn summed as one line."""
+MIN_FOR_RATE = 5
+"""A rate is drawn for a bucket with at least this many inferences (fewer swing between 0 and 100%)."""
+
+
+def _merge(app: str, label: str, points: Sequence[TrafficPoint]) -> list[TrafficPoint]:
+    """`points` of several versions summed per bucket, as one series named `label`."""
+    by: dict[datetime, list[TrafficPoint]] = defaultdict(list)
+    for p in points:
+        by[p.bucket].append(p)
+    return [TrafficPoint(app, label, b, sum(p.inferences for p in ps), sum(p.with_feedback for p in ps),
+                         sum(p.thumbs_up for p in ps), sum(p.thumbs_down for p in ps)) for b, ps in sorted(by.items())]
+
+
 def _traffic(o: Overview) -> str:
     pts = o.traffic.points
     if not pts:
         return _empty("No inferences landed yet", "flywheel demo") + \
             "<p class=k>or send events (<code>flywheel send</code>, the SDK, <code>flywheel collect</code>) and " \
             "land them with <code>flywheel ingest</code>.</p>"
-    by: dict[tuple[str, str], list[TrafficPoint]] = defaultdict(list)
+    by_app: dict[str, dict[str, list[TrafficPoint]]] = defaultdict(lambda: defaultdict(list))
     for p in pts:
-        by[(p.app, p.model_version)].append(p)
-    keys = sorted(by, key=lambda k: -sum(p.inferences for p in by[k]))
+        by_app[p.app][p.model_version].append(p)
+    total, fb = sum(p.inferences for p in pts), sum(p.with_feedback for p in pts)
+    out = [f"<p class=k>{total:,} inferences, {fb / total:.0%} with feedback, per {o.traffic.grain} (UTC); per app, "
+           f"its {TOP_VERSIONS} busiest model versions (the others summed); rates where a {o.traffic.grain} has at "
+           f"least {MIN_FOR_RATE} inferences. The last {o.traffic.grain} is the one so far.</p>"]
+    rows = []
+    for app in sorted(by_app, key=lambda a: -sum(p.inferences for v in by_app[a].values() for p in v)):
+        versions = sorted(by_app[app].items(), key=lambda kv: -sum(p.inferences for p in kv[1]))
+        shown = [(v, ps) for v, ps in versions[:TOP_VERSIONS]]
+        rest = [p for _, ps in versions[TOP_VERSIONS:] for p in ps]
+        if rest:
+            label = f"{len(versions) - TOP_VERSIONS} other versions"
+            shown.append((label, _merge(app, label, rest)))
 
-    def series(value: Callable[[TrafficPoint], float | None]) -> list[Series]:
-        out = []
-        for i, k in enumerate(keys):
-            vals = tuple((p.bucket, v) for p in by[k] if (v := value(p)) is not None)
-            out.append(Series(f"{k[0]} · {k[1]}", vals, color(i)))
-        return out
+        def series(value: Callable[[TrafficPoint], float | None], rate: bool) -> list[Series]:
+            return [Series(v, tuple((p.bucket, x) for p in ps if (not rate or p.inferences >= MIN_FOR_RATE)
+                                    and (x := value(p)) is not None), color(i)) for i, (v, ps) in enumerate(shown)]
 
-    volume = series(lambda p: float(p.inferences))
-    total = sum(p.inferences for p in pts)
-    fb = sum(p.with_feedback for p in pts)
-    rows = [[_e(k[0]), _e(k[1]), f"{sum(p.inferences for p in by[k]):,}",
-             _pct(sum(p.with_feedback for p in by[k]) / max(sum(p.inferences for p in by[k]), 1)),
-             _pct(_down(by[k])), _t(by[k][0].bucket), _t(by[k][-1].bucket)] for k in keys]
-    return (f"<p class=k>{total:,} inferences, {fb / total:.0%} with feedback, per {o.traffic.grain} (UTC) and per "
-            "app · model version.</p>"
-            f"<h3>Inferences per {o.traffic.grain}</h3>{line_chart(volume, y_label='inferences')}{legend(volume)}"
-            "<h3>Feedback rate (inferences with any feedback)</h3>"
-            + line_chart(series(lambda p: p.feedback_rate), y_label="with feedback", fmt="{:.0%}".format, y_max=1.0)
-            + "<h3>Thumbs down (share of thumbs)</h3>"
-            + line_chart(series(lambda p: p.thumbs_down_rate), y_label="thumbs down", fmt="{:.0%}".format, y_max=1.0)
-            + legend(volume)
-            + _table(["app", "model version", "inferences", "with feedback", "thumbs down", "first", "last"], rows,
-                     {2, 3, 4}))
+        volume = series(lambda p: float(p.inferences), False)
+        charts = [("inferences", line_chart(volume, y_label="inferences", width=320, height=170)),
+                  ("with any feedback", line_chart(series(lambda p: p.feedback_rate, True), y_label="feedback rate",
+                                                   fmt="{:.0%}".format, y_max=1.0, width=320, height=170)),
+                  ("thumbs down of thumbs", line_chart(series(lambda p: p.thumbs_down_rate, True),
+                                                       y_label="thumbs down", fmt="{:.0%}".format, y_max=1.0,
+                                                       width=320, height=170))]
+        out.append(f"<h3>{_e(app)}</h3><div class=row>" + "".join(
+            f"<figure><figcaption>{_e(t)}</figcaption>{c or '<p class=k>too few to draw</p>'}</figure>"
+            for t, c in charts) + "</div>" + legend(volume))
+        for v, ps in versions:
+            rows.append([_e(app), _e(v), f"{sum(p.inferences for p in ps):,}",
+                         _pct(sum(p.with_feedback for p in ps) / max(sum(p.inferences for p in ps), 1)),
+                         _pct(_down(ps)), _t(ps[0].bucket), _t(ps[-1].bucket)])
+    head = ["app", "model version", "inferences", "with feedback", "thumbs down", f"first {o.traffic.grain}",
+            f"last {o.traffic.grain}"]
+    more = f"<p class=k>and {len(rows) - 15} more versions (<code>flywheel sql</code> over <code>interactions</code>)" \
+           "</p>" if len(rows) > 15 else ""
+    return "".join(out) + _table(head, rows[:15], {2, 3, 4}) + more
 
 
 def _down(points: Sequence[TrafficPoint]) -> float | None:
@@ -188,7 +215,7 @@ def _datasets(o: Overview) -> str:
 
 def _evaluation(o: Overview) -> str:
     if not o.evals:
-        return _empty("No evaluation run yet", "flywheel eval run --eval-set NAME@VERSION --target TARGET.yaml")
+        return _empty("No evaluation run yet", "flywheel eval run --dataset NAME --target TARGET")
     done = [r for r in o.evals if r.finished]
     bars = [Bar(f"{r.model} · {r.eval_set}", r.pass_rate or 0.0, color(i % 10),
                 f"{r.run_id}: pass {_pct(r.pass_rate)}, similarity {_num(r.similarity_mean)}") for i, r in
@@ -203,7 +230,7 @@ def _evaluation(o: Overview) -> str:
     out.append("<h3>Comparisons</h3>")
     if not o.comparisons:
         out.append(_empty("No two finished runs of one eval set to compare yet",
-                          "flywheel eval run (a second model on the same eval set)"))
+                          "flywheel eval run --dataset NAME --target ANOTHER"))
     for c in o.comparisons:
         out.append(_comparison(c, {r.run_id: r.model for r in o.evals}))
     return "".join(out)
@@ -251,11 +278,11 @@ def _jobs(o: Overview) -> str:
 
 def _releases(o: Overview) -> str:
     if not o.releases:
-        return _empty("No release recorded yet", "flywheel release promote APP --model M --eval-run RUN")
+        return _empty("No release recorded yet", "flywheel release promote APP --model MODEL --eval RUN")
     marks = [Mark(r.app, r.since, BAD if r.action == "rollback" else WARN if r.forced else OK,
                   f"{r.app} release {r.sequence}: {r.action} to {r.model} {r.model_version or ''}"
                   + (f" (forced: {r.reason})" if r.forced else f" ({r.reason})" if r.reason else ""),
-                  r.model_version or r.model) for r in o.releases]
+                  f"{r.sequence}: {r.model_version or r.model}") for r in o.releases]
     rows = []
     for r in reversed(o.releases):
         verdict = json.loads(r.gate) if r.gate else None
