@@ -43,7 +43,8 @@ def main(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _module in (config, lane, collect, demo, quality, lake, drift, alerts, evaluate, jobs, status, serve, datasets, report):
+for _module in (config, lane, collect, demo, quality, lake, drift, alerts, evaluate, jobs, status, serve, datasets,
+                report):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

@@ -39,7 +39,7 @@ from flywheel.warehouse.quality.gates import RUNS_SCHEMA as QUALITY_SCHEMA
 from flywheel.warehouse.quality.settings import QualitySettings
 from flywheel.warehouse.releases import promote, rollback
 from flywheel.warehouse.report.gather import gather
-from flywheel.warehouse.report.page import SECTIONS, write
+from flywheel.warehouse.report.page import SECTIONS
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -188,11 +188,11 @@ def test_the_report_draws_every_plot_in_headless_chromium(tmp_path: Path) -> Non
         assert p["marks"] > 0 and p["drawn"] == p["marks"], p  # every mark laid out with a size, inside its plot
         per_section[p["section"]] = per_section.get(p["section"], 0) + 1
     # every plot of the page was laid out: per app its volume (and its rates where a day has enough inferences),
-    # one per other section, and one per comparison
+    # drift's latest window and its windows over time, one per other section, and one per comparison
     assert len(plots) == page.count("<svg class='plot'")
     assert per_section["traffic"] >= 3 and per_section["evaluation"] == 2, per_section
     assert {k: v for k, v in per_section.items() if k not in ("traffic", "evaluation")} == {
-        "drift": 1, "quality": 1, "datasets": 1, "jobs": 1, "releases": 1}, per_section
+        "drift": 2, "quality": 1, "datasets": 1, "jobs": 1, "releases": 1}, per_section
     traffic_marks = sum(p["marks"] for p in plots if p["section"] == "traffic")
     assert traffic_marks > 3 * 8  # a line and a dot per day for each app and version
 

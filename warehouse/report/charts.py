@@ -82,8 +82,9 @@ def _time_axis(t0: float, t1: float, x: Callable[[float], float], y: float, n: i
     for i in range(n + 1):
         t = t0 + span * i / n
         label = datetime.fromtimestamp(t, timezone.utc).strftime(fmt)
+        anchor = "start" if i == 0 else "end" if i == n else "middle"  # the outer labels stay inside the frame
         parts.append(f"<line x1='{x(t):.1f}' x2='{x(t):.1f}' y1='{y:.1f}' y2='{y + 4:.1f}' stroke='#999'/>"
-                     f"<text x='{x(t):.1f}' y='{y + 15:.1f}' text-anchor='middle' {_FONT} fill='#555'>{label}</text>")
+                     f"<text x='{x(t):.1f}' y='{y + 15:.1f}' text-anchor='{anchor}' {_FONT} fill='#555'>{label}</text>")
     return "".join(parts)
 
 
@@ -123,7 +124,8 @@ def line_chart(series: Sequence[Series], *, y_label: str, fmt: Callable[[float],
         xy = [(x(_epoch(t)), y(v), t, v) for t, v in s.points]
         if len(xy) > 1:
             out.append(f"<polyline class='mark' fill='none' stroke='{s.color}' stroke-width='1.8' points='"
-                       + " ".join(f"{a:.1f},{b:.1f}" for a, b, _, _ in xy) + f"'><title>{_e(s.name)}</title></polyline>")
+                       + " ".join(f"{a:.1f},{b:.1f}" for a, b, _, _ in xy)
+                       + f"'><title>{_e(s.name)}</title></polyline>")
         for a, b, t, v in xy:
             out.append(f"<circle class='mark' cx='{a:.1f}' cy='{b:.1f}' r='2.6' fill='{s.color}'><title>"
                        f"{_e(s.name)}: {_e(fmt(v))} at {t:%Y-%m-%d %H:%M}</title></circle>")
@@ -138,20 +140,26 @@ def legend(series: Sequence[Series | Bar]) -> str:
 
 
 def bar_chart(bars: Sequence[Bar], *, fmt: Callable[[float], str] = "{:,.0f}".format, width: int = 760,
-              row: int = 20) -> str:
-    """Horizontal bars, one per row, labelled on the left and valued on the right."""
+              row: int = 20, reference: float | None = None) -> str:
+    """Horizontal bars, one per row, labelled on the left (long labels cut, whole in the tooltip) and valued on
+    the right; `reference` is drawn as a dashed red line."""
     if not bars:
         return ""
-    left, right = 220, 70
-    hi = max(b.value for b in bars) or 1.0
+    left, right = 250, 70
+    hi = max([b.value for b in bars] + [reference or 0.0]) or 1.0
     height = row * len(bars) + 8
     out = [f"<svg class='plot' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
            f"viewBox='0 0 {width} {height}'>"]
+    if reference is not None:
+        rx = left + reference / hi * (width - left - right)
+        out.append(f"<line x1='{rx:.1f}' x2='{rx:.1f}' y1='0' y2='{height}' stroke='#c62828' "
+                   "stroke-dasharray='4,3'/>")
     for i, b in enumerate(bars):
         y0 = 4 + i * row
         w = max(b.value / hi * (width - left - right), 1.0)
         out.append(f"<text x='{left - 6}' y='{y0 + row * 0.65:.1f}' text-anchor='end' {_FONT} fill='#333'>"
-                   f"{_e(b.label)}</text><rect class='mark' x='{left}' y='{y0 + 2}' width='{w:.1f}' "
+                   f"{_e(b.label if len(b.label) <= 40 else b.label[:39] + '…')}</text>"
+                   f"<rect class='mark' x='{left}' y='{y0 + 2}' width='{w:.1f}' "
                    f"height='{row - 5}' fill='{b.color}'><title>{_e(b.title)}</title></rect>"
                    f"<text x='{left + w + 4:.1f}' y='{y0 + row * 0.65:.1f}' {_FONT} fill='#333'>{_e(fmt(b.value))}"
                    "</text>")
@@ -214,13 +222,14 @@ def timeline(marks: Sequence[Mark], *, width: int = 760, row: int = 24) -> str:
         cy = 6 + i * row + row / 2
         out.append(f"<line x1='{left}' x2='{width - right}' y1='{cy:.1f}' y2='{cy:.1f}' stroke='#eee'/>"
                    f"<text x='{left - 6}' y='{cy + 4:.1f}' text-anchor='end' {_FONT} fill='#333'>{_e(name)}</text>")
-    for m in marks:
+    for k, m in enumerate(sorted(marks, key=lambda m: at[id(m)])):
         cy = 6 + rows.index(m.row) * row + row / 2
         cx = at[id(m)]
         out.append(f"<circle class='mark' cx='{cx:.1f}' cy='{cy:.1f}' r='{r}' fill='{m.color}' stroke='#fff'>"
                    f"<title>{_e(m.title)} ({m.at:%Y-%m-%d %H:%M:%S} UTC)</title></circle>")
-        if m.text:
-            out.append(f"<text x='{cx + 7:.1f}' y='{cy - 5:.1f}' {_FONT} fill='#333'>{_e(m.text)}</text>")
+        if m.text:  # labels alternate above and below the row, so neighbours do not overwrite each other
+            out.append(f"<text x='{cx + 6:.1f}' y='{cy - 6 if k % 2 == 0 else cy + 13:.1f}' {_FONT} fill='#333'>"
+                       f"{_e(m.text)}</text>")
     out.append(f"<line x1='{left}' x2='{width - right}' y1='{height - bottom}' y2='{height - bottom}' stroke='#999'/>")
     if ordered:
         out.append(f"<text x='{left}' y='{height - bottom + 15}' {_FONT} fill='#555'>in time order, "

@@ -199,9 +199,10 @@ def quality_runs(settings: Settings, quality: QualitySettings) -> list[QualitySu
         return []
     where = reports_dir(settings, quality)
     out = []
-    for r in zip(*(c.to_pylist() for c in t.columns)):
-        page = where / f"{r[0]}.html"
-        out.append(QualitySuiteRun(*r, report=page if page.is_file() else None))
+    for run_id, at, suite, table, rows, start, end, n, crit, warn, ok in zip(*(c.to_pylist() for c in t.columns)):
+        page = where / f"{run_id}.html"
+        out.append(QualitySuiteRun(run_id, at, suite, table, rows, start, end, n, crit, warn, ok,
+                                   page if page.is_file() else None))
     return out
 
 
@@ -217,16 +218,21 @@ def eval_runs(settings: Settings) -> list[EvalRun]:
 
 
 def comparisons(settings: Settings, evaluation: EvalSettings, runs: list[EvalRun], last: int = 3) -> list[Comparison]:
-    """Per eval set, each of its last `last` finished runs against the finished run before it (the comparison a
-    release gate makes), oldest first."""
-    by_set: dict[str, list[EvalRun]] = {}
-    for r in runs:
-        if r.finished:
-            by_set.setdefault(r.eval_set, []).append(r)
+    """Per eval set, its latest finished run against the latest finished run of each other model on that set (up
+    to `last`, most recent first): the comparison a release gate makes between a candidate and the champion."""
     out = []
-    for done in by_set.values():
-        for base, cand in list(zip(done, done[1:]))[-last:]:
-            out.append(compare(settings.lake, base.run_id, cand.run_id, evaluation))
+    for eval_set in dict.fromkeys(r.eval_set for r in runs):
+        latest: dict[str, EvalRun] = {}
+        for r in runs:
+            if r.finished and r.eval_set == eval_set:
+                latest.pop(r.model, None)
+                latest[r.model] = r  # re-inserted: the dict ends with the most recently run model
+        ordered = list(latest.values())
+        if len(ordered) < 2:
+            continue
+        candidate = ordered[-1]
+        for base in reversed(ordered[:-1][-last:]):
+            out.append(compare(settings.lake, base.run_id, candidate.run_id, evaluation))
     return out
 
 

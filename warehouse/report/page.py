@@ -27,8 +27,9 @@ h3{font-size:14px;margin:16px 0 4px}.k{color:#666;font-size:12px}code{font-size:
 table{border-collapse:collapse;margin:6px 0 12px;font-size:12px}td,th{border:1px solid #ddd;padding:3px 7px;
 text-align:left;vertical-align:top}th{background:#f6f6f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#2e7d32;font-weight:600}.bad{color:#c62828;font-weight:600}.empty{color:#666;background:#fafafa;
-border:1px dashed #ccc;padding:8px 12px}.legend{font-size:12px;margin:2px 0 10px 56px;max-width:900px}.legend span{margin-right:14px;
-white-space:nowrap}.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:-1px}
+border:1px dashed #ccc;padding:8px 12px}.legend{font-size:12px;margin:2px 0 10px 56px;max-width:900px}
+.legend span{margin-right:14px;white-space:nowrap}
+.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:-1px}
 nav a{margin-right:12px}.cards{display:flex;gap:10px;flex-wrap:wrap;margin:12px 0}.card{border:1px solid #ddd;
 border-radius:6px;padding:6px 12px;min-width:130px}.card b{display:block;font-size:18px}svg.plot{display:block}
 .row{display:flex;gap:8px;flex-wrap:wrap}figure{margin:0}figcaption{font-size:12px;color:#555;margin-left:56px}
@@ -99,6 +100,12 @@ def _merge(app: str, label: str, points: Sequence[TrafficPoint]) -> list[Traffic
                          sum(p.thumbs_up for p in ps), sum(p.thumbs_down for p in ps)) for b, ps in sorted(by.items())]
 
 
+def _series(shown: Sequence[tuple[str, Sequence[TrafficPoint]]], value: Callable[[TrafficPoint], float | None],
+            rate: bool) -> list[Series]:
+    return [Series(v, tuple((p.bucket, x) for p in ps if (not rate or p.inferences >= MIN_FOR_RATE)
+                            and (x := value(p)) is not None), color(i)) for i, (v, ps) in enumerate(shown)]
+
+
 def _traffic(o: Overview) -> str:
     pts = o.traffic.points
     if not pts:
@@ -115,21 +122,18 @@ def _traffic(o: Overview) -> str:
     rows = []
     for app in sorted(by_app, key=lambda a: -sum(p.inferences for v in by_app[a].values() for p in v)):
         versions = sorted(by_app[app].items(), key=lambda kv: -sum(p.inferences for p in kv[1]))
-        shown = [(v, ps) for v, ps in versions[:TOP_VERSIONS]]
+        shown: list[tuple[str, Sequence[TrafficPoint]]] = [(v, ps) for v, ps in versions[:TOP_VERSIONS]]
         rest = [p for _, ps in versions[TOP_VERSIONS:] for p in ps]
         if rest:
             label = f"{len(versions) - TOP_VERSIONS} other versions"
             shown.append((label, _merge(app, label, rest)))
 
-        def series(value: Callable[[TrafficPoint], float | None], rate: bool) -> list[Series]:
-            return [Series(v, tuple((p.bucket, x) for p in ps if (not rate or p.inferences >= MIN_FOR_RATE)
-                                    and (x := value(p)) is not None), color(i)) for i, (v, ps) in enumerate(shown)]
-
-        volume = series(lambda p: float(p.inferences), False)
+        volume = _series(shown, lambda p: float(p.inferences), False)
         charts = [("inferences", line_chart(volume, y_label="inferences", width=320, height=170)),
-                  ("with any feedback", line_chart(series(lambda p: p.feedback_rate, True), y_label="feedback rate",
-                                                   fmt="{:.0%}".format, y_max=1.0, width=320, height=170)),
-                  ("thumbs down of thumbs", line_chart(series(lambda p: p.thumbs_down_rate, True),
+                  ("with any feedback", line_chart(_series(shown, lambda p: p.feedback_rate, True),
+                                                   y_label="feedback rate", fmt="{:.0%}".format, y_max=1.0, width=320,
+                                                   height=170)),
+                  ("thumbs down of thumbs", line_chart(_series(shown, lambda p: p.thumbs_down_rate, True),
                                                        y_label="thumbs down", fmt="{:.0%}".format, y_max=1.0,
                                                        width=320, height=170))]
         out.append(f"<h3>{_e(app)}</h3><div class=row>" + "".join(
@@ -160,6 +164,14 @@ def _drift(o: Overview, link: _Links) -> str:
     # the segments that moved most, so a page of many segments stays readable
     top = sorted(by, key=lambda s: (-max(w.worst_ratio for w in by[s]), s))[:8]
     lines = [Series(s, tuple((w.window_start, w.worst_ratio) for w in by[s]), color(i)) for i, s in enumerate(top)]
+    n_windows = len({w.window_start for w in o.drift})
+    over_time = ("<h3>Over time</h3>" + line_chart(lines, y_label="score / threshold", fmt="{:.1f}".format,
+                                                    threshold=1.0) + legend(lines)) if n_windows > 1 else \
+        "<p class=k>One window checked so far: scores over time appear from the second drift run on.</p>"
+    latest = sorted((ws[-1] for ws in by.values()), key=lambda w: (-w.worst_ratio, w.segment))[:12]
+    bars = [Bar(w.segment, w.worst_ratio, BAD if w.alerts else WARN if w.drifted else OK,
+                f"{w.segment}: {w.worst_feature} at {w.worst_ratio:.2f}x its threshold; {w.drifted} drifted, "
+                f"{w.alerts} alerts of {w.checks} checks") for w in latest]
     rows = []
     for s in sorted(by, key=lambda s: (s.count(","), s)):
         w = by[s][-1]
@@ -171,10 +183,12 @@ def _drift(o: Overview, link: _Links) -> str:
     overview = (f"<p>Scores per window and feature: {link(o.drift_overview, 'the drift overview')}.</p>"
                 if o.drift_overview else
                 "<p class=k>Scores per window and feature: <code>flywheel drift report</code>.</p>")
-    return ("<p class=k>Worst effect per window relative to its threshold (1.0, dashed: above it a check drifts), "
-            f"for the {len(top)} segments that moved most of {len(by)}.</p>"
-            + line_chart(lines, y_label="score / threshold", fmt="{:.1f}".format, threshold=1.0) + legend(lines)
-            + "<h3>Latest window per segment</h3>"
+    return ("<p class=k>Each segment's worst effect relative to its threshold (above 1.0 a check may drift: "
+            "it drifts when its p-value is small and the shift sustained or large); red alerted, yellow drifted, "
+            f"green stable. {len(by)} segments, {n_windows} windows.</p>"
+            "<h3>Latest window, the segments that moved most</h3>"
+            + bar_chart(bars, fmt="{:.2f}x".format, reference=1.0)
+            + over_time + "<h3>Latest window per segment</h3>"
             + _table(["segment", "window", "checks", "verdict", "worst feature", "score / threshold", "report"], rows,
                      {2, 5})
             + overview)
