@@ -122,6 +122,14 @@ def _fill(s: Settings) -> None:
         store.finish(job.id, ok, result="done" if ok else "", error="" if ok else "exit 2")
 
 
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """One home with every stage's record, shared by the tests that only read it."""
+    s = Settings(home=tmp_path_factory.mktemp("report") / "home")
+    _fill(s)
+    return s
+
+
 def _chromium() -> str:
     found = shutil.which("chromium")
     if found is None:
@@ -158,10 +166,9 @@ def _browser(binary: str, tmp: Path, *args: str) -> str:
 
 @pytest.mark.cannot_run_here(reason="needs Debian's chromium package, which `make test` installs only where "
                                     "apt-get runs as root")
-def test_the_report_draws_every_plot_in_headless_chromium(tmp_path: Path) -> None:
+def test_the_report_draws_every_plot_in_headless_chromium(filled: Settings, tmp_path: Path) -> None:
     binary = _chromium()
-    s = Settings(home=tmp_path / "home")
-    _fill(s)
+    s = filled
     out = tmp_path / "site" / "report.html"
     page = _report(Path(s.home), out)
 
@@ -203,9 +210,8 @@ def test_the_report_draws_every_plot_in_headless_chromium(tmp_path: Path) -> Non
     shutil.copyfile(shot, keep)
 
 
-def test_gather_reads_each_stage_into_its_records(tmp_path: Path) -> None:
-    s = Settings(home=tmp_path / "home")
-    _fill(s)
+def test_gather_reads_each_stage_into_its_records(filled: Settings) -> None:
+    s = filled
     o = gather(s, QualitySettings(), DriftSettings(), DatasetSettings(), EvalSettings(), JobSettings())
     assert sum(p.inferences for p in o.traffic.points) == 400 and o.traffic.grain == "day"
     versions = {p.model_version for p in o.traffic.points if p.app == "support-bot"}
