@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install browser demo test test-fast bench bench-ingest lint clean
+.PHONY: install browser demo test test-fast bench bench-ingest lint docs clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ lint: $(STAMP)
 	ln -s $(CURDIR)/flywheel/* $(TYPECHECK)/flywheel/
 	for d in schemas streams warehouse flows infra; do ln -s $(CURDIR)/$$d $(TYPECHECK)/flywheel/$$d; done
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p flywheel
+
+# docs/CLI.md and docs/CONFIGURATION.md from every command's --help and every setting (tests/commands/test_reference.py
+# fails while they differ from the code).
+docs: $(STAMP)
+	$(BIN)/python -m flywheel.commands.reference
 
 clean:
 	rm -rf $(VENV) .flywheel .pytest_cache

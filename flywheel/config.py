@@ -27,7 +27,8 @@ class Settings:
     """FLYWHEEL_HOME: where the embedded broker's pid file and log, the lake and run state live."""
 
     lake: str = ""
-    """FLYWHEEL_LAKE: root of the lake (a local path). Default: `$FLYWHEEL_HOME/lake`."""
+    """FLYWHEEL_LAKE: root of the lake, a local path (a URL such as `s3://...` is refused: object storage is not
+    supported yet). Default: `$FLYWHEEL_HOME/lake`."""
 
     broker_port: int = 9092
     """FLYWHEEL_BROKER_PORT: port of the embedded broker on 127.0.0.1."""
@@ -74,6 +75,9 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.lake:
             object.__setattr__(self, "lake", str(self.home / "lake"))
+        if "://" in self.lake:  # Path() would take `s3://b/lake` for the local directory `s3:/b/lake`
+            raise ConfigError(f"{ENV_PREFIX}LAKE={self.lake!r} is a URL: the lake is a local path today (object "
+                              "storage is not supported yet, see docs/PRODUCTION.md)", variable=f"{ENV_PREFIX}LAKE")
         if not self.kafka_bootstrap:
             object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.broker_port}")
         for name in ("partitions", "flush_max_events", "flush_max_bytes", "max_event_bytes", "broker_port"):

@@ -16,8 +16,10 @@ payload yields at least one row, exactly `n` rows mean one row per payload.
 
 Two contract fields have a free type. `input` (a string or a list of messages) is read as a string, unless a cheap
 textual guess renamed it, in the chunk's buffer, to a key of the same length read as a list of messages: Arrow's
-strictness then verifies the guess. `metadata` (any object) is inferred by Arrow only to see where it is present; its
-text comes from DuckDB, on those rows only.
+strictness then verifies the guess. `metadata` (any object) is never parsed by Arrow where its span can be found:
+DuckDB writes the object's JSON text from that span alone (it is the one parse of the object, with the writer the
+full query uses), and then the object is blanked in the buffer (`{` spaces `}`) and its key renamed, so Arrow reads
+an empty object under a key of its own, which confirms the key was the event's own (see `_cut_objects`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import functools
 import io
 import json
 import operator
+import re
 import secrets
 import string
 from itertools import chain, repeat
@@ -79,13 +82,23 @@ class FastPath:
             ("input_messages", "input") if f.kind == "input" else ("scale_min", "scale_max") if f.kind == "scale"
             else (f.name,))]
         """The typed columns `check` returns, as the full validator names them."""
-        self._long = {f.name for f in et.fields if f.kind in ("text", "input")} | {"input_messages", "raw"}
+        objects = [f.name for f in et.fields if f.kind == "object"]
+        if len(objects) > 1:
+            raise ValueError(f"the fast path reads one free-form object field, {et.name} has {objects}")
+        self._object = objects[0] if objects else None
+        self._object_key = _chat_key({f.name for f in et.fields} | {self._chat_key}, len(self._object or ""))
+        self._known_next = "|".join(re.escape(f.name) for f in et.fields)
+        self._long = {f.name for f in et.fields if f.kind in ("text", "input", "object")} | {"input_messages", "raw"}
+        self.objects_cut = 0
+        """Objects of chunks Arrow read whose text was cut out (`_cut_objects`) rather than parsed by Arrow too."""
         """Columns of long texts, which `check` leaves in the chunks Arrow's reader made."""
 
-    def read(self, values: Sequence[bytes], sizes: np.ndarray, first_row: int) -> pa.Table | None:
+    def read(self, con: duckdb.DuckDBPyConnection, values: Sequence[bytes], sizes: np.ndarray, first_row: int
+             ) -> pa.Table | None:
         """The strict fields of every payload of the chunk (`values`, of byte lengths `sizes`), with `_row`
-        (first_row + i) and `raw` (the payload as read, newline included, if the chunk has a `metadata`, else null);
-        or None when Arrow refuses the chunk, or it has a field the contract does not know."""
+        (first_row + i), the object field's JSON text where its span was cut out (`_cut_objects`), and `raw` (the
+        payload as read, newline included, if an object is left for `check` to write, else null); or None when
+        Arrow refuses the chunk, or it has a field the contract does not know."""
         n = len(values)
         if n == 0:
             return None
@@ -111,6 +124,10 @@ class FastPath:
                 at = offsets[:-1][routed] + found[routed] + 1  # just after the opening quote
                 np.frombuffer(buffer, np.uint8)[at[:, None] + np.arange(len(self._chat_key))] = \
                     np.frombuffer(self._chat_key.encode(), np.uint8)
+        cut = np.zeros(n, np.bool_)
+        cut_text = None
+        if self._object is not None:
+            cut, cut_text = self._cut_objects(con, text, buffer, offsets)
         longest = int(sizes.max()) + 1
         block = max(MIN_BLOCK_BYTES, 1 << (longest + 2).bit_length())  # a payload never spans two blocks
         try:
@@ -119,15 +136,29 @@ class FastPath:
                                                                unexpected_field_behavior="infer"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
-        if table.num_rows != n or set(table.column_names) - set(self._schema.names) - {"metadata"}:
+        names = set(self._schema.names) | ({self._object, self._object_key} if self._object else set())
+        if table.num_rows != n or set(table.column_names) - names:
             return None  # one payload held several objects, or an unknown field: the full validator keeps it
-        has_metadata = pa.repeat(pa.scalar(False), n)
-        if "metadata" in table.column_names:
-            meta = table["metadata"]
-            if not (pa.types.is_struct(meta.type) or pa.types.is_null(meta.type)):
+        has_object = np.zeros(n, np.bool_)
+        left = np.zeros(n, np.bool_)  # an object Arrow read under its own key: `check` has DuckDB write it
+        if self._object in table.column_names:
+            obj = table[self._object]
+            if not (pa.types.is_struct(obj.type) or pa.types.is_null(obj.type)):
                 return None
-            has_metadata = pc.is_valid(meta)
-            table = table.drop_columns(["metadata"])
+            left = pc.is_valid(obj).to_numpy(zero_copy_only=False)
+            table = table.drop_columns([self._object])
+        if self._object_key in table.column_names:
+            blank = table[self._object_key]
+            # The renamed key is the event's own exactly where Arrow sees an object under it, and only there; the
+            # blanked object is empty; and no payload has the field a second time.
+            if not pa.types.is_struct(blank.type) or blank.type.num_fields \
+                    or not np.array_equal(pc.is_valid(blank).to_numpy(zero_copy_only=False), cut) \
+                    or (cut & left).any():
+                return None
+            table = table.drop_columns([self._object_key])
+        elif cut.any():
+            return None
+        has_object = cut | left
         if self._has_input:
             chat = table[self._chat_key]
             # A chat input exactly where the rename made one (had it renamed a key inside `metadata`, whose text
@@ -141,10 +172,76 @@ class FastPath:
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 return None
             table = table.drop_columns([self._chat_key]).append_column("input_messages", messages)
-        # `raw` is kept only where `check` reads it (the text of `metadata`): otherwise the buffer is free again.
-        return (table.append_column("_has_metadata", has_metadata)
+        if self._object is not None:
+            table = table.append_column(self._object, cut_text if cut_text is not None else pa.nulls(n, pa.string()))
+            self.objects_cut += int(cut.sum())
+        # `raw` is kept only where `check` reads it (an object left in place): otherwise the buffer is free again.
+        return (table.append_column("_has_object", pa.array(has_object))
                 .append_column("_row", pa.array(np.arange(first_row, first_row + n, dtype=np.int64)))
-                .append_column("raw", text if pc.any(has_metadata).as_py() else pa.nulls(n, text.type)))
+                .append_column("raw", text if left.any() else pa.nulls(n, text.type)))
+
+    def _cut_objects(self, con: duckdb.DuckDBPyConnection, text: pa.Array, buffer: memoryview, offsets: np.ndarray
+                     ) -> tuple[np.ndarray, pa.Array | None]:
+        """Where the object field's span was found in each payload (a mask), and there its JSON text as DuckDB
+        writes it; the object is then blanked in `buffer` (`{` spaces `}`) and its key renamed to `_object_key`.
+
+        The span starts at the `{` after the payload's first `"<name>"` and a colon (a payload whose first one is
+        followed by anything else, `null` or a value, keeps its object), and ends at the payload's last inner `}`
+        (the object is the last field, as SDKs that merge it in write it), or else at the `}` before the next
+        contract key, if no second `"<name>"` follows (a duplicate key, which Arrow must still see and refuse).
+        A guessed span is kept only if DuckDB reads it as one JSON value: a span that ends too early ends inside a
+        string or with brackets open, one that ends too late holds a second value, so only the object's own span
+        is valid. A key that was not the event's own (inside another field) leaves no renamed column at the top
+        level where `read` expects one, and the chunk goes to the full validator. Payloads whose span is not found
+        keep their object: Arrow reads it, and `check` has DuckDB write it from the payload."""
+        n = len(text)
+        cut = np.zeros(n, np.bool_)
+        key = '"' + (self._object or "") + '"'
+        # Arrow's regex search finds a literal about four times faster than its substring search.
+        first = pc.find_substring_regex(text, re.escape(key)).to_numpy()
+        rows = np.flatnonzero(first >= 0)
+        if not len(rows):
+            return cut, None
+        view = np.frombuffer(buffer, np.uint8)
+        quote = offsets[rows] + first[rows]  # the key's opening quote
+        at = _skip(view, quote + len(key), 1)
+        colon = view[at] == ord(":")
+        rows, quote, at = rows[colon], quote[colon], _skip(view, at[colon] + 1, 1)
+        brace = view[at] == ord("{")
+        rows, quote, start = rows[brace], quote[brace], at[brace]
+        spans = _Spans(con, buffer, start)
+        last = _skip(view, offsets[rows + 1] - 3, -1)  # the byte before the payload's closing `}` and newline
+        spans.confirm(last, (view[last] == ord("}")) & (last > start))
+        todo = np.flatnonzero(spans.end < 0)
+        if len(todo):  # the object is not the last field: try the `}` before the next contract key
+            tails = pa.Array.from_buffers(pa.large_string(), len(todo), [None, pa.py_buffer(
+                np.append(start[todo], offsets[-1]).astype(np.int64)), pa.py_buffer(buffer)])
+            pos = pc.find_substring_regex(tails, r'\}\s*,\s*"(?:' + self._known_next + r')"\s*:').to_numpy()
+            guess = np.full(len(rows), -1, np.int64)
+            guess[todo] = np.where(pos >= 0, start[todo] + pos, -1)
+            guess[guess >= offsets[rows + 1]] = -1
+            if (guess >= 0).any():  # the field once only: no second key after the object
+                after = np.flatnonzero(guess >= 0)
+                rest = pa.Array.from_buffers(pa.large_string(), len(after), [None, pa.py_buffer(
+                    np.append(guess[after] + 1, offsets[-1]).astype(np.int64)), pa.py_buffer(buffer)])
+                again = pc.find_substring_regex(rest, re.escape(key)).to_numpy()
+                twice = (again >= 0) & (guess[after] + 1 + again < offsets[rows[after] + 1])
+                guess[after[twice]] = -1
+            spans.confirm(guess, guess >= 0)
+        found = np.flatnonzero(spans.end >= 0)
+        if not len(found):
+            return cut, None
+        rows, quote, start, end = rows[found], quote[found], start[found], spans.end[found]
+        written = spans.texts(found)  # taken before the blanking below changes the buffer
+        name = self._object_key.encode()
+        view[(quote + 1)[:, None] + np.arange(len(name))] = np.frombuffer(name, np.uint8)
+        spaces = memoryview(b" " * int((end - start).max()))
+        for s, e in zip(start.tolist(), end.tolist()):
+            buffer[s + 1:e] = spaces[:e - s - 1]
+        cut[rows] = True
+        at_row = np.full(n, -1, np.int64)
+        at_row[rows] = np.arange(len(rows))
+        return cut, written.take(pa.array(at_row, mask=at_row < 0))
 
     def _join(self, values: Sequence[bytes]) -> memoryview:
         """`values` joined, each followed by a newline, in the buffer the last chunk used if nothing holds it any
@@ -216,7 +313,7 @@ def _field(f: Field, read: pa.Table, columns: dict[str, Any], con: duckdb.DuckDB
         return (v.is_valid() | pc.field("_chat"), ~pc.field("_chat") | pc.field("_chat_ok"),
                 {"input": pc.if_else(chat, last, read["input"])})
     if k == "object":
-        return pc.field("_has_metadata"), None, {f.name: _object_text(con, read, f.name, read["_has_metadata"])}
+        return pc.field("_has_object"), None, {f.name: _object_text(con, read, f.name)}
     if k == "scale":
         lengths = pc.fill_null(pc.list_value_length(read[f.name]), 0).to_numpy()
         pair = lengths == 2
@@ -315,12 +412,65 @@ def _timestamps(con: duckdb.DuckDBPyConnection, text: pa.ChunkedArray) -> pa.Chu
         return _duckdb(con, pa.table({"v": text}), "TRY_CAST(v AS TIMESTAMPTZ)")
 
 
-def _object_text(con: duckdb.DuckDBPyConnection, read: pa.Table, name: str, present: Any) -> pa.ChunkedArray:
-    """A free-form object field's JSON text, as the full validator writes it (by DuckDB, from the payload)."""
-    if not pc.any(present).as_py():
-        return pa.chunked_array([pa.nulls(read.num_rows, pa.string())])
+def _object_text(con: duckdb.DuckDBPyConnection, read: pa.Table, name: str) -> pa.ChunkedArray:
+    """A free-form object field's JSON text, as the full validator writes it: cut out by `read`, or else written by
+    DuckDB from the payload (where `read` left the object in place)."""
+    left = pc.and_(read["_has_object"], pc.is_null(read[name]))
+    if not pc.any(left).as_py():
+        return read[name]
     extract = f"json_transform(raw, {_q(json.dumps({name: 'JSON'}))}).{_ident(name)}::VARCHAR"
-    return _duckdb(con, pa.table({"raw": read["raw"], "present": present}), f"CASE WHEN present THEN {extract} END")
+    return _duckdb(con, pa.table({"raw": read["raw"], "in_place": left, "cut": read[name]}),
+                   f"CASE WHEN in_place THEN {extract} ELSE cut END")
+
+
+_JSON_SPACE = np.array([ord(c) for c in " \t\n\r"], np.uint8)
+
+
+def _skip(view: np.ndarray, at: np.ndarray, step: int) -> np.ndarray:
+    """Positions `at` moved by `step` past JSON whitespace (a payload has a non-space byte in each direction)."""
+    at = at.copy()
+    while True:
+        space = np.isin(view[at], _JSON_SPACE)
+        if not space.any():
+            return at
+        at[space] += step
+
+
+class _Spans:
+    """Objects starting at `start` in `buffer` whose ends are guessed, and confirmed by DuckDB reading the span as
+    one JSON value; `texts` gives what DuckDB wrote for each confirmed one (`TRY(json(...))`, the full query's
+    writer: it rewrites numbers, escapes and whitespace)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, buffer: memoryview, start: np.ndarray) -> None:
+        self.con, self.buffer, self.start = con, buffer, start
+        self.end = np.full(len(start), -1, np.int64)
+        """The closing brace of each object, or -1 while none is confirmed."""
+        self._texts: list[pa.Array] = []
+        self._at = np.full(len(start), -1, np.int64)  # index of each confirmed object's text in `_texts`, joined
+
+    def confirm(self, guess: np.ndarray, where: np.ndarray) -> None:
+        idx = np.flatnonzero(where & (self.end < 0))
+        if not len(idx):
+            return
+        # One array over the buffer, spans and the gaps between them in turn: DuckDB is given the spans only.
+        bounds = np.empty(2 * len(idx), np.int64)
+        bounds[0::2], bounds[1::2] = self.start[idx], guess[idx] + 1
+        both = pa.Array.from_buffers(pa.large_string(), len(bounds) - 1,
+                                     [None, pa.py_buffer(bounds), pa.py_buffer(self.buffer)])
+        spans = both.take(pa.array(np.arange(0, len(bounds), 2)))
+        try:  # most guesses are right, and TRY costs half as much again as the parse: it is for when one is not
+            written = _duckdb(self.con, pa.table({"s": spans}), "json(s)::VARCHAR").combine_chunks()
+        except duckdb.InvalidInputException:
+            written = _duckdb(self.con, pa.table({"s": spans}), "TRY(json(s))::VARCHAR").combine_chunks()
+        ok = pc.is_valid(written).to_numpy(zero_copy_only=False)
+        self.end[idx[ok]] = guess[idx[ok]]
+        self._at[idx[ok]] = sum(len(t) for t in self._texts) + np.flatnonzero(ok)
+        self._texts.append(written.cast(pa.string()))
+
+    def texts(self, which: np.ndarray) -> pa.Array:
+        """The written texts of confirmed objects `which` (indices into `start`), in that order."""
+        joined = pa.concat_arrays(self._texts) if len(self._texts) != 1 else self._texts[0]
+        return joined.take(pa.array(self._at[which]))
 
 
 def _duckdb(con: duckdb.DuckDBPyConnection, table: pa.Table, expr: str) -> pa.ChunkedArray:
@@ -335,10 +485,11 @@ def _duckdb(con: duckdb.DuckDBPyConnection, table: pa.Table, expr: str) -> pa.Ch
     return out["v"]
 
 
-def _chat_key(taken: set[str]) -> str:
-    """The key a chat input is read under: as long as `input`, so that the rename happens in place, and no field of
-    the contract. A producer may still send it: `read` checks that it appears exactly where the rename put it."""
+def _chat_key(taken: set[str], length: int = len("input")) -> str:
+    """A key a renamed value is read under (a chat input, a blanked object): as long as the original, so that the
+    rename happens in place, and no field of the contract. A producer may still send it: `read` checks that it
+    appears exactly where the rename put it."""
     while True:
-        key = "".join(secrets.choice(string.ascii_letters) for _ in range(len("input")))
+        key = "".join(secrets.choice(string.ascii_letters) for _ in range(length))
         if key not in taken:
             return key

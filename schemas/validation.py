@@ -394,6 +394,8 @@ class BatchValidator:
         self._schema = self._query(self._full, _raw_table([], pa.array([], pa.string()))).schema
         self.rows_fast = 0
         """Rows the fast path accepted (the rest went through the full query)."""
+        self.objects_cut = 0
+        """`metadata` objects the fast path cut out of the payloads it read, instead of having Arrow parse them."""
 
     def validate(self, payloads: pa.Array | Sequence[bytes | None]) -> tuple[pa.Table, list[str | None]]:
         """Validate `payloads` (a binary array, or a list of bytes as a consumer hands them over). Returns the typed
@@ -428,15 +430,17 @@ class BatchValidator:
         if self._fast_path is None:
             return [], chunks
         read, full = [], []
+        cut_before = self._fast_path.objects_cut
         for a, b in chunks:
             part = None
             chunk = values[a:b]
             if sizes[a:b].max(initial=0) <= self.max_bytes and None not in chunk:
-                part = self._fast_path.read(chunk, sizes[a:b], a)  # type: ignore[arg-type]  # no None, just checked
+                part = self._fast_path.read(self.con, chunk, sizes[a:b], a)  # type: ignore[arg-type]  # no None, just checked
             if part is None:
                 full.append((a, b))
             else:
                 read.append(part)
+        self.objects_cut += self._fast_path.objects_cut - cut_before
         if not read:
             return [], full
         checked = self._fast_path.check(self.con, pa.concat_tables(read) if len(read) > 1 else read[0])

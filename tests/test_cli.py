@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 from click.testing import CliRunner
 
@@ -9,7 +11,8 @@ from flywheel.cli import main
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
-    out = []
+    """Every command, the groups (and `flywheel` itself) included."""
+    out: list[tuple[tuple[str, ...], click.Command]] = [(prefix, group)]
     for name, cmd in group.commands.items():
         path = (*prefix, name)
         if isinstance(cmd, click.Group):
@@ -19,13 +22,20 @@ def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tu
     return out
 
 
-def test_every_command_has_help_with_an_example() -> None:
+def test_every_command_has_help_with_an_example_that_runs_it() -> None:
+    """The convention: an `Example:` block (after a `\\b` line, so click keeps its lines) whose lines run the
+    command itself, e.g. `flywheel drift run --current 1d` for `flywheel drift run`."""
     commands = _commands(main)
-    assert len(commands) >= 8
+    assert len(commands) >= 40
+    missing = []
     for path, _ in commands:
         res = CliRunner().invoke(main, [*path, "--help"])
         assert res.exit_code == 0, path
-        assert "Example:" in res.output, f"`flywheel {' '.join(path)} --help` has no example"
+        block = re.search(r"^ *Examples?:\n((?:[ \t]+\S.*\n?)+)", res.output, re.M)
+        command = " ".join(("flywheel", *path))
+        if block is None or not re.search(rf"{re.escape(command)}(\s|$)", block.group(1)):
+            missing.append(f"`{command} --help`")
+    assert missing == [], f"no Example: block running the command in {', '.join(missing)}"
 
 
 def test_config_lists_every_setting() -> None:

@@ -18,10 +18,10 @@ PREFIXES = {"FLYWHEEL_"} | {g.prefix for g in GROUPS}
 
 
 def _mentioned() -> dict[str, list[str]]:
-    """Every FLYWHEEL_* name the code, its docs and the README mention, with where."""
+    """Every FLYWHEEL_* name the code, its docs (docs/ included) and the README mention, with where."""
     found: dict[str, list[str]] = {}
     files = [p for d in SOURCES for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".md", ".yaml")]
-    for path in files + [ROOT / "README.md", ROOT / "Makefile"]:
+    for path in files + [ROOT / "README.md", ROOT / "Makefile", *(ROOT / "docs").glob("*.md")]:
         for name in re.findall(r"FLYWHEEL_[A-Z0-9_]+", path.read_text(encoding="utf-8")):
             found.setdefault(name, []).append(str(path.relative_to(ROOT)))
     return found
@@ -57,6 +57,15 @@ def test_a_mistyped_boolean_is_an_error_not_false() -> None:
     assert Environment.load({"FLYWHEEL_DRIFT_CACHE": "Yes"}).drift.cache is True
     res = CliRunner().invoke(main, ["drift", "report"], env={"FLYWHEEL_DRIFT_CACHE": "ture"})
     assert res.exit_code == 1 and "Error: FLYWHEEL_DRIFT_CACHE='ture' is not a valid bool" in res.output
+
+
+def test_a_url_for_the_lake_is_refused_rather_than_taken_for_a_local_path() -> None:
+    """The lake is a local path today (docs/PRODUCTION.md): `s3://bucket/lake` would become a directory `s3:`."""
+    with pytest.raises(ConfigError, match="FLYWHEEL_LAKE='s3://bucket/lake' is a URL") as err:
+        Environment.load({"FLYWHEEL_LAKE": "s3://bucket/lake"})
+    assert err.value.variable == "FLYWHEEL_LAKE"
+    assert "object storage" in str(err.value)
+    assert Environment.load({"FLYWHEEL_LAKE": "/srv/flywheel/lake"}).core.lake == "/srv/flywheel/lake"
 
 
 def test_the_environment_is_read_only_at_the_edges() -> None:

@@ -19,6 +19,12 @@ def broker() -> None:
     """Run the embedded Kafka broker (Tansu, in memory: data is lost when it stops).
 
     Point FLYWHEEL_KAFKA_BOOTSTRAP at a real cluster to use that instead.
+
+    \b
+    Example:
+      flywheel broker start && flywheel ingest --until-idle 5
+      flywheel broker status
+      flywheel broker stop
     """
 
 

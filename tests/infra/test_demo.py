@@ -54,3 +54,12 @@ def test_the_demo_runs_twice_and_the_readme_next_steps_work_on_what_it_left(tmp_
     page = (home / "report.html").read_text(encoding="utf-8")
     assert re.findall(r"<section id='(\w+)'><h2>[^<]*</h2><p class=empty>", page) == ["jobs"]
     assert "app=support-bot" in page and "2026-12-rc1" in page and "Evidently report" in page
+
+
+def test_the_readme_tour_suggests_exactly_the_commands_the_demo_test_runs() -> None:
+    """The README's five-minute tour is what the test above runs after the demo (and what the demo suggests)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    tour = readme.split("## A five-minute tour", 1)[1].split("\n## ", 1)[0]
+    block = tour.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.startswith("flywheel ")]
+    assert sorted(commands) == sorted(NEXT_STEPS)
