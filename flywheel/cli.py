@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from flywheel.commands import (alerts, collect, config, datasets, demo, drift, evaluate, jobs, lake, lane, quality,
-                               serve, status)
+                               report, serve, status)
 from flywheel.errors import FlywheelError
 from flywheel.logs import FORMATS, LogSettings, configure
 
@@ -47,7 +47,8 @@ def main(verbose: bool, log_format: str | None) -> None:
     configure(logging.INFO if verbose else logging.WARNING, log_format or LogSettings.from_env().log_format)
 
 
-for _module in (config, lane, collect, demo, quality, lake, drift, alerts, evaluate, jobs, status, serve, datasets):
+for _module in (config, lane, collect, demo, quality, lake, drift, alerts, evaluate, jobs, status, serve, datasets,
+                report):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

@@ -106,26 +106,25 @@ def landed(env: Environment) -> Check:
 
 
 def quality(env: Environment) -> Check:
-    from flywheel.warehouse import tables
+    from flywheel.warehouse.report.gather import quality_runs
 
-    t = tables.query(env.core.lake, "quality_runs", "SELECT run_id, max(run_at) AS last_at, "
-                     "bool_and(gate_success) AS ok FROM t GROUP BY run_id ORDER BY last_at DESC LIMIT 1")
-    if not t.num_rows or "run_id" not in t.column_names:
+    found = quality_runs(env.core, env.quality)
+    if not found:
         return Check("quality", True, "no quality run yet (`flywheel quality run`)")
-    ok = bool(t["ok"][0].as_py())
-    return Check("quality", ok, f"last run {t['run_id'][0].as_py()} {_age(t['last_at'][0].as_py())}: "
+    last = [r for r in found if r.run_id == found[-1].run_id]
+    ok = all(r.gate_success for r in last)
+    return Check("quality", ok, f"last run {last[0].run_id} {_age(max(r.run_at for r in last))}: "
                                 + ("passed" if ok else "FAILED (`flywheel quality suspects`)"))
 
 
 def drift(env: Environment) -> Check:
-    from flywheel.warehouse import tables
+    from flywheel.warehouse.report.gather import drift_runs
 
-    t = tables.query(env.core.lake, "drift_runs", "SELECT run_id, max(run_at) AS last_at, "
-                     "count(*) FILTER (WHERE alert) AS alerts FROM t GROUP BY run_id ORDER BY last_at DESC LIMIT 1")
-    if not t.num_rows or "run_id" not in t.column_names:
+    found = drift_runs(env.core)
+    if not found:
         return Check("drift", True, "no drift run yet (`flywheel drift run`)")
-    return Check("drift", True, f"last run {t['run_id'][0].as_py()} {_age(t['last_at'][0].as_py())}: "
-                                f"{t['alerts'][0].as_py()} alerting checks")
+    last = found[-1]
+    return Check("drift", True, f"last run {last.run_id} {_age(last.run_at)}: {last.alerts} alerting checks")
 
 
 def alerts(env: Environment) -> Check:
@@ -139,37 +138,35 @@ def alerts(env: Environment) -> Check:
 
 
 def evaluations(env: Environment) -> Check:
-    from flywheel.warehouse.evaluation.runs import runs
+    from flywheel.warehouse.report.gather import eval_runs
 
-    t = runs(env.core.lake)
-    if not t.num_rows:
+    found = eval_runs(env.core)
+    if not found:
         return Check("evaluation", True, "no evaluation run yet")
-    last = t.to_pylist()[-1]
-    state = "finished" if last["summary"] else "unfinished (re-run it to resume)"
-    return Check("evaluation", True, f"last run {last['run_id']} of {last['eval_set']} on {last['model']}: {state}")
+    last = found[-1]
+    state = "finished" if last.finished else "unfinished (re-run it to resume)"
+    return Check("evaluation", True, f"last run {last.run_id} of {last.eval_set} on {last.model}: {state}")
 
 
 def jobs(env: Environment) -> Check:
-    from flywheel.warehouse.jobs.store import JobStore
+    from flywheel.warehouse.report.gather import jobs as listed_jobs
 
-    path = env.jobs.db_path(env.core.home)
-    if not path.exists():
+    listed = listed_jobs(env.core, env.jobs, limit=1000)
+    if not listed:
         return Check("jobs", True, "no job yet")
-    listed = JobStore(path).list(limit=1000)
-    failed = [j.id for j in listed if j.status == "failed"]
+    failed = [j.id for j in reversed(listed) if j.status == "failed"]
     return Check("jobs", not failed, f"{len(listed)} jobs, {len(failed)} failed"
                  + (f" (`flywheel jobs show {failed[0]}`)" if failed else ""))
 
 
 def releases(env: Environment) -> Check:
-    from flywheel.warehouse import tables
+    from flywheel.warehouse.report.gather import champions
 
-    t = tables.query(env.core.lake, "releases", "SELECT app, arg_max(model || ' ' || coalesce(model_version, ''), "
-                     "sequence) AS champion FROM t GROUP BY app ORDER BY app")
-    if not t.num_rows or "app" not in t.column_names:
+    found = champions(env.core)
+    if not found:
         return Check("releases", True, "no champion recorded yet")
-    champions = dict(zip(t["app"].to_pylist(), t["champion"].to_pylist()))
-    return Check("releases", True, "; ".join(f"{a}: {c}" for a, c in champions.items()), {"champions": champions})
+    named = {app: f"{r.model} {r.model_version or ''}" for app, r in found.items()}
+    return Check("releases", True, "; ".join(f"{a}: {c}" for a, c in named.items()), {"champions": named})
 
 
 CHECKS = (broker_and_lag, landed, quality, drift, alerts, evaluations, jobs, releases)

@@ -150,6 +150,7 @@ NEXT_STEPS = [
     "flywheel eval list",
     "flywheel release history support-bot",
     "flywheel lake stats",
+    "flywheel report --open",
 ]
 
 

@@ -4,6 +4,7 @@ windows see it)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,10 @@ def test_the_demo_runs_twice_and_the_readme_next_steps_work_on_what_it_left(tmp_
             args.remove("--open")
         res = runner.invoke(main, args, env=env)
         assert res.exit_code == 0, f"`{command}` failed after the demo:\n{res.output}"
+    # the overview shows every stage the demo ran (it starts no job: no trigger policy is configured)
+    page = (home / "report.html").read_text(encoding="utf-8")
+    assert re.findall(r"<section id='(\w+)'><h2>[^<]*</h2><p class=empty>", page) == ["jobs"]
+    assert "app=support-bot" in page and "2026-12-rc1" in page and "Evidently report" in page
 
 
 def test_the_readme_tour_suggests_exactly_the_commands_the_demo_test_runs() -> None:
