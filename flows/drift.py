@@ -35,12 +35,25 @@ def detect(env: Environment, current: str | None, reference: str | None, by: str
     """One drift run (stored in `drift_runs`, alerts queued in the outbox)."""
     settings, alerts = env.core, env.alerts
     run = run_drift(settings, env.drift, current=current, reference=reference, by=by,
-                    reports=reports, sink=Outbox.from_settings(settings.home, alerts))
+                    reports=reports, sink=Outbox.from_settings(settings.home, alerts),
+                    next_steps=lambda _alert: next_steps(env))
     return {"run_id": run.run_id, "window": run.window.label, "reference": run.reference,
             "n_current": run.n_current, "n_reference": run.n_reference, "checks": len(run.effects),
             "drifted": sorted({f"{e.segment}: {e.feature}" for e in run.drifted}),
             "alerts": [json.loads(a.to_json()) for a in run.alerts],
             "reports": run.reports, "timings": run.timings}
+
+
+def next_steps(env: Environment) -> tuple[str, ...]:
+    """What follows a drift alert of this flow run: the `curate` automation, which `flywheel serve` registers
+    with the deployments it serves (unless FLYWHEEL_SERVE_DRIFT_TRIGGERS is off); a run outside a deployment
+    starts nothing."""
+    from prefect.runtime import deployment
+
+    if env.serve.drift_triggers and deployment.id:
+        return ("the Prefect automation starts a `curate` run (FLYWHEEL_SERVE_DRIFT_TRIGGERS)",)
+    return ("nothing runs automatically (no drift-alert automation: FLYWHEEL_SERVE_DRIFT_TRIGGERS is off or the "
+            "flow runs outside `flywheel serve`)",)
 
 
 @task(cache_policy=NO_CACHE)

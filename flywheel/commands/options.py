@@ -14,6 +14,7 @@ import click
 
 from flywheel.config import Secret, describe
 from flywheel.environment import Environment
+from flywheel.schemas.alerts import Alert
 from flywheel.warehouse.jobs.dispatch import Event
 from flywheel.warehouse.jobs.store import Job
 
@@ -65,3 +66,16 @@ def dispatch(env: Environment, events: Sequence[Event]) -> list[Job]:
         return []
     store = JobStore(env.jobs.db_path(env.core.home))
     return start(load_policies(path).values(), events, store, lambda name: Secret(os.environ.get(name, "")))
+
+
+def alert_next_steps(env: Environment) -> Callable[[Alert], tuple[str, ...]]:
+    """What `dispatch` will start for a drift alert, in words for the alert (`Alert.next_steps`): the matching
+    policies of the policy file, or that nothing runs automatically."""
+    from flywheel.warehouse.jobs.dispatch import NOTHING_RUNS, next_steps
+    from flywheel.warehouse.jobs.policies import load_policies
+
+    path = env.jobs.policies_path(env.core.home)
+    if not path.is_file():
+        return lambda _alert: (NOTHING_RUNS,)
+    policies = list(load_policies(path).values())
+    return lambda alert: next_steps(policies, alert)
