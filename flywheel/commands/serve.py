@@ -14,8 +14,9 @@ schedules below and run their flow runs in this process until Ctrl-C (the deploy
 
 Talks to the Prefect API in PREFECT_API_URL: a local `prefect server start` (http://127.0.0.1:4200/api) or
 Prefect Cloud (`prefect cloud login`). Each drift alert also starts `curate` through an automation, created
-with the deployment. With FLYWHEEL_SERVE_REPORTS it also serves the drift reports, for the links in alerts. A flow whose module does not import yet is skipped with a warning. To run the same
-deployments on a work pool instead, see infra/prefect.yaml. Settings (a cron of `off`: not scheduled):
+with the deployment. With FLYWHEEL_SERVE_REPORTS it also serves the drift reports, for the links in alerts. A
+flow whose module does not import yet is skipped with a warning. To run the same deployments on a work pool
+instead, see infra/prefect.yaml. Settings (a cron of `off`: not scheduled):
 
 \b
 {settings_help(ServeSettings, "FLYWHEEL_SERVE_")}
@@ -25,7 +26,8 @@ Example:
   prefect server start &   # then: prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api
   FLYWHEEL_SCHEDULE_QUALITY='*/15 * * * *' flywheel serve
   flywheel serve --list
-  FLYWHEEL_SERVE_REPORTS=0.0.0.0:8765 FLYWHEEL_DRIFT_REPORT_BASE_URL=http://flywheel.internal:8765/ flywheel serve
+  FLYWHEEL_SERVE_REPORTS=0.0.0.0:8765 \\
+    FLYWHEEL_DRIFT_REPORT_BASE_URL=http://flywheel.internal:8765/ flywheel serve
 """)
 @click.option("--list", "list_", is_flag=True, help="Print the deployments and their schedules; serve nothing.")
 @pass_env

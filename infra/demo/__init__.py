@@ -284,8 +284,10 @@ def _run(settings: Settings, demo: DemoSettings, quality: QualitySettings, drift
         rep = SlackSender(box, alerts).deliver()
         echo(f"  sent {rep.delivered} alerts to Slack")
     elif found.alerts:
-        echo("  no FLYWHEEL_SLACK_WEBHOOK_URL set: the alerts wait in the outbox; the first one's Slack message:")
-        echo("  " + json.dumps(slack_message(found.alerts[0]), ensure_ascii=False)[:1500])
+        shown = max(found.alerts, key=lambda a: len(a.shifts))  # the one whose likely cause the message names
+        echo(f"  no FLYWHEEL_SLACK_WEBHOOK_URL set: the alerts wait in the outbox; the Slack message of {shown.kind} "
+             f"on {shown.segment}:")
+        echo("  " + json.dumps(slack_message(shown), ensure_ascii=False)[:1500])
 
     _curate_evaluate_release(settings, datasets, evaluation, echo)
 

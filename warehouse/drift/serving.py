@@ -72,7 +72,8 @@ class ReportServer:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/"
+        name = host.decode() if isinstance(host, bytes) else host
+        return f"http://{name}:{port}/"
 
     def start(self) -> "ReportServer":
         self.thread.start()

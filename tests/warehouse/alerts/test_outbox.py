@@ -58,8 +58,10 @@ def test_message_names_the_shifts_in_the_segment_and_what_runs_next_and_survives
     assert changed.splitlines()[1:] == ["• `model_version` 0314 → 0125, 100% of the window (new)",
                                         "• `provider` openai → azure, 60% of the window (was 20%)",
                                         "• `prompt_version` v3 → v4, 35% of the window (new)"]
-    assert msg["blocks"][-1]["elements"][1]["text"] == "Next: policy `retrain` starts its shell job (`python train.py`)"
-    assert "model_version 0314 → 0125, 100% of the window (new)" in msg["text"] and "Next: policy retrain" in msg["text"]
+    assert msg["blocks"][-1]["elements"][1]["text"] == ("Next: policy `retrain` starts its shell job "
+                                                        "(`python train.py`)")
+    assert "model_version 0314 → 0125, 100% of the window (new)" in msg["text"]
+    assert "Next: policy retrain" in msg["text"]
     # an alert stored before these fields existed still loads and renders as before
     old = json.loads(alert.to_json())
     del old["shifts"], old["next_steps"]
