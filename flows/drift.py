@@ -38,12 +38,37 @@ def detect(env: Environment, current: str | None, reference: str | None, by: str
     """One drift run (stored in `drift_runs`, alerts queued in the outbox)."""
     settings, alerts = env.core, env.alerts
     run = run_drift(settings, env.drift, current=current, reference=reference, by=by,
-                    reports=reports, sink=Outbox.from_settings(settings.home, alerts))
+                    reports=reports, sink=Outbox.from_settings(settings.home, alerts),
+                    next_steps=lambda alert: next_steps(env, alert))
     return {"run_id": run.run_id, "window": run.window.label, "reference": run.reference,
             "n_current": run.n_current, "n_reference": run.n_reference, "checks": len(run.effects),
             "drifted": sorted({f"{e.segment}: {e.feature}" for e in run.drifted}),
             "alerts": [json.loads(a.to_json()) for a in run.alerts],
             "reports": run.reports, "timings": run.timings}
+
+
+def next_steps(env: Environment, alert: Alert) -> tuple[str, ...]:
+    """What follows a drift alert of this flow run: the trigger policies the `dispatch` subflow hands it to, and
+    the `curate` automation, which `flywheel serve` registers with the deployments it serves (unless
+    FLYWHEEL_SERVE_DRIFT_TRIGGERS is off); a run outside a deployment starts no automation."""
+    from prefect.runtime import deployment
+
+    from flywheel.warehouse.evaluation.targets import load_targets
+    from flywheel.warehouse.jobs.dispatch import NOTHING_RUNS
+    from flywheel.warehouse.jobs.dispatch import next_steps as policy_steps
+    from flywheel.warehouse.jobs.policies import load_policies
+
+    steps: list[str] = []
+    path = env.jobs.policies_path(env.core.home)
+    if path.is_file():
+        tf = env.evaluation.targets_path(env.core.home)
+        known = set(load_targets(tf)) if tf.is_file() else set()
+        steps += [s for s in policy_steps(load_policies(path, known_targets=known).values(), alert)
+                  if s != NOTHING_RUNS]
+    if env.serve.drift_triggers and deployment.id:
+        steps.append("the Prefect automation starts a `curate` run (FLYWHEEL_SERVE_DRIFT_TRIGGERS)")
+    return tuple(steps) or ("nothing runs automatically (no trigger policy matches, and no drift-alert automation: "
+                            "FLYWHEEL_SERVE_DRIFT_TRIGGERS is off or the flow runs outside `flywheel serve`)",)
 
 
 @task(cache_policy=NO_CACHE)

@@ -56,6 +56,11 @@ class ServeSettings:
     """FLYWHEEL_SERVE_DRIFT_TRIGGERS: give `curate` its automation, one run per drift alert. Turn off when a
     `drift_alert` policy of `flywheel jobs` starts it instead (both would run it); the next registration removes it."""
 
+    reports: str = ""
+    """FLYWHEEL_SERVE_REPORTS: `HOST:PORT` on which `flywheel serve` also serves the drift reports directory
+    (read-only files, no listing), e.g. `0.0.0.0:8765`; set FLYWHEEL_DRIFT_REPORT_BASE_URL to the URL people
+    reach it at, so alerts link reports there. Empty: reports are not served."""
+
     def __post_init__(self) -> None:
         from croniter import croniter  # type: ignore[import-untyped]  # Prefect's own cron parser: a schedule it accepts is one Prefect runs
 
@@ -66,9 +71,19 @@ class ServeSettings:
             if cron and not croniter.is_valid(cron):
                 raise ConfigError(f"{var}={cron!r} is not a cron expression (five fields, e.g. '5 * * * *'; "
                                   "`off`: not scheduled)", variable=var)
+        if self.reports:
+            self.reports_address()  # fails early, at startup, on a malformed address
         if self.limit <= 0:
             raise ConfigError(f"FLYWHEEL_SERVE_LIMIT must be positive, got {self.limit!r}",
                               variable="FLYWHEEL_SERVE_LIMIT")
+
+    def reports_address(self) -> tuple[str, int]:
+        """(host, port) of FLYWHEEL_SERVE_REPORTS."""
+        host, _, port = self.reports.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"FLYWHEEL_SERVE_REPORTS={self.reports!r} is not HOST:PORT (e.g. 0.0.0.0:8765)",
+                              variable="FLYWHEEL_SERVE_REPORTS")
+        return host.strip("[]"), int(port)
 
     def schedule(self, field: str) -> str:
         """The cron held by `field` (one of `ENV_NAMES`), '' when not scheduled (set to `off`)."""

@@ -45,6 +45,53 @@ class AlertItem:
 
 
 @dataclass(frozen=True)
+class CategoricalShift:
+    """A value of a categorical column (`model_version`, `prompt_version`, `provider`, ...) whose share of a
+    segment's traffic moved between the reference and the current window: the likely cause of what moved."""
+
+    column: str
+    value: str
+    before: float
+    """Share of the segment's reference rows with this value (0-1); 0 for a value new in the current window."""
+    after: float
+    """Share of the segment's current rows with this value (0-1)."""
+
+    @property
+    def new(self) -> bool:
+        return self.before == 0 and self.after > 0
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> "CategoricalShift":
+        return cls(str(d["column"]), str(d["value"]), float(d["before"]), float(d["after"]))  # type: ignore[arg-type]
+
+
+def _pct(share: float) -> str:
+    return f"{share:.0%}" if share == 0 or share >= 0.01 else "<1%"
+
+
+def shift_lines(shifts: tuple[CategoricalShift, ...]) -> list[str]:
+    """One line per column, as a person reads it: `` `model_version` 0314 → 0125, 100% of the window (new)`` when
+    one value took over from another, else each value that gained or lost share with both shares."""
+    lines = []
+    for column in dict.fromkeys(s.column for s in shifts):
+        mine = [s for s in shifts if s.column == column]
+        gained = sorted((s for s in mine if s.after > s.before), key=lambda s: s.before - s.after)
+        lost = sorted((s for s in mine if s.after < s.before), key=lambda s: s.after - s.before)
+        if len(gained) == 1 and lost:
+            g = gained[0]
+            was = " (new)" if g.new else f" (was {_pct(g.before)})"
+            lines.append(f"`{column}` {lost[0].value} → {g.value}, {_pct(g.after)} of the window{was}")
+            continue
+        parts = [f"{s.value} {_pct(s.before)} → {_pct(s.after)}" + (" (new)" if s.new else "")
+                 for s in gained + lost]
+        lines.append(f"`{column}` " + ", ".join(parts) + " of the window")
+    return lines
+
+
+@dataclass(frozen=True)
 class Alert:
     """What a person needs to act: which segment, what moved (before, after, effect size), when, and the report."""
 
@@ -60,6 +107,12 @@ class Alert:
     title: str = ""
     level: str = ""
     """The segment's columns, comma-separated (drift alerts); empty for all traffic."""
+    shifts: tuple[CategoricalShift, ...] = ()
+    """What else changed in the segment between the windows (drift alerts): values of its categorical columns
+    that are new or whose share moved, most moved first."""
+    next_steps: tuple[str, ...] = ()
+    """What the flywheel does next about this alert, in words (the policies and automations it starts, or
+    `no policy matches: nothing runs automatically`); empty when the producer could not tell."""
 
     @property
     def drift_kind(self) -> DriftKind | None:
@@ -86,16 +139,21 @@ class Alert:
     def with_report(self, report: str) -> "Alert":
         return dataclasses.replace(self, report=report)
 
+    def with_next_steps(self, steps: tuple[str, ...]) -> "Alert":
+        return dataclasses.replace(self, next_steps=steps)
+
     def to_json(self) -> str:
         return json.dumps({"kind": self.kind, "segment": self.segment, "window": self.window,
                            "items": [i.to_dict() for i in self.items], "report": self.report, "title": self.title,
-                           "level": self.level}, ensure_ascii=False, default=str)
+                           "level": self.level, "shifts": [s.to_dict() for s in self.shifts],
+                           "next_steps": list(self.next_steps)}, ensure_ascii=False, default=str)
 
     @classmethod
     def from_json(cls, text: str) -> "Alert":
         d = json.loads(text)
         return cls(d["kind"], d["segment"], d["window"], tuple(AlertItem.from_dict(i) for i in d["items"]),
-                   d.get("report", ""), d.get("title", ""), d.get("level", ""))
+                   d.get("report", ""), d.get("title", ""), d.get("level", ""),
+                   tuple(CategoricalShift.from_dict(x) for x in d.get("shifts", ())), tuple(d.get("next_steps", ())))
 
 
 class AlertSink(Protocol):

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from flywheel.commands.options import dispatch, log_format_option, metrics_port_option, metrics_served, pass_env
+from flywheel.commands.options import (alert_next_steps, dispatch, log_format_option, metrics_port_option,
+                                      metrics_served, pass_env)
 from flywheel.environment import Environment
 from flywheel.schemas.alerts import Alert
 from flywheel.warehouse.jobs.store import Job
@@ -73,7 +74,8 @@ def drift_run(env: Environment, current: str | None, reference: str | None, by: 
     ds = env.drift
     alerts = env.alerts
     outbox = Outbox.from_settings(s.home, alerts)
-    run = run_drift(s, ds, current=current, reference=reference, by=by, reports=not no_report, sink=outbox)
+    run = run_drift(s, ds, current=current, reference=reference, by=by, reports=not no_report, sink=outbox,
+                    next_steps=alert_next_steps(env))
     delivered = None
     if not no_send and alerts.webhook and run.alerts:
         delivered = SlackSender(outbox, alerts).deliver()

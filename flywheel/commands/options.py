@@ -18,6 +18,7 @@ import click
 
 from flywheel.config import Secret, describe
 from flywheel.environment import Environment
+from flywheel.schemas.alerts import Alert
 from flywheel.warehouse.jobs.dispatch import DatasetVersion, Event, Secrets
 from flywheel.warehouse.jobs.eval_target import EvalContext
 from flywheel.warehouse.jobs.policies import Policy
@@ -159,3 +160,19 @@ def metrics_served(env: Environment, port: int | None, registry: CollectorRegist
         yield
     finally:
         server.close()
+
+
+def alert_next_steps(env: Environment) -> Callable[[Alert], tuple[str, ...]]:
+    """What `dispatch` will start for a drift alert, in words for the alert (`Alert.next_steps`): the matching
+    policies of the policy file, or that nothing runs automatically."""
+    from flywheel.warehouse.evaluation.targets import load_targets
+    from flywheel.warehouse.jobs.dispatch import NOTHING_RUNS, next_steps
+    from flywheel.warehouse.jobs.policies import load_policies
+
+    path = env.jobs.policies_path(env.core.home)
+    if not path.is_file():
+        return lambda _alert: (NOTHING_RUNS,)
+    tf = env.evaluation.targets_path(env.core.home)
+    known = set(load_targets(tf)) if tf.is_file() else set()
+    policies = list(load_policies(path, known_targets=known).values())
+    return lambda alert: next_steps(policies, alert)

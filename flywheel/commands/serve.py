@@ -14,8 +14,9 @@ schedules below and run their flow runs in this process until Ctrl-C (the deploy
 
 Talks to the Prefect API in PREFECT_API_URL: a local `prefect server start` (http://127.0.0.1:4200/api) or
 Prefect Cloud (`prefect cloud login`). Each drift alert also starts `curate` through an automation, created
-with the deployment. A flow whose module does not import yet is skipped with a warning. To run the same
-deployments on a work pool instead, see infra/prefect.yaml. Settings (a cron of `off`: not scheduled):
+with the deployment. With FLYWHEEL_SERVE_REPORTS it also serves the drift reports, for the links in alerts. A
+flow whose module does not import yet is skipped with a warning. To run the same deployments on a work pool
+instead, see infra/prefect.yaml. Settings (a cron of `off`: not scheduled):
 
 \b
 {settings_help(ServeSettings, "FLYWHEEL_SERVE_")}
@@ -25,6 +26,8 @@ Example:
   prefect server start &   # then: prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api
   FLYWHEEL_SCHEDULE_QUALITY='*/15 * * * *' flywheel serve
   flywheel serve --list
+  FLYWHEEL_SERVE_REPORTS=0.0.0.0:8765 \\
+    FLYWHEEL_DRIFT_REPORT_BASE_URL=http://flywheel.internal:8765/ flywheel serve
 """)
 @click.option("--list", "list_", is_flag=True, help="Print the deployments and their schedules; serve nothing.")
 @pass_env
@@ -49,7 +52,18 @@ def serve(env: Environment, list_: bool) -> None:
                    err=True)
     # Serving is long-lived: say which deployment was skipped and what Prefect registered, whatever -v says.
     logging.getLogger("flywheel.flows").setLevel(logging.INFO)
-    serve_deployments(env.serve)
+    if not env.serve.reports:
+        serve_deployments(env.serve)
+        return
+    from flywheel.warehouse.drift.serving import ReportServer
+
+    host, port = env.serve.reports_address()
+    with ReportServer(env.drift.reports_path(env.core.home), host, port) as reports:
+        click.echo(f"serving the drift reports of {reports.directory} on {reports.url}", err=True)
+        if not env.drift.report_base_url:
+            click.echo("FLYWHEEL_DRIFT_REPORT_BASE_URL is not set: alerts still link reports as file paths; set it "
+                       "to the URL people reach this server at", err=True)
+        serve_deployments(env.serve)
 
 
 COMMANDS = [serve]

@@ -4,7 +4,9 @@
 2. replays real public LLM interactions and feedback (the bundled corpus, see README.md here) as traffic spread
    over the last `DAYS` days, so that the drift windows the README suggests (`--current 1d --reference 7d`) and
    the quality gates' landing-time checks see recent data; in the last day a new model version answers worse
-   (more thumbs down), which drift detection finds. A few hostile messages are sent as well;
+   (more thumbs down), and half of `search-answers`' users write in other languages (Spanish, Russian, Chinese,
+   ...: real multilingual prompts and answers), which drift detection finds. A few hostile messages are sent as
+   well;
 3. lands it (`flywheel ingest`), runs the quality gates and a drift run (alerts go to the outbox, and to Slack
    when FLYWHEEL_SLACK_WEBHOOK_URL is set; otherwise their Block Kit message is shown here);
 4. curates the bundled recipes (an eval set, an SFT set, preference pairs) into versioned datasets;
@@ -30,10 +32,12 @@ from flywheel.config import Settings, env_settings
 from flywheel.errors import ConfigError
 from flywheel.infra import broker
 from flywheel.infra.testing.corpus import generate, load_corpus
+from flywheel.infra.testing.scenarios import multilingual_answers
 from flywheel.schemas.contract import event_type_of
 from flywheel.streams.client import FlywheelClient
 from flywheel.streams.ingest import IngestWorker
 from flywheel.streams.topics import ensure_topics
+from flywheel.schemas.alerts import shift_lines
 from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender, slack_message
 from flywheel.warehouse.drift.run import run_drift
 from flywheel.warehouse.datasets.settings import DatasetSettings
@@ -53,6 +57,9 @@ PREVIOUS_VERSION = "2026-11-stable"
 """The version of support-bot's model until yesterday (its release history starts there) ..."""
 SHIFTED_VERSION = "2026-12-rc1"
 """... and the one it moves to yesterday: its answers stop after the first sentence and get more thumbs down."""
+LANGUAGE_APP = "search-answers"
+LANGUAGE_SHARE = 0.5
+"""Yesterday this share of `LANGUAGE_APP`'s users write in another language (and are answered in it)."""
 
 HOSTILE = [
     b'{"inference_id": "demo-bad-1", "timestamp": "2026-11-01T00:00:00Z", "app": "x", "model"',  # truncated
@@ -173,8 +180,11 @@ def traffic(n_inferences: int, now: datetime, seed: int = 1) -> Iterator[dict[st
     """`n_inferences` inferences (and their feedback) from the bundled corpus: 60% spread over the seven days
     before yesterday, 30% over yesterday (UTC), 10% over today so far. Yesterday `support-bot` runs
     `SHIFTED_VERSION`, a lazier model (its answers stop after the first sentence) whose users turn thumbs down
-    on most of them. Deterministic for a seed and `now`."""
+    on most of them, and `LANGUAGE_SHARE` of `LANGUAGE_APP`'s requests are in other languages (real multilingual
+    prompts with their answers, from the test fixtures). Deterministic for a seed and `now`."""
     rng = random.Random(seed)
+    lang_rng = random.Random(f"language-{seed}")  # its own draws: the rest of the traffic is as without the shift
+    foreign = multilingual_answers()
     end = now.replace(hour=0, minute=0, second=0, microsecond=0)
     shift_from = end - timedelta(days=1)
     today = max((now - timedelta(minutes=5) - end).total_seconds(), 0.0)
@@ -202,6 +212,10 @@ def traffic(n_inferences: int, now: datetime, seed: int = 1) -> Iterator[dict[st
                 ev.update(model_version=SHIFTED_VERSION, output=first if first.endswith(".") else first + ".",
                           output_tokens=len(first) // 4 + 1)
                 moved.add(ev["inference_id"])
+            if shift_from <= at and ev["app"] == LANGUAGE_APP and lang_rng.random() < LANGUAGE_SHARE:
+                prompt, output = lang_rng.choice(foreign)
+                ev.update(input=prompt, output=output, input_tokens=len(prompt) // 4 + 1,
+                          output_tokens=len(output) // 4 + 1)
         else:
             t = datetime.fromisoformat(ev["timestamp"]) + shift[ev["inference_id"]]
             ev = {**ev, "timestamp": min(t, now).isoformat(timespec="milliseconds")}
@@ -254,17 +268,27 @@ def _run(settings: Settings, demo: DemoSettings, quality: QualitySettings, drift
     echo(f"quality gates: {verdicts}; report {gates.report}")
 
     box = Outbox.from_settings(settings.home, alerts)
-    found = run_drift(settings, drift, current="1d", reference="7d", sink=box)
+    found = run_drift(settings, drift, current="1d", reference="7d", sink=box,
+                      next_steps=lambda _alert: ("the demo curates its datasets and re-evaluates support-bot",))
     echo(f"drift: {len(found.effects)} checks over the last day ({found.n_current:,} inferences) against the 7 "
          f"days before ({found.n_reference:,}); {len(found.drifted)} drifted, {len(found.alerts)} alerts")
     for a in found.alerts:
         echo(f"  {a.kind} on {a.segment}: " + ", ".join(f"{i.feature} {i.before} -> {i.after}" for i in a.items[:4]))
+        for line in shift_lines(a.shifts)[:3]:
+            echo(f"    changed in the segment: {line.replace('`', '')}")
+    flagged = {(a.kind, a.segment) for a in found.alerts}
+    for kind, segment, what in (("model-drift", "app=support-bot", f"model version {SHIFTED_VERSION}"),
+                                ("data-drift", f"app={LANGUAGE_APP}", "users' language")):
+        hit = any(k == kind and s.startswith(segment) for k, s in flagged)
+        echo(f"  injected shift ({what}) on {segment}: {'found' if hit else 'NOT found'} as {kind}")
     if found.alerts and alerts.webhook:
         rep = SlackSender(box, alerts).deliver()
         echo(f"  sent {rep.delivered} alerts to Slack")
     elif found.alerts:
-        echo("  no FLYWHEEL_SLACK_WEBHOOK_URL set: the alerts wait in the outbox; the first one's Slack message:")
-        echo("  " + json.dumps(slack_message(found.alerts[0]), ensure_ascii=False)[:1500])
+        shown = max(found.alerts, key=lambda a: len(a.shifts))  # the one whose likely cause the message names
+        echo(f"  no FLYWHEEL_SLACK_WEBHOOK_URL set: the alerts wait in the outbox; the Slack message of {shown.kind} "
+             f"on {shown.segment}:")
+        echo("  " + json.dumps(slack_message(shown), ensure_ascii=False)[:1500])
 
     _curate_evaluate_release(settings, datasets, evaluation, echo)
 

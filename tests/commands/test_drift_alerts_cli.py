@@ -97,3 +97,47 @@ def test_signals_worker_runs_and_stops_cleanly_on_sigint(kafka_settings: Setting
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _texts(payload: dict[str, object]) -> str:
+    """Every text of a posted Block Kit message (and its notification text), as a person reads them in Slack."""
+    out = [str(payload["text"])]
+    for block in payload["blocks"]:  # type: ignore[attr-defined]
+        for part in [block.get("text"), *block.get("fields", []), *block.get("elements", [])]:
+            if isinstance(part, dict):
+                out.append(str(part.get("text", "")))
+    return "\n".join(out)
+
+
+@pytest.mark.slow  # one real Evidently report: about 27 s with its import on this (loaded) machine
+def test_a_drift_alert_in_slack_links_its_report_names_what_changed_and_what_runs_next(tmp_path: Path) -> None:
+    """The JSON Slack receives: the report as a URL under the base URL (not a path on the worker's disk), the
+    categorical shift inside the segment (the model version that replaced the other, in all of the window), and
+    what the flywheel does next (the policy whose job the alert starts)."""
+    settings = Settings(home=tmp_path / "home")
+    S.land(settings, S.model_change(windows_each=2))
+    marker = tmp_path / "retrained.txt"
+    policies = tmp_path / "policies.yaml"
+    policies.write_text("policies:\n  retrain-on-drift:\n"
+                        "    when: {drift_alert: {segment: model=oasst, kind: model-drift}}\n"
+                        f"    target: {{kind: shell, command: 'echo retrain >> {marker}'}}\n"
+                        "  other-app:\n    when: {drift_alert: {segment: model=gpt}}\n"
+                        "    target: {kind: shell, command: 'exit 1'}\n")
+    with RecordingWebhook() as hook:
+        env = {"FLYWHEEL_HOME": str(settings.home), "FLYWHEEL_SLACK_WEBHOOK_URL": hook.url,
+               "FLYWHEEL_DRIFT_REPORT_BASE_URL": "https://reports.example.com/drift/",
+               "FLYWHEEL_DRIFT_REPORT_SAMPLE": "300", "FLYWHEEL_DRIFT_MAX_REPORTS": "1",
+               "FLYWHEEL_JOBS_POLICIES_FILE": str(policies)}
+        # one level (model) keeps it to one alert and one Evidently report: the steady gpt model does not move
+        res = CliRunner().invoke(main, ["drift", "run", "--current", _win(2, 3), "--reference", _win(0, 2),
+                                        "--by", "model"], env=env)
+        assert res.exit_code == 0, res.output
+        assert hook.wait_for(lambda r: len(r) >= 1, 5)
+        (payload,) = hook.received
+    msg = _texts(payload)
+    assert "model=oasst-llama-30b" in msg
+    assert "<https://reports.example.com/drift/" in msg and ".html|Evidently report>" in msg
+    assert str(settings.home) not in msg  # no path on the worker's disk
+    assert "`model_version` sft-7 → rlhf-1-8k, 100% of the window" in msg
+    assert "Next: policy `retrain-on-drift` starts its shell job" in msg and "other-app" not in msg
+    assert marker.read_text() == "retrain\n"

@@ -35,3 +35,5 @@ def test_drift_flow_detects_and_delivers(prefect_env: None, tmp_path: Path,
         assert result["delivery"] == {"delivered": len(result["alerts"]), "pending": 0, "failed": 0}
         assert len(hook.received) == len(result["alerts"]) >= 1
         assert "thumbs_up_rate" in json.dumps(hook.received)
+        # run outside a deployment, no automation answers its alerts, and the message says so
+        assert "Next: nothing runs automatically" in json.dumps(hook.received, ensure_ascii=False)

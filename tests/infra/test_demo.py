@@ -27,7 +27,11 @@ def test_the_demo_runs_twice_and_the_readme_next_steps_work_on_what_it_left(tmp_
     first = runner.invoke(main, ["demo"], env=env)
     assert first.exit_code == 0, first.output
     assert "quality gates: inferences passed" in first.output and "feedback passed" in first.output
-    assert "model-drift on app=support-bot" in first.output  # the injected shift is found
+    assert "model-drift on app=support-bot" in first.output  # the injected shifts are found: the model version ...
+    assert "changed in the segment: model_version 2026-11-stable → 2026-12-rc1" in first.output
+    language = next(line for line in first.output.splitlines() if "data-drift on app=search-answers:" in line)
+    assert "input_script" in language  # ... and the users' language
+    assert "injected shift (users' language) on app=search-answers: found as data-drift" in first.output
     assert "curated regression-eval@1" in first.output and "curated support-sft@1" in first.output
     assert "gate: BLOCKED: mean similarity dropped" in first.output  # the re-evaluation decides ...
     assert "release: support-bot rolled back to 2026-11-stable" in first.output  # ... and the release follows

@@ -44,7 +44,7 @@ from typing import Any, Callable, ContextManager, Mapping
 
 from flywheel.config import Secret, env_settings
 from flywheel.errors import ConfigError, FlywheelError
-from flywheel.schemas.alerts import Alert, AlertItem
+from flywheel.schemas.alerts import Alert, AlertItem, shift_lines
 from flywheel.warehouse.sqlite import transaction
 
 log = logging.getLogger("flywheel.alerts")
@@ -130,28 +130,41 @@ def _fmt_score(item: AlertItem) -> str:
 
 
 def slack_message(alert: Alert) -> dict[str, Any]:
-    """The Block Kit payload of an alert (with a plain `text` fallback for notifications)."""
+    """The Block Kit payload of an alert (with a plain `text` fallback for notifications): what moved, what else
+    changed in the segment (its categorical shifts: the likely cause), the report (a link when it is a URL) and
+    what the flywheel does next."""
     what = {"data-drift": "Data drift (what users send)", "model-drift": "Model drift (outputs and feedback)"}
     title = alert.title or what.get(alert.kind, f"Live signal: {alert.kind.removeprefix('live:')}")
     lines = [f"• `{i.feature}`: {i.before} → {i.after}  ({_fmt_score(i)})"
              for i in alert.items[:10]]
     if len(alert.items) > 10:
         lines.append(f"… and {len(alert.items) - 10} more")
+    changed = shift_lines(alert.shifts)
+    nxt = "Next: " + "; ".join(alert.next_steps) if alert.next_steps else ""
     report = alert.report
     report_text = (f"<{report}|Evidently report>" if report.startswith(("http://", "https://")) else
                    f"Report: `{report}`") if report else "No report for this alert"
-    return {
-        "text": f"{title}: {alert.segment}, {len(alert.items)} moved in {alert.window}",
-        "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
-            {"type": "section", "fields": [
-                {"type": "mrkdwn", "text": f"*Segment*\n{alert.segment}"},
-                {"type": "mrkdwn", "text": f"*Window*\n{alert.window}"},
-            ]},
-            {"type": "section", "text": {"type": "mrkdwn", "text": "*What moved*\n" + "\n".join(lines)}},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": report_text}]},
-        ],
-    }
+    text = f"{title}: {alert.segment}, {len(alert.items)} moved in {alert.window}"
+    if changed:
+        text += "; changed: " + "; ".join(changed[:3]).replace("`", "")
+    if nxt:
+        text += ". " + nxt.replace("`", "")
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
+        {"type": "section", "fields": [
+            {"type": "mrkdwn", "text": f"*Segment*\n{alert.segment}"},
+            {"type": "mrkdwn", "text": f"*Window*\n{alert.window}"},
+        ]},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "*What moved*\n" + "\n".join(lines)}},
+    ]
+    if changed:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "*What changed in the segment*\n"
+                                                   + "\n".join(f"• {c}" for c in changed[:10])}})
+    elements = [{"type": "mrkdwn", "text": report_text}]
+    if nxt:
+        elements.append({"type": "mrkdwn", "text": nxt[:2000]})
+    blocks.append({"type": "context", "elements": elements})
+    return {"text": text, "blocks": blocks}
 
 
 # --------------------------------------------------------------------------------------------------- outbox

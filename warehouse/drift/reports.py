@@ -8,6 +8,7 @@ import logging
 import re
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
@@ -122,5 +123,5 @@ def evidently_report(ref: pa.Table, cur: pa.Table, ds: DriftSettings, path: Path
 def report_link(path: str, ds: DriftSettings) -> str:
     """What an alert links to: the report under `report_base_url` when set, else its file path."""
     if path and ds.report_base_url:
-        return ds.report_base_url.rstrip("/") + "/" + "/".join(Path(path).parts[-2:])
+        return ds.report_base_url.rstrip("/") + "/" + "/".join(quote(part) for part in Path(path).parts[-2:])
     return path

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pyarrow as pa
 
@@ -42,6 +42,7 @@ from flywheel.warehouse.drift.features import FEATURES, feature_values
 from flywheel.warehouse.drift.loading import FeedbackHorizon, connect, load_dataset, load_window
 from flywheel.warehouse.drift.reports import report_link, write_reports
 from flywheel.warehouse.drift.settings import DriftSettings
+from flywheel.warehouse.drift.shifts import with_shifts
 from flywheel.warehouse.drift.storage import store
 from flywheel.warehouse.drift.windows import Dataset, Window, parse_reference
 
@@ -105,9 +106,11 @@ def compute_effects(ref: pa.Table, cur: pa.Table, ds: DriftSettings, by: str | N
 def run_drift(settings: Settings, ds: DriftSettings, *, current: Window | str | None = None,
               reference: Window | Dataset | str | None = None, by: str | None = None,
               now: datetime | None = None, reports: bool = True, sink: AlertSink | None = None,
-              keep_frames: bool = False) -> DriftRun:
+              keep_frames: bool = False, next_steps: Callable[[Alert], tuple[str, ...]] | None = None) -> DriftRun:
     """Run drift detection for one current window (see the module docstring). `sink`: where alerts go (the
-    outbox of `flywheel.warehouse.alerts`; None: do not enqueue, only record)."""
+    outbox of `flywheel.warehouse.alerts`; None: do not enqueue, only record). `next_steps`: what the caller's
+    policies and automations will do about an alert, in words, put in the alert (`Alert.next_steps`) before it
+    is enqueued; drift itself knows no policies."""
     t0 = time.perf_counter()
     now = now or datetime.now(timezone.utc)
     if current is None or isinstance(current, str):
@@ -135,7 +138,7 @@ def run_drift(settings: Settings, ds: DriftSettings, *, current: Window | str | 
         # stream's chance extremes (p ~ 1e-4 among ~60 checks per run, seen on the real data) would page people.
         large_alpha = ds.alpha / max(len(effects), 1)
         decided = [decide(e, current, ds, past, large_alpha) for e in effects]
-        alerts = build_alerts(decided, current)
+        alerts = with_shifts(build_alerts(decided, current), ref, cur, ds.shift_threshold)
         t2 = time.perf_counter()
         report_paths = (write_reports(ref, cur, decided, settings, ds, run_id, current, reference.label,
                                       first=[(a.level, a.segment) for a in alerts])
@@ -144,6 +147,8 @@ def run_drift(settings: Settings, ds: DriftSettings, *, current: Window | str | 
     finally:
         con.close()
     alerts = [a.with_report(report_link(report_paths.get(a.segment, ""), ds)) for a in alerts]
+    if next_steps is not None:
+        alerts = [a.with_next_steps(next_steps(a)) for a in alerts]
     run = DriftRun(run_id, current, reference.label, effects, alerts, report_paths, ref.num_rows, cur.num_rows,
                    timings, horizon.length, (ref, cur) if keep_frames else None)
     store(settings, run.run_id, run.window, run.reference, decided, report_paths)

@@ -90,7 +90,14 @@ class DriftSettings:
     """FLYWHEEL_DRIFT_REPORTS_DIR: where reports go. Default: `$FLYWHEEL_HOME/drift_reports`."""
 
     report_base_url: str = ""
-    """FLYWHEEL_DRIFT_REPORT_BASE_URL: public URL of reports_dir, for links in alerts (default: file paths)."""
+    """FLYWHEEL_DRIFT_REPORT_BASE_URL: the URL that serves reports_dir, so alerts link their report as a URL
+    (`<base>/<run id>/<segment>.html`) instead of a path on the worker's disk: `flywheel serve` serves it with
+    FLYWHEEL_SERVE_REPORTS (e.g. `http://flywheel.internal:8765/`), or a bucket reports_dir is synced to."""
+
+    shift_threshold: float = 0.1
+    """FLYWHEEL_DRIFT_SHIFT_THRESHOLD: an alert names the values of its segment's model, model_version,
+    prompt_template, prompt_version and provider whose share of the traffic moved by at least this much between
+    the windows (0-1), and every value new in the current window (from 1% of it)."""
 
     cache: bool = True
     """FLYWHEEL_DRIFT_CACHE: keep each inference's descriptors in the lake table `descriptors`, so an inference is
@@ -108,6 +115,8 @@ class DriftSettings:
         for name in ("min_samples", "sustain", "report_sample", "threads"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"FLYWHEEL_DRIFT_{name.upper()} must be positive, got {getattr(self, name)!r}")
+        if not 0 < self.shift_threshold <= 1:
+            raise ConfigError(f"FLYWHEEL_DRIFT_SHIFT_THRESHOLD must be in (0, 1], got {self.shift_threshold!r}")
         if not 0 < self.alpha < 1:
             raise ConfigError(f"FLYWHEEL_DRIFT_ALPHA must be in (0, 1), got {self.alpha!r}")
         if self.reports not in ("alerts", "drifted", "all", "none"):

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flywheel.schemas.alerts import Alert
 from flywheel.warehouse.evaluation.targets import Secret
@@ -51,6 +52,31 @@ def matches(policy: Policy, event: Event) -> bool:
         return w.dataset == event.name and event.new_examples >= w.min_new_examples
     return (w.alert_segment is not None and event.drift_kind is not None
             and event.segment.startswith(w.alert_segment) and (w.alert_kind is None or w.alert_kind == event.kind))
+
+
+NOTHING_RUNS = "no policy matches: nothing runs automatically"
+
+
+def describe_target(policy: Policy) -> str:
+    """What a policy's target does, in words that carry no secret (a webhook's host, not its URL)."""
+    o = policy.options
+    if policy.kind == "shell":
+        return f"starts its shell job (`{str(o['command'])[:120]}`)"
+    if policy.kind == "webhook":
+        return f"calls the webhook at {urlsplit(str(o['url'])).hostname or '?'}"
+    if policy.kind == "fine_tune":
+        return f"starts a fine-tune of {o['model']} at {urlsplit(str(o['base_url'])).hostname or '?'}"
+    if policy.kind == "eval":
+        gate = o.get("gate")
+        return (f"evaluates {o.get('dataset') or 'the dataset'} against {', '.join(o['targets'])}"
+                + (f" and gates {gate['candidate']} on {gate['baseline']}" if gate else ""))
+    return f"runs the Prefect deployment {o['deployment']}"
+
+
+def next_steps(policies: Iterable[Policy], alert: Alert) -> tuple[str, ...]:
+    """What dispatching `alert` to `policies` will start, one phrase per matching policy, or `NOTHING_RUNS`."""
+    steps = tuple(f"policy `{p.name}` {describe_target(p)}" for p in policies if matches(p, alert))
+    return steps or (NOTHING_RUNS,)
 
 
 def params(event: Event) -> dict[str, object]:

@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 from flywheel.errors import ConfigError
-from flywheel.schemas.alerts import Alert, AlertItem
+from flywheel.schemas.alerts import Alert, AlertItem, CategoricalShift
 from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender, slack_message
 from flywheel.infra.testing.webhook import RecordingWebhook
 
@@ -41,6 +41,32 @@ def test_message_names_segment_what_moved_window_and_report() -> None:
                      "threshold 0.1", "2026-11-01T00:00:00+00:00/2026-11-01T01:00:00+00:00",
                      "/tmp/reports/r1/app=a.html"):
         assert expected in text
+
+
+def test_message_names_the_shifts_in_the_segment_and_what_runs_next_and_survives_the_outbox(tmp_path: Path) -> None:
+    shifts = (CategoricalShift("model_version", "0125", 0.0, 1.0), CategoricalShift("model_version", "0314", 1.0, 0.0),
+              CategoricalShift("provider", "azure", 0.2, 0.6), CategoricalShift("provider", "openai", 0.8, 0.4),
+              CategoricalShift("prompt_version", "v4", 0.0, 0.35), CategoricalShift("prompt_version", "v3", 1.0, 0.65))
+    alert = Alert(**{**_alert("app=a").__dict__, "shifts": shifts, "next_steps": ("policy `retrain` starts its shell "
+                                                                               "job (`python train.py`)",)})
+    box = Outbox(tmp_path / "outbox.sqlite")
+    rid, _ = box.enqueue(alert)
+    (row,) = box.rows()
+    assert row.alert == alert  # stored and read back whole
+    msg = slack_message(row.alert)
+    changed = next(b["text"]["text"] for b in msg["blocks"] if "What changed" in b.get("text", {}).get("text", ""))
+    assert changed.splitlines()[1:] == ["• `model_version` 0314 → 0125, 100% of the window (new)",
+                                        "• `provider` openai → azure, 60% of the window (was 20%)",
+                                        "• `prompt_version` v3 → v4, 35% of the window (new)"]
+    assert msg["blocks"][-1]["elements"][1]["text"] == ("Next: policy `retrain` starts its shell job "
+                                                        "(`python train.py`)")
+    assert "model_version 0314 → 0125, 100% of the window (new)" in msg["text"]
+    assert "Next: policy retrain" in msg["text"]
+    # an alert stored before these fields existed still loads and renders as before
+    old = json.loads(alert.to_json())
+    del old["shifts"], old["next_steps"]
+    legacy = Alert.from_json(json.dumps(old))
+    assert legacy.shifts == () and legacy.next_steps == () and "What changed" not in json.dumps(slack_message(legacy))
 
 
 def test_enqueue_is_idempotent_and_cooldown_suppresses_repeats(tmp_path: Path) -> None:

@@ -93,6 +93,9 @@ def test_model_version_switch_is_model_drift_on_output_descriptors(settings: Set
     assert not [e for e in runs[4].drifted if "model=gpt" in e.segment]
     alert = next(a for a in runs[4].alerts if a.segment == seg)
     assert alert.kind == "model-drift" and alert.items[0].reason.startswith("large")
+    # what else changed in the segment: the successor version took all of the window (nothing else moved)
+    assert {(c.column, c.value, c.before, c.after) for c in alert.shifts} == {
+        ("model_version", "rlhf-1-8k", 0.0, 1.0), ("model_version", "sft-7", 1.0, 0.0)}
     assert all(not a.segment.startswith("app=assistant,model=gpt") for r in runs.values() for a in r.alerts)
     # stored, queryable, and queued once per (segment, kind); later windows are in cooldown
     con = connect(settings)
