@@ -99,10 +99,17 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
     WITH w AS (
       SELECT *, coalesce(input_messages, [{{'role': 'user', 'content': input}}]) AS msgs
       FROM inferences WHERE {_source_filter(recipe)})
-    SELECT *, {group} AS group_key FROM (
-      SELECT inference_id, timestamp, app, model, prompt_template, session_id, user_id, output, msgs AS messages,
-        input AS prompt, _ingested_at, md5(app || chr(31) || {norm(_CONVERSATION)}) AS prompt_key
-      FROM w)""")
+    SELECT inference_id, timestamp, app, model, prompt_template, session_id, user_id, output, msgs AS messages,
+      input AS prompt, _ingested_at, NULL::VARCHAR AS prompt_key, NULL::VARCHAR AS group_key,
+      {_CONVERSATION} AS _conv
+    FROM w""")
+    # Normalizing costs seconds per 100k texts and a prompt recurs over many inferences: once per distinct one.
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE _keys AS
+    SELECT app, _conv, md5(app || chr(31) || {norm('_conv')}) AS prompt_key FROM (SELECT DISTINCT app, _conv FROM src)""")
+    con.execute("UPDATE src SET prompt_key = k.prompt_key FROM _keys k WHERE src.app = k.app AND src._conv = k._conv")
+    con.execute(f"UPDATE src SET group_key = {group}")
+    con.execute("ALTER TABLE src DROP COLUMN _conv; DROP TABLE _keys")
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE fbk AS
     SELECT f.feedback_id, f.inference_id, f.timestamp, f.kind, f.value, f.correction, f.other_inference_id,
