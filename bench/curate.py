@@ -63,7 +63,8 @@ else:
     res = curate(s, ds, load_recipe(what))
     out = {"splits": dict(res.splits), "steps": {x.step: [x.rows_in, x.rows_out, x.seconds] for x in res.steps}}
 out["seconds"] = time.perf_counter() - t0
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux copies ru_maxrss across fork, so a child would report the parent's peak.
+out["peak_rss_mb"] = int(next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM"))) / 1024
 print(json.dumps(out))
 """
 

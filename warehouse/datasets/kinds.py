@@ -105,10 +105,18 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
     WITH w AS (
       SELECT *, coalesce(input_messages, [{{'role': 'user', 'content': input}}]::{sql_type(MESSAGES)}) AS msgs
       FROM inferences WHERE {_source_filter(recipe)})
-    SELECT *, {group} AS group_key FROM (
-      SELECT inference_id, timestamp, app, model, prompt_template, session_id, user_id, output, msgs AS messages, tools,
-        input AS prompt, _ingested_at, md5(app || chr(31) || {norm(_CONVERSATION)}) AS prompt_key
-      FROM w)""")
+    SELECT inference_id, timestamp, app, model, prompt_template, session_id, user_id, output, msgs AS messages, tools,
+      input AS prompt, _ingested_at, NULL::VARCHAR AS prompt_key, NULL::VARCHAR AS group_key,
+      {_CONVERSATION} AS _conv
+    FROM w""")
+    # Normalizing costs seconds per 100k texts and a prompt recurs over many inferences: once per distinct one.
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE _keys AS
+    SELECT app, _conv, md5(app || chr(31) || {norm('_conv')}) AS prompt_key
+    FROM (SELECT DISTINCT app, _conv FROM src)""")
+    con.execute("UPDATE src SET prompt_key = k.prompt_key FROM _keys k WHERE src.app = k.app AND src._conv = k._conv")
+    con.execute(f"UPDATE src SET group_key = {group}")
+    con.execute("ALTER TABLE src DROP COLUMN _conv; DROP TABLE _keys")
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE fbk AS
     SELECT f.feedback_id, f.inference_id, f.timestamp, f.kind, f.value, f.correction, f.other_inference_id,
@@ -174,7 +182,13 @@ def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     reasons = [(str(r), int(c)) for r, c in con.execute(reasons_sql).fetchall() if c]
     if recipe.kind == "preference":  # a pair of two equal answers teaches nothing
         n_pairs = int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])
-        con.execute(f"DELETE FROM rows WHERE {norm('chosen')} = {norm('rejected')}")
+        # Normalized once per distinct answer (an output recurs in several pairs), compared exactly.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS SELECT t, {norm('t')} AS n FROM "
+                    "(SELECT coalesce(chosen, '') AS t FROM rows UNION SELECT coalesce(rejected, '') FROM rows)")
+        con.execute("DELETE FROM rows WHERE rowid IN (SELECT rows.rowid FROM rows "
+                    "JOIN _norm c ON c.t = coalesce(rows.chosen, '') JOIN _norm r ON r.t = coalesce(rows.rejected, '') "
+                    "WHERE c.n = r.n)")
+        con.execute("DROP TABLE _norm")
         same = n_pairs - int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])
         reasons += [("chosen equals rejected", same)] if same else []
     out = int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])

@@ -59,8 +59,11 @@ def answers_sql(kind: str) -> str:
     return " || chr(30) || ".join(f"coalesce({c}, '')" for c in ANSWER_COLUMNS[kind] if c != "reference")
 
 
+_PROMPT_TEXT = "array_to_string(list_transform(messages, lambda m: m.content), ' ')"
+
+
 def prompt_text_sql() -> str:
-    return norm("array_to_string(list_transform(messages, lambda m: m.content), ' ')")
+    return norm(_PROMPT_TEXT)
 
 
 def quality_gate(con: duckdb.DuckDBPyConnection, recipe: Recipe, windows: Sequence[SuspectWindow]) -> StepReport:
@@ -131,17 +134,37 @@ def pii(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
         return _skipped(con, "pii", "turned off in the recipe")
     con.execute(LUHN_MACRO)
     cols = ["prompt", *ANSWER_COLUMNS[recipe.kind]]
-    sets = [f"{c} = {_scrub_if_any(c, kinds)}" for c in cols]
-    # Tool calls' `arguments` are scrubbed too: a lookup by e-mail or card number carries it there.
-    calls = ("list_transform(m.tool_calls, lambda c: struct_pack(id := c.id, type := c.type, function := "
-             f"struct_pack(name := c.function.name, arguments := {_scrub_if_any('c.function.arguments', kinds)})))")
-    sets.append("messages = list_transform(messages, lambda m: struct_pack(role := m.role, content := "
-                f"{_scrub_if_any('m.content', kinds)}, name := m.name, tool_call_id := m.tool_call_id, "
-                f"tool_calls := {calls}))")
     before = con.execute(f"SELECT {', '.join(_placeholder_counts(c, kinds) for c in cols + ['prompt_all'])} "
                          "FROM rows").fetchall()[0]
-    con.execute("UPDATE rows SET " + ", ".join(sets))
-    con.execute("UPDATE rows SET prompt_all = array_to_string(list_transform(messages, lambda m: m.content), ' ')")
+    # Each distinct text is scanned and scrubbed once: the prompt is also the user message's content, and one
+    # prompt or answer recurs over many rows (the regular expressions cost seconds per 100k texts).
+    texts = " UNION ".join([f"SELECT {c} AS t FROM rows" for c in cols]
+                           + ["SELECT unnest(list_transform(messages, lambda m: m.content)) FROM rows"])
+    # Materialized first: a filter over the union would be pushed below its DISTINCT, into every row.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _pii AS {texts}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _pii AS SELECT t, {scrub_sql('t', kinds)} AS s FROM _pii "
+                f"WHERE regexp_matches(t, {_lit(ANY_PATTERN)})")
+    for c in cols:
+        con.execute(f"UPDATE rows SET {c} = p.s FROM _pii p WHERE rows.{c} = p.t")
+    # Tool calls' `arguments` are scrubbed too (a lookup by e-mail or card number carries it there), in place: few
+    # rows have tool calls, and those are the rows rebuilt below whatever their contents hold.
+    arguments = "c.function.arguments"
+    scrubbed = f"CASE WHEN regexp_matches({arguments}, {_lit(ANY_PATTERN)}) THEN {scrub_sql(arguments, kinds)} " \
+               f"ELSE {arguments} END"
+    calls = ("list_transform(m.tool_calls, lambda c: struct_pack(id := c.id, type := c.type, function := "
+             f"struct_pack(name := c.function.name, arguments := {scrubbed})))")
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE _pii_msgs AS
+    SELECT r, list(struct_pack(role := m.role, content := coalesce(p.s, m.content), name := m.name,
+                               tool_call_id := m.tool_call_id, tool_calls := {calls}) ORDER BY i) AS messages
+    FROM (SELECT rowid AS r, unnest(range(len(messages))) AS i, unnest(messages) AS m FROM rows
+          WHERE rowid IN (SELECT r FROM (SELECT rowid AS r, unnest(list_transform(messages, lambda m: m.content))
+                                         AS c FROM rows) JOIN _pii ON c = t)
+             OR len(list_filter(messages, lambda m: m.tool_calls IS NOT NULL)) > 0)
+    LEFT JOIN _pii p ON p.t = m.content GROUP BY r""")
+    con.execute("UPDATE rows SET messages = x.messages, prompt_all = array_to_string(list_transform(x.messages, "
+                "lambda m: m.content), ' ') FROM _pii_msgs x WHERE rows.rowid = x.r")
+    con.execute("DROP TABLE _pii; DROP TABLE _pii_msgs")
     after = con.execute(f"SELECT {', '.join(_placeholder_counts(c, kinds) for c in cols + ['prompt_all'])} "
                         "FROM rows").fetchall()[0]
     assert before is not None and after is not None
@@ -153,26 +176,12 @@ def pii(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     return StepReport("pii", n, n, tuple(per_kind), "texts rewritten, no row removed")
 
 
-def _scrub_if_any(col: str, kinds: tuple[str, ...]) -> str:
-    """Scrub only texts the one-pass prefilter matches: most texts hold no PII, and each pattern is a scan."""
-    return f"CASE WHEN regexp_matches({col}, {_lit(ANY_PATTERN)}) THEN {scrub_sql(col, kinds)} ELSE {col} END"
-
-
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
 def _placeholder_counts(col: str, kinds: tuple[str, ...]) -> str:
     return ", ".join(f"count(*) FILTER (WHERE contains({col}, '{PLACEHOLDERS[k]}'))" for k in kinds)
-
-
-def _key_sql(kind: str) -> str:
-    """The exact-duplicate key: DuckDB's 64-bit `hash` of the normalized texts (md5 cost a third more here; a key
-    only has to tell rows apart within one run)."""
-    if kind == "eval":
-        return f"hash(app, {prompt_text_sql()})"
-    label = ", coalesce(label::VARCHAR, '')" if kind == "kto" else ""
-    return f"hash(app, {prompt_text_sql()}, {norm(answers_sql(kind))}{label})"
 
 
 def _order(kind: str) -> str:
@@ -184,12 +193,23 @@ def exact_dedupe(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     if not recipe.steps.exact_dedupe:
         return _skipped(con, "exact_dedupe", "turned off in the recipe")
     n = _count(con)
-    # The key and the order as plain columns first: a window over the expressions themselves was ~7x slower.
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _keyed AS SELECT {_key_sql(recipe.kind)} AS _key, "
-                f"row_number() OVER (ORDER BY {_order(recipe.kind)}) AS _rank, * FROM rows")
-    con.execute("CREATE OR REPLACE TEMP TABLE rows AS SELECT * EXCLUDE (_key, _rank) FROM _keyed "
-                "WHERE _rank IN (SELECT min(_rank) FROM _keyed GROUP BY _key)")
-    con.execute("DROP TABLE _keyed")
+    # Normalizing is the costly part (seconds per 100k texts) and texts recur (a prompt over many rows, an answer
+    # in several pairs): each distinct text is normalized once and a row is keyed by the hashes of its texts. The
+    # key, order and row id go in a narrow table: copying the wide rows (or a window over the expressions
+    # themselves) cost several times more.
+    prompt, answers = f"coalesce({_PROMPT_TEXT}, '')", answers_sql(recipe.kind)
+    texts = f"SELECT {prompt} AS t FROM rows" + (f" UNION SELECT {answers} FROM rows" if recipe.kind != "eval" else "")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS SELECT t, hash({norm('t')}) AS h FROM ({texts})")
+    if recipe.kind == "eval":
+        key, join = "hash(app, p.h)", ""
+    else:
+        label = ", coalesce(label::VARCHAR, '')" if recipe.kind == "kto" else ""
+        key, join = f"hash(app, p.h, a.h{label})", f"JOIN _norm a ON a.t = {answers}"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _keyed AS SELECT rows.rowid AS _r, {key} AS _key, "
+                f"row_number() OVER (ORDER BY {_order(recipe.kind)}) AS _rank "
+                f"FROM rows JOIN _norm p ON p.t = {prompt} {join}")
+    con.execute("DELETE FROM rows WHERE rowid NOT IN (SELECT arg_min(_r, _rank) FROM _keyed GROUP BY _key)")
+    con.execute("DROP TABLE _keyed; DROP TABLE _norm")
     out = _count(con)
     return StepReport("exact_dedupe", n, out, (("same normalized text as an earlier row", n - out),) if n - out else ())
 
