@@ -3,7 +3,9 @@
 Two ways in: the `drift` flow hands it its run's alerts (a subflow call: it works with a Prefect server and without
 one), and its schedule (FLYWHEEL_SCHEDULE_DISPATCH) hands it the latest version of every dataset a `dataset` policy
 watches, which catches up on versions nobody dispatched (a `curate` flow run, a command stopped before it
-dispatched; only the latest version counts: an older one it skipped stays skipped).
+dispatched; only the latest version counts: an older one it skipped stays skipped), and the latest tick of every
+`schedule` policy's cron (a tick starts its job once, at the first dispatch at or after it: the flow's schedule is
+how late a tick can start).
 
 Guarantees:
 - Each (policy, event) starts once, whoever dispatches it: this flow, another run of it, `flywheel curate` or
@@ -24,12 +26,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flywheel.commands.options import JobsRuntime, jobs_runtime, watched_versions
+from flywheel.commands.options import JobsRuntime, due_ticks, jobs_runtime, watched_versions
 from flywheel.environment import Environment
 from flywheel.errors import FlywheelError
 from flywheel.flows.retry import retry_if_retryable
 from flywheel.schemas.alerts import Alert
-from flywheel.warehouse.jobs.dispatch import DatasetVersion, Event, dispatch
+from flywheel.warehouse.jobs.dispatch import DatasetVersion, Event, Tick, dispatch
 from flywheel.warehouse.jobs.store import Job
 
 
@@ -45,6 +47,12 @@ class JobsFailed(FlywheelError):
 def latest_versions(env: Environment, rt: JobsRuntime) -> list[DatasetVersion]:
     """The latest published version of every dataset a `dataset` policy watches (none yet: nothing)."""
     return watched_versions(env, rt)
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_if_retryable, cache_policy=NO_CACHE)
+def schedule_ticks(env: Environment, rt: JobsRuntime) -> list[Tick]:
+    """The latest cron tick of every `schedule` policy (each starts its job once: the tick is its subject)."""
+    return due_ticks(env, rt)
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_if_retryable, cache_policy=NO_CACHE)
@@ -67,6 +75,7 @@ def dispatch_flow(alerts: list[dict[str, Any]] | None = None, datasets: bool = T
     events: list[Event] = [Alert.from_json(json.dumps(a)) for a in alerts or []]
     if datasets:
         events += latest_versions(env, rt)
+        events += schedule_ticks(env, rt)
     started = start_jobs(rt, events) if events else []
     for j in started:
         log.info("policy %s started job %d (%s) on %s: %s", j.policy, j.id, j.target, j.subject, j.status)

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import click
 
-from flywheel.commands.options import format_option, jobs_runtime, pass_env, settings_help, watched_versions
+from flywheel.commands.options import due_ticks, format_option, jobs_runtime, pass_env, settings_help, watched_versions
 from flywheel.environment import Environment
 from flywheel.errors import ConfigError
 from flywheel.warehouse.jobs.settings import JobSettings
@@ -75,8 +75,9 @@ def jobs_show(env: Environment, job_id: int) -> None:
 @jobs.command("dispatch")
 @pass_env
 def jobs_dispatch(env: Environment) -> None:
-    """Hand the latest version of every dataset a policy watches to the policies, as the `dispatch` flow does on
-    its schedule (after a `curate` flow run, say): each matching job starts once, whoever else dispatches it.
+    """Hand the latest version of every dataset a policy watches, and the latest cron tick of every `schedule`
+    policy, to the policies, as the `dispatch` flow does on its schedule (after a `curate` flow run, say): each
+    matching job starts once, whoever else dispatches it.
 
     \b
     Example:
@@ -88,7 +89,8 @@ def jobs_dispatch(env: Environment) -> None:
     if rt is None:
         click.echo(f"no policy file at {env.jobs.policies_path(env.core.home)}: nothing to dispatch")
         return
-    for j in dispatch(rt.policies.values(), watched_versions(env, rt), rt.store, rt.secrets, rt.evaluation):
+    events = [*watched_versions(env, rt), *due_ticks(env, rt)]
+    for j in dispatch(rt.policies.values(), events, rt.store, rt.secrets, rt.evaluation):
         click.echo(f"policy {j.policy} started job {j.id} ({j.target}) on {j.subject}: {j.status}"
                    + (f" -> {j.result}" if j.result else f" ({j.error})" if j.error else ""))
 

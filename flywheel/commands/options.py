@@ -11,6 +11,7 @@ import functools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -19,7 +20,7 @@ import click
 from flywheel.config import Secret, describe
 from flywheel.environment import Environment
 from flywheel.schemas.alerts import Alert
-from flywheel.warehouse.jobs.dispatch import DatasetVersion, Event, Secrets
+from flywheel.warehouse.jobs.dispatch import DatasetVersion, Event, Secrets, Tick
 from flywheel.warehouse.jobs.eval_target import EvalContext
 from flywheel.warehouse.jobs.policies import Policy
 from flywheel.warehouse.jobs.store import Job, JobStore
@@ -108,6 +109,21 @@ def watched_versions(env: Environment, rt: JobsRuntime) -> list[DatasetVersion]:
         if info is not None:
             out.append(version_event(env, info.name, info.version, info.path, info.splits))
     return out
+
+
+def due_ticks(env: Environment, rt: JobsRuntime, now: datetime | None = None) -> list[Tick]:
+    """The latest cron tick of every `schedule` policy, with the latest version of the dataset it names."""
+    from flywheel.commands.datasets import version_event  # imports this module: loaded when needed
+    from flywheel.warehouse.datasets.registry import Registry
+    from flywheel.warehouse.jobs.dispatch import ticks
+
+    registry = Registry(env.core, env.datasets)
+
+    def latest(name: str) -> DatasetVersion | None:
+        info = registry.latest(name)
+        return version_event(env, info.name, info.version, info.path, info.splits) if info else None
+
+    return ticks(rt.policies.values(), now or datetime.now(timezone.utc), latest)
 
 
 def dispatch(env: Environment, events: Sequence[Event]) -> list[Job]:

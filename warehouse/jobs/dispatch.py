@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from croniter import croniter
 
 from flywheel.schemas.alerts import Alert
 from flywheel.warehouse.evaluation.targets import Secret
@@ -37,17 +40,49 @@ class DatasetVersion:
     counts: Mapping[str, int] | None = None
 
 
-Event = DatasetVersion | Alert
+@dataclass(frozen=True)
+class Tick:
+    """A tick of a `schedule` policy's cron: what it fires on, once (its subject is the tick's time)."""
+
+    policy: str
+    at: datetime
+    version: DatasetVersion | None = None
+    """The latest version of the dataset the policy names, if it names one and one exists."""
+
+
+Event = DatasetVersion | Alert | Tick
+
+
+def ticks(policies: Iterable[Policy], now: datetime,
+          latest: Callable[[str], DatasetVersion | None]) -> list[Tick]:
+    """The latest tick at or before `now` of every `schedule` policy (older ticks a dispatch missed are not
+    replayed: a schedule catches up once, not once per missed tick), with its dataset's latest version; a policy
+    whose dataset has no version yet has no tick."""
+    out = []
+    for p in policies:
+        if p.when.schedule is not None:
+            at = croniter(p.when.schedule, now.astimezone(timezone.utc)).get_prev(datetime)
+            version = latest(p.when.dataset) if p.when.dataset else None
+            if p.when.dataset and version is None:
+                continue  # nothing to run on yet: the tick fires once the dataset has a version
+            out.append(Tick(p.name, at, version))
+    return out
 
 
 def subject(event: Event) -> str:
     if isinstance(event, DatasetVersion):
         return f"dataset:{event.name}@{event.version}"
+    if isinstance(event, Tick):
+        return f"schedule:{event.at.astimezone(timezone.utc):%Y-%m-%dT%H:%MZ}"
     return f"alert:{event.dedup_key}"
 
 
 def matches(policy: Policy, event: Event) -> bool:
     w = policy.when
+    if isinstance(event, Tick):
+        return event.policy == policy.name and w.schedule is not None
+    if w.schedule is not None:
+        return False
     if isinstance(event, DatasetVersion):
         return w.dataset == event.name and event.new_examples >= w.min_new_examples
     return (w.alert_segment is not None and event.drift_kind is not None
@@ -80,6 +115,9 @@ def next_steps(policies: Iterable[Policy], alert: Alert) -> tuple[str, ...]:
 
 
 def params(event: Event) -> dict[str, object]:
+    if isinstance(event, Tick):
+        return {"schedule": f"{event.at.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
+                **(params(event.version) if event.version is not None else {})}
     if isinstance(event, DatasetVersion):
         return {"dataset": event.name, "version": event.version, "new_examples": event.new_examples,
                 "path": event.path, "manifest": event.manifest, "counts": dict(event.counts or {})}
@@ -124,12 +162,14 @@ def dispatch(policies: Iterable[Policy], events: Iterable[Event], store: JobStor
             if not matches(policy, event):
                 continue
             p = params(event)
-            trigger = "dataset" if isinstance(event, DatasetVersion) else "drift_alert"
+            trigger = ("dataset" if isinstance(event, DatasetVersion) else "schedule" if isinstance(event, Tick)
+                       else "drift_alert")
             job = store.claim(policy.name, subject(event), trigger, policy.kind, json.dumps(p, default=str))
             if job is None:
                 continue  # claimed before: never twice
-            ran.append(_run(store, job, policy, p, secrets, event.export if isinstance(event, DatasetVersion) else "",
-                            evaluation))
+            version = event.version if isinstance(event, Tick) else event
+            export = version.export if isinstance(version, DatasetVersion) else ""
+            ran.append(_run(store, job, policy, p, secrets, export, evaluation))
     return ran
 
 

@@ -18,6 +18,9 @@
         when: {dataset: support-eval}
         target: {kind: eval, targets: [champion, candidate], split: test,
                  gate: {candidate: candidate, baseline: champion}}
+      nightly-eval:                                  # on a schedule (cron, UTC), on the dataset's latest version
+        when: {schedule: "0 3 * * *", dataset: support-eval}
+        target: {kind: eval, targets: [champion], split: test}
 
 Errors name the file, the key and the fix; a policy naming a dataset the registry does not know, or an evaluation
 target the targets file does not have, is refused when the caller passes the known names.
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from croniter import croniter
 
 from flywheel.errors import FileSpecError
 
@@ -55,6 +59,10 @@ class When:
     alert_segment: str | None = None
     """A drift alert fires on a segment starting with this (e.g. `app=support-bot`); `""` matches every segment."""
     alert_kind: str | None = None
+    schedule: str | None = None
+    """A cron expression (UTC): the job starts once per tick, at the first dispatch at or after it (the `dispatch`
+    flow's own schedule, FLYWHEEL_SCHEDULE_DISPATCH, or `flywheel jobs dispatch`), on `dataset`'s latest version
+    when the policy names one."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +99,26 @@ def _policy(name: str, spec: Any, src: str, known: Collection[str] | None,
     if not isinstance(spec, dict) or set(spec) - {"when", "target"} or "when" not in spec or "target" not in spec:
         raise _fail(src, where, "must be a mapping with exactly `when` and `target`")
     w, t = spec["when"], spec["target"]
-    if not isinstance(w, dict) or len({"dataset", "drift_alert"} & set(w)) != 1 \
-            or set(w) - {"dataset", "min_new_examples", "drift_alert"}:
+    scheduled = isinstance(w, dict) and "schedule" in w
+    if not isinstance(w, dict) or (not scheduled and len({"dataset", "drift_alert"} & set(w)) != 1) \
+            or set(w) - ({"schedule", "dataset"} if scheduled else {"dataset", "min_new_examples", "drift_alert"}):
         raise _fail(src, f"{where}.when", "must name one trigger: `dataset: NAME` (with optional "
-                    "`min_new_examples: N`) or `drift_alert: {segment: PREFIX, kind: model-drift|data-drift}`")
+                    "`min_new_examples: N`), `drift_alert: {segment: PREFIX, kind: model-drift|data-drift}` or "
+                    "`schedule: CRON` (with optional `dataset: NAME`, whose latest version the job gets)")
     when = When()
-    if "dataset" in w:
+    if scheduled:
+        cron = w["schedule"]
+        if not isinstance(cron, str) or not croniter.is_valid(cron):
+            raise _fail(src, f"{where}.when.schedule", f"must be a cron expression such as \"0 3 * * *\" (UTC), "
+                        f"got {cron!r}")
+        dataset = w.get("dataset")
+        if dataset is not None and (not isinstance(dataset, str) or not dataset):
+            raise _fail(src, f"{where}.when.dataset", "must be a dataset name")
+        if dataset is not None and known is not None and dataset not in known:
+            raise _fail(src, f"{where}.when.dataset", f"names {dataset!r}, which the registry does not have "
+                        f"(datasets: {', '.join(sorted(known)) or 'none yet'}); curate it first or fix the name")
+        when = When(schedule=cron, dataset=dataset)
+    elif "dataset" in w:
         if not isinstance(w["dataset"], str) or not w["dataset"]:
             raise _fail(src, f"{where}.when.dataset", "must be a dataset name")
         if known is not None and w["dataset"] not in known:
@@ -149,8 +171,8 @@ def _eval_options(src: str, where: str, o: dict[str, Any], when: When,
             raise _fail(src, f"{where}.targets", f"names {unknown[0]!r}, which the targets file does not have "
                         f"(targets: {', '.join(sorted(known_targets)) or 'none'}); add it there or fix the name")
     if when.dataset is None and "dataset" not in o:
-        raise _fail(src, f"{where}.dataset", "is required for an eval target on a drift alert: name the eval set "
-                    "to run (its latest version is evaluated)")
+        raise _fail(src, f"{where}.dataset", "is required for an eval target on a drift alert or a schedule "
+                    "without a dataset: name the eval set to run (its latest version is evaluated)")
     if "split" in o and (not isinstance(o["split"], str) or not o["split"]):
         raise _fail(src, f"{where}.split", f"must be a split name such as test, got {o['split']!r}")
     gate = o.get("gate")

@@ -186,3 +186,57 @@ def test_policies_are_validated_with_the_file_key_and_fix(tmp_path: Path) -> Non
         with pytest.raises(PolicyError, match=message) as err:
             load_policies(f, known_datasets={"ds"})
         assert err.value.file == str(f) and str(err.value.key).startswith("policies.a")
+
+
+def test_a_schedule_policy_starts_once_per_cron_tick_on_the_datasets_latest_version(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from flywheel.warehouse.jobs.dispatch import Tick, ticks
+
+    marker = tmp_path / "runs.txt"
+    f = tmp_path / "policies.yaml"
+    f.write_text("policies:\n"
+                 "  nightly:\n"
+                 "    when: {schedule: '0 3 * * *', dataset: ds}\n"
+                 f"    target: {{kind: shell, command: 'echo \"$DATASET_NAME v$DATASET_VERSION\" >> {marker}'}}\n"
+                 "  hourly-no-data:\n"
+                 "    when: {schedule: '0 * * * *'}\n"
+                 f"    target: {{kind: shell, command: 'echo hourly >> {marker}'}}\n"
+                 "  waits-for-data:\n"
+                 "    when: {schedule: '0 3 * * *', dataset: not-curated-yet}\n"
+                 f"    target: {{kind: shell, command: 'echo never >> {marker}'}}\n")
+    policies = load_policies(f)
+    store = JobStore(tmp_path / "jobs.db")
+    versions = {"ds": DatasetVersion("ds", 4, 10, path="/data/ds/v4")}
+
+    def run(now: datetime) -> list[str]:
+        due = ticks(policies.values(), now, versions.get)
+        assert all(isinstance(t, Tick) for t in due)
+        return [j.subject for j in dispatch(policies.values(), due, store, lambda _n: Secret(""))]
+
+    # 14:10: the nightly tick of 03:00 and the hourly one of 14:00 are due, once; a second dispatch starts nothing.
+    assert sorted(run(datetime(2026, 12, 1, 14, 10, tzinfo=UTC))) == ["schedule:2026-12-01T03:00Z",
+                                                                      "schedule:2026-12-01T14:00Z"]
+    assert run(datetime(2026, 12, 1, 14, 50, tzinfo=UTC)) == []
+    # An hour later only the hourly policy has a new tick; the next day the nightly one runs on the new version.
+    assert run(datetime(2026, 12, 1, 15, 5, tzinfo=UTC)) == ["schedule:2026-12-01T15:00Z"]
+    versions["ds"] = DatasetVersion("ds", 5, 12, path="/data/ds/v5")
+    assert sorted(run(datetime(2026, 12, 2, 3, 1, tzinfo=UTC))) == ["schedule:2026-12-02T03:00Z",
+                                                                    "schedule:2026-12-02T03:00Z"]
+    assert marker.read_text().splitlines() == ["ds v4", "hourly", "hourly", "ds v5", "hourly"]
+    jobs = store.list()
+    assert {j.trigger for j in jobs} == {"schedule"} and all(j.status == "succeeded" for j in jobs)
+    assert "never" not in marker.read_text()  # a dataset with no version yet has no tick
+
+    for text, message in {
+        "policies:\n  a:\n    when: {schedule: 'every day'}\n    target: {kind: shell, command: x}\n":
+            "must be a cron expression",
+        "policies:\n  a:\n    when: {schedule: '0 3 * * *', min_new_examples: 3}\n"
+        "    target: {kind: shell, command: x}\n":
+            "must name one trigger",
+        "policies:\n  a:\n    when: {schedule: '0 3 * * *'}\n    target: {kind: eval, targets: [t]}\n":
+            "is required for an eval target on a drift alert or a schedule",
+    }.items():
+        f.write_text(text)
+        with pytest.raises(PolicyError, match=message):
+            load_policies(f)
