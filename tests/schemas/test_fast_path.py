@@ -237,3 +237,17 @@ def test_a_shuffled_mix_spanning_many_chunks_matches(events: list[dict], name: s
     assert reasons == reasons_full
     assert _same(typed, typed_full)
     assert 0 < fast.rows_fast < len(mix)  # some chunks were clean, some were not
+
+
+def test_a_payload_whose_first_metadata_is_a_value_keeps_its_object_and_the_same_row() -> None:
+    """`"prompt_template": "metadata"` comes first: no span is cut there, Arrow reads the object and DuckDB writes
+    it from the payload, beside rows whose objects were cut, in one chunk."""
+    events = _valid(list(generate(load_corpus(), 60, seed=3, metadata=True)), "inference")[:10]
+    left = [json.dumps({"prompt_template": "metadata", **{k: v for k, v in e.items() if k != "prompt_template"}})
+            .encode() for e in events]
+    payloads = left + [json.dumps(e).encode() for e in events]
+    (typed, reasons), (typed_full, reasons_full), fast = _both("inference", payloads)
+    assert reasons == reasons_full == [None] * len(payloads)
+    assert typed.equals(typed_full)
+    assert typed["metadata"].null_count == 0
+    assert fast.rows_fast == len(payloads) and fast.objects_cut == len(events)
