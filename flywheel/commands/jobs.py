@@ -83,13 +83,13 @@ def jobs_dispatch(env: Environment) -> None:
     Example:
       flywheel jobs dispatch
     """
-    from flywheel.warehouse.jobs.dispatch import dispatch
+    from flywheel.warehouse.jobs.dispatch import Event, dispatch
 
     rt = jobs_runtime(env)
     if rt is None:
         click.echo(f"no policy file at {env.jobs.policies_path(env.core.home)}: nothing to dispatch")
         return
-    events = [*watched_versions(env, rt), *due_ticks(env, rt)]
+    events: list[Event] = [*watched_versions(env, rt), *due_ticks(env, rt)]
     for j in dispatch(rt.policies.values(), events, rt.store, rt.secrets, rt.evaluation):
         click.echo(f"policy {j.policy} started job {j.id} ({j.target}) on {j.subject}: {j.status}"
                    + (f" -> {j.result}" if j.result else f" ({j.error})" if j.error else ""))

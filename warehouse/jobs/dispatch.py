@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from croniter import croniter
+from croniter import croniter  # type: ignore[import-untyped]
 
 from flywheel.schemas.alerts import Alert
 from flywheel.warehouse.evaluation.targets import Secret

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from croniter import croniter
+from croniter import croniter  # type: ignore[import-untyped]
 
 from flywheel.errors import FileSpecError
 
