@@ -1,4 +1,5 @@
-"""Dispatch: match events (new dataset versions, drift alerts) against the policies, and start each job once.
+"""Dispatch: match events (new dataset versions, drift alerts, cron ticks of `schedule` policies) against the
+policies, and start each job once.
 
 For every (policy, event) that matches, the job is claimed in the jobs table under (policy, subject) before its
 target starts (`JobStore.claim`): a second dispatch of the same event, by this process or another, or after a
