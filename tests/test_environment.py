@@ -66,6 +66,10 @@ def test_a_url_for_the_lake_is_refused_rather_than_taken_for_a_local_path() -> N
     assert err.value.variable == "FLYWHEEL_LAKE"
     assert "object storage" in str(err.value)
     assert Environment.load({"FLYWHEEL_LAKE": "/srv/flywheel/lake"}).core.lake == "/srv/flywheel/lake"
+    # The datasets' root is opened the same way: the same refusal, naming its own variable.
+    with pytest.raises(ConfigError, match="FLYWHEEL_DATASETS_ROOT='gs://bucket/ds' is a URL") as err:
+        Environment.load({"FLYWHEEL_DATASETS_ROOT": "gs://bucket/ds"})
+    assert err.value.variable == "FLYWHEEL_DATASETS_ROOT"
 
 
 def test_the_environment_is_read_only_at_the_edges() -> None:

@@ -22,7 +22,8 @@ class DatasetSettings:
     read. Default: the bundled examples (infra/recipes)."""
 
     root: str = ""
-    """FLYWHEEL_DATASETS_ROOT: where dataset versions and the registry live. Default: `$FLYWHEEL_LAKE/datasets`."""
+    """FLYWHEEL_DATASETS_ROOT: where dataset versions and the registry live, a local path (a URL is refused).
+    Default: `$FLYWHEEL_LAKE/datasets`."""
 
     num_perm: int = 128
     """FLYWHEEL_DATASETS_NUM_PERM: MinHash permutations for near-duplicate removal and decontamination (more is
@@ -39,6 +40,10 @@ class DatasetSettings:
     a temporary directory under the registry root (DuckDB's size syntax: 1536MB, 4GB)."""
 
     def __post_init__(self) -> None:
+        if "://" in self.root:  # Path() would take `s3://b/datasets` for the local directory `s3:/b/datasets`
+            raise ConfigError(f"FLYWHEEL_DATASETS_ROOT={self.root!r} is a URL: dataset versions live on a local path "
+                              "today (object storage is not supported yet, see docs/PRODUCTION.md)",
+                              variable="FLYWHEEL_DATASETS_ROOT")
         if self.num_perm <= 0 or self.num_bands <= 0 or self.num_perm % self.num_bands:
             raise ConfigError(f"FLYWHEEL_DATASETS_NUM_BANDS={self.num_bands} must divide "
                               f"FLYWHEEL_DATASETS_NUM_PERM={self.num_perm}", variable="FLYWHEEL_DATASETS_NUM_BANDS")
