@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from flywheel.commands.options import alert_next_steps
 from flywheel.environment import Environment
 from flywheel.flows.deployments import DRIFT_ALERT_EVENT, SEGMENT_RESOURCE
 from flywheel.flows.dispatch import dispatch_flow
@@ -39,7 +40,7 @@ def detect(env: Environment, current: str | None, reference: str | None, by: str
     settings, alerts = env.core, env.alerts
     run = run_drift(settings, env.drift, current=current, reference=reference, by=by,
                     reports=reports, sink=Outbox.from_settings(settings.home, alerts),
-                    next_steps=lambda alert: next_steps(env, alert))
+                    next_steps=next_steps(env))
     return {"run_id": run.run_id, "window": run.window.label, "reference": run.reference,
             "n_current": run.n_current, "n_reference": run.n_reference, "checks": len(run.effects),
             "drifted": sorted({f"{e.segment}: {e.feature}" for e in run.drifted}),
@@ -47,28 +48,25 @@ def detect(env: Environment, current: str | None, reference: str | None, by: str
             "reports": run.reports, "timings": run.timings}
 
 
-def next_steps(env: Environment, alert: Alert) -> tuple[str, ...]:
-    """What follows a drift alert of this flow run: the trigger policies the `dispatch` subflow hands it to, and
-    the `curate` automation, which `flywheel serve` registers with the deployments it serves (unless
-    FLYWHEEL_SERVE_DRIFT_TRIGGERS is off); a run outside a deployment starts no automation."""
+def next_steps(env: Environment) -> Callable[[Alert], tuple[str, ...]]:
+    """What follows a drift alert of this flow run: the trigger policies the `dispatch` subflow hands it to
+    (`alert_next_steps`, the policy file read once), and the `curate` automation, which `flywheel serve`
+    registers with the deployments it serves (unless FLYWHEEL_SERVE_DRIFT_TRIGGERS is off); a run outside a
+    deployment starts no automation."""
     from prefect.runtime import deployment
 
-    from flywheel.warehouse.evaluation.targets import load_targets
     from flywheel.warehouse.jobs.dispatch import NOTHING_RUNS
-    from flywheel.warehouse.jobs.dispatch import next_steps as policy_steps
-    from flywheel.warehouse.jobs.policies import load_policies
 
-    steps: list[str] = []
-    path = env.jobs.policies_path(env.core.home)
-    if path.is_file():
-        tf = env.evaluation.targets_path(env.core.home)
-        known = set(load_targets(tf)) if tf.is_file() else set()
-        steps += [s for s in policy_steps(load_policies(path, known_targets=known).values(), alert)
-                  if s != NOTHING_RUNS]
-    if env.serve.drift_triggers and deployment.id:
-        steps.append("the Prefect automation starts a `curate` run (FLYWHEEL_SERVE_DRIFT_TRIGGERS)")
-    return tuple(steps) or ("nothing runs automatically (no trigger policy matches, and no drift-alert automation: "
-                            "FLYWHEEL_SERVE_DRIFT_TRIGGERS is off or the flow runs outside `flywheel serve`)",)
+    policy_steps = alert_next_steps(env)
+    automation = (("the Prefect automation starts a `curate` run (FLYWHEEL_SERVE_DRIFT_TRIGGERS)",)
+                  if env.serve.drift_triggers and deployment.id else ())
+
+    def steps(alert: Alert) -> tuple[str, ...]:
+        found = tuple(s for s in policy_steps(alert) if s != NOTHING_RUNS) + automation
+        return found or ("nothing runs automatically (no trigger policy matches, and no drift-alert automation: "
+                         "FLYWHEEL_SERVE_DRIFT_TRIGGERS is off or the flow runs outside `flywheel serve`)",)
+
+    return steps
 
 
 @task(cache_policy=NO_CACHE)

@@ -93,7 +93,8 @@ class FastPath:
             raise ValueError(f"the fast path reads one free-form object field, {et.name} has {objects}")
         self._object = objects[0] if objects else None
         self._object_key = _chat_key({f.name for f in et.fields} | {self._chat_key}, len(self._object or ""))
-        self._known_next = "|".join(re.escape(f.name) for f in et.fields)
+        self._next_key = r'\}\s*,\s*"(?:' + "|".join(re.escape(f.name) for f in et.fields) + r')"\s*:'
+        """A closing brace followed by the next contract key: where an object that is not the last field ends."""
         self._long = {f.name for f in et.fields if f.kind in ("text", "input", "object", "tools")} \
             | {"input_messages", "raw"}
         self.objects_cut = 0
@@ -227,17 +228,13 @@ class FastPath:
         spans.confirm(last, (view[last] == ord("}")) & (last > start))
         todo = np.flatnonzero(spans.end < 0)
         if len(todo):  # the object is not the last field: try the `}` before the next contract key
-            tails = pa.Array.from_buffers(pa.large_string(), len(todo), [None, pa.py_buffer(
-                np.append(start[todo], offsets[-1]).astype(np.int64)), pa.py_buffer(buffer)])
-            pos = pc.find_substring_regex(tails, r'\}\s*,\s*"(?:' + self._known_next + r')"\s*:').to_numpy()
+            pos = pc.find_substring_regex(_onwards(buffer, start[todo]), self._next_key).to_numpy()
             guess = np.full(len(rows), -1, np.int64)
             guess[todo] = np.where(pos >= 0, start[todo] + pos, -1)
             guess[guess >= offsets[rows + 1]] = -1
             if (guess >= 0).any():  # the field once only: no second key after the object
                 after = np.flatnonzero(guess >= 0)
-                rest = pa.Array.from_buffers(pa.large_string(), len(after), [None, pa.py_buffer(
-                    np.append(guess[after] + 1, offsets[-1]).astype(np.int64)), pa.py_buffer(buffer)])
-                again = pc.find_substring_regex(rest, re.escape(key)).to_numpy()
+                again = pc.find_substring_regex(_onwards(buffer, guess[after] + 1), re.escape(key)).to_numpy()
                 twice = (again >= 0) & (guess[after] + 1 + again < offsets[rows[after] + 1])
                 guess[after[twice]] = -1
             spans.confirm(guess, guess >= 0)
@@ -498,6 +495,14 @@ def _skip(view: np.ndarray, at: np.ndarray, step: int) -> np.ndarray:
         if not space.any():
             return at
         at[space] += step
+
+
+def _onwards(buffer: memoryview, starts: np.ndarray) -> pa.Array:
+    """The buffer's text from each of the increasing positions `starts` up to the next one (the last: to the end),
+    without a copy: a search in element i finds what follows `starts[i]` first, and a match found beyond the end
+    of that payload is the caller's to discard."""
+    bounds = np.append(starts, len(buffer)).astype(np.int64)
+    return pa.Array.from_buffers(pa.large_string(), len(starts), [None, pa.py_buffer(bounds), pa.py_buffer(buffer)])
 
 
 class _Spans:

@@ -73,9 +73,9 @@ class JobsRuntime:
     evaluation: EvalContext
 
 
-def jobs_runtime(env: Environment) -> JobsRuntime | None:
-    """The policies (validated against the evaluation targets file), the jobs table and the evaluation context of
-    `eval` targets; None when there is no policy file (nothing is triggered)."""
+def _policies(env: Environment) -> tuple[dict[str, Policy], dict[str, Any]] | None:
+    """The policy file's policies, validated against the evaluation targets file, and those targets; None when
+    there is no policy file (nothing is triggered)."""
     from flywheel.warehouse.evaluation.targets import load_targets
     from flywheel.warehouse.jobs.policies import load_policies
 
@@ -84,7 +84,16 @@ def jobs_runtime(env: Environment) -> JobsRuntime | None:
         return None
     tf = env.evaluation.targets_path(env.core.home)
     targets = load_targets(tf) if tf.is_file() else {}
-    policies = load_policies(path, known_targets=set(targets))
+    return load_policies(path, known_targets=set(targets)), targets
+
+
+def jobs_runtime(env: Environment) -> JobsRuntime | None:
+    """The policies (validated against the evaluation targets file), the jobs table and the evaluation context of
+    `eval` targets; None when there is no policy file (nothing is triggered)."""
+    loaded = _policies(env)
+    if loaded is None:
+        return None
+    policies, targets = loaded
 
     def examples(ref: str, split: str) -> tuple[Sequence[Any], str]:
         from flywheel.commands.evaluate import dataset_examples  # imports this module: loaded when needed
@@ -96,26 +105,10 @@ def jobs_runtime(env: Environment) -> JobsRuntime | None:
                        EvalContext(Path(env.core.lake), env.evaluation, targets, examples))
 
 
-def watched_versions(env: Environment, rt: JobsRuntime) -> list[DatasetVersion]:
-    """The latest published version of every dataset a `dataset` policy names, as trigger events (a dataset not
-    curated yet has none)."""
+def _latest_versions(env: Environment) -> Callable[[str], DatasetVersion | None]:
+    """The latest published version of a dataset, as a trigger event (None: not curated yet)."""
     from flywheel.commands.datasets import version_event  # imports this module: loaded when needed
     from flywheel.warehouse.datasets.registry import Registry
-
-    registry = Registry(env.core, env.datasets)
-    out = []
-    for name in sorted({p.when.dataset for p in rt.policies.values() if p.when.dataset}):
-        info = registry.latest(name)
-        if info is not None:
-            out.append(version_event(env, info.name, info.version, info.path, info.splits))
-    return out
-
-
-def due_ticks(env: Environment, rt: JobsRuntime, now: datetime | None = None) -> list[Tick]:
-    """The latest cron tick of every `schedule` policy, with the latest version of the dataset it names."""
-    from flywheel.commands.datasets import version_event  # imports this module: loaded when needed
-    from flywheel.warehouse.datasets.registry import Registry
-    from flywheel.warehouse.jobs.dispatch import ticks
 
     registry = Registry(env.core, env.datasets)
 
@@ -123,7 +116,22 @@ def due_ticks(env: Environment, rt: JobsRuntime, now: datetime | None = None) ->
         info = registry.latest(name)
         return version_event(env, info.name, info.version, info.path, info.splits) if info else None
 
-    return ticks(rt.policies.values(), now or datetime.now(timezone.utc), latest)
+    return latest
+
+
+def watched_versions(env: Environment, rt: JobsRuntime) -> list[DatasetVersion]:
+    """The latest published version of every dataset a `dataset` policy names, as trigger events (a dataset not
+    curated yet has none)."""
+    latest = _latest_versions(env)
+    names = sorted({p.when.dataset for p in rt.policies.values() if p.when.dataset and p.when.schedule is None})
+    return [v for v in map(latest, names) if v is not None]
+
+
+def due_ticks(env: Environment, rt: JobsRuntime, now: datetime | None = None) -> list[Tick]:
+    """The latest cron tick of every `schedule` policy, with the latest version of the dataset it names."""
+    from flywheel.warehouse.jobs.dispatch import ticks
+
+    return ticks(rt.policies.values(), now or datetime.now(timezone.utc), _latest_versions(env))
 
 
 def dispatch(env: Environment, events: Sequence[Event]) -> list[Job]:
@@ -180,15 +188,11 @@ def metrics_served(env: Environment, port: int | None, registry: CollectorRegist
 
 def alert_next_steps(env: Environment) -> Callable[[Alert], tuple[str, ...]]:
     """What `dispatch` will start for a drift alert, in words for the alert (`Alert.next_steps`): the matching
-    policies of the policy file, or that nothing runs automatically."""
-    from flywheel.warehouse.evaluation.targets import load_targets
+    policies of the policy file, or that nothing runs automatically. The file is read once, here."""
     from flywheel.warehouse.jobs.dispatch import NOTHING_RUNS, next_steps
-    from flywheel.warehouse.jobs.policies import load_policies
 
-    path = env.jobs.policies_path(env.core.home)
-    if not path.is_file():
+    loaded = _policies(env)
+    if loaded is None:
         return lambda _alert: (NOTHING_RUNS,)
-    tf = env.evaluation.targets_path(env.core.home)
-    known = set(load_targets(tf)) if tf.is_file() else set()
-    policies = list(load_policies(path, known_targets=known).values())
+    policies = list(loaded[0].values())
     return lambda alert: next_steps(policies, alert)
