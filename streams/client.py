@@ -7,8 +7,11 @@ retry never duplicates a message.
 
 Telemetry never takes the application down: the client starts while the broker is unreachable, buffers within
 `buffer_bytes` meanwhile, delivers once the broker answers, and counts what it had to drop (`client.stats`).
-Every event that is not delivered is reported once, as `UndeliveredEvents` (count, first error, topics): by
-`flush()`, `close()` and the end of a `with` block, which raise it, or by the exit hook, which logs it. `strict=True`
+A producer that kafka-python can no longer use (a fatal idempotence error: the broker lost its producer ids, as an
+in-memory broker does when it restarts) is replaced by a new one, and what the old one gave up on is sent again by
+it, up to `RESENDS` times per event. Every event that is not delivered is reported once, as `UndeliveredEvents`
+(count, first error, topics): by `flush()`, `close()` and the end of a `with` block, which raise it, or by the exit
+hook, which logs it. `strict=True`
 fails fast instead: the constructor raises `BrokerUnavailable` when no broker answers, and a full buffer or an
 earlier delivery failure raises on the next call.
 
@@ -40,6 +43,7 @@ from flywheel.errors import BrokerUnavailable, ConfigError, ContractViolation, F
 from flywheel.schemas.contract import FEEDBACK, INFERENCE, EventType, event_type_of
 from flywheel.schemas.validation import check_event
 from flywheel.streams.releases import Champion, ChampionFeed
+from flywheel.streams.security import kafka_python_config
 
 DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "acks": "all",
@@ -53,6 +57,11 @@ DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
 }
 
 log = logging.getLogger("flywheel.sdk")
+
+RESENDS = 2
+"""Times an event the producer gave up on because it had failed fatally is handed to a new producer. A batch the
+old one had in flight when it failed may have been written, so a resend can repeat an event in Kafka (the lake's
+views keep the first row per id); one it never sent cannot."""
 
 
 def _now() -> str:
@@ -122,8 +131,10 @@ class _Failures:
 class FlywheelClient:
     """A thread-safe event producer. One per process is enough.
 
-    Settings (constructor arguments), beyond `settings` (where the broker and topics are) and kafka-python's own
-    producer options (`**producer_config`, over `DEFAULT_PRODUCER_CONFIG`):
+    Settings (constructor arguments), beyond `settings` (where the broker and topics are, and how to reach it:
+    TLS and SASL from `FLYWHEEL_KAFKA_SECURITY_PROTOCOL` and the rest, see `flywheel.streams.security`) and
+    kafka-python's own producer options (`**producer_config`, over `DEFAULT_PRODUCER_CONFIG` and those from the
+    settings):
     - `strict` (False): fail fast, as above, instead of buffering while the broker is away.
     - `buffer_bytes` (64 MiB): budget of payload bytes accepted but not yet acknowledged (buffered or in flight).
       An event that does not fit is dropped, the newest one (what is already buffered keeps its order), counted in
@@ -147,14 +158,18 @@ class FlywheelClient:
             raise ConfigError(f"FlywheelClient: buffer_bytes must be positive ({buffer_bytes!r}), block_ms "
                               f"({block_ms!r}) and close_timeout_s ({close_timeout_s!r}) not negative")
         self.buffer_bytes, self.block_s, self.close_timeout_s = buffer_bytes, block_ms / 1000, close_timeout_s
-        self._config = {**DEFAULT_PRODUCER_CONFIG, **producer_config}
+        # TLS and SASL from the settings (FLYWHEEL_KAFKA_SECURITY_PROTOCOL, ...); explicit options win over them
+        self._config = {**DEFAULT_PRODUCER_CONFIG, **kafka_python_config(self.settings), **producer_config}
         unknown = sorted(set(self._config) - set(KafkaProducer.DEFAULT_CONFIG))
         if unknown:  # kafka-python would only say so in the background thread, where nobody hears it
             raise ConfigError(f"FlywheelClient: unknown producer options {', '.join(unknown)} (see kafka-python's "
                               "KafkaProducer)")
         self._topics = {"inference": self.settings.inference_topic, "feedback": self.settings.feedback_topic}
         self._cond = threading.Condition()  # guards everything below; notified whenever a count changes
-        self._queue: deque[tuple[str, bytes, bytes | None]] = deque()
+        self._queue: deque[tuple[str, bytes, bytes | None, int]] = deque()
+        """(topic, payload, key, resends so far), oldest first."""
+        self._resend: list[tuple[str, bytes, bytes | None, int]] = []
+        """What a producer that failed fatally gave up on: sent again, first, by its replacement."""
         self._pending_bytes = 0  # queued + in flight
         self._in_flight: dict[str, int] = {}  # topic -> events handed to kafka-python, not yet settled
         self._sent = self._delivered = self._failed = self._dropped = 0
@@ -246,7 +261,7 @@ class FlywheelClient:
                 if self.strict:
                     self._raise_unreported("now")
                 return
-            self._queue.append((topic, payload, key))
+            self._queue.append((topic, payload, key, 0))
             self._pending_bytes += size
             self._cond.notify_all()
 
@@ -254,7 +269,8 @@ class FlywheelClient:
     def stats(self) -> ClientStats:
         with self._cond:
             return ClientStats(self._sent, self._delivered, self._failed, self._dropped,
-                               len(self._queue) + sum(self._in_flight.values()), self._pending_bytes)
+                               len(self._queue) + len(self._resend) + sum(self._in_flight.values()),
+                               self._pending_bytes)
 
     # ------------------------------------------------------------------------------------- delivery (background)
 
@@ -269,48 +285,83 @@ class FlywheelClient:
     def _run(self) -> None:
         """The one thread that talks to kafka-python: connects (retrying while the broker is away), then moves
         buffered events into the producer."""
-        while self._producer is None:
-            try:
-                producer = self._connect()
-            except BrokerUnavailable as exc:
-                with self._cond:
-                    self._connect_error = exc
-                    if self._cond.wait_for(lambda: self._closing, 1.0):
-                        return
-                continue
-            with self._cond:
-                if self._closing:  # close() gave up on us while we connected
-                    producer.close(0)
-                    return
-                self._producer, self._connect_error = producer, None
-            # kafka-python's own exit hook closes the producer with a 1 s timeout; run ours before it.
-            atexit.unregister(self._exit_hook)
-            atexit.register(self._exit_hook)
+        if not self._connect_until_closing():
+            return
+        # kafka-python's own exit hook closes the producer with a 1 s timeout; run ours before it.
+        atexit.unregister(self._exit_hook)
+        atexit.register(self._exit_hook)
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closing)
-                if not self._queue:
-                    return
-                topic, payload, key = self._queue.popleft()
-                self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
+                self._cond.wait_for(lambda: self._queue or self._resend or self._closing)
+                if self._resend:  # ahead of what was handed over later, in the order handed over
+                    self._queue.extendleft(reversed(self._resend))
+                    self._resend = []
+                failed = self._producer if not self._closing and _fatal(self._producer) else None
+                if failed is None:
+                    if not self._queue:
+                        return
+                    topic, payload, key, resends = self._queue.popleft()
+                    self._in_flight[topic] = self._in_flight.get(topic, 0) + 1
+            if failed is not None:
+                self._replace(failed)
+                continue
             size = len(payload) + len(key or b"")
+            producer = self._producer
+            assert producer is not None, "events are sent only once a producer connected"
             try:
-                fut = self._producer.send(topic, value=payload, key=key)
+                fut = producer.send(topic, value=payload, key=key)
             except Exception as exc:  # refused at once (too large, no metadata within max_block_ms, closed)
                 self._settle(topic, size, exc)
                 continue
             fut.add_callback(lambda _md, t=topic, n=size: self._settle(t, n, None))
-            fut.add_errback(lambda exc, t=topic, n=size: self._settle(t, n, exc))
+            fut.add_errback(lambda exc, t=topic, p=payload, k=key, r=resends, pr=producer:
+                            self._settle(t, len(p) + len(k or b""), exc, (p, k, r) if _fatal(pr) else None))
 
-    def _settle(self, topic: str, size: int, exc: BaseException | None) -> None:
+    def _replace(self, failed: KafkaProducer) -> None:
+        """Close a producer that failed fatally and connect a new one (retrying while the broker is away)."""
+        log.warning("flywheel SDK: the Kafka producer failed for good (%s); starting a new one and sending again "
+                    "what it gave up on", _fatal_error(failed))
+        try:
+            failed.close(0)
+        except KafkaError:  # kafka-python 3.0's close() raises while batches are incomplete, before stopping its
+            sender = getattr(failed, "_sender", None)  # thread: stop it, failing what it holds (resent above)
+            if sender is not None:
+                sender.force_close()
+        self._connect_until_closing()
+
+    def _connect_until_closing(self) -> bool:
+        """Connect a producer, retrying every second while the broker is away, and make it the client's; False
+        (and no producer) if the client closed first."""
+        while True:
+            try:
+                producer = self._connect()
+                break
+            except BrokerUnavailable as exc:
+                with self._cond:
+                    self._connect_error = exc
+                    if self._cond.wait_for(lambda: self._closing, 1.0):
+                        return False
+        with self._cond:
+            if self._closing:  # close() gave up on us while we connected
+                producer.close(0)
+                return False
+            self._producer, self._connect_error = producer, None
+        return True
+
+    def _settle(self, topic: str, size: int, exc: BaseException | None,
+                resend: tuple[bytes, bytes | None, int] | None = None) -> None:
+        """Count one event's outcome; `resend` (payload, key, resends so far) when its producer failed fatally."""
         with self._cond:
             if self._abandoned:
                 return  # close() already counted it as dropped
             self._in_flight[topic] -= 1
-            self._pending_bytes -= size
-            if exc is None:
+            if exc is not None and resend is not None and resend[2] < RESENDS and not self._closing:
+                self._resend.append((topic, resend[0], resend[1], resend[2] + 1))  # still pending: bytes stay
+            elif exc is None:
+                self._pending_bytes -= size
                 self._delivered += 1
             else:
+                self._pending_bytes -= size
                 self._failed += 1
                 self._unreported.add(topic, exc, dropped=False)
             self._cond.notify_all()
@@ -339,7 +390,8 @@ class FlywheelClient:
                 pass  # what is still in flight stays counted: the wait below decides
         with self._cond:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            return self._cond.wait_for(lambda: not self._queue and not any(self._in_flight.values()), left)
+            return self._cond.wait_for(lambda: not self._queue and not self._resend
+                                       and not any(self._in_flight.values()), left)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every event accepted so far is delivered or failed (or `timeout` seconds pass), then raise
@@ -372,8 +424,10 @@ class FlywheelClient:
             first = self._connect_error or BrokerUnavailable(
                 f"still buffered after waiting {timeout} s for {self.settings.kafka_bootstrap}",
                 bootstrap=self.settings.kafka_bootstrap)
+            self._queue.extendleft(reversed(self._resend))
+            self._resend = []
             while self._queue:
-                topic, payload, key = self._queue.popleft()
+                topic, payload, key, _ = self._queue.popleft()
                 self._pending_bytes -= len(payload) + len(key or b"")
                 self._dropped += 1
                 self._unreported.add(topic, first, dropped=True)
@@ -412,6 +466,18 @@ class FlywheelClient:
             self.close()
         except UndeliveredEvents as undelivered:
             log.error("flywheel SDK: %s", undelivered)
+
+
+def _fatal(producer: KafkaProducer | None) -> bool:
+    """kafka-python keeps an idempotent producer that hit a fatal error failing every later batch; its transaction
+    manager (private in kafka-python 3.0, the version pinned) is the one place that says so."""
+    tm = getattr(producer, "_transaction_manager", None)
+    return bool(tm is not None and tm.has_fatal_error())
+
+
+def _fatal_error(producer: KafkaProducer) -> object:
+    tm = getattr(producer, "_transaction_manager", None)
+    return getattr(tm, "last_error", None)
 
 
 _default: FlywheelClient | None = None

@@ -15,7 +15,10 @@ pipeline, so that consuming, validating and committing overlap:
    afterwards, by the consuming thread, for lag monitoring only.
 
 At most `IN_FLIGHT` batches are in the pipeline; after a failed commit no later batch commits. Nothing is
-acknowledged before it is durable, and a bad event never stops the lane.
+acknowledged before it is durable, and a bad event never stops the lane. A lake whose filesystem refuses writes
+(full, read-only) does not stop the worker either: it holds its offsets, says so, and retries (see `IngestWorker`).
+A batch whose offsets jump (a broker that skipped data: `flywheel.streams.continuity`) lands nothing; its
+partitions are read again from the lake's watermarks.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ from flywheel.logs import coords
 from flywheel.schemas.arrow import SCHEMAS, landed_rows
 from flywheel.schemas.contract import FEEDBACK, INFERENCE, EventType
 from flywheel.schemas.validation import BatchValidator
+from flywheel.streams.continuity import GAP_RETRY_S, GAP_SETTLE_S, Continuity, OffsetGap
 from flywheel.streams.metrics import IngestMetrics
+from flywheel.streams.security import librdkafka_config
 from flywheel.streams.topics import admin, describe_topic_ids, ensure_topics, topic_ids
-from flywheel.warehouse.lake import CommitResult, Lake, TopicPartition as TP
+from flywheel.warehouse.lake import CommitResult, Lake, LakeUnwritable, TopicPartition as TP
 
 log = logging.getLogger("flywheel.ingest")
 _T = TypeVar("_T")
@@ -81,6 +86,12 @@ DEAD_LETTER_ATTEMPTS = 3
 DEAD_LETTER_TIMEOUT_S = 10.0
 """How long one attempt waits for the dead-letter topic to acknowledge (librdkafka's message.timeout.ms)."""
 
+LAKE_RETRY_S = 1.0
+"""After the lake's filesystem refused a commit, the first retry waits this long; each failed one doubles it."""
+
+LAKE_RETRY_MAX_S = 30.0
+"""The longest wait between two retries of a lake that refuses writes."""
+
 JOIN_GRACE_S = 30.0
 """With --until-idle, how long a worker that was given no partition yet waits before idle time starts counting."""
 
@@ -92,12 +103,20 @@ class IngestStats:
     """Rows dropped at commit because their table already held them (same topic id, offset below its watermark)."""
     dead_letter_failures: int = 0
     """Dead letters the dead-letter topic did not acknowledge (each attempt counts)."""
+    gaps_reread: int = 0
+    """Batches dropped and read again because the broker skipped offsets (see flywheel.streams.continuity)."""
+    gaps_accepted: int = 0
+    """Jumps in a partition's offsets that stayed after re-reading: offsets without data (transaction markers)."""
     consumed_bytes: int = 0
     landed: dict[str, int] = field(default_factory=lambda: {"inferences": 0, "feedback": 0, "quarantine": 0})
     flushes: int = 0
     started: float = field(default_factory=time.monotonic)
     first_event_at: float | None = None
     """Monotonic time the first event arrived (after the group join)."""
+    lake_faults: int = 0
+    """Commits the lake's filesystem refused (full, read-only, permission) and failed probes after them."""
+    lake_fault: str | None = None
+    """While the lake refuses writes: why, with its path and the fix; None otherwise."""
     last_commit_at: float | None = None
     """Monotonic time the last rows became durable (a commit that only moves watermarks does not count)."""
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
@@ -140,6 +159,11 @@ class IngestWorker:
     Topic ids are re-read on every assignment, on every out-of-range answer and every `TOPIC_ID_INTERVAL_S`; what
     was read under the old id commits under it first.
 
+    Offsets a broker skipped (with `Settings.rereads_gaps`, on by default with the embedded broker): a batch whose
+    offsets jump past the next one expected for a partition commits nothing, nor does any batch after it; every
+    assigned partition is read again from the lake's watermarks, and a jump still there after
+    `continuity.GAP_SETTLE_S` is taken for offsets without data, counted in `IngestStats.gaps_accepted` and logged.
+
     Dead letters: every invalid message is produced to the dead-letter topic before its batch commits, with its
     source topic, partition and offset in its headers (at-least-once: a crash before the commit repeats it). A dead
     letter the topic does not acknowledge is counted, logged with those coordinates and produced again, up to
@@ -147,6 +171,13 @@ class IngestWorker:
     of one the quarantine table already holds (its dead letter was produced when it first landed). The quarantine
     row itself lands in the same commit as the watermarks, so it is never lost; the failure keeps the dead-letter
     topic complete for those who consume it.
+
+    A full or read-only lake (`LakeUnwritable`) holds the worker, it does not end it: the worker stops consuming
+    (pauses its partitions, staying in the group), drops what it buffered and had in flight (nothing of it is past
+    the lake's watermarks), logs the error with the table's path and the fix, sets `flywheel_ingest_lake_unwritable`
+    and `IngestStats.lake_fault`, and probes the lake after `LAKE_RETRY_S`, doubling up to `LAKE_RETRY_MAX_S`. Once
+    a probe writes, it resumes every partition from the lake's watermarks, so the rows it dropped are read again and
+    land exactly once; dead letters of those rows are produced again (at-least-once, as after a crash).
     """
 
     def __init__(self, settings: Settings, lake: Lake | None = None, *,
@@ -155,7 +186,7 @@ class IngestWorker:
                  on_flush: Callable[[IngestStats], None] | None = None,
                  metrics: IngestMetrics | None = None) -> None:
         self.settings = settings
-        self.lake = lake or Lake(settings.lake, settings.lake_codec)
+        self.lake = lake or Lake(settings.lake_location, settings.lake_codec)
         self.stats = IngestStats()
         self.metrics = metrics or IngestMetrics()
         self.on_flush = on_flush
@@ -167,6 +198,7 @@ class IngestWorker:
         }
         self._consumer_config: dict[str, object] = {
             "bootstrap.servers": settings.kafka_bootstrap,
+            **librdkafka_config(settings),
             "group.id": settings.ingest_group,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -199,7 +231,14 @@ class IngestWorker:
         self._broker_error: tuple[float, str] | None = None
         """(since, last error) while librdkafka reports that the broker cannot be reached."""
         self._broker_logged = 0.0
+        self._fault: LakeUnwritable | None = None
+        """The lake's last refusal, until a commit succeeds after it."""
+        self._held = False
+        """Consuming is paused because of `_fault`, until a probe writes."""
+        self._retry_at = 0.0
+        self._retry_delay = LAKE_RETRY_S
         self._out_of_range: set[TP] = set()
+        self._continuity = Continuity() if settings.rereads_gaps else None
         self._drain_checked = self._drain_logged = 0.0
         self._dead_letter_config = dead_letter_config or {}
         self._dlq: Producer | None = None
@@ -234,7 +273,8 @@ class IngestWorker:
         for route in self._routes.values():
             # Plan the validating queries and load the JSON reader now, not while the first events wait.
             route.validator.validate([b"{}"])
-        self._dlq = Producer({"bootstrap.servers": self.settings.kafka_bootstrap, "enable.idempotence": True,
+        self._dlq = Producer({"bootstrap.servers": self.settings.kafka_bootstrap,
+                              **librdkafka_config(self.settings), "enable.idempotence": True,
                               "linger.ms": 5, "compression.type": "zstd", "message.max.bytes": 64 * 1024 * 1024,
                               "message.timeout.ms": int(DEAD_LETTER_TIMEOUT_S * 1000), **self._dead_letter_config})
         consumer = self._consumer = Consumer(self._consumer_config)
@@ -263,7 +303,9 @@ class IngestWorker:
                 # While this thread runs Python, the landing threads wait for the GIL: no per-message loop here.
                 if msgs:
                     self._broker_error = None
-                if any(map(Message.error, msgs)):
+                if self._held:
+                    msgs = []  # fetched before the pause, or by an assignment since: read again on resuming
+                elif any(map(Message.error, msgs)):
                     msgs = _without_errors(msgs, self._out_of_range)
                 self._buffer += msgs
                 self._buffer_bytes += sum(map(len, filter(None, map(Message.value, msgs))))
@@ -272,20 +314,37 @@ class IngestWorker:
                 if msgs or (last_event is None and self._assigned):
                     # Idle time counts from the first assignment: joining the group can take seconds.
                     last_event = now
-                while self._in_flight and self._in_flight[0].done():
-                    self._collect()  # a failed landing stops the loop here
-                if self._out_of_range or now - self._ids_checked >= TOPIC_ID_INTERVAL_S:
-                    self._check_topics(now)
-                self._log_broker_down(now)
-                if self._due(now):
-                    self._hand_off()
-                elif self._buffer == [] and not self._in_flight and self._watermarks_due(now):
+                try:
+                    while self._in_flight and self._in_flight[0].done():
+                        self._collect()  # a failed landing stops the loop here (but for a lake that refuses writes)
+                    if self._held:
+                        if now >= self._retry_at:
+                            self._retry_lake(now)
+                        continue
+                    if self._out_of_range or now - self._ids_checked >= TOPIC_ID_INTERVAL_S:
+                        self._check_topics(now)
+                    self._log_broker_down(now)
+                    if self._due(now):
+                        self._hand_off()
+                    elif self._buffer == [] and not self._in_flight and self._watermarks_due(now):
+                        self.flush(force_watermarks=True)
+                    if until_idle is not None and not self._buffer and not self._in_flight:
+                        since = last_event if last_event is not None else started + JOIN_GRACE_S
+                        if now - since >= until_idle and self._drained(now, since + until_idle):
+                            break
+                except LakeUnwritable as exc:
+                    self._hold(exc)
+                except OffsetGap as exc:
+                    self._reread(exc)
+            if self._held:
+                log.warning("stopping while the lake refuses writes (%s): nothing was landed since; the next worker "
+                            "resumes where the lake is", self._fault)
+            else:
+                try:
                     self.flush(force_watermarks=True)
-                if until_idle is not None and not self._buffer and not self._in_flight:
-                    since = last_event if last_event is not None else started + JOIN_GRACE_S
-                    if now - since >= until_idle and self._drained(now, since + until_idle):
-                        break
-            self.flush(force_watermarks=True)
+                except OffsetGap as exc:
+                    log.warning("stopping with the last batch not landed (%s): the next worker reads it again from "
+                                "the lake's watermarks", exc)
         finally:
             try:
                 for landing in self._in_flight:
@@ -348,7 +407,10 @@ class IngestWorker:
 
     def _lag(self) -> tuple[dict[TP, int], list[TP]]:
         """Per partition of the topics not landed up to the broker's end: how many offsets are missing; and which of
-        those this worker does not own. A partition whose offsets cannot be read counts as lagging by -1."""
+        those this worker does not own. A partition whose offsets cannot be read counts as lagging by -1. An owned
+        partition is landed up to the consumer's position too: this runs with nothing buffered or in flight, so
+        every message consumed before that position has landed, and the position moves past offsets without data
+        (a transaction marker that ends the log, which the lake's watermark never passes)."""
         assert self._consumer is not None
         lag: dict[TP, int] = {}
         try:
@@ -358,13 +420,18 @@ class IngestWorker:
             log.warning("cannot list the topics' partitions (%s)", exc)
             return {(t, -1): -1 for t in self._routes}, []
         owned = {(p.topic, p.partition) for p in self._consumer.assignment()}
+        try:
+            positions = {(p.topic, p.partition): p.offset
+                         for p in self._consumer.position([TopicPartition(*tp) for tp in sorted(owned)])}
+        except Exception:  # no position known: the lake's watermarks alone say
+            positions = {}
         for tp, resume in self._resume_positions(tps).items():
             try:
                 low, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), timeout=2.0, cached=False)
             except Exception:
                 lag[tp] = -1
                 continue
-            landed = resume if resume >= 0 else low
+            landed = max(resume if resume >= 0 else low, positions.get(tp, -1))
             if high > landed:
                 lag[tp] = high - landed
         return lag, [tp for tp in lag if tp not in owned]
@@ -372,19 +439,27 @@ class IngestWorker:
     # ------------------------------------------------------------------------------------------------ rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if not self._broken:
-            self._wait_landed()  # the watermarks read below must include the batch in flight
-        # A broker that restarted re-forms the group: this is where a running worker first hears of it, and the
-        # topics may have come back under new ids.
-        self._refresh_topic_ids(seek=False)
+        try:
+            if not self._broken:
+                self._wait_landed()  # the watermarks read below must include the batch in flight
+            # A broker that restarted re-forms the group: this is where a running worker first hears of it, and
+            # the topics may have come back under new ids.
+            self._refresh_topic_ids(seek=False)
+        except LakeUnwritable as exc:
+            self._hold(exc)
+        except OffsetGap:  # nothing of that batch landed: reading from the lake's watermarks below re-reads it
+            self._drop_skipped()
         tps: list[TP] = [(p.topic, p.partition) for p in partitions]
         resume = self._resume_positions(tps)
         for p, tp in zip(partitions, tps):
             p.offset = resume[tp]
+            self._expect(tp, resume[tp])
         log.info("assigned %s, resuming at %s (topic ids %s)", tps, [p.offset for p in partitions], self._topic_ids)
         self._assigned = True
         self._broker_error = None
         consumer.assign(partitions)
+        if self._held:
+            consumer.pause(partitions)
 
     def _resume_positions(self, tps: list[TP]) -> dict[TP, int]:
         """Where each partition resumes under the current topic ids: where the furthest-behind table it feeds
@@ -463,8 +538,22 @@ class IngestWorker:
                         self._topic_ids.get(tp[0]), extra=coords(*tp, target, topic_id=self._topic_ids.get(tp[0])))
             self._seek(tp, target)
 
+    def _expect(self, tp: TP, offset: int) -> None:
+        """Tell the continuity check that `tp` is read from `offset` on (the log's start for OFFSET_BEGINNING)."""
+        if self._continuity is None:
+            return
+        if offset == OFFSET_BEGINNING and self._consumer is not None:
+            try:
+                offset = self._consumer.get_watermark_offsets(TopicPartition(*tp), timeout=2.0, cached=False)[0]
+            except Exception:  # unknown: the partition's next batch sets it
+                offset = -1
+        self._continuity.expect(tp, offset)
+
     def _seek(self, tp: TP, offset: int) -> None:
         assert self._consumer is not None
+        if self._continuity is not None:
+            self._wait_landed()  # no batch being prepared may move the expected offset past this seek
+            self._expect(tp, offset)
         try:
             self._consumer.seek(TopicPartition(tp[0], tp[1], offset))
         except Exception as exc:  # e.g. not fetching yet: try again on the next check
@@ -491,7 +580,12 @@ class IngestWorker:
         # Land what we hold before another worker takes the partitions over (unless landing failed: then the
         # lake is left exactly as the last successful commit made it, for the next owner to resume from).
         if not self._broken:
-            self.flush(force_watermarks=True)
+            try:
+                self.flush(force_watermarks=True)
+            except LakeUnwritable as exc:  # the next owner resumes where the lake is
+                self._hold(exc)
+            except OffsetGap:  # the next owner reads the skipped batch from the lake's watermarks
+                self._drop_skipped()
         for p in partitions:
             self._pending_offsets.pop((p.topic, p.partition), None)
             try:  # another worker owns its lag now
@@ -513,6 +607,7 @@ class IngestWorker:
         while len(self._in_flight) >= IN_FLIGHT:
             self._collect()
         if self._broken:
+            self._wait_landed()  # raises the failure that broke it, if a batch in flight holds it
             raise FlywheelError("this worker stopped landing after a failed commit; start a new one, it resumes "
                                 "where the lake is")
         msgs, nbytes = self._buffer, self._buffer_bytes
@@ -528,6 +623,8 @@ class IngestWorker:
     def _collect(self) -> None:
         """Wait for the oldest batch in flight to land (raising its failure), then tell Kafka."""
         self._in_flight.popleft().result()
+        if self._fault is not None:
+            self._clear_fault()
         if self._preparing is not None and self._preparing.done():
             self._preparing = None  # its future holds the whole prepared batch: let it go once landed
         # On this thread: the consumer must not be called from two threads at once.
@@ -546,6 +643,89 @@ class IngestWorker:
                 continue
             if high >= 0:
                 self.metrics.lag.labels(topic, str(partition)).set(max(high - landed, 0))
+
+    # ------------------------------------------------------------------------------------------ lake faults
+
+    def _drop_in_flight(self) -> None:
+        """After a batch failed to land: let the batches in flight finish (after the failure none commits), then
+        drop them and the buffer. None of it is past the lake's watermarks, where this worker reads on."""
+        for landing in self._in_flight:
+            landing.exception()
+        self._in_flight.clear()
+        self._preparing = None
+        self._buffer, self._buffer_bytes, self._oldest = [], 0, None
+
+    def _drop_skipped(self) -> None:
+        """After an `OffsetGap`: drop the batches in flight and the buffer, and land again. The gap was found in
+        preparing, before anything of its batch committed, and the batches before it landed (they are collected in
+        order): the lake is exactly as its last commit left it, so this worker is not broken."""
+        self._drop_in_flight()
+        self._broken = False
+
+    def _reread(self, gap: OffsetGap) -> None:
+        """A batch skipped offsets (see flywheel.streams.continuity): nothing of it, or after it, was committed.
+        Read every assigned partition again from the lake's watermarks, after `GAP_RETRY_S`. On the consuming
+        thread."""
+        self._drop_skipped()
+        self.stats.gaps_reread += 1
+        self.metrics.offset_gaps.labels(gap.topic, "reread").inc()
+        (log.info if gap.waited else log.warning)(
+            "%s; landing nothing of the batch and reading every partition again from the lake's watermarks", gap,
+            extra=coords(gap.topic, gap.partition, gap.first_missing,
+                         offsets=f"{gap.first_missing}..{gap.resumes_at - 1}"))
+        time.sleep(GAP_RETRY_S)
+        assert self._consumer is not None
+        assignment = [(p.topic, p.partition) for p in self._consumer.assignment()]
+        for tp, off in self._resume_positions(assignment).items():
+            self._seek(tp, off)
+
+    def _hold(self, exc: LakeUnwritable) -> None:
+        """The lake refused a commit: pause consuming and drop what is buffered or in flight (none of it is past
+        the lake's watermarks, where this worker resumes); retry after a backoff. On the consuming thread."""
+        self._drop_in_flight()
+        first = self._fault is None
+        self._retry_delay = LAKE_RETRY_S if first else min(self._retry_delay * 2, LAKE_RETRY_MAX_S)
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._note_fault(exc)
+        self._held = True
+        if self._consumer is not None:
+            self._consumer.pause(self._consumer.assignment())
+        if first:
+            log.error("%s; holding the offsets (nothing is lost: Kafka keeps the events) and retrying every %.0f-%.0f "
+                      "s", exc, LAKE_RETRY_S, LAKE_RETRY_MAX_S, extra={"table": exc.table, "path": exc.path,
+                                                                      "reason": exc.reason})
+
+    def _note_fault(self, exc: LakeUnwritable) -> None:
+        self._fault = exc
+        self.stats.lake_faults += 1
+        self.stats.lake_fault = str(exc)
+        self.metrics.lake_unwritable.set(1)
+        self.metrics.lake_write_failures.labels(exc.table, exc.reason).inc()
+
+    def _retry_lake(self, now: float) -> None:
+        """While held: probe the lake; once it takes a write, resume every partition from its watermarks."""
+        assert self._consumer is not None
+        refused = self.lake.unwritable()
+        if refused is not None:
+            self._note_fault(refused)
+            self._retry_delay = min(self._retry_delay * 2, LAKE_RETRY_MAX_S)
+            self._retry_at = now + self._retry_delay
+            log.warning("%s; still holding, next try in %.0f s", refused, self._retry_delay,
+                        extra={"table": refused.table, "path": refused.path, "reason": refused.reason})
+            return
+        assignment = self._consumer.assignment()
+        self._broken = self._held = False
+        for tp, off in self._resume_positions([(p.topic, p.partition) for p in assignment]).items():
+            self._seek(tp, off)
+        self._consumer.resume(assignment)
+        log.warning("the lake at %s takes writes again: resuming %d partitions from its watermarks",
+                    self.lake.root, len(assignment))
+
+    def _clear_fault(self) -> None:
+        log.warning("the lake accepts writes again after %d refused attempts: landing", self.stats.lake_faults)
+        self._fault = None
+        self.stats.lake_fault = None
+        self.metrics.lake_unwritable.set(0)
 
     def _wait_landed(self) -> None:
         while self._in_flight:
@@ -642,8 +822,8 @@ class IngestWorker:
             self._last_watermark_commit[table] = now
             self.stats.landed[table] += landed
             (self.metrics.quarantined if table == "quarantine" else self.metrics.landed.labels(table)).inc(landed)
-        if failures:
-            raise failures[0]
+        if failures:  # an error other than a refusing filesystem ends the worker: it is the one to raise
+            raise next((f for f in failures if not isinstance(f, LakeUnwritable)), failures[0])
         # Only now is this batch landed in every table it feeds.
         for table in SCHEMAS:
             self._pending_offsets.update(batch.offsets[table])
@@ -668,6 +848,13 @@ class IngestWorker:
         values = list(map(Message.value, msgs))
         partitions = pa.array(np.fromiter(map(Message.partition, msgs), np.int32, len(msgs)))
         offsets = pa.array(np.fromiter(map(Message.offset, msgs), np.int64, len(msgs)))
+        if self._continuity is not None:
+            for tp, first, resumes in self._continuity.check(topic, partitions, offsets):
+                self.stats.gaps_accepted += 1
+                self.metrics.offset_gaps.labels(topic, "accepted").inc()
+                log.warning("%s[%s]: offsets %d..%d never came back after re-reading for %.0f s: taken for offsets "
+                            "without data (transaction markers, compaction)", tp[0], tp[1], first, resumes - 1,
+                            GAP_SETTLE_S, extra=coords(tp[0], tp[1], first, offsets=f"{first}..{resumes - 1}"))
         t0 = time.monotonic()
         typed, reasons = route.validator.validate(values)
         t1 = time.monotonic()

@@ -88,6 +88,9 @@ class IngestMetrics:
                                    "quarantine table (and produced to the dead-letter topic)", registry=r)
         self.replays = Counter("flywheel_ingest_replays_dropped", "Rows dropped at commit because their table "
                                "already held them", ["topic", "table"], registry=r)
+        self.offset_gaps = Counter("flywheel_ingest_offset_gaps", "Jumps in a partition's offsets: `reread` (the "
+                                   "batch was dropped and read again), `accepted` (offsets without data)",
+                                   ["topic", "outcome"], registry=r)
         self.dead_letter_failures = Counter("flywheel_ingest_dead_letter_failures", "Dead-letter deliveries the "
                                             "dead-letter topic did not acknowledge (each attempt)", registry=r)
         self.batches = Counter("flywheel_ingest_batches", "Batches committed", registry=r)
@@ -101,6 +104,11 @@ class IngestMetrics:
         self.lag = Gauge("flywheel_ingest_consumer_lag", "Messages of a partition this worker owns that are not "
                          "landed yet: the broker's end as last fetched minus the next offset landed",
                          ["topic", "partition"], registry=r)
+        self.lake_unwritable = Gauge("flywheel_ingest_lake_unwritable", "1 while the lake's filesystem refuses "
+                                     "this worker's commits (full, read-only, permission): it holds its offsets "
+                                     "and retries", registry=r)
+        self.lake_write_failures = Counter("flywheel_ingest_lake_write_failures", "Commits the lake's filesystem "
+                                           "refused", ["table", "reason"], registry=r)
         self.last_landed = Gauge("flywheel_ingest_last_landed_timestamp_seconds", "Unix time the last rows "
                                  "became durable", registry=r)
 
@@ -116,6 +124,9 @@ class SignalMetrics:
                               ["signal"], registry=r)
         self.checks = Histogram("flywheel_signals_check_duration_seconds", "Time of one judgement of the current "
                                 "windows (and delivery of due alerts)", buckets=SECOND_BUCKETS, registry=r)
+        self.volume_skipped = Counter("flywheel_signals_volume_windows_skipped", "Complete windows whose volume "
+                                      "was not judged: the worker was behind its topics until the next one ended",
+                                      registry=r)
         self.outbox_depth = Gauge("flywheel_outbox_depth", "Alerts in the outbox not delivered yet (as of the "
                                   "last check)", registry=r)
 

@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from flywheel.config import Settings
 from flywheel.errors import BrokerUnavailable
+from flywheel.streams.security import librdkafka_config
 
 if TYPE_CHECKING:  # the SDK imports this module: keep the warehouse out of applications' imports
     from flywheel.warehouse.releases import Release
@@ -45,7 +46,7 @@ def topic(settings: Settings) -> str:
 
 
 def ensure_topic(settings: Settings, timeout: float = 15.0) -> None:
-    client = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    client = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, **librdkafka_config(settings)})
     try:
         if topic(settings) in client.list_topics(timeout=timeout).topics:
             return
@@ -64,7 +65,8 @@ def publish(settings: Settings, champion: Champion, timeout: float = 15.0) -> No
     """Produce the change and wait until the broker acknowledged it."""
     ensure_topic(settings, timeout)
     errors: list[str] = []
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **librdkafka_config(settings),
+                         "enable.idempotence": True,
                          "acks": "all"})
     producer.produce(topic(settings), key=champion.app.encode(), value=json.dumps(asdict(champion)).encode(),
                      on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
@@ -95,7 +97,8 @@ class ChampionFeed:
             return self._champions.get(app)
 
     def _read(self) -> dict[str, Champion]:
-        c = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": "flywheel-champion-reader",
+        c = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap, **librdkafka_config(self.settings),
+                      "group.id": "flywheel-champion-reader",
                       "enable.auto.commit": False, "fetch.wait.max.ms": 20, "enable.partition.eof": True})
         try:
             try:

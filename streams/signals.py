@@ -15,6 +15,7 @@ Topology (two agents, so each windowed table is updated on the partition of its 
    small record per inference and per thumbs feedback to an internal topic keyed by segment. Feedback whose
    inference this worker has not seen (before a restart, or older than the map) is counted under no segment.
 2. `count` folds those records into the tumbling-window table `signals` (changelogged by faust).
+Windows follow the time the app produced each record (its Kafka timestamp); a window's volume waits for `VolumeGate`.
 A timer (`check_interval_s`) compares each segment's current window with the mean of the `baseline_windows`
 before it (`SignalDetector`), and hands alerts to the outbox (idempotent per window; cooldown per segment/signal),
 whose sender posts them to Slack off the event loop.
@@ -39,6 +40,7 @@ from flywheel.config import Settings, env_settings
 from flywheel.errors import ConfigError
 from flywheel.schemas.alerts import Alert, AlertItem
 from flywheel.streams.metrics import SignalMetrics
+from flywheel.streams.security import faust_credentials
 from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox, SlackSender
 
 log = logging.getLogger("flywheel.signals")
@@ -50,6 +52,8 @@ HIST = 4
 WIDTH = HIST + LAT_BUCKETS
 FEEDBACK_WAIT_S = 30.0
 """How long thumbs whose inference has not been seen yet wait for it before counting as unattributed."""
+VOLUME_GRACE_S = 10.0
+"""How long after a window ends its volume waits for records still on their way (half a window when shorter)."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,10 @@ class SignalSettings:
     """FLYWHEEL_SIGNALS_MAX_TRACKED: recent inferences whose segment is remembered to attribute their feedback."""
 
     def __post_init__(self) -> None:
-        if self.window_s <= 0 or self.check_interval_s <= 0 or self.baseline_windows <= 0:
-            raise ConfigError("FLYWHEEL_SIGNALS_WINDOW_S, _CHECK_INTERVAL_S and _BASELINE_WINDOWS must be positive")
+        for name in ("window_s", "check_interval_s", "baseline_windows"):
+            if getattr(self, name) <= 0:
+                var = f"FLYWHEEL_SIGNALS_{name.upper()}"
+                raise ConfigError(f"{var} must be positive, got {getattr(self, name)!r}", variable=var)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "SignalSettings":
@@ -190,6 +196,71 @@ class SignalDetector:
         return out
 
 
+class VolumeGate:
+    """When the volume of the window that just ended may be judged: once this worker has read everything sent in it.
+
+    An unread record of the window would count as traffic that stopped, so the gate waits, from a grace after the
+    window's end (records still on their way from a lingering producer), until each of this worker's source
+    partitions is read past the window (its last record processed was produced after the window's end) or up to
+    where it ended then; then the same for the routed topic (what the router sent from them). A busy worker passes
+    once it reads beyond the window, an app that went quiet at once (nothing is left to read). A worker that cannot
+    catch up before the next window ends skips the window (`flywheel_signals_volume_windows_skipped_total`) rather
+    than judge it on what it has not read.
+    """
+
+    def __init__(self, app: Any, sources: Sequence[str], routed: str, done: Mapping[Any, tuple[int, float]],
+                 window_s: float, metrics: SignalMetrics) -> None:
+        # the app, not its consumer: faust makes the consumer on first use, which must be on the app's loop
+        self.app, self.sources, self.routed, self.done = app, set(sources), routed, done
+        self.window_s, self.metrics = window_s, metrics
+        self.grace = min(window_s / 2, VOLUME_GRACE_S)
+        self.judged = self.pending = -1.0  # start of the last window judged / waiting
+        self.need: dict[Any, int] | None = None  # partition -> offset to reach
+        self.stage = ""
+
+    async def ready(self, now: float) -> bool:
+        start = now - now % self.window_s - self.window_s
+        if self.judged == start or now - (start + self.window_s) < self.grace:
+            return False
+        if self.pending != start:
+            if self.pending >= 0 and self.judged != self.pending:
+                self.metrics.volume_skipped.inc()
+                log.info("live signals: the volume of the window from %s was not judged: this worker stayed behind "
+                         "its topics until the next window ended",
+                         datetime.fromtimestamp(self.pending, timezone.utc).isoformat(timespec="seconds"))
+            self.pending, self.need, self.stage = start, None, "sources"
+        if self.need is None:
+            self.need = await self._ends(self.sources if self.stage == "sources" else {self.routed})
+        end = start + self.window_s
+        if self.need is None or not await self._reached(self.need, end):
+            return False
+        if self.stage == "sources":
+            self.stage, self.need = "routed", await self._ends({self.routed})
+            if self.need is None or not await self._reached(self.need, end):
+                return False
+        self.judged = start
+        return True
+
+    async def _ends(self, topics: set[str]) -> dict[Any, int] | None:
+        # only these topics: the table's changelog is assigned too, and never read after recovery
+        tps = {tp for tp in self.app.consumer.assignment() if tp.topic in topics}
+        return {tp: end or 0 for tp, end in (await self.app.consumer.highwaters(*tps)).items()} if tps else None
+
+    async def _reached(self, need: Mapping[Any, int], window_end: float) -> bool:
+        owned = self.app.consumer.assignment()
+        for tp, offset in need.items():
+            if tp not in owned:  # revoked since: its new owner judges what it reads
+                continue
+            at, last = self.done.get(tp, (None, 0.0))
+            if last >= window_end:
+                continue
+            if at is None:  # nothing processed there since it was assigned
+                at = await self.app.consumer.position(tp) or 0
+            if at < offset:
+                return False
+        return True
+
+
 # --------------------------------------------------------------------------------------------------- parsing
 
 
@@ -204,6 +275,11 @@ def is_error(ev: Mapping[str, Any]) -> bool:
         if m.get("error") or str(m.get("status", "")).lower() == "error":
             return True
     return not ev.get("output")
+
+
+def produced_at(stamp: float | None, now: float) -> float:
+    """The record's Kafka timestamp (seconds), or `now` when it has none or is ahead of this clock."""
+    return stamp if stamp and 0 < stamp <= now else now
 
 
 def segment_of(ev: Mapping[str, Any]) -> str:
@@ -227,6 +303,7 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
     datadir.parent.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = dict(
         broker=[f"kafka://{h}" for h in settings.kafka_bootstrap.split(",")], store="memory://",
+        broker_credentials=faust_credentials(settings),
         topic_partitions=settings.partitions, web_enabled=False, consumer_auto_offset_reset="latest",
         table_cleanup_interval=max(sig.window_s, 1.0), broker_session_timeout=10, broker_heartbeat_interval=1,
         broker_rebalance_timeout=10, producer_linger_ms=5,
@@ -239,12 +316,16 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
     routed = app.topic(f"{sig.group}-by-segment", internal=True,
                        key_serializer="raw", value_serializer="json", partitions=settings.partitions)
     keep = int(sig.baseline_windows + 3) * sig.window_s
-    # Windows follow the time a record was routed (stamped explicitly: an unstamped internal record read back with
-    # timestamp 0 on the embedded broker). Live signals are about now, not about late events' own timestamps.
+    # Windows follow the time the app produced each record (its Kafka timestamp, not the event's own `timestamp`
+    # field: live signals are about now, not about late events), carried explicitly onto the routed record (an
+    # unstamped internal record reads back with timestamp 0 on the embedded broker). Not the time this worker read
+    # it: a worker that stalls and catches up would count its backlog in the window it caught up in and leave the
+    # stalled window nearly empty, a volume "drop" that never happened (seen in CI: 433/window -> 1/window).
     table = app.Table("signals", default=empty, partitions=settings.partitions).tumbling(
         sig.window_s, expires=keep).relative_to_stream()
     recent: OrderedDict[str, str] = OrderedDict()
-    waiting: OrderedDict[str, list[Any]] = OrderedDict()  # inference id -> [first seen, thumbs down?...]
+    waiting: OrderedDict[str, list[Any]] = OrderedDict()  # inference id -> [first seen, (down?, time)...]
+    done: dict[Any, tuple[int, float]] = {}  # partition -> (next offset to process, last record's time): the gate
     segments: set[str] = set()
     first_seen: dict[str, float] = {}  # windows that began before a segment was first counted are partial
     detector = SignalDetector(sig)
@@ -253,13 +334,15 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
     async def route(stream: Any) -> None:
         async for event in stream.events():
             metrics.events.labels(event.message.topic).inc()
+            now = time.time()
+            at = produced_at(event.message.timestamp, now)
+            done[event.message.tp] = (event.message.offset + 1, at)  # read, even when there is nothing to count
             try:
                 ev = json.loads(event.value)
             except (ValueError, TypeError):
                 continue  # the landing worker quarantines it; nothing to count here
             if not isinstance(ev, dict):
                 continue
-            now = time.time()
             if event.message.topic == settings.inference_topic:
                 seg = segment_of(ev)
                 iid = str(ev.get("inference_id"))
@@ -270,28 +353,29 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
                     latency = float(ev.get("latency_ms") or 0.0)
                 except (TypeError, ValueError):
                     latency = 0.0
-                await routed.send(key=seg.encode(), value={"k": "i", "e": is_error(ev), "l": latency}, timestamp=now)
-                for down in (waiting.pop(iid)[1:] if iid in waiting else ()):
-                    await routed.send(key=seg.encode(), value={"k": "t", "d": down}, timestamp=now)
+                await routed.send(key=seg.encode(), value={"k": "i", "e": is_error(ev), "l": latency}, timestamp=at)
+                for down, when in (waiting.pop(iid)[1:] if iid in waiting else ()):
+                    await routed.send(key=seg.encode(), value={"k": "t", "d": down}, timestamp=when)
             elif ev.get("kind") == "thumbs" and ev.get("value") in (1, -1, 1.0, -1.0):
                 iid = str(ev.get("inference_id"))
                 down = ev.get("value") in (-1, -1.0)
                 if iid in recent:
-                    await routed.send(key=recent[iid].encode(), value={"k": "t", "d": down}, timestamp=now)
+                    await routed.send(key=recent[iid].encode(), value={"k": "t", "d": down}, timestamp=at)
                 else:
                     # The two topics are read independently, so feedback can overtake its inference: wait a bit.
-                    waiting.setdefault(iid, [now]).append(down)
+                    waiting.setdefault(iid, [now]).append((down, at))
             while waiting:
                 iid, entry = next(iter(waiting.items()))
                 if now - entry[0] < FEEDBACK_WAIT_S and len(waiting) <= sig.max_tracked:
                     break
                 waiting.pop(iid)
-                for down in entry[1:]:
-                    await routed.send(key=b"unattributed", value={"k": "t", "d": down}, timestamp=now)
+                for down, when in entry[1:]:
+                    await routed.send(key=b"unattributed", value={"k": "t", "d": down}, timestamp=when)
 
     @app.agent(routed)
     async def count(stream: Any) -> None:
         async for event in stream.events():
+            done[event.message.tp] = (event.message.offset + 1, event.message.timestamp or 0.0)
             seg = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
             rec = event.value
             if seg not in segments:
@@ -326,22 +410,34 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
         with metrics.checks.time():
             await judge()
 
+    gate = VolumeGate(app, (settings.inference_topic, settings.feedback_topic),
+                      routed.get_topic_name(), done, sig.window_s, metrics)
+
     async def judge() -> None:
         now = datetime.now(timezone.utc).timestamp()
-        queued = False
-        for seg in sorted(segments):
-            if seg == "unattributed":
-                continue
-            cur, base, (ws, we) = window_values(seg, now)
-            found = detector.evaluate(cur, base)
-            # volume can only be judged on a complete window: the one that just ended
+        judged = [seg for seg in sorted(segments) if seg != "unattributed"]
+        rates = {seg: detector.evaluate(*window_values(seg, now)[:2]) for seg in judged}
+        await raise_alerts(rates, now)
+        # Volume after the rates have gone out: the gate asks the broker for its ends (a second under load here),
+        # and a rate alert must not wait for that. Only a complete window is judged: the one that just ended.
+        if not await gate.ready(now):
+            return
+        volume = {}
+        for seg in judged:
             prev, prev_base, (ps, _) = window_values(seg, now - sig.window_s)
             if ps - sig.window_s * sig.baseline_windows >= first_seen.get(seg, now):
-                found += [s for s in detector.evaluate(prev, prev_base, current_complete=True)
-                          if s.signal == "volume"]
-            for s in found:
-                label = (f"{datetime.fromtimestamp(ws, timezone.utc).isoformat(timespec='seconds')}/"
-                         f"{datetime.fromtimestamp(we, timezone.utc).isoformat(timespec='seconds')}")
+                volume[seg] = [s for s in detector.evaluate(prev, prev_base, current_complete=True)
+                               if s.signal == "volume"]
+        await raise_alerts(volume, now)
+
+    async def raise_alerts(found: Mapping[str, Sequence[Signal]], now: float) -> None:
+        """Hand each segment's signals to the outbox, labelled with the current window, and deliver what is due."""
+        queued = False
+        ws = now - now % sig.window_s
+        label = (f"{datetime.fromtimestamp(ws, timezone.utc).isoformat(timespec='seconds')}/"
+                 f"{datetime.fromtimestamp(ws + sig.window_s, timezone.utc).isoformat(timespec='seconds')}")
+        for seg, signals in found.items():
+            for s in signals:
                 alert = Alert(f"live:{s.signal}", seg, label,
                               (AlertItem(s.signal, s.before, s.after, s.method, round(s.score, 4), s.threshold),),
                               title=f"Live signal: {s.signal.replace('_', ' ')} moved on {seg}")

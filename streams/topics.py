@@ -9,10 +9,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from flywheel.config import Settings
 from flywheel.errors import BrokerUnavailable
+from flywheel.streams.security import librdkafka_config
 
 
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, **librdkafka_config(settings)})
 
 
 def ensure_topics(settings: Settings, timeout: float = 15.0) -> list[str]:

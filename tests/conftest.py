@@ -6,7 +6,7 @@ import gc
 import os
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
@@ -14,6 +14,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from flywheel.config import Settings  # noqa: E402
 from flywheel.infra import broker as embedded  # noqa: E402
+
+if TYPE_CHECKING:
+    from flywheel.infra.testing.s3 import S3Server
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +38,25 @@ def broker_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 def settings(tmp_path: Path) -> Settings:
     """Settings for a test that needs no broker: a private FLYWHEEL_HOME."""
     return Settings(home=tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server on 127.0.0.1 for the session (each test gets its own bucket)."""
+    from flywheel.infra.testing.s3 import moto_s3  # moto is slow to import: only for the tests that use it
+
+    with moto_s3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """`settings` with the lake in a fresh bucket on moto; its keys in the AWS_* variables, as a user's would be."""
+    from flywheel.infra.testing.s3 import CREDENTIALS
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return s3_server.lake(settings)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ PACKAGE_DIRS = {"flywheel": "flywheel", "schemas": "flywheel.schemas", "streams"
                 "warehouse": "flywheel.warehouse", "flows": "flywheel.flows", "infra": "flywheel.infra"}
 
 # room -> the rooms it may import from (besides itself). Lowest rooms first.
-BASE = ("flywheel.config", "flywheel.errors", "flywheel.durations", "flywheel.logs", "flywheel")
+BASE = ("flywheel.config", "flywheel.errors", "flywheel.storage", "flywheel.durations", "flywheel.logs", "flywheel")
 ROOMS: dict[str, set[str]] = {
     "base": set(),
     "schemas": {"base"},

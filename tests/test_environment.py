@@ -59,13 +59,25 @@ def test_a_mistyped_boolean_is_an_error_not_false() -> None:
     assert res.exit_code == 1 and "Error: FLYWHEEL_DRIFT_CACHE='ture' is not a valid bool" in res.output
 
 
-def test_a_url_for_the_lake_is_refused_rather_than_taken_for_a_local_path() -> None:
-    """The lake is a local path today (docs/PRODUCTION.md): `s3://bucket/lake` would become a directory `s3:`."""
-    with pytest.raises(ConfigError, match="FLYWHEEL_LAKE='s3://bucket/lake' is a URL") as err:
-        Environment.load({"FLYWHEEL_LAKE": "s3://bucket/lake"})
+def test_the_lake_is_a_local_path_or_an_s3_uri_and_other_urls_are_refused() -> None:
+    """`s3://bucket/prefix` is a lake on object storage; any other URL would become a local directory (`gs:`)."""
+    with pytest.raises(ConfigError, match="FLYWHEEL_LAKE: 'gs://bucket/lake'") as err:
+        Environment.load({"FLYWHEEL_LAKE": "gs://bucket/lake"})
     assert err.value.variable == "FLYWHEEL_LAKE"
-    assert "object storage" in str(err.value)
     assert Environment.load({"FLYWHEEL_LAKE": "/srv/flywheel/lake"}).core.lake == "/srv/flywheel/lake"
+    assert not Environment.load({"FLYWHEEL_LAKE": "/srv/flywheel/lake"}).core.lake_location.remote
+    s3 = Environment.load({"FLYWHEEL_LAKE": "s3://bucket/lake/", "FLYWHEEL_LAKE_S3_ENDPOINT": "http://127.0.0.1:9000",
+                           "FLYWHEEL_LAKE_S3_ALLOW_HTTP": "true", "FLYWHEEL_LAKE_S3_REGION": "eu-west-1"}).core
+    where = s3.lake_location
+    assert where.remote and where.uri == "s3://bucket/lake" and where.join("inferences") == "s3://bucket/lake/inferences"
+    assert where.options["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and where.options["AWS_REGION"] == "eu-west-1"
+    # Commits are safe from several hosts only by conditional put: never by delta-rs's unsafe rename.
+    assert where.options["AWS_S3_ALLOW_UNSAFE_RENAME"] == "false" and where.options["aws_conditional_put"] == "etag"
+    with pytest.raises(ConfigError, match="plain http") as err:
+        Environment.load({"FLYWHEEL_LAKE": "s3://bucket/lake", "FLYWHEEL_LAKE_S3_ENDPOINT": "http://10.0.0.5:9000"})
+    assert err.value.variable == "FLYWHEEL_LAKE_S3_ALLOW_HTTP"
+    with pytest.raises(ConfigError, match="names no bucket"):
+        Environment.load({"FLYWHEEL_LAKE": "s3:///lake"})
     # The datasets' root is opened the same way: the same refusal, naming its own variable.
     with pytest.raises(ConfigError, match="FLYWHEEL_DATASETS_ROOT='gs://bucket/ds' is a URL") as err:
         Environment.load({"FLYWHEEL_DATASETS_ROOT": "gs://bucket/ds"})

@@ -20,7 +20,7 @@ _IPV6 = r"(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}"
 PARTS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "email": (("", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", ""),),
     # Not inside a longer run of digit groups (a card number is not a phone number).
-    "phone": ((r"(?:^|[^0-9 .-]|[^0-9][ .-])", _PHONE, r"(?:$|[^0-9 .-]|[ .-](?:$|[^0-9]))"),),
+    "phone": ((r"(?:^[ .-]?|[^0-9 .-]|[^0-9][ .-])", _PHONE, r"(?:$|[^0-9 .-]|[ .-](?:$|[^0-9]))"),),
     "ip_address": ((r"(?:^|[^0-9.])", _IPV4, r"(?:$|[^0-9.]|\.(?:$|[^0-9]))"), ("", _IPV6, "")),
     "secret": (("", r"sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}"
                     r"|xox[abpr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}"
@@ -108,5 +108,8 @@ def scrub_sql(expr: str, kinds: tuple[str, ...] = KINDS) -> str:
             continue
         for before, pii, after in PARTS[kind]:
             pattern, keep_context = f"({before})({pii})({after})", "\\1" + PLACEHOLDERS[kind] + "\\3"
-            expr = f"regexp_replace({expr}, {_lit(pattern)}, {_lit(keep_context)}, 'g')"
+            # A match consumes the context after it, which can be the context the next one needs ("+1 415-555-0132,
+            # +1 415-555-0133"): a second pass replaces what the first skipped (never two neighbours in a row).
+            for _ in range(2 if kind in ("phone", "ip_address") else 1):
+                expr = f"regexp_replace({expr}, {_lit(pattern)}, {_lit(keep_context)}, 'g')"
     return expr

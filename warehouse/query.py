@@ -12,13 +12,11 @@ Views (each is a snapshot of the lake as of `connect()`; reconnect to see newer 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import duckdb
 import pyarrow as pa
-from deltalake import DeltaTable
 
 from flywheel.config import Settings
+from flywheel.warehouse import tables
 from flywheel.schemas.arrow import SCHEMAS
 from flywheel.warehouse.lake import Lake
 
@@ -83,19 +81,6 @@ _DEDUP = {
 }
 
 
-def _scan(path: Path, columns: list[str] | None = None) -> str | None:
-    """A SQL table expression over the files of the Delta table's current version at `path` (None if it has
-    none). Delta keeps partition values in paths, not in the files: hive_partitioning reads them back."""
-    if not DeltaTable.is_deltatable(str(path)):
-        return None
-    files = DeltaTable(str(path)).file_uris()
-    if not files:
-        return None
-    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    cols = ", ".join(f'"{n}"' for n in columns) if columns else "*"
-    return f"(SELECT {cols} FROM read_parquet([{listed}], hive_partitioning = true, union_by_name = true))"
-
-
 def sql_type(t: pa.DataType) -> str:
     """DuckDB's name of the type of a nullable column a table can lack in its older files (or have narrower)."""
     if pa.types.is_list(t):
@@ -109,7 +94,7 @@ def sql_type(t: pa.DataType) -> str:
 
 def _source(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> str:
     """`_scan` of a core table, or an empty relation of its schema when it has no files yet."""
-    scan = _scan(lake.path(table))
+    scan = tables.scan(con, lake.location, table)
     if scan is not None:
         # Files landed before a nullable column was added to the table do not have it: read it as null there.
         have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
@@ -128,7 +113,7 @@ def _source(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> str:
 def connect(settings: Settings, database: str = ":memory:", *,
             orphan_horizon_hours: float = ORPHAN_HORIZON_HOURS) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the lake's views defined on it."""
-    lake = Lake(settings.lake)
+    lake = Lake(settings.lake_location)
     con = duckdb.connect(database)
     con.execute("SET TimeZone = 'UTC'")
     for table in SCHEMAS:
@@ -137,11 +122,10 @@ def connect(settings: Settings, database: str = ":memory:", *,
                     f"QUALIFY row_number() OVER ({_DEDUP[table]}) = 1")
     con.execute(INTERACTIONS_SQL)
     # Tables other stages keep in the lake (quality runs, drift runs, alert outbox, ...) get a view of their name.
-    if lake.root.is_dir():
-        for path in sorted(lake.root.iterdir()):
-            scan = None if path.name in SCHEMAS or path.name.startswith("_") else _scan(path)
-            if scan is not None:
-                con.execute(f'CREATE OR REPLACE VIEW "{path.name}" AS SELECT * FROM {scan}')
+    for name in lake.location.children():
+        scan = None if name in SCHEMAS or name.startswith("_") else tables.scan(con, lake.location, name)
+        if scan is not None:
+            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM {scan}')
     con.execute(ORPHANS_SQL.format(horizon_us=int(orphan_horizon_hours * 3600 * 1_000_000)))
     return con
 

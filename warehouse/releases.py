@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,18 +63,18 @@ class Release:
     """Position in the app's history (1, 2, ...)."""
 
 
-def history(lake: str | Path, app: str) -> list[Release]:
+def history(lake: tables.Where, app: str) -> list[Release]:
     """The app's releases, oldest first."""
     t = tables.query(lake, TABLE, "SELECT * FROM t WHERE app = $a ORDER BY sequence", {"a": app}, empty=SCHEMA)
     return [Release(**r) for r in t.to_pylist()]
 
 
-def champion(lake: str | Path, app: str) -> Release | None:
+def champion(lake: tables.Where, app: str) -> Release | None:
     h = history(lake, app)
     return h[-1] if h else None
 
 
-def promote(lake: str | Path, app: str, model: str, model_version: str | None, eval_run: str,
+def promote(lake: tables.Where, app: str, model: str, model_version: str | None, eval_run: str,
             settings: EvalSettings, prompt_version: str | None = None, force: bool = False, reason: str = "",
             seen: bool | None = None) -> Release:
     """Make (model, model_version, prompt_version) the app's champion on the evidence of `eval_run`.
@@ -103,7 +105,7 @@ def promote(lake: str | Path, app: str, model: str, model_version: str | None, e
     return _append(lake, app, "promote", model, model_version, prompt_version, eval_run, force, reason, gate_json)
 
 
-def rollback(lake: str | Path, app: str, reason: str = "") -> Release:
+def rollback(lake: tables.Where, app: str, reason: str = "") -> Release:
     """Restore the champion before the current one (the row before the latest)."""
     h = history(lake, app)
     if len(h) < 2:
@@ -114,18 +116,25 @@ def rollback(lake: str | Path, app: str, reason: str = "") -> Release:
                    False, reason or f"rollback of release {h[-1].sequence}", "")
 
 
-def _append(lake: str | Path, app: str, action: str, model: str, model_version: str | None,
+def _append(lake: tables.Where, app: str, action: str, model: str, model_version: str | None,
             prompt_version: str | None, eval_run: str | None, forced: bool, reason: str, gate_json: str) -> Release:
-    # Serialized per host, so two changes at once cannot both take the same place in the history.
-    lock_dir = Path(lake) / "_locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{TABLE}.lock", "a") as fh:
+    # Serialized per host, so two changes at once cannot both take the same place in the history (a lake on
+    # object storage has no lock across hosts: change releases from one host).
+    where = tables.location(lake)
+    with nullcontext() if where.remote else _file_lock(Path(where.uri) / "_locks" / f"{TABLE}.lock"):
+        h = history(lake, app)
+        r = Release(app, action, model, model_version, prompt_version, eval_run, datetime.now(timezone.utc),
+                    forced, reason, gate_json, (h[-1].sequence if h else 0) + 1)
+        tables.append(lake, TABLE, pa.Table.from_pylist([r.__dict__], SCHEMA))
+    return r
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            h = history(lake, app)
-            r = Release(app, action, model, model_version, prompt_version, eval_run, datetime.now(timezone.utc),
-                        forced, reason, gate_json, (h[-1].sequence if h else 0) + 1)
-            tables.append(lake, TABLE, pa.Table.from_pylist([r.__dict__], SCHEMA))
+            yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-    return r

@@ -66,7 +66,9 @@ def curate_cmd(env: Environment, recipe: str | None, run_all: bool, fmt: str) ->
             click.echo(json.dumps({"name": r.name, "error": str(exc)}) if fmt == "json" else f"{r.name}: {exc}",
                        err=fmt != "json")
             continue
-        started = dispatch_version(env, res) if res.created else []
+        # An unchanged version is dispatched too: a run killed after registering a version and before its jobs
+        # started left them unstarted, and this is the run that finds it; a job already claimed never starts again.
+        started = dispatch_version(env, res)
         if fmt == "json":
             click.echo(json.dumps({**res.to_json(), "jobs": [j.id for j in started]}))
             continue
@@ -84,8 +86,8 @@ def curate_cmd(env: Environment, recipe: str | None, run_all: bool, fmt: str) ->
 
 
 def dispatch_version(env: Environment, res: CurationResult) -> list[Job]:
-    """Hand a new dataset version to the trigger policies (when a policy file exists): each matching job starts
-    once (`flywheel jobs list`)."""
+    """Hand a dataset version, new or unchanged, to the trigger policies (when a policy file exists): each matching
+    job starts once per version (`flywheel jobs list`), however often it is handed over."""
     if not env.jobs.policies_path(env.core.home).is_file():
         return []
     return dispatch(env, [version_event(env, res.name, res.version, res.path, res.splits)])

@@ -71,7 +71,7 @@ def _run_judge(env: Environment, run_id: str, spec: JudgeSpec, key: Secret) -> J
             bar.update(done - last[0])
             last[0] = done
 
-        return judge_run(env.core.lake, run_id, spec, key, env.evaluation, progress)
+        return judge_run(env.core.lake_location, run_id, spec, key, env.evaluation, progress)
 
 
 def _judge_text(r: JudgeResult) -> str:
@@ -154,7 +154,7 @@ def eval_run(env: Environment, dataset: str | None, split: str, examples_file: P
             bar.update(done - last[0])
             last[0] = done
 
-        result = run_eval(env.core.lake, name or set_name, examples, chosen, key, env.evaluation, progress)
+        result = run_eval(env.core.lake_location, name or set_name, examples, chosen, key, env.evaluation, progress)
     judged = _run_judge(env, result.run_id, *judging) if judging else None
     if fmt == "json":
         click.echo(json.dumps({"run_id": result.run_id, "resumed": result.resumed, "examples": result.examples,
@@ -245,7 +245,7 @@ def eval_list(env: Environment, fmt: str) -> None:
     """
     from flywheel.warehouse.evaluation.runs import runs
 
-    for r in runs(env.core.lake).to_pylist():
+    for r in runs(env.core.lake_location).to_pylist():
         summary = json.loads(r["summary"]) if r["summary"] else None
         if fmt == "json":
             click.echo(json.dumps({**r, "summary": summary}, default=str))
@@ -275,7 +275,7 @@ def eval_compare(env: Environment, baseline: str, candidate: str, fmt: str) -> N
     from flywheel.warehouse.evaluation.compare import compare, markdown, to_json
     from flywheel.warehouse.evaluation.online import for_runs
 
-    c = compare(env.core.lake, baseline, candidate, env.evaluation)
+    c = compare(env.core.lake_location, baseline, candidate, env.evaluation)
     c = dataclasses.replace(c, online=for_runs(env.core, baseline, candidate))
     click.echo(to_json(c) if fmt == "json" else markdown(c))
 
@@ -295,7 +295,7 @@ def eval_gate(env: Environment, candidate: str, baseline: str, fmt: str) -> None
     """
     from flywheel.warehouse.evaluation.compare import gate
 
-    g = gate(env.core.lake, candidate, baseline, env.evaluation)
+    g = gate(env.core.lake_location, candidate, baseline, env.evaluation)
     if fmt == "json":
         click.echo(json.dumps({"passed": g.passed, "reasons": list(g.reasons), "comparison": g.comparison.to_dict()},
                               default=str))
@@ -344,8 +344,8 @@ def release_promote(env: Environment, app: str, model: str, model_version: str |
                            "(? IS NULL OR model_version = ?)", [app, model, model_version, model_version]).fetchone()
     finally:
         con.close()
-    r = promote(env.core.lake, app, model, model_version, eval_run, env.evaluation, prompt_version, force, reason,
-                seen=bool(seen and seen[0]))
+    r = promote(env.core.lake_location, app, model, model_version, eval_run, env.evaluation, prompt_version, force,
+                reason, seen=bool(seen and seen[0]))
     click.echo(f"{app}: champion is now {r.model} {r.model_version or ''} (release {r.sequence}"
                + (", forced" if r.forced else "") + ")")
     _publish(env, r)
@@ -364,7 +364,7 @@ def release_rollback(env: Environment, app: str, reason: str) -> None:
     """
     from flywheel.warehouse.releases import rollback
 
-    r = rollback(env.core.lake, app, reason)
+    r = rollback(env.core.lake_location, app, reason)
     click.echo(f"{app}: rolled back to {r.model} {r.model_version or ''} (release {r.sequence})")
     _publish(env, r)
 
@@ -382,7 +382,7 @@ def release_publish(env: Environment, app: str) -> None:
     from flywheel.errors import FlywheelError
     from flywheel.warehouse.releases import champion
 
-    current = champion(env.core.lake, app)
+    current = champion(env.core.lake_location, app)
     if current is None:
         raise FlywheelError(f"{app} has no champion yet (`flywheel release promote {app} ...`)")
     _publish(env, current)
@@ -409,7 +409,7 @@ def release_history(env: Environment, app: str, fmt: str) -> None:
     """
     from flywheel.warehouse.releases import history
 
-    for r in history(env.core.lake, app):
+    for r in history(env.core.lake_location, app):
         if fmt == "json":
             click.echo(json.dumps(r.__dict__, default=str))
         else:

@@ -45,7 +45,8 @@ def broker_start(env: Environment) -> None:
     s = env.core
     st, started = b.start(s)
     if started:
-        click.echo(f"started the embedded broker on {st.address} (pid {st.pid}, log {st.log})")
+        click.echo(f"started the embedded broker on {st.address} (pid {st.pid}, log {st.log}, storage "
+                   f"{s.broker_storage})")
     else:
         click.echo(f"a broker is already running on {st.address}" + (f" (pid {st.pid})" if st.pid else ""))
     created = ensure_topics(s)
@@ -164,7 +165,8 @@ def ingest(env: Environment, until_idle: float | None, metrics_port: int | None)
         st = worker.run(until_idle=until_idle, install_signal_handlers=True)
     click.echo(f"landed {st.landed['inferences']} inferences, {st.landed['feedback']} feedback, quarantined "
                f"{st.quarantined} (of {st.consumed} consumed; {st.replayed} replays dropped, "
-               f"{st.dead_letter_failures} dead-letter deliveries failed)")
+               f"{st.dead_letter_failures} dead-letter deliveries failed, {st.gaps_reread} re-reads of skipped "
+               f"offsets)")
 
 
 @click.command()
@@ -177,6 +179,10 @@ def sql(env: Environment, query: str, fmt: str, limit: int | None) -> None:
 
     Views: inferences, feedback, interactions, quarantine (deduplicated), and lake_inferences, lake_feedback,
     lake_quarantine (raw, one row per landed message).
+
+    A local operator tool: QUERY is any DuckDB SQL, run with your own rights on this host (it can read and write
+    any file you can, e.g. with COPY or read_text). Never pass it text from users or expose it over a network;
+    no flywheel server (the collector, `flywheel serve`) runs SQL it is sent.
 
     \b
     Example:

@@ -12,7 +12,6 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
@@ -102,7 +101,7 @@ def jobs_runtime(env: Environment) -> JobsRuntime | None:
 
     return JobsRuntime(policies, JobStore(env.jobs.db_path(env.core.home)),
                        lambda name: Secret(os.environ.get(name, "")),
-                       EvalContext(Path(env.core.lake), env.evaluation, targets, examples))
+                       EvalContext(env.core.lake_location, env.evaluation, targets, examples))
 
 
 def _latest_versions(env: Environment) -> Callable[[str], DatasetVersion | None]:

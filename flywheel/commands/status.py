@@ -37,6 +37,7 @@ def _age(t: datetime | None) -> str:
 def broker_and_lag(env: Environment) -> Check:
     from confluent_kafka import KafkaException
 
+    from flywheel.streams.security import librdkafka_config
     from flywheel.streams.topics import topic_ids
     from flywheel.warehouse.lake import Lake
 
@@ -48,7 +49,8 @@ def broker_and_lag(env: Environment) -> Check:
         # say it without librdkafka, which would retry and log every failed connection
         return Check("broker", False, f"no broker answers at {s.kafka_bootstrap} (`flywheel broker start`, or "
                                       "set FLYWHEEL_KAFKA_BOOTSTRAP)")
-    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "flywheel-status", "enable.auto.commit": False,
+    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, **librdkafka_config(s), "group.id": "flywheel-status",
+                  "enable.auto.commit": False,
                   "log_level": 2, "enable.partition.eof": True, "fetch.wait.max.ms": 50})
     try:
         try:
@@ -61,7 +63,7 @@ def broker_and_lag(env: Environment) -> Check:
             return Check("broker", False, f"{s.kafka_bootstrap} is up but has no {', '.join(missing)} "
                                           "(`flywheel broker start` creates them)")
         ids = topic_ids(s, list(topics))
-        lake = Lake(s.lake)
+        lake = Lake(s.lake_location)
         lag: dict[str, int] = {}
         for t, table in topics.items():
             tps = [(t, p) for p in meta.topics[t].partitions]
@@ -96,13 +98,17 @@ def _end(c: Consumer, topic: str, partition: int) -> int:
 
 def landed(env: Environment) -> Check:
     from flywheel.warehouse import tables
+    from flywheel.warehouse.lake import Lake
 
+    problem = Lake(env.core.lake_location).write_problem()  # a landing worker holds its offsets until it is fixed
     last: dict[str, str] = {}
     for table in ("inferences", "feedback", "quarantine"):
-        t = tables.query(env.core.lake, table, "SELECT max(_ingested_at) AS at, count(*) AS n FROM t")
+        t = tables.query(env.core.lake_location, table, "SELECT max(_ingested_at) AS at, count(*) AS n FROM t")
         at = t["at"][0].as_py() if t.num_rows and "at" in t.column_names else None
         last[table] = f"{t['n'][0].as_py():,} rows, last {_age(at)}" if at else "nothing landed"
-    return Check("lake", True, "; ".join(f"{k}: {v}" for k, v in last.items()), {"tables": last})
+    summary = "; ".join(f"{k}: {v}" for k, v in last.items())
+    return Check("lake", problem is None, f"{problem}; {summary}" if problem else summary,
+                 {"tables": last, "problem": problem})
 
 
 def quality(env: Environment) -> Check:

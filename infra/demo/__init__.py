@@ -118,9 +118,9 @@ def _curate_evaluate_release(settings: Settings, datasets: DatasetSettings, eval
         recorded += [Answer(PREVIOUS_VERSION, e.prompt, good),
                      Answer(SHIFTED_VERSION, e.prompt, first if first.endswith(".") else first + ".")]
     with RecordedProvider(recorded) as provider:
-        runs = {v: run_eval(settings.lake, ref, examples, Target(v, provider.url, v), Secret(""), evaluation)
+        runs = {v: run_eval(settings.lake_location, ref, examples, Target(v, provider.url, v), Secret(""), evaluation)
                 for v in (PREVIOUS_VERSION, SHIFTED_VERSION)}
-    verdict = gate(settings.lake, runs[SHIFTED_VERSION].run_id, runs[PREVIOUS_VERSION].run_id, evaluation)
+    verdict = gate(settings.lake_location, runs[SHIFTED_VERSION].run_id, runs[PREVIOUS_VERSION].run_id, evaluation)
     for v, run in runs.items():
         s = run.summary
         echo(f"evaluated support-bot {v} on {ref}: pass {s['pass_rate'] or 0:.0%}, similarity "
@@ -133,16 +133,16 @@ def _curate_evaluate_release(settings: Settings, datasets: DatasetSettings, eval
                                           "AND model = ?", [SUPPORT_MODEL]).fetchall()}
     finally:
         con.close()
-    if champion(settings.lake, "support-bot") is None:
-        promote(settings.lake, "support-bot", SUPPORT_MODEL, PREVIOUS_VERSION, runs[PREVIOUS_VERSION].run_id,
+    if champion(settings.lake_location, "support-bot") is None:
+        promote(settings.lake_location, "support-bot", SUPPORT_MODEL, PREVIOUS_VERSION, runs[PREVIOUS_VERSION].run_id,
                 evaluation, seen=PREVIOUS_VERSION in seen)
-    current = champion(settings.lake, "support-bot")
+    current = champion(settings.lake_location, "support-bot")
     if current is not None and current.model_version != SHIFTED_VERSION:
-        promote(settings.lake, "support-bot", SUPPORT_MODEL, SHIFTED_VERSION, runs[SHIFTED_VERSION].run_id,
+        promote(settings.lake_location, "support-bot", SUPPORT_MODEL, SHIFTED_VERSION, runs[SHIFTED_VERSION].run_id,
                 evaluation, force=True, reason="shipped yesterday before its evaluation",
                 seen=SHIFTED_VERSION in seen)
     if not verdict.passed:
-        back = rollback(settings.lake, "support-bot", reason="the gate blocked " + SHIFTED_VERSION)
+        back = rollback(settings.lake_location, "support-bot", reason="the gate blocked " + SHIFTED_VERSION)
         echo(f"release: support-bot rolled back to {back.model_version} (release {back.sequence}; "
              "`flywheel release history support-bot`)")
 

@@ -90,7 +90,7 @@ def lake_table(name: str, columns: dict[str, Any], offset0: int = 0, topic: str 
 
 def land(settings: Settings, events: Events, offset0: int = 0, topic: str = "synthetic") -> tuple[int, int]:
     """Commit `events` to the lake (creating its tables). Returns (inferences, feedback) landed."""
-    lake = Lake(settings.lake)
+    lake = Lake(settings.lake_location)
     lake.ensure()
     n_inf = n_fb = 0
     if events.inferences.get("inference_id"):

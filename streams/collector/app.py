@@ -43,7 +43,7 @@ from flywheel.schemas.contract import FEEDBACK, INFERENCE, EventType
 from flywheel.schemas.validation import BatchValidator, check_event, parse_payload
 from flywheel.streams.collector import otlp
 from flywheel.streams.collector.openapi import document
-from flywheel.streams.collector.producer import AckedProducer, Record
+from flywheel.streams.collector.producer import AckedProducer, Records, name_os_thread
 from flywheel.streams.collector.settings import CollectorSettings
 from flywheel.streams.metrics import CONTENT_TYPE, CollectorMetrics, exposition
 from flywheel.streams.topics import ensure_topics
@@ -104,6 +104,17 @@ def field_of(et: EventType, reason: str) -> str | None:
     return "type" if "event was sent where" in reason else None
 
 
+class _Slot:
+    """A thread and the validators only it uses (a BatchValidator's DuckDB connection is not shared between
+    threads): one request at a time is validated on it."""
+
+    def __init__(self, n: int, max_event_bytes: int) -> None:
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"collector-validate-{n}",
+                                         initializer=name_os_thread, initargs=(f"collector-val-{n}",))
+        self.validators = {et.name: BatchValidator(et, max_bytes=max_event_bytes, threads=1)
+                           for et in (INFERENCE, FEEDBACK)}
+
+
 class Collector:
     """The state behind the routes: settings, the producer, and whether the topics are known to exist."""
 
@@ -116,14 +127,13 @@ class Collector:
         self.producer: AckedProducer | None = None
         self.metrics = CollectorMetrics()
         self._topics = {"inference": settings.inference_topic, "feedback": settings.feedback_topic}
-        # One thread for both validators: a BatchValidator's DuckDB connection is not shared between threads. Each
-        # validates on that thread alone (threads=1): a request's 1,000 events split over Arrow's and DuckDB's pools
-        # waited for those threads to be scheduled, which on a busy machine is most of a request's time
-        # (bench, load average 11 on 2 cores: validating 1,000 events took 110 ms at the median against 150 ms,
-        # p95 190 ms against 290 ms, for the same CPU).
-        self._validating = ThreadPoolExecutor(1, thread_name_prefix="collector-validate")
-        self._validators = {et.name: BatchValidator(et, max_bytes=settings.max_event_bytes, threads=1)
-                            for et in (INFERENCE, FEEDBACK)}
+        # Requests are validated side by side, each on one slot's thread alone (threads=1): a request's 1,000 events
+        # split over Arrow's and DuckDB's pools waited for those threads to be scheduled, which on a busy machine is
+        # most of a request's time (bench, load average 11 on 2 cores: validating 1,000 events took 110 ms at the
+        # median against 150 ms, p95 190 ms against 290 ms, for the same CPU); two requests on two slots need not
+        # wait for each other.
+        self._slots: asyncio.Queue[_Slot] = asyncio.Queue()
+        self._all_slots = [_Slot(n, settings.max_event_bytes) for n in range(collector.validate_threads)]
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -131,9 +141,11 @@ class Collector:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self.producer = AckedProducer(self.settings, self.config)
         loop = asyncio.get_running_loop()
-        for validator in self._validators.values():
-            # Plan the validating queries now, not while the first large batch waits (as the landing worker does).
-            await loop.run_in_executor(self._validating, validator.validate, [b"{}"])
+        # Plan the validating queries now, not while the first large batches wait (as the landing worker does).
+        await asyncio.gather(*(loop.run_in_executor(slot.thread, validator.validate, [b"{}"])
+                               for slot in self._all_slots for validator in slot.validators.values()))
+        for slot in self._all_slots:
+            self._slots.put_nowait(slot)
         # What start-up allocated (modules, query plans) lives as long as the process: keep it out of the cyclic
         # collector's way, whose full passes over it would otherwise land in the middle of requests.
         gc.collect()
@@ -144,7 +156,8 @@ class Collector:
         finally:
             watch.cancel()
             await asyncio.get_running_loop().run_in_executor(None, self.producer.close)
-            self._validating.shutdown()
+            for slot in self._all_slots:
+                slot.thread.shutdown()
 
     async def _watch(self) -> None:
         """Create the topics once the broker answers, and probe a broker that went away until it is back."""
@@ -242,8 +255,9 @@ class Collector:
         self.require_ready()
         body = await self.body(request)
         # Split on b"\n" only: JSON strings may hold U+2028, which str.splitlines() would break on.
-        lines = [body] if kind in JSON_TYPES else [ln for ln in body.split(b"\n") if ln.strip()]
-        if not lines or not body.strip():
+        # isspace(), not strip(): strip() would copy every line (a copy of the whole body) just to test it.
+        lines = [body] if kind in JSON_TYPES else [ln for ln in body.split(b"\n") if ln and not ln.isspace()]
+        if not lines or not body or body.isspace():
             raise HttpError(400, "the body holds no event")
         if len(lines) > self.config.max_batch_events:
             raise HttpError(413, f"{len(lines)} events in one request; at most {self.config.max_batch_events} "
@@ -255,29 +269,30 @@ class Collector:
             raise HttpError(400, f"{bad} of {len(lines)} {et.name} events break the contract; none was accepted",
                             errors=[e.as_json() for e in errors])
         await self._produce(records)
-        self.metrics.accepted.labels(et.name).inc(len(records))
-        self.metrics.batch_events.labels(et.name).observe(len(records))
-        return JSONResponse({"accepted": len(records), "ids": ids}, 202)
+        self.metrics.accepted.labels(et.name).inc(len(ids))
+        self.metrics.batch_events.labels(et.name).observe(len(ids))
+        return JSONResponse({"accepted": len(ids), "ids": ids}, 202)
 
-    async def _check(self, et: EventType, lines: list[bytes]) -> tuple[list[Record], list[str], list[FieldError]]:
+    async def _check(self, et: EventType, lines: list[bytes]) -> tuple[Records, list[str], list[FieldError]]:
         """The records and ids of `lines`, or every reason some line breaks the contract. A large batch is
         checked by the landing worker's vectorized validator (in a thread: Arrow and DuckDB let go of the GIL),
         which took a third to a half of the per-event path's CPU per event at 500-1,000 events; the per-event
         path, whose reason texts are the same, runs for small batches and to explain a batch that failed."""
         if len(lines) >= VECTORIZED_MIN_EVENTS:
-            loop = asyncio.get_running_loop()
-            verdict = await loop.run_in_executor(self._validating, self._validators[et.name].validate, lines)
-            typed, reasons = verdict
-            if all(r is None for r in reasons):
-                topic = self._topics[et.name]
+            slot = await self._slots.get()
+            try:
+                typed, reasons = await asyncio.get_running_loop().run_in_executor(
+                    slot.thread, slot.validators[et.name].validate, lines)
+            finally:
+                self._slots.put_nowait(slot)
+            if reasons.count(None) == len(reasons):
                 ids = [str(i) for i in typed.column(et.id_field).to_pylist()]
-                keys = typed.column("inference_id").to_pylist()
-                return [Record(topic, str(k).encode(), ln) for k, ln in zip(keys, lines, strict=True)], ids, []
+                keys = [str(k) for k in typed.column("inference_id").to_pylist()]
+                return Records(self._topics[et.name], keys, lines), ids, []
         return self._check_each(et, lines)
 
-    def _check_each(self, et: EventType, lines: list[bytes]) -> tuple[list[Record], list[str], list[FieldError]]:
-        topic = self._topics[et.name]
-        records, ids, errors = [], [], []
+    def _check_each(self, et: EventType, lines: list[bytes]) -> tuple[Records, list[str], list[FieldError]]:
+        keys, values, ids, errors = [], [], [], []
         for n, line in enumerate(lines, 1):
             obj, reasons = parse_payload(line, self.settings.max_event_bytes)
             if obj is not None:
@@ -287,10 +302,11 @@ class Collector:
                 continue
             assert obj is not None
             ids.append(str(obj[et.id_field]))
-            records.append(Record(topic, str(obj["inference_id"]).encode(), line))
-        return records, ids, errors
+            keys.append(str(obj["inference_id"]))
+            values.append(line)
+        return Records(self._topics[et.name], keys, values), ids, errors
 
-    async def _produce(self, records: list[Record]) -> None:
+    async def _produce(self, records: Records) -> None:
         assert self.producer is not None
         t0 = time.perf_counter()
         try:
@@ -314,7 +330,9 @@ class Collector:
             spans = otlp.decode_protobuf(body) if kind in PROTOBUF_TYPES else otlp.decode_json(body)
         except otlp.OtlpDecodeError as exc:
             raise HttpError(400, str(exc)) from None
-        records, refused = [], []
+        keys: list[str] = []
+        values: list[bytes] = []
+        refused: list[str] = []
         for span in spans:
             mapped = otlp.map_span(span)
             if isinstance(mapped, otlp.Refusal):
@@ -327,22 +345,23 @@ class Collector:
                 if reasons:
                     refused.append(f"{span.where} maps to an invalid inference event: {'; '.join(reasons)}")
                 else:
-                    records.append(Record(self.settings.inference_topic, mapped.inference_id.encode(), payload))
-        if len(records) > self.config.max_batch_events:
-            raise HttpError(413, f"{len(records)} GenAI spans in one export; at most {self.config.max_batch_events}")
-        await self._produce(records)
-        if records:
-            self.metrics.accepted.labels(INFERENCE.name).inc(len(records))
-            self.metrics.batch_events.labels(INFERENCE.name).observe(len(records))
+                    keys.append(mapped.inference_id)
+                    values.append(payload)
+        if len(values) > self.config.max_batch_events:
+            raise HttpError(413, f"{len(values)} GenAI spans in one export; at most {self.config.max_batch_events}")
+        await self._produce(Records(self.settings.inference_topic, keys, values))
+        if values:
+            self.metrics.accepted.labels(INFERENCE.name).inc(len(values))
+            self.metrics.batch_events.labels(INFERENCE.name).observe(len(values))
         if refused:
             self.metrics.refused.labels(INFERENCE.name).inc(len(refused))
-            log.warning("refused %d of %d GenAI spans: %s", len(refused), len(refused) + len(records), refused[0])
+            log.warning("refused %d of %d GenAI spans: %s", len(refused), len(refused) + len(values), refused[0])
         reply = ExportTraceServiceResponse()
         if refused:
             reply.partial_success.rejected_spans = len(refused)
             reply.partial_success.error_message = "; ".join(refused[:20]) + (
                 f"; and {len(refused) - 20} more" if len(refused) > 20 else "")
-        status = 422 if refused and not records else 200
+        status = 422 if refused and not values else 200
         if kind in PROTOBUF_TYPES:
             return Response(reply.SerializeToString(), status, media_type="application/x-protobuf")
         return JSONResponse(json_format.MessageToDict(reply), status)

@@ -40,6 +40,10 @@ class CollectorSettings:
     """FLYWHEEL_COLLECTOR_DELIVERY_TIMEOUT_S: longest a request waits for the broker's acknowledgement of its
     events; past it the answer is 503 (the events may or may not have landed: retry with the same ids)."""
 
+    validate_threads: int = 2
+    """FLYWHEEL_COLLECTOR_VALIDATE_THREADS: large batches validated at once, each on a thread of its own with
+    validators of its own (Arrow and DuckDB let go of the GIL); more requests wait for a free one."""
+
     retry_after_s: int = 5
     """FLYWHEEL_COLLECTOR_RETRY_AFTER_S: the Retry-After of a 503 while the broker is unreachable."""
 
@@ -55,7 +59,8 @@ class CollectorSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.api_keys, Secret):
             object.__setattr__(self, "api_keys", Secret(str(self.api_keys)))
-        for name in ("port", "max_body_bytes", "max_batch_events", "delivery_timeout_s", "retry_after_s"):
+        for name in ("port", "max_body_bytes", "max_batch_events", "delivery_timeout_s", "retry_after_s",
+                     "validate_threads"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be positive, got {getattr(self, name)!r}",
                                   variable=f"{PREFIX}{name.upper()}")

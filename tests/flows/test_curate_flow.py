@@ -15,6 +15,8 @@ from flywheel.warehouse.lake import Lake
 DEMO = Path(__file__).resolve().parents[2] / "infra" / "demo" / "events.jsonl"
 
 
+# Every recipe through Prefect (~30 s quiet); curation stays in `make test` through the datasets CLI and steps tests.
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_curate_flow_builds_every_recipe_and_converges(prefect_env: None, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:

@@ -145,6 +145,9 @@ def _served_names() -> set[str]:
     return {d.name for d in DEPLOYMENTS if not d.optional or CURATE_IMPORTS}
 
 
+# A real Prefect server round trip (the module's server costs ~110 s quiet in all): kept out of `make test`, whose
+# flows stay checked in-process (the two tests above, the dispatch, quality and maintenance flows).
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_serve_registers_every_deployment_with_its_configured_schedule(served: Served, api: Any) -> None:
     t0 = time.monotonic()
@@ -172,6 +175,7 @@ def _task_runs(api: Any, flow_run_id: Any) -> list[Any]:
     return list(api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))))
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_a_served_deployment_retries_a_busy_table_and_fails_a_missing_one_at_once(served: Served, api: Any) -> None:
     """One `lake-maintenance` run over a table that does not exist (terminal: one attempt) and one that another
@@ -203,6 +207,7 @@ def test_a_served_deployment_retries_a_busy_table_and_fails_a_missing_one_at_onc
     assert stats(served.settings, "inferences", MaintenanceSettings()).files == 1  # was 3
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_a_drift_alert_from_the_served_drift_flow_starts_the_curation_deployment(served: Served, api: Any) -> None:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -246,6 +251,7 @@ def test_a_drift_alert_from_the_served_drift_flow_starts_the_curation_deployment
     assert len([r for r in runs if r.deployment_id == probe_id]) == len(result["alerts"])
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_stopping_serve_with_sigterm_pauses_its_deployments(served: Served, api: Any) -> None:
     """Last in this module: it stops the served process."""
@@ -261,6 +267,7 @@ def test_stopping_serve_with_sigterm_pauses_its_deployments(served: Served, api:
     assert all(d.paused for d in api.read_deployments() if d.name in want)
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_prefect_deploy_registers_the_yaml_deployments_on_a_work_pool(prefect_server: PrefectServer) -> None:
     """`prefect deploy` of infra/prefect.yaml, as the README says (after the served tests: it takes their names

@@ -4,7 +4,8 @@ of a topic from the beginning without a consumer group."""
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+import threading
+from typing import Any, Callable, Iterator
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -13,6 +14,26 @@ from flywheel.config import Settings
 from flywheel.infra.testing.corpus import generate, load_corpus
 from flywheel.schemas.contract import event_type_of
 from flywheel.streams.topics import ensure_topics
+
+
+class Background:
+    """Functions run on daemon threads (a worker, a producer), keeping what they raise for the test's assertions:
+    an exception on a thread of its own would otherwise only be printed, and the test would pass."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+        self.threads: list[threading.Thread] = []
+
+    def start(self, fn: Callable[[], None]) -> threading.Thread:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # surfaced by the test's `assert not errors`
+                self.errors.append(exc)
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        return thread
 
 
 class Produced:
@@ -30,9 +51,11 @@ class Produced:
     def topic(self, name: str) -> str:
         return self.settings.inference_topic if name == "inference" else self.settings.feedback_topic
 
-    def event(self, event: dict[str, Any]) -> None:
+    def event(self, event: dict[str, Any], keep: bool = True) -> None:
+        """Send `event`; `keep=False` leaves it out of `valid` (a replay of a million events would not fit)."""
         name = event_type_of(event).name
-        self.valid[name].append(event)
+        if keep:
+            self.valid[name].append(event)
         self._send(self.topic(name), json.dumps(event).encode(), str(event["inference_id"]).encode())
 
     def raw(self, topic_name: str, label: str, payload: bytes) -> None:

@@ -185,3 +185,22 @@ def test_a_misspelt_producer_option_fails_in_the_constructor(tmp_path: Path) -> 
 
     with pytest.raises(ConfigError, match="linger_msec"):
         FlywheelClient(_no_broker(tmp_path), linger_msec=5)
+
+
+def test_an_inference_and_its_feedback_share_a_partition_keyed_by_inference_id(kafka_settings: Settings) -> None:
+    """Ordering (README, Reliability): Kafka orders within a partition only, so the SDK keys every event by its
+    inference's id, which puts an inference and all its feedback on the same partition number of their topics."""
+    s = kafka_settings.replace(partitions=4)
+    ensure_topics(s)
+    with FlywheelClient(s) as fw:
+        ids = [fw.log_inference(app="a", model="m", input="q", output="o") for _ in range(40)]
+        for iid in ids:
+            fw.log_feedback(inference_id=iid, kind="thumbs", value=1)
+            fw.log_feedback(inference_id=iid, kind="thumbs", value=-1)
+    inferences = {m.key().decode(): m.partition() for m in read_topic(s, s.inference_topic, 4)}
+    feedback = read_topic(s, s.feedback_topic, 4)
+    assert set(inferences) == set(ids) and len(feedback) == 80
+    assert len(set(inferences.values())) > 1, "40 keys all on one partition: the keying is not exercised"
+    for m in feedback:
+        assert json.loads(m.value())["inference_id"] == m.key().decode()
+        assert m.partition() == inferences[m.key().decode()]

@@ -19,14 +19,14 @@ from flywheel.schemas.contract import event_type_of
 from flywheel.warehouse.query import connect
 
 from .conftest import Produced
-from .test_exactly_once import _landed
+from .test_exactly_once import LAKES, _landed, lake_on
 
 N_INFERENCES = 12_000
 KILL_GAP_S = 3.0
 
 
-def _env(s: Settings, **extra: str) -> dict[str, str]:
-    return {**os.environ, "FLYWHEEL_HOME": str(s.home), "FLYWHEEL_BROKER_PORT": str(s.broker_port),
+def _env(s: Settings, lake: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    return {**os.environ, **(lake or {}), "FLYWHEEL_HOME": str(s.home), "FLYWHEEL_BROKER_PORT": str(s.broker_port),
             "FLYWHEEL_TOPIC_PREFIX": s.topic_prefix, "FLYWHEEL_INGEST_GROUP": s.ingest_group,
             "FLYWHEEL_PARTITIONS": str(s.partitions), "FLYWHEEL_FLUSH_MAX_EVENTS": "2000",
             "FLYWHEEL_FLUSH_INTERVAL_S": "0.5", "FLYWHEEL_KAFKA_SESSION_TIMEOUT_MS": "6000", **extra}
@@ -43,8 +43,12 @@ def _paced(produced: Produced, events: list, seconds: float) -> None:
 
 
 @pytest.mark.slow
-def test_a_drain_after_killed_workers_waits_for_every_partition(kafka_settings: Settings) -> None:
-    s = kafka_settings.replace(partitions=3)
+@pytest.mark.reliability  # fault injection: SIGKILLs workers and waits out a dead member's session
+@pytest.mark.parametrize("where", LAKES)
+def test_a_drain_after_killed_workers_waits_for_every_partition(kafka_settings: Settings, where: str,
+                                                                request: pytest.FixtureRequest) -> None:
+    """On object storage the three workers are three writers with no lock between them, as on three hosts."""
+    s, lake_env = lake_on(where, kafka_settings.replace(partitions=3), request)
     produced = Produced(s)
     events = list(generate(load_corpus(), N_INFERENCES, seed=5, prefix="dr"))
     half = len(events) // 2
@@ -52,7 +56,7 @@ def test_a_drain_after_killed_workers_waits_for_every_partition(kafka_settings: 
         produced.event(e)
     produced.flush()
     cmd = [sys.executable, "-m", "flywheel.cli", "-v", "ingest"]
-    workers = [subprocess.Popen(cmd, env=_env(s), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = [subprocess.Popen(cmd, env=_env(s, lake_env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                for _ in range(3)]
     # The batching producer keeps sending while the workers land and are killed one by one.
     rest = threading.Thread(target=_paced, args=(produced, events[half:], KILL_GAP_S * len(workers)))
@@ -67,7 +71,7 @@ def test_a_drain_after_killed_workers_waits_for_every_partition(kafka_settings: 
             proc.wait()
         rest.join(60)
         t0 = time.monotonic()
-        drain = subprocess.run(cmd + ["--until-idle", "3"], env=_env(s, FLYWHEEL_DRAIN_TIMEOUT_S="60"),
+        drain = subprocess.run(cmd + ["--until-idle", "3"], env=_env(s, lake_env, FLYWHEEL_DRAIN_TIMEOUT_S="60"),
                                capture_output=True, text=True, timeout=120)
         took = time.monotonic() - t0
     finally:
@@ -86,12 +90,13 @@ def test_a_drain_after_killed_workers_waits_for_every_partition(kafka_settings: 
     assert q("SELECT count(*), count(DISTINCT (_topic, _partition, _offset)) FROM lake_feedback").fetchone() == (
         len(expect_fb), len(expect_fb))
     waited = "not drained" in drain.stderr
-    print(json.dumps({"events": len(events), "drain_seconds": round(took, 1), "drain_waited": waited,
+    print(json.dumps({"lake": where, "events": len(events), "drain_seconds": round(took, 1), "drain_waited": waited,
                       "from_beginning": drain.stderr.count("resuming at [-2"),
                       "replay_warnings": drain.stderr.count("as replays")}))
 
 
 @pytest.mark.slow
+@pytest.mark.reliability  # fault injection: SIGKILLs workers and waits out a dead member's session
 def test_a_drain_does_not_exit_0_while_a_hung_member_holds_unlanded_partitions(kafka_settings: Settings) -> None:
     s = kafka_settings.replace(partitions=3)
     produced = Produced(s)

@@ -66,7 +66,15 @@ def test_metrics_over_http_count_what_a_running_worker_landed_and_a_replay_logs_
     try:
         deadline = time.monotonic() + 60
         got = scrape(server.url)
-        while got.get(("flywheel_ingest_events_consumed_total", ()), 0) < total and time.monotonic() < deadline:
+
+        def settled() -> bool:
+            # the lag gauges are set by the consuming thread once it collects a landed batch, up to a poll later
+            # than the landing thread counts it: wait for both, then assert on one scrape
+            lagged = sum(name == "flywheel_ingest_consumer_lag" and dict(labels)["topic"] == s.inference_topic
+                         for name, labels in got)
+            return got.get(("flywheel_ingest_events_consumed_total", ()), 0) >= total and lagged >= s.partitions
+
+        while not settled() and time.monotonic() < deadline:
             time.sleep(0.2)
             got = scrape(server.url)
         assert running.is_alive()  # scraped while the worker runs

@@ -35,6 +35,15 @@ class PullError(FlywheelError):
         super().__init__(message)
 
 
+class UnsafePath(FlywheelError):
+    """A file a version names, or a place `pull` would write, leads outside where it must stay (the version's
+    directory, or `--out`): through `..`, an absolute path or a symlink. `path` names it; nothing was written."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(message, path=path)
+
+
 def _registry(core: Settings | None, ds: DatasetSettings | None) -> Registry:
     return Registry(core or Settings.from_env(), ds or DatasetSettings.from_env())
 
@@ -44,7 +53,17 @@ def _split(info: VersionInfo, split: str) -> Path:
     if split not in names:
         raise DatasetNotFound(f"{info.ref} has no split {split!r}; its splits are {', '.join(names)}",
                               name=info.name, version=info.version)
-    return info.path / "data" / f"{split}.parquet"
+    return _inside(info, Path("data") / f"{split}.parquet")
+
+
+def _inside(info: VersionInfo, rel: Path) -> Path:
+    """`info.path / rel`, refused when it leads out of the version's directory (`..`, an absolute path, a symlink
+    to elsewhere): a registry someone tampered with must not hand out other files."""
+    path = info.path / rel
+    if rel.is_absolute() or not path.resolve().is_relative_to(info.path.resolve()):
+        raise UnsafePath(f"{info.ref}: {rel} leads outside the version's directory {info.path} (a symlink or a "
+                         "tampered manifest); restore the version or curate a new one", path=str(path))
+    return path
 
 
 def load(ref: str, split: str = "train", *, settings: Settings | None = None,
@@ -87,7 +106,7 @@ def diff(a: str, b: str, *, settings: Settings | None = None, ds: DatasetSetting
     for split in dict.fromkeys([s for s, _ in va.splits] + [s for s, _ in vb.splits]):
         ids = []
         for v in (va, vb):
-            p = v.path / "data" / f"{split}.parquet"
+            p = _inside(v, Path("data") / f"{split}.parquet")
             ids.append(set(pq.read_table(p, columns=["id"])["id"].to_pylist()) if p.exists() else set())
         out.append(SplitDiff(split, tuple(sorted(ids[1] - ids[0])), tuple(sorted(ids[0] - ids[1]))))
     return out
@@ -104,6 +123,8 @@ def pull(ref: str, fmt: str, out: str | Path, *, force: bool = False, settings: 
     if fmt not in FORMATS[info.kind]:
         raise exports.ExportError(f"format {fmt!r} does not fit a {info.kind} dataset; its formats are "
                                   f"{', '.join(FORMATS[info.kind])}", format=fmt, kind=info.kind)
+    if "\x00" in str(out):  # Path() takes it, and every file system call on it raises ValueError
+        raise PullError(f"--out {str(out)!r} holds a NUL byte; give a directory name without one", out=str(out))
     dest = Path(out)
     if dest.exists() and not dest.is_dir():
         raise PullError(f"--out {dest} is a file; give a directory", out=str(dest))
@@ -116,14 +137,21 @@ def pull(ref: str, fmt: str, out: str | Path, *, force: bool = False, settings: 
         if fmt in info.exports:  # already in the version: copy its bytes
             written = [Path(p) for p in info.manifest()["files"] if Path(p).parts[0] == _folder(fmt)]  # type: ignore[attr-defined]
             for rel in written:
+                source = _inside(info, rel)
                 (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(info.path / rel, stage / rel)
+                shutil.copyfile(source, stage / rel)
         else:
             written = exports.write(fmt, info.kind, {s: pq.read_table(_split(info, s)) for s, _ in info.splits},
                                     stage, info.name)
         for extra in ("manifest.json", "README.md"):
-            shutil.copyfile(info.path / extra, stage / extra)
+            shutil.copyfile(_inside(info, Path(extra)), stage / extra)
             written.append(Path(extra))
+        root = dest.resolve()
+        for rel in written:  # every target checked before the first is moved in
+            target = dest / rel
+            if not target.parent.resolve().is_relative_to(root):  # `..` in a name, or a symlink in --out
+                raise UnsafePath(f"{target} leads outside --out {dest} (a symlinked directory there, or a name "
+                                 "with `..`); remove it or choose another directory", path=str(target))
         for rel in written:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -74,9 +74,10 @@ def code_version() -> dict[str, str]:
 
 def lake_versions(core: Settings) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
+    where = core.lake_location
     for table in ("inferences", "feedback", RUNS_TABLE):
-        path = Path(core.lake) / table
-        out[table] = DeltaTable(str(path)).version() if DeltaTable.is_deltatable(str(path)) else None
+        uri, so = where.join(table), where.storage_options
+        out[table] = DeltaTable(uri, storage_options=so).version() if DeltaTable.is_deltatable(uri, so) else None
     return out
 
 
@@ -101,7 +102,7 @@ def build(core: Settings, ds: DatasetSettings, recipe: Recipe, windows: list[Sus
     spill = ds.root_path(core) / ".spill"
     try:
         spill.mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET memory_limit = '{ds.memory_limit}'")
+        con.execute(f"SET memory_limit = '{ds.duckdb_memory_limit()}'")
         con.execute(f"SET temp_directory = '{str(spill).replace(chr(39), chr(39) * 2)}'")
         con.execute("SET enable_progress_bar = false")
         sel = _timed(lambda: select(con, recipe))
@@ -124,8 +125,8 @@ def build(core: Settings, ds: DatasetSettings, recipe: Recipe, windows: list[Sus
         cols = ", ".join(columns)
         splits = {}
         for name, _frac in recipe.splits.fractions:
-            literal = name.replace("'", "''")
-            splits[name] = con.sql(f"SELECT {cols} FROM rows WHERE split = '{literal}' ORDER BY id").to_arrow_table()
+            splits[name] = con.sql(f"SELECT {cols} FROM rows WHERE split = $split ORDER BY id",
+                                   params={"split": name}).to_arrow_table()
         return splits, reports
     finally:
         con.close()

@@ -69,22 +69,24 @@ def norm(expr: str) -> str:
     return f"array_to_string(list_filter(string_split({spaced}, ' '), lambda w: w <> ''), ' ')"
 
 
-def _list(values: tuple[str, ...]) -> str:
-    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]::VARCHAR[]"
-
-
-def _source_filter(recipe: Recipe) -> str:
+def _source_filter(recipe: Recipe) -> tuple[str, dict[str, object]]:
+    """The recipe's `source` as a SQL condition and its parameters: every value a recipe gives (times, allow-lists)
+    is bound as a parameter, never written into the SQL text, so no value can change the query."""
     s = recipe.source
-    conds = ["true"]
+    conds: list[str] = ["true"]
+    params: dict[str, object] = {}
     if s.since:
-        conds.append(f"timestamp >= '{s.since.isoformat()}'::TIMESTAMPTZ")
+        conds.append("timestamp >= $since")
+        params["since"] = s.since
     if s.until:
-        conds.append(f"timestamp < '{s.until.isoformat()}'::TIMESTAMPTZ")
+        conds.append("timestamp < $until")
+        params["until"] = s.until
     for col in ("app", "model", "model_version", "prompt_template", "prompt_version"):
         allowed = getattr(s, col)
         if allowed:
-            conds.append(f"list_contains({_list(allowed)}, {col})")
-    return " AND ".join(conds)
+            conds.append(f"list_contains(${col}::VARCHAR[], {col})")  # col: one of the five names above
+            params[col] = list(allowed)
+    return " AND ".join(conds), params
 
 
 # A tool call is part of what was said (a message without tool calls keys as it did before they existed).
@@ -94,29 +96,24 @@ _CONVERSATION = ("array_to_string(list_transform(msgs, lambda m: m.role || ': ' 
 
 def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
     """Temp tables `src` (the window's inferences, with their prompt key and verdict) and `fbk` (their feedback,
-    each with its polarity). Returns the number of inferences in the window."""
+    each with its polarity). Returns the number of inferences in the window.
+
+    Keys first: the deduplicating view is read for the narrow columns only (through its window, every column read
+    is carried and sorted: the texts cost 10x the keys), the feedback decides which inferences can become rows, and
+    only those inferences' texts are read, from the lake's files, by the coordinates of the landed copy the view
+    would have chosen. The other inferences are in `src` with null texts and prompt keys: no kind reads them."""
     fb = recipe.feedback
+    # The sources are whitelisted by the recipe's loader (FEEDBACK_SOURCES): names, not free text.
     rank = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(fb.precedence))
-    group = {"session_id": "coalesce(session_id, 'inference:' || inference_id)",
-             "user_id": "coalesce(user_id, 'inference:' || inference_id)",
-             "prompt": "prompt_key"}[recipe.splits.by]
+    group = {"session_id": "coalesce(w.session_id, 'inference:' || w.inference_id)",
+             "user_id": "coalesce(w.user_id, 'inference:' || w.inference_id)",
+             "prompt": "k.prompt_key"}[recipe.splits.by]
+    where, params = _source_filter(recipe)
     con.execute(f"""
-    CREATE OR REPLACE TEMP TABLE src AS
-    WITH w AS (
-      SELECT *, coalesce(input_messages, [{{'role': 'user', 'content': input}}]::{sql_type(MESSAGES)}) AS msgs
-      FROM inferences WHERE {_source_filter(recipe)})
-    SELECT inference_id, timestamp, app, model, prompt_template, session_id, user_id, output, msgs AS messages, tools,
-      input AS prompt, _ingested_at, NULL::VARCHAR AS prompt_key, NULL::VARCHAR AS group_key,
-      {_CONVERSATION} AS _conv
-    FROM w""")
-    # Normalizing costs seconds per 100k texts and a prompt recurs over many inferences: once per distinct one.
-    con.execute(f"""
-    CREATE OR REPLACE TEMP TABLE _keys AS
-    SELECT app, _conv, md5(app || chr(31) || {norm('_conv')}) AS prompt_key
-    FROM (SELECT DISTINCT app, _conv FROM src)""")
-    con.execute("UPDATE src SET prompt_key = k.prompt_key FROM _keys k WHERE src.app = k.app AND src._conv = k._conv")
-    con.execute(f"UPDATE src SET group_key = {group}")
-    con.execute("ALTER TABLE src DROP COLUMN _conv; DROP TABLE _keys")
+    CREATE OR REPLACE TEMP TABLE _win AS
+    SELECT inference_id, timestamp, app, model, prompt_template, session_id, user_id, _ingested_at, _topic,
+      _partition, _offset
+    FROM inferences WHERE {where}""", params)
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE fbk AS
     SELECT f.feedback_id, f.inference_id, f.timestamp, f.kind, f.value, f.correction, f.other_inference_id,
@@ -125,13 +122,16 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
         WHEN 'thumbs' THEN CAST(f.value AS INTEGER)
         WHEN 'rating' THEN CASE
           WHEN (f.value - coalesce(f.scale_min, 1)) / (coalesce(f.scale_max, 5) - coalesce(f.scale_min, 1))
-               >= {fb.min_rating} THEN 1
+               >= $min_rating THEN 1
           WHEN (f.value - coalesce(f.scale_min, 1)) / (coalesce(f.scale_max, 5) - coalesce(f.scale_min, 1))
-               <= {fb.max_negative_rating} THEN -1 ELSE 0 END
-        WHEN 'implicit' THEN CASE WHEN list_contains({_list(fb.accept_signals)}, f.signal) THEN 1
-                                  WHEN list_contains({_list(fb.reject_signals)}, f.signal) THEN -1 ELSE 0 END
+               <= $max_negative THEN -1 ELSE 0 END
+        WHEN 'implicit' THEN CASE WHEN list_contains($accept::VARCHAR[], f.signal) THEN 1
+                                  WHEN list_contains($reject::VARCHAR[], f.signal) THEN -1 ELSE 0 END
         WHEN 'flag' THEN -1 ELSE 0 END AS polarity
-    FROM feedback f SEMI JOIN src USING (inference_id)""")
+    FROM feedback f SEMI JOIN _win USING (inference_id)""", {"min_rating": fb.min_rating,
+                                                            "max_negative": fb.max_negative_rating,
+                                                            "accept": list(fb.accept_signals),
+                                                            "reject": list(fb.reject_signals)})
     verdict = ("arg_min(polarity, (src_rank, -epoch_us(timestamp), feedback_id)) FILTER (WHERE polarity <> 0)"
                if fb.conflicts == "precedence" else
                "CASE WHEN bool_or(polarity = 1) AND bool_or(polarity = -1) THEN NULL "
@@ -149,7 +149,47 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
         AS correction_id,
       list(_ingested_at) AS fb_ingested
     FROM fbk GROUP BY inference_id""")
-    return int(con.execute("SELECT count(*) FROM src").fetchall()[0][0])
+    # The inferences a kind can make rows of: eval takes all; the others those with a correction or a verdict,
+    # and both sides of explicit preferences (`kinds` never reads the texts or prompt keys of the others).
+    need = ("SELECT inference_id FROM _win" if recipe.kind == "eval" else
+            "SELECT inference_id FROM verdicts WHERE correction IS NOT NULL OR verdict IN (1, -1) "
+            "UNION SELECT inference_id FROM fbk WHERE kind = 'preference' "
+            "UNION SELECT other_inference_id FROM fbk WHERE kind = 'preference'")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _need AS SELECT * FROM _win SEMI JOIN ({need}) n USING (inference_id)")
+    # The landed copy the view keeps, by its coordinates (a join: no window over the texts).
+    landed = """lake_inferences l JOIN _need w
+      ON l.inference_id = w.inference_id AND l._ingested_at IS NOT DISTINCT FROM w._ingested_at
+         AND l._topic IS NOT DISTINCT FROM w._topic AND l._partition IS NOT DISTINCT FROM w._partition
+         AND l._offset IS NOT DISTINCT FROM w._offset"""
+    messages = f"coalesce(l.input_messages, [{{'role': 'user', 'content': l.input}}]::{sql_type(MESSAGES)})"
+    # The wide tables are built once each (a copy of them costs more than the normalizing, and spills), and the
+    # lake's files are read once: the prompt keys come from `_txt`, not from a second join of the files.
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE _txt AS
+    SELECT l.inference_id, l.output, l.tools, l.input, {messages} AS messages, w.app FROM {landed}""")
+    if _count(con, "_txt") != _count(con, "(SELECT DISTINCT inference_id FROM _txt)"):
+        # Two landed copies with the same coordinates (the view keeps either): keep one, the same one every run.
+        con.execute("CREATE OR REPLACE TEMP TABLE _txt AS SELECT * FROM _txt QUALIFY row_number() OVER "
+                    "(PARTITION BY inference_id ORDER BY output, input, tools, messages::VARCHAR) = 1")
+    # Normalizing costs seconds per 100k texts and a prompt recurs over many inferences: once per distinct one.
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE _keys AS
+    SELECT app, messages, md5(app || chr(31) || {norm(_CONVERSATION.replace('msgs', 'messages'))}) AS prompt_key
+    FROM (SELECT DISTINCT app, messages FROM _txt)""")
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE src AS
+    SELECT w.inference_id, w.timestamp, w.app, w.model, w.prompt_template, w.session_id, w.user_id, t.output,
+      t.messages, t.tools, t.input AS prompt, w._ingested_at, k.prompt_key, {group} AS group_key
+    FROM _win w LEFT JOIN _txt t USING (inference_id)
+      LEFT JOIN _keys k ON k.app = t.app AND k.messages IS NOT DISTINCT FROM t.messages""")
+    con.execute("DROP TABLE _keys; DROP TABLE _txt; DROP TABLE _need")
+    n = _count(con, "_win")
+    con.execute("DROP TABLE _win")
+    return n
+
+
+def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
 
 
 _SELECT_ROW = """
@@ -177,6 +217,8 @@ def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     """Fill the temp table `rows` with the kind's rows from the window; the report's reasons count what the kind
     left out (e.g. `tie`, `different prompt`, `no verdict`)."""
     n = _prepare(con, recipe)
+    if recipe.kind in ("preference", "kto"):  # read by the rows and by the reasons: computed once
+        con.execute(f"CREATE OR REPLACE TEMP TABLE pref AS {_PREF_EVENTS}")
     sql, reasons_sql = {"sft": _sft, "preference": _preference, "kto": _kto, "eval": _eval}[recipe.kind]()
     con.execute(f"CREATE OR REPLACE TEMP TABLE rows AS {sql}")
     reasons = [(str(r), int(c)) for r, c in con.execute(reasons_sql).fetchall() if c]
@@ -191,6 +233,8 @@ def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
         con.execute("DROP TABLE _norm")
         same = n_pairs - int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])
         reasons += [("chosen equals rejected", same)] if same else []
+    # The steps read `rows` only.
+    con.execute("DROP TABLE src; DROP TABLE fbk; DROP TABLE verdicts; DROP TABLE IF EXISTS pref")
     out = int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])
     return StepReport("select", n, out, tuple(sorted(reasons)), f"{recipe.kind} rows from {n} inferences in the window")
 
@@ -240,7 +284,7 @@ def _preference() -> tuple[str, str]:
                 inf_ingested="[w._ingested_at, l._ingested_at]",
                 fb_ingested="list_concat(coalesce(vw.fb_ingested, []), coalesce(vl.fb_ingested, []))")
     sql = f"""
-    WITH pref AS ({_PREF_EVENTS}), opp AS ({opposite}), pairs AS (
+    WITH opp AS ({opposite}), pairs AS (
     {_row(chosen="v.correction", rejected="s.output", origin="'correction'", feedback_ids="[v.correction_id]",
           flagged="false")}
     FROM src s JOIN verdicts v USING (inference_id) WHERE v.correction IS NOT NULL
@@ -257,8 +301,7 @@ def _preference() -> tuple[str, str]:
       LEFT JOIN verdicts vw ON vw.inference_id = w.inference_id
       LEFT JOIN verdicts vl ON vl.inference_id = l.inference_id)
     SELECT * FROM pairs"""
-    reasons = f"""
-    WITH pref AS ({_PREF_EVENTS})
+    reasons = """
     SELECT out_reason, count(*) FROM pref WHERE out_reason IS NOT NULL GROUP BY 1 ORDER BY 1"""
     return sql, reasons
 
@@ -267,7 +310,7 @@ def _kto() -> tuple[str, str]:
     pref_side = _row(a="x", v="vx", completion="x.output", label="{label}", origin="'preference'",
                      feedback_ids="pr.ids", fb_ingested="pr.ing")
     sql = f"""
-    WITH pref AS ({_PREF_EVENTS}), labelled AS (
+    WITH labelled AS (
     {_row(completion="v.correction", label="true", origin="'correction'", feedback_ids="[v.correction_id]",
           flagged="false")}
     FROM src s JOIN verdicts v USING (inference_id) WHERE v.correction IS NOT NULL
@@ -289,8 +332,7 @@ def _kto() -> tuple[str, str]:
     contradicted AS (
       SELECT prompt_key, {norm("completion")} AS c FROM labelled GROUP BY ALL HAVING count(DISTINCT label) > 1)
     SELECT * FROM labelled l ANTI JOIN contradicted k ON l.prompt_key = k.prompt_key AND {norm("l.completion")} = k.c"""
-    reasons = f"""
-    WITH pref AS ({_PREF_EVENTS})
+    reasons = """
     SELECT 'tie', count(*) FROM pref WHERE value = 0
     UNION ALL
     SELECT 'no verdict', count(*) FROM src s LEFT JOIN verdicts v USING (inference_id)

@@ -147,7 +147,7 @@ def _iso(v: object) -> str:
 def check_name(name: str, *, path: str = "", key: str = "name") -> str:
     """A dataset name is a directory name under the registry: lower-case letters, digits, `.`, `_`, `-`; no path
     separators, no `..`."""
-    if not isinstance(name, str) or not NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:  # match() lets "a\n" through
         raise RecipeError(f"{name!r} is not a dataset name: use 1-64 lower-case letters, digits, `.`, `_` or `-` "
                           "(no `/`, no `..`), starting with a letter or digit", path=path, key=key)
     return name
@@ -265,7 +265,9 @@ class _Reader:
             unknown = sorted(str(k) for k in value if k not in allowed)
             if unknown:
                 where = f"{key}." if key else ""
-                raise self.fail(where + unknown[0], f"unknown key; the keys here are {', '.join(sorted(allowed))}")
+                # An empty key (`"": 1`) is named by its quotes, so the error still says which key.
+                raise self.fail(where + (unknown[0] or '""'),
+                                f"unknown key; the keys here are {', '.join(sorted(allowed))}")
         return value
 
     def required(self, m: dict[str, Any], key: str) -> Any:

@@ -11,6 +11,13 @@ registered by one Delta commit to `_registry`. The registry is what readers trus
 registered (a run killed between the rename and the commit) is invisible, and the next run of that dataset
 removes it, with any temporary directory, before it writes. Runs of one dataset are serialized by a file lock.
 
+On object storage (the lake at `s3://...` and no FLYWHEEL_DATASETS_ROOT) the registry table and the versions live
+under `<lake>/datasets` there, and `root` is this host's copy: a version is written and renamed into place locally
+as above, then uploaded, and registered on the store last, which is still the moment it becomes visible. A reader
+downloads a version it does not have yet (`get`, `latest`) next to the others under a temporary name, checks every
+file against the sha256 its manifest lists, and renames it into place; a version never changes, so the copy never
+goes stale. Runs of one dataset are serialized on one host only: curate a dataset from one host at a time.
+
 Why a Delta table rather than a JSON index: appends from several datasets' runs commit atomically without a
 rewrite of the whole index, and old states stay readable (time travel). It sits under the registry root, not
 directly under the lake, so lake maintenance (which vacuums the lake's top-level tables) never touches it.
@@ -33,10 +40,12 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.fs as pafs
 from deltalake import DeltaTable, write_deltalake
 
 from flywheel.config import Settings
 from flywheel.errors import FlywheelError
+from flywheel.storage import LakeLocation
 from flywheel.warehouse.datasets.recipes import RecipeError, check_name
 from flywheel.warehouse.datasets.settings import DatasetSettings
 
@@ -111,7 +120,7 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     raw = m.group("version")
     if raw is None:
         return name, None
-    if not raw.isdigit() or int(raw) < 1:
+    if not re.fullmatch(r"[0-9]+", raw) or int(raw) < 1:  # isdigit() takes "²", which int() refuses
         raise RecipeError(f"version {raw!r} of {name} is not a positive whole number; write {name}@3",
                           key="dataset")
     return name, int(raw)
@@ -120,18 +129,29 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 class Registry:
     def __init__(self, core: Settings, ds: DatasetSettings) -> None:
         self.root = ds.root_path(core)
+        self.remote: LakeLocation | None = ds.remote_root(core)
 
     @property
     def table_path(self) -> Path:
         return self.root / REGISTRY
 
+    @property
+    def table_uri(self) -> str:
+        """Where the registry table is, as delta-rs opens it (on the store when the registry is remote)."""
+        return self.remote.join(REGISTRY) if self.remote else str(self.table_path)
+
+    @property
+    def _options(self) -> dict[str, str] | None:
+        return self.remote.storage_options if self.remote else None
+
     def versions(self, name: str | None = None) -> list[VersionInfo]:
-        """Published versions (of `name`, or of every dataset), by name then version."""
-        if not DeltaTable.is_deltatable(str(self.table_path)):
+        """Published versions (of `name`, or of every dataset), by name then version. On object storage their
+        files are on this host only once `get` or `latest` fetched them."""
+        if not DeltaTable.is_deltatable(self.table_uri, self._options):
             return []
         con = duckdb.connect()
         try:
-            con.register("reg", DeltaTable(str(self.table_path)).to_pyarrow_dataset())
+            con.register("reg", DeltaTable(self.table_uri, storage_options=self._options).to_pyarrow_dataset())
             rows = con.execute("SELECT * FROM reg WHERE $n IS NULL OR name = $n ORDER BY name, version",
                                {"n": name}).fetchall()
         finally:
@@ -150,7 +170,36 @@ class Registry:
 
     def latest(self, name: str) -> VersionInfo | None:
         found = self.versions(name)
-        return found[-1] if found else None
+        return self.fetch(found[-1]) if found else None
+
+    def fetch(self, info: VersionInfo) -> VersionInfo:
+        """`info`, its files on this host: on object storage a version not copied yet is downloaded under a
+        temporary name, checked against its manifest's sha256s and renamed into place. Local: `info` as it is."""
+        if self.remote is None or info.path.is_dir():
+            return info
+        fs, base = self.remote.filesystem()
+        source = f"{base}/{info.name}/v{info.version}"
+        tmp = info.path.with_name(f"{info.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(source, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            listed = json.loads((tmp / "manifest.json").read_text(encoding="utf-8"))["files"]
+            bad = [rel for rel, f in listed.items() if sha256_file(tmp / rel) != f["sha256"]]
+            if bad:
+                raise RegistryError(f"{info.ref} at {self.remote.join(info.name, f'v{info.version}')}: {bad} do not "
+                                    "match the sha256 its manifest lists; restore the version or curate a new one",
+                                    path=self.remote.join(info.name, f"v{info.version}"))
+            try:
+                os.rename(tmp, info.path)
+            except OSError:  # another reader on this host put the same (immutable) version in place first
+                if not info.path.is_dir():
+                    raise
+        except (OSError, KeyError, json.JSONDecodeError) as exc:
+            raise RegistryError(f"fetching {info.ref} from {self.remote.join(info.name)} failed: {exc}",
+                                path=self.remote.join(info.name, f"v{info.version}")) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return info
 
     def get(self, ref: str) -> VersionInfo:
         """The version `ref` names (`name@3`, or `name` for the latest); `DatasetNotFound` when there is none."""
@@ -162,10 +211,10 @@ class Registry:
                                   + (f"; the datasets are {', '.join(known)}" if known else
                                      "; run `flywheel curate` first"), name=name)
         if version is None:
-            return found[-1]
+            return self.fetch(found[-1])
         for v in found:
             if v.version == version:
-                return v
+                return self.fetch(v)
         raise DatasetNotFound(f"{name} has no version {version}; its versions are "
                               f"{', '.join(str(v.version) for v in found)}", name=name, version=version)
 
@@ -182,6 +231,12 @@ class Registry:
                 m = re.match(r"^v(\d+)(\.tmp-.*)?$", p.name)
                 if m and (m.group(2) or int(m.group(1)) not in published):
                     shutil.rmtree(p)  # left by a killed run: never registered, so never visible
+            if self.remote is not None:  # and what a killed run uploaded but did not register
+                fs, remote = self.remote.filesystem()
+                for child in LakeLocation(self.remote.join(name), self.remote.options).children():
+                    m = re.match(r"^v(\d+)$", child)
+                    if m and int(m.group(1)) not in published:
+                        fs.delete_dir(f"{remote}/{name}/{child}")
             draft = Draft(self, name, max(published, default=0) + 1)
             try:
                 yield draft
@@ -198,10 +253,11 @@ class Registry:
         with open(self.root / ".registry.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                write_deltalake(str(self.table_path), pa.Table.from_pylist([row], REGISTRY_SCHEMA), mode="append")
+                write_deltalake(self.table_uri, pa.Table.from_pylist([row], REGISTRY_SCHEMA), mode="append",
+                                storage_options=self._options)
             except Exception as exc:  # delta-rs raises several types; the message names the path
-                raise RegistryError(f"registering {info.ref} in {self.table_path} failed: {exc}",
-                                    path=str(self.table_path)) from exc
+                raise RegistryError(f"registering {info.ref} in {self.table_uri} failed: {exc}",
+                                    path=self.table_uri) from exc
 
 
 class Draft:
@@ -226,6 +282,15 @@ class Draft:
             os.fsync(fd)
         finally:
             os.close(fd)
+        remote = self.registry.remote
+        if remote is not None:  # uploaded whole before it is registered: a reader never sees part of it
+            fs, base = remote.filesystem()
+            try:
+                pafs.copy_files(str(self.final), f"{base}/{self.name}/v{self.version}",
+                                source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+            except OSError as exc:
+                raise RegistryError(f"uploading {info.ref} to {remote.join(self.name)} failed: {exc}",
+                                    path=remote.join(self.name, f"v{self.version}")) from exc
         self.registry.register(info)
 
 

@@ -237,19 +237,23 @@ def near_dedupe(con: duckdb.DuckDBPyConnection, recipe: Recipe, ds: DatasetSetti
 
 
 def _ordered(con: duckdb.DuckDBPyConnection, text: str, order: str) -> list[str]:
-    """Number the rows in `order` (column `_i`) and return `text` of each, in that order."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE rows AS SELECT *, row_number() OVER (ORDER BY {order}) - 1 AS _i "
-                "FROM rows")
-    return [r[0] for r in con.execute(f"SELECT {text} FROM rows ORDER BY _i").fetchall()]
+    """Number the rows in `order` (the narrow table `_ord`: row id `_r`, number `_i`) and return `text` of each,
+    in that order. Only the numbers are written: copying the wide rows to renumber them cost more than the
+    MinHash itself."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _ord AS SELECT rowid AS _r, row_number() OVER (ORDER BY {order}) - 1 "
+                "AS _i FROM rows")
+    return [r[0] for r in con.execute(f"SELECT {text} FROM rows JOIN _ord o ON o._r = rows.rowid "
+                                      "ORDER BY o._i").fetchall()]
 
 
 def _keep_where(con: duckdb.DuckDBPyConnection, keep: Sequence[bool]) -> None:
-    """Keep the rows numbered by `_ordered` whose flag in `keep` is true."""
-    con.register("_keep", pa.table({"keep": pa.array(list(keep), pa.bool_()),
-                                    "_i": pa.array(range(len(keep)), pa.int64())}))
-    con.execute("CREATE OR REPLACE TEMP TABLE rows AS SELECT r.* EXCLUDE (_i) FROM rows r JOIN _keep k USING (_i) "
-                "WHERE k.keep ORDER BY r._i")
-    con.unregister("_keep")
+    """Keep the rows numbered by `_ordered` whose flag in `keep` is true (the others are deleted in place)."""
+    drop = [i for i, k in enumerate(keep) if not k]
+    if drop:
+        con.register("_drop", pa.table({"_i": pa.array(drop, pa.int64())}))
+        con.execute("DELETE FROM rows WHERE rowid IN (SELECT o._r FROM _ord o SEMI JOIN _drop d USING (_i))")
+        con.unregister("_drop")
+    con.execute("DROP TABLE _ord")
 
 
 def decontaminate(con: duckdb.DuckDBPyConnection, recipe: Recipe, ds: DatasetSettings,
@@ -303,15 +307,15 @@ def split(con: duckdb.DuckDBPyConnection, recipe: Recipe, columns: Sequence[str]
     """Give every row its split (a stable hash of its grouping key, so a key's rows share one split) and its id
     (sha256 of its exported content and lineage)."""
     n = _count(con)
-    seed = recipe.splits.seed.replace("'", "''")
-    bucket = f"(('0x' || left(md5('{seed}' || chr(31) || group_key), 15))::BIGINT / 1152921504606846976.0)"
+    # The seed is bound; split names are whitelisted by the recipe's loader (`check_name`: no quote can be one).
+    bucket = "(('0x' || left(md5($seed || chr(31) || group_key), 15))::BIGINT / 1152921504606846976.0)"
     cases, edge = [], 0.0
     for name, frac in recipe.splits.fractions:
         edge += frac
         cases.append(f"WHEN {bucket} < {edge!r} THEN '{name}'")
     last = recipe.splits.fractions[-1][0]
     content = ", ".join(f"{c} := {c}" for c in columns if c != "id")
-    con.execute(f"UPDATE rows SET split = CASE {' '.join(cases)} ELSE '{last}' END")
+    con.execute(f"UPDATE rows SET split = CASE {' '.join(cases)} ELSE '{last}' END", {"seed": recipe.splits.seed})
     con.execute(f"UPDATE rows SET id = left(sha256(to_json(struct_pack({content}))), 32)")
     counts = tuple((f"split {s}", int(c)) for s, c in
                    con.execute("SELECT split, count(*) FROM rows GROUP BY 1 ORDER BY 1").fetchall())

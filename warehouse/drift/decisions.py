@@ -27,10 +27,10 @@ History = dict[tuple[str, str, str, datetime, datetime], bool]
 
 def history(settings: Settings, current: Window, ds: DriftSettings, effects: Sequence[Effect]) -> History:
     """(level, segment, feature, window_end) -> drifted, for the windows right before `current`."""
-    if ds.sustain <= 1 or not effects or not tables.files(settings.lake, RUNS_TABLE):
+    if ds.sustain <= 1 or not effects or not tables.files(settings.lake_location, RUNS_TABLE):
         return {}
     since = current.start - current.length * (ds.sustain - 1)
-    t = tables.query(settings.lake, RUNS_TABLE,
+    t = tables.query(settings.lake_location, RUNS_TABLE,
                      "SELECT level, segment, feature, window_start, window_end, bool_or(drifted) AS d FROM t "
                      "WHERE window_end <= $s AND window_start >= $since GROUP BY ALL",
                      {"s": current.start, "since": since})

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Iterator
 
 import duckdb
@@ -98,7 +97,7 @@ class FeedbackHorizon:
         return cls(max(timedelta(0), min(ds.maturity, now - current.end)), now)
 
 
-def load_window(con: duckdb.DuckDBPyConnection, window: Window, ds: DriftSettings, lake: Path | None = None,
+def load_window(con: duckdb.DuckDBPyConnection, window: Window, ds: DriftSettings, lake: tables.Where | None = None,
                 batch_rows: int = 50_000, *, horizon: FeedbackHorizon | None = None) -> pa.Table:
     """Descriptors and feedback signals of the inferences stamped in `window` (one row per inference id).
 
@@ -131,20 +130,19 @@ def load_window(con: duckdb.DuckDBPyConnection, window: Window, ds: DriftSetting
     return _with_feedback(con, both, window, horizon)
 
 
-def _cached(con: duckdb.DuckDBPyConnection, lake: Path, params: dict[str, Any]) -> pa.Table | None:
-    files = tables.files(lake, DESCRIPTORS_TABLE)
-    if not files:
+def _cached(con: duckdb.DuckDBPyConnection, lake: tables.Where, params: dict[str, Any]) -> pa.Table | None:
+    scan = tables.scan(con, lake, DESCRIPTORS_TABLE)
+    if scan is None:
         return None
-    t = con.sql("SELECT * EXCLUDE (event_date, descriptor_version) FROM read_parquet($f, hive_partitioning = true, "
-                "union_by_name = true) WHERE descriptor_version = $v AND timestamp >= $s AND timestamp < $e AND "
-                "event_date BETWEEN $d0 AND $d1", params={**params, "f": files, "v": DESCRIPTOR_VERSION}
-                ).to_arrow_table()
+    t = con.sql(f"SELECT * EXCLUDE (event_date, descriptor_version) FROM {scan} WHERE descriptor_version = $v "
+                "AND timestamp >= $s AND timestamp < $e AND event_date BETWEEN $d0 AND $d1",
+                params={**params, "v": DESCRIPTOR_VERSION}).to_arrow_table()
     for c in CATEGORICAL:  # stored as strings; described batches carry them as dictionaries
         t = t.set_column(t.column_names.index(c), c, pc.dictionary_encode(t[c]))
     return t
 
 
-def _cache(lake: Path, described: pa.Table) -> None:
+def _cache(lake: tables.Where, described: pa.Table) -> None:
     t = described
     for c in CATEGORICAL:
         t = t.set_column(t.column_names.index(c), c, pc.cast(t[c], pa.string()))
@@ -155,7 +153,7 @@ def _cache(lake: Path, described: pa.Table) -> None:
         # which the per-inference dedup of every read removes.
         tables.append(lake, DESCRIPTORS_TABLE, t, partition_by=["event_date"])
     except tables.TableError as exc:  # the cache only saves time: a run must not fail on it
-        log.warning("could not cache %d descriptors in %s: %s", t.num_rows, lake / DESCRIPTORS_TABLE, exc)
+        log.warning("could not cache %d descriptors in %s: %s", t.num_rows, tables.uri(lake, DESCRIPTORS_TABLE), exc)
 
 
 def load_dataset(con: duckdb.DuckDBPyConnection, dataset: Dataset, ds: DriftSettings,

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from flywheel.config import Settings
+from flywheel.storage import LakeLocation
 from flywheel.warehouse.drift.decisions import Decision
 from flywheel.warehouse.drift.effects import segment_levels
 from flywheel.warehouse.drift.features import CATEGORICAL, FEATURES
@@ -71,7 +72,23 @@ def write_reports(ref: pa.Table, cur: pa.Table, decided: Sequence[Decision], set
             log.exception("Evidently report for %s failed; the run is stored without it", segment)
             continue
         out[segment] = str(path)
+    where = settings.lake_location
+    if where.remote and not ds.reports_dir:  # beside the lake on the store, where every host can read them
+        out = {segment: _upload(Path(path), where, run_id) for segment, path in out.items()}
     return out
+
+
+def _upload(path: Path, where: LakeLocation, run_id: str) -> str:
+    """`path` copied to `<lake>/drift_reports/<run_id>/` on the store; its URI there (its local path if that
+    failed: a report is for people, and the run must not fail with it)."""
+    fs, base = where.filesystem()
+    try:
+        with open(path, "rb") as src, fs.open_output_stream(f"{base}/drift_reports/{run_id}/{path.name}") as dst:
+            dst.write(src.read())
+    except OSError:
+        log.exception("uploading the drift report %s failed; the run links its local copy", path)
+        return str(path)
+    return where.join("drift_reports", run_id, path.name)
 
 
 def _frame(t: pa.Table) -> Any:

@@ -12,10 +12,11 @@ A run (`run_drift`) wires the modules of this package, one concern each:
 4. `reports` writes Evidently HTML reports for the segments that drifted (or all, see `DriftSettings.reports`) on a
    random sample of `report_sample` rows per side: Evidently is the human-facing view, not the decision (it would
    cost minutes on millions of rows; the decision statistics take seconds);
-5. `storage` appends one row per (segment, feature) to the Delta table `<lake>/drift_runs` (a DuckDB view
-   `drift_runs`);
-6. the alerts (`flywheel.schemas.alerts.Alert`) go to the sink the run was given: the outbox of
-   `flywheel.warehouse.alerts`, which delivers them to Slack.
+5. the alerts (`flywheel.schemas.alerts.Alert`) go to the sink the run was given: the outbox of
+   `flywheel.warehouse.alerts`, which delivers them to Slack;
+6. `storage` appends one row per (segment, feature) to the Delta table `<lake>/drift_runs` (a DuckDB view
+   `drift_runs`), in one commit and last: a run recorded there has its alerts queued, and a run killed before
+   it left no record (its re-run queues no alert twice).
 
 Data drift is about what users send (input descriptors); model drift about what the model answers and how users
 take it (output descriptors, latency, cost, feedback signals).
@@ -28,7 +29,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Callable, Sequence
 
 import pyarrow as pa
@@ -121,7 +121,7 @@ def run_drift(settings: Settings, ds: DriftSettings, *, current: Window | str | 
     timings: dict[str, float] = {}
     con = connect(settings, ds)
     try:
-        lake = Path(settings.lake) if ds.cache else None
+        lake = settings.lake_location if ds.cache else None
         ref = (load_dataset(con, reference, ds) if isinstance(reference, Dataset)
                else load_window(con, reference, ds, lake, horizon=horizon))
         timings["load_reference_s"] = time.perf_counter() - t0
@@ -151,10 +151,13 @@ def run_drift(settings: Settings, ds: DriftSettings, *, current: Window | str | 
         alerts = [a.with_next_steps(next_steps(a)) for a in alerts]
     run = DriftRun(run_id, current, reference.label, effects, alerts, report_paths, ref.num_rows, cur.num_rows,
                    timings, horizon.length, (ref, cur) if keep_frames else None)
-    store(settings, run.run_id, run.window, run.reference, decided, report_paths)
+    # Alerts first, the run's record last: a run killed in between leaves its alerts queued (enqueueing is
+    # idempotent by dedup key, so a re-run adds none) and no record, and is run again; in the other order it left a
+    # recorded run whose alerts were never queued, which nothing would notice.
     if sink is not None:
         for a in alerts:
             sink.enqueue(a)
+    store(settings, run.run_id, run.window, run.reference, decided, report_paths)
     timings["total_s"] = time.perf_counter() - t0
     log.info("drift run %s over %s: %d effects, %d drifted, %d alerts (feedback within %s of each inference)",
              run_id, current.label, len(effects), len(run.drifted), len(alerts), horizon.length)

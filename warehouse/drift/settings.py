@@ -87,7 +87,8 @@ class DriftSettings:
     effects); each costs about 1-5 s."""
 
     reports_dir: str = ""
-    """FLYWHEEL_DRIFT_REPORTS_DIR: where reports go. Default: `$FLYWHEEL_HOME/drift_reports`."""
+    """FLYWHEEL_DRIFT_REPORTS_DIR: where reports go. Default: `$FLYWHEEL_HOME/drift_reports` (and, with the lake
+    on object storage, a copy under `<lake>/drift_reports` there, which the run links)."""
 
     report_base_url: str = ""
     """FLYWHEEL_DRIFT_REPORT_BASE_URL: the URL that serves reports_dir, so alerts link their report as a URL

@@ -47,12 +47,13 @@ def store(settings: Settings, run_id: str, window: Window, reference: str, decid
             rows[k].append(v)
     try:
         # Appends never conflict in Delta, so concurrent runs need no lock.
-        tables.append(settings.lake, RUNS_TABLE, pa.table(rows, schema=RUNS_SCHEMA))
+        tables.append(settings.lake_location, RUNS_TABLE, pa.table(rows, schema=RUNS_SCHEMA))
     except tables.TableError as exc:
         raise DriftError(f"could not append the drift run: {exc}") from exc
 
 
 def read_runs(settings: Settings, where: str = "TRUE") -> pa.Table:
     """Rows of `drift_runs` matching a SQL condition (empty table when there are none)."""
-    return tables.query(settings.lake, RUNS_TABLE, f"SELECT * FROM t WHERE {where} ORDER BY window_start, level, "
-                        "segment, feature", empty=RUNS_SCHEMA)
+    return tables.query(settings.lake_location, RUNS_TABLE,
+                        f"SELECT * FROM t WHERE {where} ORDER BY window_start, level, segment, feature",
+                        empty=RUNS_SCHEMA)

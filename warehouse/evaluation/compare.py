@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from flywheel.warehouse import tables
 from flywheel.warehouse.evaluation.judge import pairwise_between, rubric_scores
 from flywheel.warehouse.evaluation.online import OnlineEvidence
-from flywheel.warehouse.evaluation.runs import EvalError, rows
+from flywheel.warehouse.evaluation.runs import EvalError, finished, rows
 from flywheel.warehouse.evaluation.settings import EvalSettings
 
 __all__ = ["Comparison", "Delta", "EvalError", "Gate", "JudgeWinRate", "Segment", "compare", "gate", "markdown",
@@ -115,7 +115,7 @@ def _judge_scores(ids: list[str], scores: dict[str, int] | None) -> np.ndarray:
     return np.array([scores.get(i, np.nan) if scores else np.nan for i in ids], np.float64)
 
 
-def _win_rate(lake: str | Path, baseline: str, candidate: str, common: list[str],
+def _win_rate(lake: tables.Where, baseline: str, candidate: str, common: list[str],
               draws: int) -> JudgeWinRate | None:
     record = pairwise_between(lake, baseline, candidate)
     if record is None:
@@ -135,12 +135,17 @@ def _mean(x: np.ndarray) -> float | None:
     return float(np.nanmean(x)) if np.isfinite(x).any() else None
 
 
-def compare(lake: str | Path, baseline: str, candidate: str, settings: EvalSettings) -> Comparison:
+def compare(lake: tables.Where, baseline: str, candidate: str, settings: EvalSettings) -> Comparison:
     a, b = rows(lake, baseline), rows(lake, candidate)
     for run_id, t in ((baseline, a), (candidate, b)):
         if t.num_rows == 0:
             raise EvalError(f"evaluation run {run_id!r} has no recorded examples (see `flywheel eval list`)",
                             run_id=run_id)
+        if not finished(lake, run_id):
+            # A killed (or still running) run's examples are whichever were committed first: a gate on them
+            # would judge a different, smaller eval set.
+            raise EvalError(f"evaluation run {run_id!r} is unfinished ({t.num_rows} examples recorded so far): "
+                            "run the same `flywheel eval run` again to resume it, then compare", run_id=run_id)
     ids_a, ids_b = a["example_id"].to_pylist(), b["example_id"].to_pylist()
     common = sorted(set(ids_a) & set(ids_b))
     if not common:
@@ -182,7 +187,7 @@ def compare(lake: str | Path, baseline: str, candidate: str, settings: EvalSetti
                       "95% percentile intervals", _win_rate(lake, baseline, candidate, common, settings.bootstrap))
 
 
-def gate(lake: str | Path, candidate: str, baseline: str, settings: EvalSettings) -> Gate:
+def gate(lake: tables.Where, candidate: str, baseline: str, settings: EvalSettings) -> Gate:
     """The candidate passes unless it is worse than the baseline beyond a tolerance of `settings` (each failure
     is a reason, naming the metric, both values and the tolerance)."""
     c = compare(lake, baseline, candidate, settings)

@@ -24,7 +24,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -179,7 +178,7 @@ class _Ask:
     request: ChatRequest
 
 
-def _asks(lake: str | Path, run_id: str, spec: JudgeSpec) -> list[_Ask]:
+def _asks(lake: tables.Where, run_id: str, spec: JudgeSpec) -> list[_Ask]:
     """Every judgement the spec calls for over the run's answered examples (pairwise: those both runs answered)."""
     mine = {r["example_id"]: r for r in rows(lake, run_id).to_pylist() if r["output"] is not None}
     if not mine:
@@ -206,7 +205,7 @@ def _asks(lake: str | Path, run_id: str, spec: JudgeSpec) -> list[_Ask]:
     return out
 
 
-def judge_run(lake: str | Path, run_id: str, spec: JudgeSpec, key: Secret, settings: EvalSettings,
+def judge_run(lake: tables.Where, run_id: str, spec: JudgeSpec, key: Secret, settings: EvalSettings,
               progress: Callable[[int, int], None] | None = None) -> JudgeResult:
     """Ask the judge every judgement of `run_id` not recorded yet, record each, and return the totals."""
     jkey = spec.key()
@@ -239,7 +238,7 @@ def _row(run_id: str, jkey: str, spec: JudgeSpec, ask: _Ask, c: Completion) -> d
             "score": score, "error": error, "latency_ms": c.latency_ms}
 
 
-def judgements(lake: str | Path, run_id: str, judge_key: str) -> list[Judgement]:
+def judgements(lake: tables.Where, run_id: str, judge_key: str) -> list[Judgement]:
     """The recorded judgements of a run by one judge (first recorded per example and order), by example."""
     t = tables.query(lake, TABLE, """
         SELECT example_id, "order", verdict, score, error FROM t WHERE run_id = $r AND judge_key = $k
@@ -287,7 +286,7 @@ class PairwiseRecord:
     """Example id -> win, loss, tie or failed *of the candidate*."""
 
 
-def pairwise_between(lake: str | Path, baseline: str, candidate: str) -> PairwiseRecord | None:
+def pairwise_between(lake: tables.Where, baseline: str, candidate: str) -> PairwiseRecord | None:
     """The latest pairwise judging of `candidate` against `baseline` (or of `baseline` against `candidate`, with
     wins and losses swapped), or None when neither was judged against the other."""
     t = tables.query(lake, TABLE, """
@@ -305,7 +304,7 @@ def pairwise_between(lake: str | Path, baseline: str, candidate: str) -> Pairwis
     return PairwiseRecord(str(judge), str(jkey), got)
 
 
-def rubric_scores(lake: str | Path, baseline: str, candidate: str) -> tuple[dict[str, int], dict[str, int]] | None:
+def rubric_scores(lake: tables.Where, baseline: str, candidate: str) -> tuple[dict[str, int], dict[str, int]] | None:
     """Example id -> score of each run, by the latest judge and rubric that scored both runs (None if none did)."""
     t = tables.query(lake, TABLE, """
         SELECT judge_key FROM t WHERE mode = 'rubric' AND run_id IN ($b, $c) GROUP BY judge_key

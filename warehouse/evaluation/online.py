@@ -66,4 +66,4 @@ def evidence(settings: Settings, target: RunTarget) -> OnlineEvidence:
 
 def for_runs(settings: Settings, *run_ids: str) -> tuple[OnlineEvidence, ...]:
     """The online evidence of each run's target, in the order given."""
-    return tuple(evidence(settings, run_target(settings.lake, r)) for r in run_ids)
+    return tuple(evidence(settings, run_target(settings.lake_location, r)) for r in run_ids)

@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -85,7 +84,7 @@ def target_key(target: Target) -> str:
     return hashlib.sha256(json.dumps(target.describe(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_eval(lake: str | Path, eval_set: str, examples: Sequence[Example], target: Target, key: Secret,
+def run_eval(lake: tables.Where, eval_set: str, examples: Sequence[Example], target: Target, key: Secret,
              settings: EvalSettings, progress: Callable[[int, int], None] | None = None) -> RunResult:
     """Send every example not yet recorded to `target`, score and record each, then the run's summary.
     Scoring and commits run on a writer thread beside the client's requests (`progress(done, total)` is called
@@ -112,7 +111,7 @@ def run_eval(lake: str | Path, eval_set: str, examples: Sequence[Example], targe
     return RunResult(run_id, resumed, len(examples), len(todo), int(summary["errors"] or 0), summary)
 
 
-def record_completions(lake: str | Path, table: str, schema: pa.Schema, client: ChatClient,
+def record_completions(lake: tables.Where, table: str, schema: pa.Schema, client: ChatClient,
                        requests: Sequence[ChatRequest], make_row: Callable[[int, Completion], dict[str, object]],
                        save_every: int, progress: Callable[[int, int], None] | None = None, already: int = 0,
                        total: int | None = None) -> None:
@@ -173,12 +172,12 @@ def _row(run_id: str, eval_set: str, tkey: str, spec: str, target: Target, e: Ex
             "output_chars": s.output_chars if s else None, "passed": passes(c.ok, s, threshold)}
 
 
-def _save(lake: str | Path, rows_: list[dict[str, object]]) -> None:
+def _save(lake: tables.Where, rows_: list[dict[str, object]]) -> None:
     if rows_:
         tables.append(lake, TABLE, pa.Table.from_pylist(rows_, SCHEMA))
 
 
-def _unfinished(lake: str | Path, eval_set: str, tkey: str) -> tuple[str | None, set[str]]:
+def _unfinished(lake: tables.Where, eval_set: str, tkey: str) -> tuple[str | None, set[str]]:
     """The latest run of this eval set and target without a summary, and the examples it has recorded."""
     latest = tables.query(lake, TABLE, """
         SELECT run_id FROM t WHERE eval_set = $s AND target = $k GROUP BY run_id
@@ -192,7 +191,7 @@ def _unfinished(lake: str | Path, eval_set: str, tkey: str) -> tuple[str | None,
     return run_id, {str(v) for v in done["example_id"].to_pylist()}
 
 
-def rows(lake: str | Path, run_id: str) -> pa.Table:
+def rows(lake: tables.Where, run_id: str) -> pa.Table:
     """The example rows of a run, in example-id order."""
     return tables.query(lake, TABLE, "SELECT * FROM t WHERE run_id = $r AND row_kind = 'example' "
                         "ORDER BY example_id", {"r": run_id}, empty=SCHEMA)
@@ -209,7 +208,7 @@ class RunTarget:
     prompt_version: str | None
 
 
-def run_target(lake: str | Path, run_id: str) -> RunTarget:
+def run_target(lake: tables.Where, run_id: str) -> RunTarget:
     """The model, model version and prompt version of a run's target (from its recorded spec)."""
     t = tables.query(lake, TABLE, "SELECT target_spec FROM t WHERE run_id = $r LIMIT 1", {"r": run_id},
                      empty=SCHEMA)
@@ -219,7 +218,15 @@ def run_target(lake: str | Path, run_id: str) -> RunTarget:
     return RunTarget(run_id, str(spec["model"]), spec.get("model_version") or None, spec.get("prompt_version") or None)
 
 
-def runs(lake: str | Path) -> pa.Table:
+def finished(lake: tables.Where, run_id: str) -> bool:
+    """Whether the run recorded its summary, its last commit: until then it holds only the examples its process
+    (running, or killed) committed so far, and is no result to compare or gate on."""
+    t = tables.query(lake, TABLE, "SELECT count(*) AS n FROM t WHERE run_id = $r AND row_kind = 'summary'",
+                     {"r": run_id}, empty=SCHEMA)
+    return bool(t["n"][0].as_py())
+
+
+def runs(lake: tables.Where) -> pa.Table:
     """One row per run: its eval set, target, model, examples, and summary (null while unfinished)."""
     return tables.query(lake, TABLE, """
         SELECT run_id, any_value(eval_set) AS eval_set, any_value(model) AS model, any_value(target) AS target,

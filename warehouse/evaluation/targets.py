@@ -21,6 +21,7 @@ edge (`resolve_key`) into a `Secret`, which never shows itself in logs, runs or 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -126,6 +127,12 @@ def parse_target(name: str, spec: Any, src: str = "<config>") -> Target:
                               key=f"{where}.{key}")
         if value is not None:
             numbers[key] = float(value)
+    spec = dict(spec)
+    for key in ("model_version", "prompt_version"):
+        # YAML reads `model_version: 2023-05-02` as a date and `prompt_version: 3` as a number: the version is
+        # what the application logs, the text written.
+        if isinstance(spec.get(key), (date, int)) and not isinstance(spec[key], bool):
+            spec[key] = str(spec[key])
     for key in ("api_key_env", "system_prompt", "model_version", "prompt_version"):
         if key in spec and not isinstance(spec[key], str):
             raise TargetError(f"{src}: `{where}.{key}` must be a string", file=src, key=f"{where}.{key}")

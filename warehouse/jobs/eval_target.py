@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from flywheel.errors import FlywheelError
+from flywheel.warehouse import tables
 from flywheel.warehouse.evaluation.compare import gate as gate_runs
 from flywheel.warehouse.evaluation.runs import Example, RunResult, run_eval
 from flywheel.warehouse.evaluation.settings import EvalSettings
@@ -40,7 +40,7 @@ eval set's name in `eval_runs` (`name@version`). The edge passes a reader of the
 class EvalContext:
     """What an `eval` job needs besides its policy, built once at the edge."""
 
-    lake: Path
+    lake: tables.Where
     settings: EvalSettings
     targets: Mapping[str, Target]
     """The targets file's entries, by name (policies were validated against these names)."""

@@ -132,11 +132,14 @@ def _policy(name: str, spec: Any, src: str, known: Collection[str] | None,
         a = w["drift_alert"]
         if not isinstance(a, dict) or set(a) - {"segment", "kind"}:
             raise _fail(src, f"{where}.when.drift_alert", "must be a mapping of `segment` (prefix) and `kind`")
-        kind = a.get("kind")
+        kind, segment = a.get("kind"), a.get("segment", "")
+        if not isinstance(segment, str):
+            raise _fail(src, f"{where}.when.drift_alert.segment", f"must be a segment prefix such as "
+                        f"app=support-bot, got {segment!r}")
         if kind is not None and kind not in ("model-drift", "data-drift"):
             raise _fail(src, f"{where}.when.drift_alert.kind", f"must be model-drift or data-drift, got {kind!r}")
-        when = When(alert_segment=str(a.get("segment", "")), alert_kind=kind)
-    if not isinstance(t, dict) or t.get("kind") not in KINDS:
+        when = When(alert_segment=segment, alert_kind=kind)
+    if not isinstance(t, dict) or not isinstance(t.get("kind"), str) or t["kind"] not in KINDS:
         raise _fail(src, f"{where}.target.kind", f"must be one of {', '.join(KINDS)}, got "
                     f"{t.get('kind') if isinstance(t, dict) else t!r}")
     required, optional = KINDS[t["kind"]]
@@ -151,6 +154,8 @@ def _policy(name: str, spec: Any, src: str, known: Collection[str] | None,
         v = options.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
             raise _fail(src, f"{where}.target.{key}", f"must be a positive number, got {v!r}")
+    if "dataset" in options and (not isinstance(options["dataset"], str) or not options["dataset"]):
+        raise _fail(src, f"{where}.target.dataset", f"must be a dataset name, got {options['dataset']!r}")
     if "dataset" in options and known is not None and options["dataset"] not in known:
         raise _fail(src, f"{where}.target.dataset", f"names {options['dataset']!r}, which the registry does not have")
     if t["kind"] == "eval":

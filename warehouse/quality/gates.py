@@ -349,8 +349,8 @@ def _gx_datasource() -> Any:
 # ------------------------------------------------------------------------------------------------------ storing
 
 
-def runs_path(settings: Settings) -> Path:
-    return Path(settings.lake) / RUNS_TABLE
+def runs_path(settings: Settings) -> str:
+    return tables.uri(settings.lake_location, RUNS_TABLE)
 
 
 def store_run(settings: Settings, run: QualityRun) -> None:
@@ -373,16 +373,17 @@ def store_run(settings: Settings, run: QualityRun) -> None:
     if not rows:
         return
     try:
-        tables.append(settings.lake, RUNS_TABLE, pa.Table.from_pylist(rows, RUNS_SCHEMA))
+        tables.append(settings.lake_location, RUNS_TABLE, pa.Table.from_pylist(rows, RUNS_SCHEMA))
     except tables.TableError as exc:
         raise QualityError(f"storing quality run {run.run_id} failed: {exc}") from exc
 
 
 def _query_runs(settings: Settings, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     """Rows of `sql` over the stored runs (as `runs`); no rows when no run was stored yet."""
-    if not tables.files(settings.lake, RUNS_TABLE):
+    if not tables.files(settings.lake_location, RUNS_TABLE):
         return []
-    t = tables.query(settings.lake, RUNS_TABLE, sql.replace(" FROM runs", " FROM t"), params, empty=RUNS_SCHEMA)
+    t = tables.query(settings.lake_location, RUNS_TABLE, sql.replace(" FROM runs", " FROM t"), params,
+                     empty=RUNS_SCHEMA)
     return [tuple(r.values()) for r in t.to_pylist()]
 
 

@@ -168,7 +168,7 @@ def traffic(settings: Settings) -> Traffic:
 
 def drift_windows(settings: Settings) -> list[DriftWindow]:
     """Per segment and window, oldest window first."""
-    t = tables.query(settings.lake, DRIFT_TABLE, """
+    t = tables.query(settings.lake_location, DRIFT_TABLE, """
         WITH latest AS (
           SELECT * FROM t QUALIFY run_at = max(run_at) OVER (PARTITION BY level, segment, window_start))
         SELECT any_value(run_id), max(run_at), window_start, any_value(window_end), level, segment, count(*),
@@ -183,14 +183,14 @@ def drift_windows(settings: Settings) -> list[DriftWindow]:
 
 def drift_runs(settings: Settings) -> list[DriftRun]:
     """One per drift run, oldest first."""
-    t = tables.query(settings.lake, DRIFT_TABLE, "SELECT run_id, max(run_at), count(*), count(*) FILTER "
+    t = tables.query(settings.lake_location, DRIFT_TABLE, "SELECT run_id, max(run_at), count(*), count(*) FILTER "
                      "(WHERE alert) FROM t GROUP BY run_id ORDER BY max(run_at)", empty=DRIFT_SCHEMA)
     return [DriftRun(*r) for r in zip(*(c.to_pylist() for c in t.columns))] if t.num_rows else []
 
 
 def quality_runs(settings: Settings, quality: QualitySettings) -> list[QualitySuiteRun]:
     """One per suite per quality run, oldest run first."""
-    t = tables.query(settings.lake, QUALITY_TABLE, """
+    t = tables.query(settings.lake_location, QUALITY_TABLE, """
         SELECT run_id, max(run_at), suite, any_value(table_name), max(rows), min(window_start), max(window_end),
           count(*), count(*) FILTER (WHERE NOT success AND severity = 'critical'),
           count(*) FILTER (WHERE NOT success AND severity <> 'critical'), bool_and(gate_success)
@@ -209,7 +209,7 @@ def quality_runs(settings: Settings, quality: QualitySettings) -> list[QualitySu
 def eval_runs(settings: Settings) -> list[EvalRun]:
     """One per evaluation run, oldest first; metrics are None until the run has finished."""
     out = []
-    for r in eval_run_table(settings.lake).to_pylist():
+    for r in eval_run_table(settings.lake_location).to_pylist():
         s = json.loads(r["summary"]) if r["summary"] else {}
         out.append(EvalRun(r["run_id"], r["eval_set"], r["model"], r["target"], int(r["examples"]),
                            r["started_at"], bool(r["summary"]), s.get("pass_rate"), s.get("similarity_mean"),
@@ -232,7 +232,7 @@ def comparisons(settings: Settings, evaluation: EvalSettings, runs: list[EvalRun
             continue
         candidate = ordered[-1]
         for base in reversed(ordered[:-1][-last:]):
-            out.append(compare(settings.lake, base.run_id, candidate.run_id, evaluation))
+            out.append(compare(settings.lake_location, base.run_id, candidate.run_id, evaluation))
     return out
 
 
@@ -244,7 +244,8 @@ def jobs(settings: Settings, job_settings: JobSettings, limit: int = 200) -> lis
 
 def releases(settings: Settings) -> list[Release]:
     """Every app's release history, by app then sequence."""
-    t = tables.query(settings.lake, RELEASES_TABLE, "SELECT * FROM t ORDER BY app, sequence", empty=RELEASES_SCHEMA)
+    t = tables.query(settings.lake_location, RELEASES_TABLE, "SELECT * FROM t ORDER BY app, sequence",
+                     empty=RELEASES_SCHEMA)
     return [Release(**r) for r in t.to_pylist()]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import time
@@ -70,6 +71,31 @@ def test_valid_events_are_acknowledged_before_the_answer_and_land_exactly_once(
     con = connect(s)
     assert con.execute("SELECT count(*), count(DISTINCT inference_id) FROM inferences").fetchone() == (
         len(inferences), len(inferences))
+
+
+def test_large_batches_posted_at_once_are_each_answered_for_their_own_events(
+        collector: str, kafka_settings: Settings, auth: dict[str, str], count_messages: Callable[..., int]) -> None:
+    """Requests validated side by side (FLYWHEEL_COLLECTOR_VALIDATE_THREADS, 2 by default) keep their verdicts
+    and ids apart: the valid batches land whole, the one with a bad line gets its reason and lands nothing."""
+    s = kafka_settings
+    inferences, _ = _events(1400, seed=9)
+    size = VECTORIZED_MIN_EVENTS + 20
+    good = [inferences[i * size:(i + 1) * size] for i in range(3)]
+    bad = [dict(e) for e in inferences[3 * size:4 * size]]
+    bad[7]["input_tokens"] = -3
+    assert all(len(b) == size for b in [*good, bad])
+
+    async def post_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=collector, headers={**auth, **NDJSON}, timeout=60) as http:
+            return list(await asyncio.gather(*(http.post("/v1/inference", content=_ndjson(b))
+                                               for b in [good[0], bad, good[1], good[2]])))
+
+    answers = asyncio.run(post_all())
+    assert [r.status_code for r in answers] == [202, 400, 202, 202], [r.text[:200] for r in answers]
+    for r, batch in zip([answers[0], answers[2], answers[3]], good, strict=True):
+        assert r.json()["ids"] == [e["inference_id"] for e in batch]
+    assert [(e["line"], e["field"]) for e in answers[1].json()["errors"]] == [(8, "input_tokens")]
+    assert count_messages(s, s.inference_topic) == 3 * size
 
 
 def test_a_batch_with_bad_lines_is_refused_whole_with_every_field_error(

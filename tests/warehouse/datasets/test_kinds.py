@@ -1,16 +1,20 @@
 """Each kind built from events derived from real data, sent through the embedded broker and landed: exact rows,
-chosen and rejected, counts per step, split isolation, decontamination, PII never in any byte written."""
+chosen and rejected, counts per step, split isolation, decontamination, PII never in any byte written; a recipe's
+strings reach curation's SQL only as bound parameters or through a whitelist of names."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from flywheel.config import Settings
-from flywheel.warehouse.datasets import DatasetSettings, curate, load
-from flywheel.warehouse.datasets.recipes import Recipe, parse_recipe
+from flywheel.warehouse.datasets import CurationError, DatasetSettings, curate, load, load_recipe
+from flywheel.warehouse.datasets.kinds import _source_filter
+from flywheel.warehouse.datasets.recipes import Recipe, RecipeError, parse_recipe
+from flywheel.warehouse.query import connect
 
 from .conftest import PII, Scenario
 
@@ -135,3 +139,72 @@ def test_planted_pii_is_in_no_byte_of_any_file_written(lake: Settings, ds: Datas
             data += pq.read_table(path).to_pandas().to_json().encode()
         for needle in needles:
             assert needle not in data, (path, needle)
+
+
+# ---------------------------------------------------------------------------------------------- hostile values
+RECIPES = Path(__file__).resolve().parents[3] / "infra" / "recipes"
+HOSTILE = ("' OR 1=1 --", "x'); DROP TABLE inferences; --", '"; DROP TABLE inferences; --', "\\' OR ''='",
+           "support-bot' UNION SELECT * FROM feedback --")
+
+
+def test_hostile_filter_values_are_bound_never_written_into_the_sql() -> None:
+    recipe = parse_recipe({"name": "h", "kind": "sft", "source": {
+        "app": list(HOSTILE), "model": [HOSTILE[0]], "model_version": [HOSTILE[1]],
+        "prompt_template": [HOSTILE[2]], "prompt_version": [HOSTILE[3]],
+        "since": "2026-01-01T00:00:00Z", "until": "2027-01-01T00:00:00Z"}, "splits": {"seed": HOSTILE[0]}})
+    sql, params = _source_filter(recipe)
+    for value in HOSTILE:
+        assert value not in sql and value.replace("'", "''") not in sql, sql
+    assert set(params["app"]) == set(HOSTILE) and params["since"] == recipe.source.since
+
+
+def test_a_recipe_filtering_on_hostile_values_matches_nothing_and_changes_nothing(
+        lake: Settings, ds: DatasetSettings, tmp_path: Path) -> None:
+    con = connect(lake)
+    n = con.execute("SELECT count(*) FROM inferences").fetchone()
+    con.close()
+    for value in HOSTILE:
+        recipe = tmp_path / "h.yaml"
+        recipe.write_text(f"name: h\nkind: sft\nsource: {{app: [{json.dumps(value)}]}}\n")
+        with pytest.raises(CurationError, match="the window has no inferences"):
+            curate(lake, ds, load_recipe(recipe))
+    con = connect(lake)
+    assert con.execute("SELECT count(*) FROM inferences").fetchone() == n  # nothing dropped, nothing added
+    con.close()
+    # A quote in the split seed and in an allowed value is data: the curation of real rows still works.
+    sft = (RECIPES / "support-sft.yaml").read_text().replace("by: session_id", "by: session_id\n  seed: \"it's\"")
+    sft = sft.replace("app: [support-bot, writing-assistant]", "app: [support-bot, writing-assistant, \"o'brien\"]")
+    sft = sft.replace("accept_signals: [accept, copy]", "accept_signals: [accept, copy, \"' OR 1=1 --\"]")
+    assert sft.count("o'brien") == sft.count("' OR 1=1") == sft.count("it's") == 1
+    path = tmp_path / "sft.yaml"
+    path.write_text(sft)
+    res = curate(lake, ds, load_recipe(path))
+    assert load(f"support-sft@{res.version}", "train", settings=lake, ds=ds).num_rows > 0
+
+
+@pytest.mark.parametrize("value", ["a'", "train; DROP", "Train", "x y"])
+def test_split_names_reach_sql_only_through_the_name_whitelist(value: str) -> None:
+    with pytest.raises(RecipeError, match="is not a dataset name"):
+        parse_recipe({"name": "h", "kind": "sft", "splits": {"fractions": {value: 1.0}}})
+
+
+# The content hash of every kind over the scenario, pinned: a change to how curation computes its rows (a faster
+# join, another near-duplicate pass) must give the same rows, splits and ids, so the same version for the same lake.
+# Only a deliberate change of what a dataset holds may change these, and its commit says so.
+PINNED = {"ops-eval": "bef07c5df8d0d97e5e198e9c51c64722f6a6ea377ca51aeb7aef99b5ac232a0d",
+          "t-sft": "fbd633b40c18616f423d665a71cf96bfe1f2e6e582f3f1a3129ffb8f71edb955",
+          "t-preference": "81a2e9d6aa046ced20d731659fcdc197d2a50ae9ba09b82f0882c74651800a59",
+          "t-kto": "e59d4a62c089ed572910dfb90745d080aba8460d180b182a95c47a45e23c0623",
+          "support-sft": "a8e573f2ffb7d71a6c551bb4ce3c2e4ea441234c28177714832023121944d62e",
+          "answers-preference": "7f4493ead2486e8f7f3084139c5998ceea027285393e75f5568425e2fa7b88e4"}
+
+
+def test_the_content_hash_of_every_kind_over_the_same_lake_is_pinned(lake: Settings, ds: DatasetSettings) -> None:
+    got = {}
+    for kind in ("sft", "preference", "kto"):
+        res, _rows = build(lake, ds, kind)  # builds ops-eval first, so sft, preference and kto are decontaminated
+        got[res.name] = res.content_hash
+    got["ops-eval"] = curate(lake, ds, recipe("ops-eval", "eval", **EVAL)).content_hash
+    for name in ("support-sft", "answers-preference"):
+        got[name] = curate(lake, ds, load_recipe(RECIPES / f"{name}.yaml")).content_hash
+    assert got == PINNED

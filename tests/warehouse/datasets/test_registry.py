@@ -1,5 +1,7 @@
 """Versions never change: an unchanged rebuild writes nothing, new feedback makes a version that says why, a
-killed curation leaves nothing visible and its re-run gives the same version, bad input changes nothing."""
+killed curation leaves nothing visible and its re-run gives the same version, bad input changes nothing; hostile
+names, versions, splits and `pull --out` (traversal, NUL bytes, symlinks in the registry or in --out) are refused
+with a reason, and nothing is written outside the directory asked for."""
 
 from __future__ import annotations
 
@@ -12,8 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flywheel.config import Settings
+from flywheel.errors import FlywheelError
+from flywheel.infra.testing.hostile import NASTY_STRINGS
 from flywheel.infra.testing.land import land
 from flywheel.warehouse.datasets import (
     CurationError,
@@ -24,8 +30,10 @@ from flywheel.warehouse.datasets import (
     diff,
     load,
     load_recipe,
+    pull,
 )
-from flywheel.warehouse.datasets.recipes import RecipeError
+from flywheel.warehouse.datasets.recipes import NAME, RecipeError, check_name
+from flywheel.warehouse.datasets.registry import parse_ref
 from flywheel.warehouse.lake import Lake
 
 from .conftest import Scenario
@@ -160,3 +168,95 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(lake: Settings, ds: Data
     with pytest.raises(DatasetNotFound, match="has no split 'validation'"):
         load("support-sft", "validation", settings=lake, ds=ds)
     assert _tree(Path(lake.lake)) == before
+
+
+# ----------------------------------------------------------------------------------------------- hostile paths
+TRAVERSAL = ("../x", "..", "a/../b", "/etc/passwd", "a\x00b", "a\n", "a/b", "A", ".hidden", "a" * 65, "²", "a@²",
+             "a@v٣", "a@0", "a@-1", "a@1@2", "", " ")
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(ref=st.text(max_size=40) | st.sampled_from(TRAVERSAL + NASTY_STRINGS)
+       | st.tuples(st.sampled_from(["a", "support-sft"]), st.text(max_size=8)).map("@".join))
+def test_a_dataset_reference_is_a_safe_name_and_version_or_a_clear_refusal(ref: str) -> None:
+    try:
+        name, version = parse_ref(ref)
+    except RecipeError as exc:
+        assert exc.key == "dataset" and str(exc)
+        return
+    assert NAME.fullmatch(name) and ".." not in name and Path(name).name == name, name
+    assert version is None or (isinstance(version, int) and version >= 1)
+
+
+@pytest.mark.parametrize("name", ["a\n", "../a", "a/b", "a\x00", "..", "."])
+def test_a_name_that_is_not_one_directory_is_refused(name: str) -> None:
+    with pytest.raises(RecipeError, match="is not a dataset name"):
+        check_name(name)
+
+
+@pytest.fixture
+def published(lake: Settings, ds: DatasetSettings) -> Path:
+    return curate(lake, ds, load_recipe(RECIPES / "support-sft.yaml")).path
+
+
+def _outside(root: Path) -> set[str]:
+    return {str(p) for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def test_splits_and_out_directories_that_leave_their_place_are_refused(
+        lake: Settings, ds: DatasetSettings, published: Path, tmp_path: Path) -> None:
+    for split in ("../manifest", "/etc/passwd", "train\x00", "../../../../etc/passwd"):
+        with pytest.raises(FlywheelError, match="has no split"):
+            load("support-sft", split, settings=lake, ds=ds)
+    before = _outside(tmp_path)
+    for out in (str(tmp_path / "a\x00b"), ""):
+        with pytest.raises(FlywheelError, match="--out"):
+            pull("support-sft", "jsonl", out, settings=lake, ds=ds)
+    assert _outside(tmp_path) == before
+
+
+def test_a_tampered_manifest_cannot_make_pull_write_outside_out(
+        lake: Settings, ds: DatasetSettings, published: Path, tmp_path: Path) -> None:
+    manifest = published / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    for rel in ("openai_chat/../../../../escaped.jsonl", "/tmp/absolute.jsonl"):
+        doc["files"][rel] = {"sha256": "0" * 64, "bytes": 3}
+    os.chmod(manifest, 0o644)
+    manifest.write_text(json.dumps(doc))
+    (published / "escaped.jsonl").write_text("{}\n")
+    out = tmp_path / "deep" / "out"
+    before = _outside(tmp_path)
+    with pytest.raises(FlywheelError, match="outside"):
+        pull("support-sft", "openai_chat", out, settings=lake, ds=ds)
+    assert {p for p in _outside(tmp_path) - before if not p.startswith(str(out))} == set()
+    assert not (tmp_path / "escaped.jsonl").exists() and not Path("/tmp/absolute.jsonl").exists()
+
+
+def test_a_symlink_in_the_registry_is_not_followed_out_of_it(
+        lake: Settings, ds: DatasetSettings, published: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the dataset's users\n")
+    target = published / "openai_chat" / "train.jsonl"
+    target.unlink()
+    target.symlink_to(secret)
+    out = tmp_path / "out"
+    with pytest.raises(FlywheelError, match="outside"):
+        pull("support-sft", "openai_chat", out, settings=lake, ds=ds)
+    assert not any("not for the dataset" in p.read_text() for p in out.rglob("*") if p.is_file())
+    data = published / "data" / "train.parquet"
+    data.rename(tmp_path / "moved.parquet")
+    data.symlink_to(tmp_path / "moved.parquet")
+    with pytest.raises(FlywheelError, match="outside"):
+        load("support-sft", "train", settings=lake, ds=ds)
+
+
+def test_pull_does_not_follow_a_symlink_in_out_to_elsewhere(
+        lake: Settings, ds: DatasetSettings, published: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "openai_chat").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(FlywheelError, match="outside"):
+        pull("support-sft", "openai_chat", out, force=True, settings=lake, ds=ds)
+    assert list(elsewhere.iterdir()) == []

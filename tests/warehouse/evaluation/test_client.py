@@ -106,3 +106,23 @@ def test_targets_file_is_validated_and_the_key_comes_from_the_environment(tmp_pa
     f.write_text("targets:\n  cand:\n    base_url: http://x/v1\n    model: m\n    price_per_1k_input_usd: cheap\n")
     with pytest.raises(TargetError, match="non-negative number"):
         load_targets(f)
+
+
+def test_cost_per_request_does_not_grow_with_concurrency(provider: RecordedProvider,
+                                                         records: list[dict[str, str]]) -> None:
+    """The client's CPU per request (its event loop's thread alone, not the provider's threads) at concurrency 32
+    stays near its cost at 4: a cost growing with the requests in flight would make the harness, not the endpoint,
+    the bottleneck of a run (bench/eval.py measures the rates)."""
+    model = records[0]["model"]
+    reqs = (_requests(records, model) * 10)[:150]
+    target = Target("t", provider.url, model)
+
+    def cost(concurrency: int, n: int = len(reqs)) -> float:
+        t0 = time.thread_time()
+        out = ChatClient(target, Secret(""), concurrency=concurrency).complete_all(reqs[:n])
+        assert all(c.ok for c in out)
+        return (time.thread_time() - t0) / n
+
+    cost(32, 32)  # warm: imports, the first connections
+    at4, at32 = min(cost(4), cost(4)), min(cost(32), cost(32))
+    assert at32 < 1.4 * at4, f"{at32 * 1000:.2f} ms per request at concurrency 32, {at4 * 1000:.2f} ms at 4"

@@ -46,6 +46,8 @@ def _committer(settings: Settings, worker: int, seed: int, errors: list[BaseExce
         errors.append(exc)
 
 
+# Many scheduled runs over a growing lake (~27 s quiet); the next test keeps the window bookkeeping in `make test`.
+@pytest.mark.reliability
 def test_every_landed_row_is_checked_by_exactly_one_scheduled_run(settings: Settings) -> None:
     Lake(settings.lake).ensure()
     q = QualitySettings()

@@ -1,0 +1,55 @@
+"""Soak: the lane at a steady rate for a long while, with every long-running process's memory and the latency from
+event to queryable watched throughout (see flywheel.infra.testing.soak).
+
+    python bench/soak.py [--minutes 30] [--rate 5000] [--collector-share 0.2]
+
+Starts the embedded broker (or uses FLYWHEEL_KAFKA_BOOTSTRAP) and, in processes of their own, `flywheel ingest`,
+`flywheel collect` and `flywheel signals` over a fresh lake; offers the events, prints a line per sample, then a
+table per window: events sent, latency p50/p99, each process's largest RSS. The baseline of a soak is its own first
+window: memory that keeps growing, or a p99 that keeps rising, from the first window to the last is what it is for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from flywheel.config import Settings
+from flywheel.infra import broker
+from flywheel.infra.testing.soak import SoakPlan, run, statistics_line
+from flywheel.streams.topics import ensure_topics
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--rate", type=int, default=5_000, help="events per second offered")
+    ap.add_argument("--collector-share", type=float, default=0.2, help="share of the events posted to the collector")
+    ap.add_argument("--sample", type=float, default=30.0, help="seconds between memory samples")
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="flywheel-soak-"))
+    tag = uuid.uuid4().hex[:6]
+    s = Settings.from_env().replace(home=home, topic_prefix=f"soak{tag}", ingest_group=f"soak-{tag}", partitions=3)
+    started = False
+    if s.uses_embedded_broker:
+        s = s.replace(broker_port=broker.free_port())
+        _, started = broker.start(s)
+    try:
+        ensure_topics(s)
+        report = run(s, SoakPlan(rate=args.rate, seconds=args.minutes * 60, collector_share=args.collector_share,
+                                 sample_s=args.sample), progress=True,
+                     broker_pid=broker.status(s).pid if s.uses_embedded_broker else None)
+        print("\n".join(report.lines()))
+        print(statistics_line(report))
+        print(f"exit codes: {report.exit_codes}")
+    finally:
+        if started:
+            broker.stop(s)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Live signals' volume on the real broker: a worker that stalls raises no volume alert, an app that goes quiet does.
+
+Volume is the signal a stalled worker fakes: what it did not read during the stall looks like traffic that stopped.
+CI saw it (a loaded machine, `433/window -> 1/window`, and the thumbs-down test's first alert was that one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import pytest
+
+from flywheel.config import Settings
+from flywheel.infra.testing.traffic import SteadyTraffic, joined
+from flywheel.infra.testing.webhook import RecordingWebhook
+from flywheel.streams.metrics import SignalMetrics
+from flywheel.streams.signals import SignalSettings, make_app
+from flywheel.streams.topics import ensure_topics
+from flywheel.warehouse.alerts.outbox import AlertSettings, Outbox
+
+pytestmark = [pytest.mark.reliability, pytest.mark.broker]
+
+RATE = 100
+SIG = dict(window_s=4.0, baseline_windows=2, check_interval_s=0.5, min_events=20, min_thumbs=20)
+
+Middle = Callable[[SteadyTraffic, SignalSettings, RecordingWebhook], Awaitable[None]]
+
+
+def _run(settings: Settings, tmp_path: Path, middle: Middle) -> tuple[list[str], SignalMetrics, SteadyTraffic]:
+    """A signals worker in this process, steady traffic for a baseline, then `middle`; the alerts' texts."""
+    ensure_topics(settings)
+    sig = SignalSettings(group=f"sig-{uuid.uuid4().hex[:8]}", **SIG)  # type: ignore[arg-type]
+    metrics = SignalMetrics()
+    with RecordingWebhook() as hook:
+        app = make_app(settings, sig, AlertSettings(slack_webhook_url=hook.url, backoff_s=0.1),
+                       Outbox(tmp_path / "outbox.sqlite", cooldown_s=600), metrics=metrics,
+                       broker_session_timeout=6, broker_rebalance_timeout=6, broker_heartbeat_interval=1)
+        traffic = SteadyTraffic(settings, RATE)
+
+        async def scenario() -> None:
+            await app.start()
+            try:
+                await joined(app)
+                traffic.start()
+                await asyncio.sleep(sig.window_s * (sig.baseline_windows + 1.5))
+                assert hook.received == [], "alert during the steady baseline"
+                await middle(traffic, sig, hook)
+            finally:
+                traffic.stop()
+                await app.stop()
+
+        asyncio.run(scenario())
+        return [json.dumps(r, ensure_ascii=False) for r in hook.received], metrics, traffic
+
+
+def test_a_worker_that_stalls_for_two_windows_raises_no_volume_alert(kafka_settings: Settings,
+                                                                      tmp_path: Path) -> None:
+    """The worker's event loop blocked for 2.5 windows while the app keeps sending: the backlog counts in the
+    windows it was sent in (Kafka timestamps), and volume waits until the worker has caught up."""
+
+    async def stall(traffic: SteadyTraffic, sig: SignalSettings, hook: RecordingWebhook) -> None:
+        time.sleep(sig.window_s * 2.5)  # blocks the loop the worker runs on, as a long GC pause or a busy host
+        await asyncio.sleep(sig.window_s * 3)  # catch up, then judge the stalled windows and two more
+
+    alerts, metrics, traffic = _run(kafka_settings, tmp_path, stall)
+    assert traffic.sent >= 0.95 * traffic.due > 0, vars(traffic)  # the app kept its rate through the stall
+    assert [a for a in alerts if "volume" in a] == [], alerts
+    print(f"stall: {traffic.sent} inferences, no volume alert; "
+          f"{metrics.volume_skipped._value.get():.0f} windows not judged while behind")
+
+
+def test_an_app_that_goes_quiet_raises_a_volume_alert(kafka_settings: Settings, tmp_path: Path) -> None:
+    """The app stops sending: the first complete window without traffic is judged (the worker is caught up: nothing
+    is left to read) and alerts."""
+    waited: dict[str, float] = {}
+
+    async def quiet(traffic: SteadyTraffic, sig: SignalSettings, hook: RecordingWebhook) -> None:
+        traffic.pause()
+        paused = time.monotonic()
+        limit = sig.window_s * 3 + min(sig.window_s / 2, 10.0) + 2
+        await asyncio.to_thread(hook.wait_for, lambda r: any("volume" in json.dumps(x) for x in r), limit)
+        waited["s"] = time.monotonic() - paused
+
+    alerts, _, _ = _run(kafka_settings, tmp_path, quiet)
+    volume = [a for a in alerts if "volume" in a]
+    assert len(volume) == 1, alerts
+    before, after = (int(n.replace(",", "")) for n in re.findall(r"([\d,]+)/window", volume[0])[:2])
+    assert before >= SIG["min_events"] and after * SignalSettings().volume_ratio <= before, volume[0]
+    print(f"quiet app: volume alert {waited['s']:.1f} s after the traffic stopped")
