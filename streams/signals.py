@@ -16,9 +16,10 @@ Topology (two agents, so each windowed table is updated on the partition of its 
    inference this worker has not seen (before a restart, or older than the map) is counted under no segment.
 2. `count` folds those records into the tumbling-window table `signals` (changelogged by faust).
 Windows follow the time the app produced each record (its Kafka timestamp); a window's volume waits for `VolumeGate`.
-A timer (`check_interval_s`) compares each segment's current window with the mean of the `baseline_windows`
-before it (`SignalDetector`), and hands alerts to the outbox (idempotent per window; cooldown per segment/signal),
-whose sender posts them to Slack off the event loop.
+A timer (`check_interval_s`) compares each segment's current window (the one its latest counted record falls in: a
+worker that is behind judges what it has read) with the mean of the `baseline_windows` before it
+(`SignalDetector`), and hands alerts to the outbox (idempotent per window; cooldown per segment/signal), whose
+sender posts them to Slack off the event loop.
 
 Throughput: faust processes events one by one in Python (about 4k events/s per worker on this machine, see
 STACK-NOTES); run several workers in the group to share partitions.
@@ -52,6 +53,10 @@ HIST = 4
 WIDTH = HIST + LAT_BUCKETS
 FEEDBACK_WAIT_S = 30.0
 """How long thumbs whose inference has not been seen yet wait for it before counting as unattributed."""
+FEEDBACK_WAIT_MAX_S = 120.0
+"""How long they wait at most while the inferences this worker reads are still behind the thumbs' own time."""
+BEHIND_KEEP_S = 600.0
+"""How far behind a worker may fall and still judge rates against the windows before the one it fills."""
 VOLUME_GRACE_S = 10.0
 """How long after a window ends its volume waits for records still on their way (half a window when shorter)."""
 
@@ -315,7 +320,9 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
                         key_serializer="raw")
     routed = app.topic(f"{sig.group}-by-segment", internal=True,
                        key_serializer="raw", value_serializer="json", partitions=settings.partitions)
-    keep = int(sig.baseline_windows + 3) * sig.window_s
+    # Expiry runs on this worker's clock, so a worker behind by more than the windows it keeps would find the
+    # baseline of the window it is filling gone: keep ten more minutes of windows (a few ints each per segment).
+    keep = int(sig.baseline_windows + 3) * sig.window_s + BEHIND_KEEP_S
     # Windows follow the time the app produced each record (its Kafka timestamp, not the event's own `timestamp`
     # field: live signals are about now, not about late events), carried explicitly onto the routed record (an
     # unstamped internal record reads back with timestamp 0 on the embedded broker). Not the time this worker read
@@ -328,7 +335,14 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
     done: dict[Any, tuple[int, float]] = {}  # partition -> (next offset to process, last record's time): the gate
     segments: set[str] = set()
     first_seen: dict[str, float] = {}  # windows that began before a segment was first counted are partial
+    # segment -> produce time of the latest record counted: a worker that is behind judges rates in the window it is
+    # filling, not in the wall clock's (empty until it catches up, so a lag of a window would hide every change)
+    counted_to: dict[str, float] = {}
     detector = SignalDetector(sig)
+
+    def inferences_read_to() -> float:
+        """Produce time up to which this worker has read every inference partition it has read from."""
+        return min((last for tp, (_, last) in done.items() if tp.topic == settings.inference_topic), default=0.0)
 
     @app.agent(sources)
     async def route(stream: Any) -> None:
@@ -366,7 +380,11 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
                     waiting.setdefault(iid, [now]).append((down, at))
             while waiting:
                 iid, entry = next(iter(waiting.items()))
-                if now - entry[0] < FEEDBACK_WAIT_S and len(waiting) <= sig.max_tracked:
+                if len(waiting) <= sig.max_tracked and (
+                        now - entry[0] < FEEDBACK_WAIT_S
+                        # A worker that is behind reads feedback (small records, more per fetch) far ahead of the
+                        # inferences: while those it reads are older than the thumbs, the inference may still come.
+                        or (now - entry[0] < FEEDBACK_WAIT_MAX_S and inferences_read_to() < entry[1][1])):
                     break
                 waiting.pop(iid)
                 for down, when in entry[1:]:
@@ -381,6 +399,7 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
             if seg not in segments:
                 segments.add(seg)
                 first_seen[seg] = time.time()
+            counted_to[seg] = max(counted_to.get(seg, 0.0), event.message.timestamp or 0.0)
             w = list(table[seg].current())
             if rec.get("k") == "i":
                 w[N] += 1
@@ -416,8 +435,9 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
     async def judge() -> None:
         now = datetime.now(timezone.utc).timestamp()
         judged = [seg for seg in sorted(segments) if seg != "unattributed"]
-        rates = {seg: detector.evaluate(*window_values(seg, now)[:2]) for seg in judged}
-        await raise_alerts(rates, now)
+        at = {seg: min(now, counted_to.get(seg, now)) for seg in judged}
+        rates = {seg: detector.evaluate(*window_values(seg, at[seg])[:2]) for seg in judged}
+        await raise_alerts(rates, at)
         # Volume after the rates have gone out: the gate asks the broker for its ends (a second under load here),
         # and a rate alert must not wait for that. Only a complete window is judged: the one that just ended.
         if not await gate.ready(now):
@@ -428,15 +448,16 @@ def make_app(settings: Settings, sig: SignalSettings, alerts: AlertSettings, out
             if ps - sig.window_s * sig.baseline_windows >= first_seen.get(seg, now):
                 volume[seg] = [s for s in detector.evaluate(prev, prev_base, current_complete=True)
                                if s.signal == "volume"]
-        await raise_alerts(volume, now)
+        await raise_alerts(volume, {seg: now for seg in volume})
 
-    async def raise_alerts(found: Mapping[str, Sequence[Signal]], now: float) -> None:
-        """Hand each segment's signals to the outbox, labelled with the current window, and deliver what is due."""
+    async def raise_alerts(found: Mapping[str, Sequence[Signal]], at: Mapping[str, float]) -> None:
+        """Hand each segment's signals to the outbox, labelled with the window of its time in `at`, and deliver
+        what is due."""
         queued = False
-        ws = now - now % sig.window_s
-        label = (f"{datetime.fromtimestamp(ws, timezone.utc).isoformat(timespec='seconds')}/"
-                 f"{datetime.fromtimestamp(ws + sig.window_s, timezone.utc).isoformat(timespec='seconds')}")
         for seg, signals in found.items():
+            ws = at[seg] - at[seg] % sig.window_s
+            label = (f"{datetime.fromtimestamp(ws, timezone.utc).isoformat(timespec='seconds')}/"
+                     f"{datetime.fromtimestamp(ws + sig.window_s, timezone.utc).isoformat(timespec='seconds')}")
             for s in signals:
                 alert = Alert(f"live:{s.signal}", seg, label,
                               (AlertItem(s.signal, s.before, s.after, s.method, round(s.score, 4), s.threshold),),

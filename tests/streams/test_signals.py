@@ -96,8 +96,10 @@ def _events_read(url: str) -> dict[str, float]:
             for s in f.samples if s.name == "flywheel_signals_events_total"}
 
 
-RATE = 100
-"""Inferences (and as many thumbs) per second that the live-signal test below sends."""
+RATE = 40
+"""Inferences (and as many thumbs) per second that the live-signal test below sends: 240 of each per 6 s window,
+far above `min_events` and enough to tell 20% from 45% down (z > 5). At 100/s the worker, starved of CPU by a
+loaded suite (load 18), read 2,374 of 3,894 inferences and judged 15 s behind the traffic."""
 
 
 @pytest.mark.slow
@@ -172,5 +174,5 @@ def test_thumbs_down_jump_alerts_slack_within_a_window(kafka_settings: Settings,
         assert latency <= sig.window_s + 2 * sig.check_interval_s + 2, latency
         msg = json.dumps(hook.received[0], ensure_ascii=False)
         assert "thumbs_down_rate" in msg and "app=support-bot,model_version=v2" in msg
-        assert len(hook.received) == 1  # the same alert is not repeated (cooldown)
+        assert len(hook.received) == 1, [r.get("text") for r in hook.received]  # not repeated (cooldown)
         print(f"live thumbs-down alert {latency:.1f} s after the change (window {sig.window_s} s)")

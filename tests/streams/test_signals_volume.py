@@ -1,4 +1,5 @@
-"""Live signals' volume on the real broker: a worker that stalls raises no volume alert, an app that goes quiet does.
+"""Live signals on the real broker when the worker is behind: a worker that stalls raises no volume alert, an app
+that goes quiet does, and a worker that stays more than a window behind still sees a jump in thumbs-down.
 
 Volume is the signal a stalled worker fakes: what it did not read during the stall looks like traffic that stopped.
 CI saw it (a loaded machine, `433/window -> 1/window`, and the thumbs-down test's first alert was that one).
@@ -93,3 +94,34 @@ def test_an_app_that_goes_quiet_raises_a_volume_alert(kafka_settings: Settings, 
     before, after = (int(n.replace(",", "")) for n in re.findall(r"([\d,]+)/window", volume[0])[:2])
     assert before >= SIG["min_events"] and after * SignalSettings().volume_ratio <= before, volume[0]
     print(f"quiet app: volume alert {waited['s']:.1f} s after the traffic stopped")
+
+
+def test_a_worker_that_stays_behind_still_alerts_on_a_thumbs_down_jump(kafka_settings: Settings, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each event costs the worker 4 ms more (a busy host), so it reads less than the app sends and falls
+    further behind than a window. Rates are judged in the window the worker is filling: judged in the wall clock's
+    window, which it has not read yet, they were empty and the change went unseen (seen at load 15-18)."""
+    import flywheel.streams.signals as signals
+
+    real = signals.produced_at
+
+    def slow(stamp: float | None, now: float) -> float:  # called once per event read, inference or feedback
+        time.sleep(0.004)
+        return real(stamp, now)
+
+    monkeypatch.setattr(signals, "produced_at", slow)
+    waited: dict[str, float] = {}
+
+    async def jump(traffic: SteadyTraffic, sig: SignalSettings, hook: RecordingWebhook) -> None:
+        traffic.down = 0.45
+        switched = time.monotonic()
+        await asyncio.to_thread(hook.wait_for, lambda r: any("thumbs_down_rate" in json.dumps(x) for x in r), 45)
+        waited["s"] = time.monotonic() - switched
+
+    alerts, metrics, traffic = _run(kafka_settings, tmp_path, jump)
+    read = metrics.events.labels(kafka_settings.inference_topic)._value.get()
+    assert read < traffic.sent - RATE * SIG["window_s"], (read, traffic.sent)  # it was more than a window behind
+    assert [a for a in alerts if "thumbs_down_rate" in a], (alerts, read, traffic.sent)
+    assert [a for a in alerts if "volume" in a] == [], alerts
+    print(f"behind: read {read:.0f} of {traffic.sent} inferences; thumbs-down alert {waited['s']:.1f} s after the "
+          f"change")
