@@ -249,6 +249,8 @@ class FastPath:
         for s, e in zip(start.tolist(), end.tolist()):
             buffer[s + 1:e] = spaces[:e - s - 1]
         cut[rows] = True
+        if len(rows) == n:  # every payload's object cut out, in row order
+            return cut, written
         at_row = np.full(n, -1, np.int64)
         at_row[rows] = np.arange(len(rows))
         return cut, written.take(pa.array(at_row, mask=at_row < 0))
@@ -521,7 +523,8 @@ class _Spans:
         idx = np.flatnonzero(where & (self.end < 0))
         if not len(idx):
             return
-        # One array over the buffer, spans and the gaps between them in turn: DuckDB is given the spans only.
+        # One array over the buffer, spans and the gaps between them in turn: DuckDB is given the spans only (a
+        # copy of them: DuckDB read string views of them in place a third slower than the copy costs).
         bounds = np.empty(2 * len(idx), np.int64)
         bounds[0::2], bounds[1::2] = self.start[idx], guess[idx] + 1
         both = pa.Array.from_buffers(pa.large_string(), len(bounds) - 1,
@@ -539,7 +542,10 @@ class _Spans:
     def texts(self, which: np.ndarray) -> pa.Array:
         """The written texts of confirmed objects `which` (indices into `start`), in that order."""
         joined = pa.concat_arrays(self._texts) if len(self._texts) != 1 else self._texts[0]
-        return joined.take(pa.array(self._at[which]))
+        at = self._at[which]
+        if len(at) == len(joined) and np.array_equal(at, np.arange(len(at))):
+            return joined  # every object confirmed at the first guess, as for SDK payloads: no copy
+        return joined.take(pa.array(at))
 
 
 def _duckdb(con: duckdb.DuckDBPyConnection, table: pa.Table, expr: str) -> pa.ChunkedArray:
