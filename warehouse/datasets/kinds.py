@@ -152,12 +152,14 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
         AS correction_id,
       list(_ingested_at) AS fb_ingested
     FROM fbk GROUP BY inference_id""")
-    # The inferences a kind can make rows of: eval takes all; the others those with a correction or a verdict,
-    # and both sides of explicit preferences (`kinds` never reads the texts or prompt keys of the others).
-    need = ("SELECT inference_id FROM _win" if recipe.kind == "eval" else
-            "SELECT inference_id FROM verdicts WHERE correction IS NOT NULL OR verdict IN (1, -1) "
-            "UNION SELECT inference_id FROM fbk WHERE kind = 'preference' "
-            "UNION SELECT other_inference_id FROM fbk WHERE kind = 'preference'")
+    # The inferences a kind can make rows of: eval takes all, sft those with a correction or a positive verdict;
+    # the others those with a correction or a verdict, and both sides of explicit preferences (`kinds` never
+    # reads the texts or prompt keys of the others).
+    need = {"eval": "SELECT inference_id FROM _win",
+            "sft": "SELECT inference_id FROM verdicts WHERE correction IS NOT NULL OR verdict = 1"}.get(
+        recipe.kind, "SELECT inference_id FROM verdicts WHERE correction IS NOT NULL OR verdict IN (1, -1) "
+        "UNION SELECT inference_id FROM fbk WHERE kind = 'preference' "
+        "UNION SELECT other_inference_id FROM fbk WHERE kind = 'preference'")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _need AS SELECT * FROM _win SEMI JOIN ({need}) n USING (inference_id)")
     # The landed copy the view keeps, by its coordinates (a join: no window over the texts).
     landed = """lake_inferences l JOIN _need w
@@ -221,8 +223,8 @@ def _row(a: str = "s", v: str = "v", **cols: str) -> str:
 def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     """Fill the temp table `rows` with the kind's rows from the window; the report's reasons count what the kind
     left out (e.g. `tie`, `different prompt`, `no verdict`)."""
-    # sft and preference rows are built without their texts and filled once (`_fill`): their pairs join `src`
-    # several times, and carrying the texts through those joins cost more than reading them.
+    # sft rows are built without their texts and filled once (`_fill`): a copy of every needed text into `src`
+    # cost more than the one join that fills the rows.
     narrow = recipe.kind in LATE_TEXTS
     n = _prepare(con, recipe, narrow)
     if recipe.kind in ("preference", "kto"):  # read by the rows and by the reasons: computed once
@@ -249,15 +251,20 @@ def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     return StepReport("select", n, out, tuple(sorted(reasons)), f"{recipe.kind} rows from {n} inferences in the window")
 
 
-LATE_TEXTS = ("sft", "preference")
-"""The kinds whose rows `select` builds without texts and then fills (`_late`, `_fill`)."""
+LATE_TEXTS = ("sft",)
+"""The kinds whose rows `select` builds without texts and then fills (`_late`, `_fill`). Not preference yet: its
+fill (three joins on the texts table) ran out of DuckDB's 3 GB at 5M events, where the wide path fits."""
 
 
 def _late(kind: str, **outputs: str) -> dict[str, str]:
-    """`_row` columns of a row built without texts: prompt, messages and tools are those of `inference_ids[1]`,
-    and an answer column named in `outputs` is the output of the inference given there (otherwise the text the
-    row gives it, e.g. a correction). `_fill` puts the texts in."""
-    refs = "".join(f", {outputs.get(c, 'NULL')}::VARCHAR AS _{c}_of" for c in ANSWER_COLUMNS[kind])
+    """`_row` columns for an answer column named in `outputs`: the output of the inference of that alias (the
+    other answer columns get the text the row gives them, e.g. a correction). For a kind in `LATE_TEXTS` the row
+    is built without texts (prompt, messages and tools are those of `inference_ids[1]`) and `_fill` puts them in;
+    for the others the texts are read from the wide `src`."""
+    if kind not in LATE_TEXTS:
+        return {c: f"{a}.output" for c, a in outputs.items()}
+    refs = "".join(f", {outputs[c] + '.inference_id' if c in outputs else 'NULL'}::VARCHAR AS _{c}_of"
+                   for c in ANSWER_COLUMNS[kind])
     return {"prompt": "NULL", "messages": "NULL", "tools": "NULL", "extra": refs}
 
 
@@ -280,7 +287,7 @@ def _sft() -> tuple[str, str]:
           feedback_ids="[v.correction_id]", flagged="false", **_late("sft"))}
     FROM src s JOIN verdicts v USING (inference_id) WHERE v.correction IS NOT NULL
     UNION ALL
-    {_row(origin="'positive feedback'", **_late("sft", completion="s.inference_id"))}
+    {_row(origin="'positive feedback'", **_late("sft", completion="s"))}
     FROM src s JOIN verdicts v USING (inference_id) WHERE v.correction IS NULL AND v.verdict = 1"""
     reasons = """
     SELECT CASE WHEN v.inference_id IS NULL THEN 'no feedback'
@@ -313,8 +320,7 @@ def _preference() -> tuple[str, str]:
       FROM src s JOIN verdicts v USING (inference_id) WHERE v.correction IS NULL AND v.verdict IN (1, -1))
     SELECT g.inference_id AS win, b.inference_id AS lose FROM ranked g JOIN ranked b
       ON g.prompt_key = b.prompt_key AND g.k = b.k AND g.verdict = 1 AND b.verdict = -1"""
-    pair = _row(a="w", v="vw", origin="{origin}", **_late("preference", chosen="w.inference_id",
-                                                          rejected="l.inference_id"),
+    pair = _row(a="w", v="vw", origin="{origin}", **_late("preference", chosen="w", rejected="l"),
                 inference_ids="[w.inference_id, l.inference_id]",
                 feedback_ids="list_sort(list_concat(coalesce(vw.verdict_ids, []), coalesce(vl.verdict_ids, [])))",
                 inf_ingested="[w._ingested_at, l._ingested_at]",
@@ -322,7 +328,7 @@ def _preference() -> tuple[str, str]:
     sql = f"""
     WITH opp AS ({opposite}), pairs AS (
     {_row(chosen="v.correction", origin="'correction'", feedback_ids="[v.correction_id]", flagged="false",
-          **_late("preference", rejected="s.inference_id"))}
+          **_late("preference", rejected="s"))}
     FROM src s JOIN verdicts v USING (inference_id) WHERE v.correction IS NOT NULL
     UNION ALL
     {pair.format(origin="'preference'").replace("coalesce(vw.verdict_ids, [])", "pr.ids")
