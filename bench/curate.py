@@ -10,7 +10,8 @@ same joined rows to Parquet measured in the same run.
    every export), each in a fresh process so its peak RSS is its own;
 4. near-dedupe throughput: the step alone over up to 200k SFT rows that skip exact dedupe (so it has real work),
    next to rensa's published figure (41k-120k rows/s in its README);
-5. prints the times, the ratio to the baseline (target: at most 3x), peak RSS (target: 4 GB) and the 2-minute target.
+5. prints the times, each dataset's content hash (equal across code versions on the same lake when a change
+   keeps the output), the ratio to the baseline (target: at most 3x), peak RSS (target: 4 GB) and the 2-minute target.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ if what == "near":
     out = {"rows_in": rep.rows_in, "rows_out": rep.rows_out}
 else:
     res = curate(s, ds, load_recipe(what))
-    out = {"splits": dict(res.splits), "steps": {x.step: [x.rows_in, x.rows_out, x.seconds] for x in res.steps}}
+    out = {"splits": dict(res.splits), "steps": {x.step: [x.rows_in, x.rows_out, x.seconds] for x in res.steps},
+           "content_hash": res.content_hash}
 out["seconds"] = time.perf_counter() - t0
 # VmHWM, not ru_maxrss: Linux copies ru_maxrss across fork, so a child would report the parent's peak.
 out["peak_rss_mb"] = int(next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM"))) / 1024
@@ -112,7 +114,7 @@ def main() -> None:
         total += float(r["seconds"])  # type: ignore[arg-type]
         peak = max(peak, float(r["peak_rss_mb"]))  # type: ignore[arg-type]
         print(f"{recipe}: {r['seconds']:.1f} s (process {r['wall_seconds']:.1f} s with imports), "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB, splits {r['splits']}")
+              f"peak RSS {r['peak_rss_mb']:.0f} MB, splits {r['splits']}, content hash {r['content_hash']}")
         for step, (rows_in, rows_out, secs) in r["steps"].items():  # type: ignore[attr-defined]
             print(f"    {step:14s} {rows_in:>10,} -> {rows_out:<10,} {secs:6.2f} s")
     near = child(home, "near", "bench-near")

@@ -94,14 +94,17 @@ _CONVERSATION = ("array_to_string(list_transform(msgs, lambda m: m.role || ': ' 
                  "coalesce(to_json(nullif(m.tool_calls, []))::VARCHAR, '')), chr(30))")
 
 
-def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
+def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> int:
     """Temp tables `src` (the window's inferences, with their prompt key and verdict) and `fbk` (their feedback,
     each with its polarity). Returns the number of inferences in the window.
 
     Keys first: the deduplicating view is read for the narrow columns only (through its window, every column read
     is carried and sorted: the texts cost 10x the keys), the feedback decides which inferences can become rows, and
     only those inferences' texts are read, from the lake's files, by the coordinates of the landed copy the view
-    would have chosen. The other inferences are in `src` with null texts and prompt keys: no kind reads them."""
+    would have chosen. The other inferences are in `src` with null texts and prompt keys: no kind reads them.
+
+    `narrow`: `src` has no texts (output, messages, tools, prompt) and the texts table `_txt` (one row per
+    inference id) is kept, for `_fill` to attach the texts to the kind's rows once they are built."""
     fb = recipe.feedback
     # The sources are whitelisted by the recipe's loader (FEEDBACK_SOURCES): names, not free text.
     rank = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(fb.precedence))
@@ -149,12 +152,14 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
         AS correction_id,
       list(_ingested_at) AS fb_ingested
     FROM fbk GROUP BY inference_id""")
-    # The inferences a kind can make rows of: eval takes all; the others those with a correction or a verdict,
-    # and both sides of explicit preferences (`kinds` never reads the texts or prompt keys of the others).
-    need = ("SELECT inference_id FROM _win" if recipe.kind == "eval" else
-            "SELECT inference_id FROM verdicts WHERE correction IS NOT NULL OR verdict IN (1, -1) "
-            "UNION SELECT inference_id FROM fbk WHERE kind = 'preference' "
-            "UNION SELECT other_inference_id FROM fbk WHERE kind = 'preference'")
+    # The inferences a kind can make rows of: eval takes all, sft those with a correction or a positive verdict;
+    # the others those with a correction or a verdict, and both sides of explicit preferences (`kinds` never
+    # reads the texts or prompt keys of the others).
+    need = {"eval": "SELECT inference_id FROM _win",
+            "sft": "SELECT inference_id FROM verdicts WHERE correction IS NOT NULL OR verdict = 1"}.get(
+        recipe.kind, "SELECT inference_id FROM verdicts WHERE correction IS NOT NULL OR verdict IN (1, -1) "
+        "UNION SELECT inference_id FROM fbk WHERE kind = 'preference' "
+        "UNION SELECT other_inference_id FROM fbk WHERE kind = 'preference'")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _need AS SELECT * FROM _win SEMI JOIN ({need}) n USING (inference_id)")
     # The landed copy the view keeps, by its coordinates (a join: no window over the texts).
     landed = """lake_inferences l JOIN _need w
@@ -176,13 +181,14 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> int:
     CREATE OR REPLACE TEMP TABLE _keys AS
     SELECT app, messages, md5(app || chr(31) || {norm(_CONVERSATION.replace('msgs', 'messages'))}) AS prompt_key
     FROM (SELECT DISTINCT app, messages FROM _txt)""")
+    texts = "" if narrow else "t.output, t.messages, t.tools, t.input AS prompt,"
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE src AS
-    SELECT w.inference_id, w.timestamp, w.app, w.model, w.prompt_template, w.session_id, w.user_id, t.output,
-      t.messages, t.tools, t.input AS prompt, w._ingested_at, k.prompt_key, {group} AS group_key
+    SELECT w.inference_id, w.timestamp, w.app, w.model, w.prompt_template, w.session_id, w.user_id, {texts}
+      w._ingested_at, k.prompt_key, {group} AS group_key
     FROM _win w LEFT JOIN _txt t USING (inference_id)
       LEFT JOIN _keys k ON k.app = t.app AND k.messages IS NOT DISTINCT FROM t.messages""")
-    con.execute("DROP TABLE _keys; DROP TABLE _txt; DROP TABLE _need")
+    con.execute("DROP TABLE _keys; DROP TABLE _need" + ("" if narrow else "; DROP TABLE _txt"))
     n = _count(con, "_win")
     con.execute("DROP TABLE _win")
     return n
@@ -194,21 +200,22 @@ def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
 
 _SELECT_ROW = """
   SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS split, {prompt} AS prompt, {messages} AS messages,
-    {a}.tools, {completion}::VARCHAR AS completion, {label}::BOOLEAN AS label, {chosen}::VARCHAR AS chosen,
+    {tools} AS tools, {completion}::VARCHAR AS completion, {label}::BOOLEAN AS label, {chosen}::VARCHAR AS chosen,
     {rejected}::VARCHAR AS rejected, {output}::VARCHAR AS output, {reference}::VARCHAR AS reference,
     {failure}::BOOLEAN AS failure, NULL::VARCHAR AS stratum, {a}.app, {origin}::VARCHAR AS origin,
     {a}.group_key, {a}.prompt_key, {a}.timestamp, {inference_ids}::VARCHAR[] AS inference_ids,
     {feedback_ids}::VARCHAR[] AS feedback_ids,
     {inf_ingested}::TIMESTAMPTZ[] AS inf_ingested, {fb_ingested}::TIMESTAMPTZ[] AS fb_ingested,
-    {flagged}::BOOLEAN AS flagged"""
+    {flagged}::BOOLEAN AS flagged{extra}"""
 
 
 def _row(a: str = "s", v: str = "v", **cols: str) -> str:
-    base = {"prompt": f"{a}.prompt", "messages": f"{a}.messages", "completion": "NULL", "label": "NULL",
-            "chosen": "NULL", "rejected": "NULL", "output": "NULL", "reference": "NULL", "failure": "NULL",
-            "origin": "NULL", "inference_ids": f"[{a}.inference_id]",
+    base = {"prompt": f"{a}.prompt", "messages": f"{a}.messages", "tools": f"{a}.tools", "completion": "NULL",
+            "label": "NULL", "chosen": "NULL", "rejected": "NULL", "output": "NULL", "reference": "NULL",
+            "failure": "NULL", "origin": "NULL", "inference_ids": f"[{a}.inference_id]",
             "feedback_ids": f"coalesce({v}.verdict_ids, [])", "inf_ingested": f"[{a}._ingested_at]",
-            "fb_ingested": f"coalesce({v}.fb_ingested, [])", "flagged": f"coalesce({v}.flagged, false)"}
+            "fb_ingested": f"coalesce({v}.fb_ingested, [])", "flagged": f"coalesce({v}.flagged, false)",
+            "extra": ""}
     base.update(cols)
     return _SELECT_ROW.format(a=a, **base)
 
@@ -216,12 +223,17 @@ def _row(a: str = "s", v: str = "v", **cols: str) -> str:
 def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     """Fill the temp table `rows` with the kind's rows from the window; the report's reasons count what the kind
     left out (e.g. `tie`, `different prompt`, `no verdict`)."""
-    n = _prepare(con, recipe)
+    # sft rows are built without their texts and filled once (`_fill`): a copy of every needed text into `src`
+    # cost more than the one join that fills the rows.
+    narrow = recipe.kind in LATE_TEXTS
+    n = _prepare(con, recipe, narrow)
     if recipe.kind in ("preference", "kto"):  # read by the rows and by the reasons: computed once
         con.execute(f"CREATE OR REPLACE TEMP TABLE pref AS {_PREF_EVENTS}")
     sql, reasons_sql = {"sft": _sft, "preference": _preference, "kto": _kto, "eval": _eval}[recipe.kind]()
     con.execute(f"CREATE OR REPLACE TEMP TABLE rows AS {sql}")
     reasons = [(str(r), int(c)) for r, c in con.execute(reasons_sql).fetchall() if c]
+    if narrow:
+        _fill(con, recipe.kind)
     if recipe.kind == "preference":  # a pair of two equal answers teaches nothing
         n_pairs = int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])
         # Normalized once per distinct answer (an output recurs in several pairs), compared exactly.
@@ -239,13 +251,43 @@ def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     return StepReport("select", n, out, tuple(sorted(reasons)), f"{recipe.kind} rows from {n} inferences in the window")
 
 
+LATE_TEXTS = ("sft",)
+"""The kinds whose rows `select` builds without texts and then fills (`_late`, `_fill`). Not preference yet: its
+fill (three joins on the texts table) ran out of DuckDB's 3 GB at 5M events, where the wide path fits."""
+
+
+def _late(kind: str, **outputs: str) -> dict[str, str]:
+    """`_row` columns for an answer column named in `outputs`: the output of the inference of that alias (the
+    other answer columns get the text the row gives them, e.g. a correction). For a kind in `LATE_TEXTS` the row
+    is built without texts (prompt, messages and tools are those of `inference_ids[1]`) and `_fill` puts them in;
+    for the others the texts are read from the wide `src`."""
+    if kind not in LATE_TEXTS:
+        return {c: f"{a}.output" for c, a in outputs.items()}
+    refs = "".join(f", {outputs[c] + '.inference_id' if c in outputs else 'NULL'}::VARCHAR AS _{c}_of"
+                   for c in ANSWER_COLUMNS[kind])
+    return {"prompt": "NULL", "messages": "NULL", "tools": "NULL", "extra": refs}
+
+
+def _fill(con: duckdb.DuckDBPyConnection, kind: str) -> None:
+    """Put the texts into rows built with `_late`, from `_txt` (one row per inference id), and drop `_txt`."""
+    cols = ANSWER_COLUMNS[kind]
+    answers = ", ".join(f"CASE WHEN r._{c}_of IS NULL THEN r.{c} ELSE t_{c}.output END AS {c}" for c in cols)
+    joins = " ".join(f"LEFT JOIN _txt t_{c} ON t_{c}.inference_id = r._{c}_of" for c in cols)
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE rows AS
+    SELECT r.* EXCLUDE ({', '.join(f'_{c}_of' for c in cols)})
+      REPLACE (t.input AS prompt, t.messages AS messages, t.tools AS tools, {answers})
+    FROM rows r LEFT JOIN _txt t ON t.inference_id = r.inference_ids[1] {joins}""")
+    con.execute("DROP TABLE _txt")
+
+
 def _sft() -> tuple[str, str]:
     sql = f"""
     {_row(completion="v.correction", origin="'correction'",
-          feedback_ids="[v.correction_id]", flagged="false")}
+          feedback_ids="[v.correction_id]", flagged="false", **_late("sft"))}
     FROM src s JOIN verdicts v USING (inference_id) WHERE v.correction IS NOT NULL
     UNION ALL
-    {_row(completion="s.output", origin="'positive feedback'")}
+    {_row(origin="'positive feedback'", **_late("sft", completion="s"))}
     FROM src s JOIN verdicts v USING (inference_id) WHERE v.correction IS NULL AND v.verdict = 1"""
     reasons = """
     SELECT CASE WHEN v.inference_id IS NULL THEN 'no feedback'
@@ -278,15 +320,15 @@ def _preference() -> tuple[str, str]:
       FROM src s JOIN verdicts v USING (inference_id) WHERE v.correction IS NULL AND v.verdict IN (1, -1))
     SELECT g.inference_id AS win, b.inference_id AS lose FROM ranked g JOIN ranked b
       ON g.prompt_key = b.prompt_key AND g.k = b.k AND g.verdict = 1 AND b.verdict = -1"""
-    pair = _row(a="w", v="vw", chosen="w.output", rejected="l.output", origin="{origin}",
+    pair = _row(a="w", v="vw", origin="{origin}", **_late("preference", chosen="w", rejected="l"),
                 inference_ids="[w.inference_id, l.inference_id]",
                 feedback_ids="list_sort(list_concat(coalesce(vw.verdict_ids, []), coalesce(vl.verdict_ids, [])))",
                 inf_ingested="[w._ingested_at, l._ingested_at]",
                 fb_ingested="list_concat(coalesce(vw.fb_ingested, []), coalesce(vl.fb_ingested, []))")
     sql = f"""
     WITH opp AS ({opposite}), pairs AS (
-    {_row(chosen="v.correction", rejected="s.output", origin="'correction'", feedback_ids="[v.correction_id]",
-          flagged="false")}
+    {_row(chosen="v.correction", origin="'correction'", feedback_ids="[v.correction_id]", flagged="false",
+          **_late("preference", rejected="s"))}
     FROM src s JOIN verdicts v USING (inference_id) WHERE v.correction IS NOT NULL
     UNION ALL
     {pair.format(origin="'preference'").replace("coalesce(vw.verdict_ids, [])", "pr.ids")
