@@ -3,10 +3,10 @@
 The long-running processes are the real commands (`flywheel ingest`, `flywheel collect`, `flywheel signals`), each
 in a process of its own. A producer thread paces events (inferences with their feedback, from the bundled corpus,
 with fresh ids and the send time as their `timestamp`) in ticks of `TICK_S`: most straight to Kafka, a share as
-batched NDJSON posts to the collector. A monitor samples every process's resident memory and watches the lake:
-each new Delta version of `inferences` is read, and an event's latency is the time its version was first seen
-minus its `timestamp` (so it is event-to-queryable, up to the monitor's `POLL_S`). At the end the producer stops,
-the lake is drained, and every event is counted exactly once.
+batched NDJSON posts to the collector. A monitor samples every process's resident memory, and a probe in a process
+of its own watches the lake: each new Delta version of `inferences` is stamped when its commit file appears, and an
+event's latency is that stamp minus its `timestamp` (so it is event-to-queryable, up to the probe's `POLL_S`).
+At the end the producer stops, the lake is drained, and every event is counted exactly once.
 
 Used by `bench/soak.py` (30 minutes at 5,000 events/s) and by the reliability tier's short soak.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import os
 import queue
 import signal
@@ -28,13 +29,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import unquote
 
 import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from confluent_kafka import Producer
-from deltalake import DeltaTable
 
 from flywheel.config import Settings
 from flywheel.infra.testing.corpus import generate, load_corpus
@@ -62,6 +63,8 @@ class SoakPlan:
     """How often each process's memory is sampled (and a line printed, with `progress`)."""
     drain_s: float = 120.0
     """How long the lake may take, after the last event, to hold every event."""
+    linger_ms: int = 20
+    """How long the soak's own producer (the apps' share straight to Kafka) gathers events into one batch."""
 
 
 @dataclass(frozen=True)
@@ -168,30 +171,64 @@ def _rss_mb(pid: int) -> float | None:
 
 
 class _Lake:
-    """New inferences, as their Delta versions appear: (timestamp, time first seen) per row."""
+    """New inferences, as their Delta versions appear: (timestamp, time first seen) per row.
+
+    The probe runs in a process of its own and stamps a version "seen" the moment its commit file
+    (`_delta_log/<version>.json`) exists, before it reads anything: that file is what makes a version queryable, and
+    a stat of the next one costs the same at version 10 as at 10,000. Only then are the files that commit added read
+    (their `timestamp` column). An earlier probe opened the table and listed all its files before it stamped, in the
+    producer's process: its own cost grew with the table (11 -> 81 ms over a 30-minute soak) and it contended with
+    the producer for the GIL, so part of the latency it reported as climbing was its own."""
 
     def __init__(self, lake: Path) -> None:
-        self.path = lake / "inferences"
-        self.seen: set[str] = set()
-        self.version = -1
+        ctx = multiprocessing.get_context("spawn")  # the parent runs threads and a librdkafka producer: no fork
+        self._queue: Any = ctx.Queue()
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(target=_probe, args=(str(lake / "inferences"), self._queue, self._stop),
+                                 name="soak-probe", daemon=True)
+        self._proc.start()
 
     def poll(self) -> list[tuple[float, float]]:
-        if not DeltaTable.is_deltatable(str(self.path)):
-            return []
-        dt = DeltaTable(str(self.path))
-        if dt.version() == self.version:
-            return []
-        now = time.time()
-        self.version = dt.version()
-        out = []
-        for uri in dt.file_uris():
-            if uri in self.seen:
+        out: list[tuple[float, float]] = []
+        while True:
+            try:
+                seen, stamps = self._queue.get_nowait()
+            except queue.Empty:
+                if not self._proc.is_alive() and self._proc.exitcode not in (0, None):
+                    raise RuntimeError(f"soak: the latency probe exited with code {self._proc.exitcode}") from None
+                return out
+            out += [(t, seen) for t in stamps]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+
+def _probe(table: str, out: Any, stop: Any) -> None:
+    """The probe's process (see `_Lake`): puts (seen, [event timestamps]) per new version of `table`."""
+    log = Path(table) / "_delta_log"
+    version = 0
+    while not stop.is_set():
+        commit = log / f"{version:020d}.json"
+        if not commit.exists():
+            time.sleep(POLL_S)
+            continue
+        seen = time.time()
+        version += 1
+        stamps: list[float] = []
+        for line in commit.read_text().splitlines():
+            add = json.loads(line).get("add") if line.strip() else None
+            # dataChange false: a compaction's rewrite of rows already counted
+            if add is None or not add.get("dataChange", True):
                 continue
-            self.seen.add(uri)
-            ts = pc.drop_null(pq.read_table(uri, columns=["timestamp"])["timestamp"])
+            ts = pc.drop_null(pq.read_table(Path(table) / unquote(add["path"]), columns=["timestamp"])["timestamp"])
             micros = pc.cast(pc.cast(ts, pa.timestamp("us", "UTC")), pa.int64()).to_numpy()
-            out += [(t / 1e6, now) for t in micros.tolist()]
-        return out
+            stamps += [t / 1e6 for t in micros.tolist()]
+        if stamps:
+            out.put((seen, stamps))
 
 
 def run(settings: Settings, plan: SoakPlan, progress: bool = False, broker_pid: int | None = None) -> SoakReport:
@@ -272,12 +309,17 @@ _PASS = b"@@pass@@"
 
 def _offer(settings: Settings, plan: SoakPlan, port: int, procs: dict[str, subprocess.Popen[bytes]],
            report: SoakReport, progress: bool, broker_pid: int | None) -> None:
-    producer = Producer({**librdkafka_config(settings), "bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20})
+    producer = Producer({**librdkafka_config(settings), "bootstrap.servers": settings.kafka_bootstrap,
+                         "linger.ms": plan.linger_ms})
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {API_KEY}",
                                                                         "Content-Type": "application/x-ndjson"})
     lake = _Lake(Path(settings.lake))
     events = _events(f"soak{int(time.time())}")
-    _warm_up(settings, producer, http, lake, events, report)
+    try:
+        _warm_up(settings, producer, http, lake, events, report)
+    except BaseException:
+        lake.close()
+        raise
     start = time.time()
     stop = threading.Event()
 
@@ -364,6 +406,7 @@ def _offer(settings: Settings, plan: SoakPlan, port: int, procs: dict[str, subpr
         posts.put(None)
         stop.set()
         threads[0].join()
+        lake.close()
         http.close()
 
 
