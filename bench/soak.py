@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--linger-ms", type=int, default=20,
                     help="linger of the soak's producer (the apps straight to Kafka); the collector's is "
                          "FLYWHEEL_COLLECTOR_LINGER_MS")
+    ap.add_argument("--keep", action="store_true", help="keep the soak's FLYWHEEL_HOME (lake, soak-*.log)")
     ap.add_argument("--sample", type=float, default=30.0, help="seconds between memory samples")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="flywheel-soak-"))
@@ -51,7 +52,10 @@ def main() -> None:
     finally:
         if started:
             broker.stop(s)
-        shutil.rmtree(home, ignore_errors=True)
+        if args.keep:
+            print(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
