@@ -28,6 +28,10 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--rate", type=int, default=5_000, help="events per second offered")
     ap.add_argument("--collector-share", type=float, default=0.2, help="share of the events posted to the collector")
+    ap.add_argument("--linger-ms", type=int, default=20,
+                    help="linger of the soak's producer (the apps straight to Kafka); the collector's is "
+                         "FLYWHEEL_COLLECTOR_LINGER_MS")
+    ap.add_argument("--keep", action="store_true", help="keep the soak's FLYWHEEL_HOME (lake, soak-*.log)")
     ap.add_argument("--sample", type=float, default=30.0, help="seconds between memory samples")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="flywheel-soak-"))
@@ -40,7 +44,7 @@ def main() -> None:
     try:
         ensure_topics(s)
         report = run(s, SoakPlan(rate=args.rate, seconds=args.minutes * 60, collector_share=args.collector_share,
-                                 sample_s=args.sample), progress=True,
+                                 sample_s=args.sample, linger_ms=args.linger_ms), progress=True,
                      broker_pid=broker.status(s).pid if s.uses_embedded_broker else None)
         print("\n".join(report.lines()))
         print(statistics_line(report))
@@ -48,7 +52,10 @@ def main() -> None:
     finally:
         if started:
             broker.stop(s)
-        shutil.rmtree(home, ignore_errors=True)
+        if args.keep:
+            print(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
 The long-running processes are the real commands (`flywheel ingest`, `flywheel collect`, `flywheel signals`), each
 in a process of its own. A producer thread paces events (inferences with their feedback, from the bundled corpus,
 with fresh ids and the send time as their `timestamp`) in ticks of `TICK_S`: most straight to Kafka, a share as
-batched NDJSON posts to the collector. A monitor samples every process's resident memory and watches the lake:
-each new Delta version of `inferences` is read, and an event's latency is the time its version was first seen
-minus its `timestamp` (so it is event-to-queryable, up to the monitor's `POLL_S`). At the end the producer stops,
-the lake is drained, and every event is counted exactly once.
+batched NDJSON posts to the collector. A monitor samples every process's resident memory, and a probe in a process
+of its own watches the lake: each new Delta version of `inferences` is dated by its commit file (the moment it
+became readable), and an event's latency is that moment minus its `timestamp` (event-to-queryable).
+At the end the producer stops, the lake is drained, and every event is counted exactly once.
 
 Used by `bench/soak.py` (30 minutes at 5,000 events/s) and by the reliability tier's short soak.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import os
 import queue
 import signal
@@ -28,13 +29,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import unquote
 
 import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from confluent_kafka import Producer
-from deltalake import DeltaTable
 
 from flywheel.config import Settings
 from flywheel.infra.testing.corpus import generate, load_corpus
@@ -44,6 +45,8 @@ from flywheel.warehouse.query import connect
 
 TICK_S = 0.05
 POLL_S = 0.2
+POSTERS = 4
+"""Posts to the collector under way at once (each waits for its 202)."""
 API_KEY = "soak-key"
 PROCESSES = ("ingest", "collect", "signals")
 WARM_UP = 2
@@ -62,6 +65,8 @@ class SoakPlan:
     """How often each process's memory is sampled (and a line printed, with `progress`)."""
     drain_s: float = 120.0
     """How long the lake may take, after the last event, to hold every event."""
+    linger_ms: int = 20
+    """How long the soak's own producer (the apps' share straight to Kafka) gathers events into one batch."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,9 @@ class SoakReport:
     distinct: dict[str, int] = field(default_factory=dict)
     expected: dict[str, int] = field(default_factory=dict)
     exit_codes: dict[str, int | None] = field(default_factory=dict)
+    posts: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds since start a collector post was queued, seconds from queued to its 202), per post: the share of
+    an event's latency that the soak's own posting (and the collector's answer) takes."""
     undelivered: list[str] = field(default_factory=list)
     """Events produced straight to Kafka that the broker never acknowledged (the delivery report's error)."""
     shortfall: list[str] = field(default_factory=list)
@@ -120,12 +128,17 @@ class SoakReport:
                f"landed {self.landed} (distinct ids {self.distinct}, expected {self.expected}); "
                f"{len(self.undelivered)} not acknowledged by the broker {self.undelivered[:3]}",
                *self.shortfall,
-               "window      sent  latency p50   p99   " + "  ".join(f"{p} RSS MB" for p in PROCESSES)]
+               "window      sent  latency p50   p90   p99   " + "  ".join(f"{p} RSS MB" for p in PROCESSES)]
         for a, b in self.windows(min(6, max(1, int(self.offered_seconds // 10)))):
             out.append(f"{a:5.0f}-{b:<4.0f} {sum(1 for t, _ in self.latencies if a <= t < b):7,}"
-                       f"  {self.latency(0.5, a, b):9.2f} s {self.latency(0.99, a, b):5.2f} s  "
+                       f"  {self.latency(0.5, a, b):9.2f} s {self.latency(0.9, a, b):5.2f} s "
+                       f"{self.latency(0.99, a, b):5.2f} s  "
                        + "  ".join(f"{self.rss(p, a, b):12.0f}" for p in PROCESSES))
         out.append(f"overall latency p50 {self.latency(0.5):.2f} s, p99 {self.latency(0.99):.2f} s")
+        out.append("collector posts, queued to 202, p50/p99 by window: " + "; ".join(
+            f"{_quantile([w for at, w in self.posts if a <= at < b], 0.5):.2f}/"
+            f"{_quantile([w for at, w in self.posts if a <= at < b], 0.99):.2f} s"
+            for a, b in self.windows(min(6, max(1, int(self.offered_seconds // 10))))))
         names = sorted({n for s in self.samples for n in s.cpu_s})
         if names:
             out.append("CPU, % of one core, by window: " + "; ".join(
@@ -142,6 +155,11 @@ class SoakReport:
         if a is None or b is None or b.at_s <= a.at_s:
             return float("nan")
         return 100 * (b.cpu_s[name] - a.cpu_s[name]) / (b.at_s - a.at_s)
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
 def _free_port() -> int:
@@ -168,30 +186,66 @@ def _rss_mb(pid: int) -> float | None:
 
 
 class _Lake:
-    """New inferences, as their Delta versions appear: (timestamp, time first seen) per row."""
+    """New inferences, as their Delta versions appear: (timestamp, time it became queryable) per row.
+
+    An event is queryable once the commit file of its version (`_delta_log/<version>.json`) exists: a reader that
+    opens the table then sees it. The probe, in a process of its own, takes that file's modification time as the
+    moment, so the figure depends neither on when the probe gets to look (it polls every `POLL_S`, and a loaded
+    machine can starve it) nor on what it costs; only then does it read the files that commit added (their
+    `timestamp` column). An earlier probe opened the table and listed all its files before it stamped, in the
+    producer's process: its own cost grew with the table (11 -> 81 ms over a 30-minute soak) and it contended with
+    the producer for the GIL, so part of the latency it reported as climbing was its own."""
 
     def __init__(self, lake: Path) -> None:
-        self.path = lake / "inferences"
-        self.seen: set[str] = set()
-        self.version = -1
+        ctx = multiprocessing.get_context("spawn")  # the parent runs threads and a librdkafka producer: no fork
+        self._queue: Any = ctx.Queue()
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(target=_probe, args=(str(lake / "inferences"), self._queue, self._stop),
+                                 name="soak-probe", daemon=True)
+        self._proc.start()
 
     def poll(self) -> list[tuple[float, float]]:
-        if not DeltaTable.is_deltatable(str(self.path)):
-            return []
-        dt = DeltaTable(str(self.path))
-        if dt.version() == self.version:
-            return []
-        now = time.time()
-        self.version = dt.version()
-        out = []
-        for uri in dt.file_uris():
-            if uri in self.seen:
+        out: list[tuple[float, float]] = []
+        while True:
+            try:
+                seen, stamps = self._queue.get_nowait()
+            except queue.Empty:
+                if not self._proc.is_alive() and self._proc.exitcode not in (0, None):
+                    raise RuntimeError(f"soak: the latency probe exited with code {self._proc.exitcode}") from None
+                return out
+            out += [(t, seen) for t in stamps]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+
+def _probe(table: str, out: Any, stop: Any) -> None:
+    """The probe's process (see `_Lake`): puts (queryable at, [event timestamps]) per new version of `table`."""
+    log = Path(table) / "_delta_log"
+    version = 0
+    while not stop.is_set():
+        commit = log / f"{version:020d}.json"
+        try:
+            seen = commit.stat().st_mtime  # written once, under a temporary name, and moved into place
+        except FileNotFoundError:
+            time.sleep(POLL_S)
+            continue
+        version += 1
+        stamps: list[float] = []
+        for line in commit.read_text().splitlines():
+            add = json.loads(line).get("add") if line.strip() else None
+            # dataChange false: a compaction's rewrite of rows already counted
+            if add is None or not add.get("dataChange", True):
                 continue
-            self.seen.add(uri)
-            ts = pc.drop_null(pq.read_table(uri, columns=["timestamp"])["timestamp"])
+            ts = pc.drop_null(pq.read_table(Path(table) / unquote(add["path"]), columns=["timestamp"])["timestamp"])
             micros = pc.cast(pc.cast(ts, pa.timestamp("us", "UTC")), pa.int64()).to_numpy()
-            out += [(t / 1e6, now) for t in micros.tolist()]
-        return out
+            stamps += [t / 1e6 for t in micros.tolist()]
+        if stamps:
+            out.put((seen, stamps))
 
 
 def run(settings: Settings, plan: SoakPlan, progress: bool = False, broker_pid: int | None = None) -> SoakReport:
@@ -272,12 +326,17 @@ _PASS = b"@@pass@@"
 
 def _offer(settings: Settings, plan: SoakPlan, port: int, procs: dict[str, subprocess.Popen[bytes]],
            report: SoakReport, progress: bool, broker_pid: int | None) -> None:
-    producer = Producer({**librdkafka_config(settings), "bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20})
+    producer = Producer({**librdkafka_config(settings), "bootstrap.servers": settings.kafka_bootstrap,
+                         "linger.ms": plan.linger_ms})
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {API_KEY}",
                                                                         "Content-Type": "application/x-ndjson"})
     lake = _Lake(Path(settings.lake))
     events = _events(f"soak{int(time.time())}")
-    _warm_up(settings, producer, http, lake, events, report)
+    try:
+        _warm_up(settings, producer, http, lake, events, report)
+    except BaseException:
+        lake.close()
+        raise
     start = time.time()
     stop = threading.Event()
 
@@ -302,24 +361,31 @@ def _offer(settings: Settings, plan: SoakPlan, port: int, procs: dict[str, subpr
         if err is not None:  # flush() returns 0 for these too: only the delivery report tells
             report.undelivered.append(f"{msg.topic()}: {err}")
 
-    # The collector's posts wait for their 202 (the broker's acknowledgement): they go from a thread of their own,
+    # The collector's posts wait for their 202 (the broker's acknowledgement): they go from threads of their own,
     # so that a slow answer delays the collector's share, which the report shows, and not the pacing of the rest.
-    posts: queue.Queue[tuple[str, bytes, int] | None] = queue.Queue()
+    # Several at once, as many apps post: one thread had to finish each post within a tick (25 ms for the two
+    # kinds) or fall behind for good, and on a loaded machine it did, so its queue grew by the minute (10-minute
+    # soaks at load 13-20: p99 over 100 s, p50 under 2 s) and the soak measured its own backlog as latency.
+    posts: queue.Queue[tuple[str, bytes, int, float] | None] = queue.Queue()
     failures: list[str] = []
+    counted = threading.Lock()
 
     def poster() -> None:
         while (item := posts.get()) is not None:
-            kind, body, n = item
+            kind, body, n, queued = item
             try:
                 r = http.post(f"/v1/{kind}", content=body, timeout=60)
                 if r.status_code == 202:
-                    report.sent_via_collector += n
+                    with counted:  # += is a read and a write: two posters could interleave them
+                        report.sent_via_collector += n
+                    report.posts.append((queued - start, time.time() - queued))
                 else:
                     failures.append(f"{r.status_code}: {r.text[:300]}")
             except httpx.HTTPError as e:
                 failures.append(repr(e))
 
-    threads = [threading.Thread(target=monitor, daemon=True), threading.Thread(target=poster, daemon=True)]
+    posters = [threading.Thread(target=poster, daemon=True) for _ in range(POSTERS)]
+    threads = [threading.Thread(target=monitor, daemon=True), *posters]
     for t in threads:
         t.start()
     per_tick = plan.rate * TICK_S
@@ -347,23 +413,27 @@ def _offer(settings: Settings, plan: SoakPlan, port: int, procs: dict[str, subpr
             producer.poll(0)
             for kind, lines in batch.items():
                 if lines:
-                    posts.put((kind, b"\n".join(lines), len(lines)))
+                    posts.put((kind, b"\n".join(lines), len(lines), time.time()))
             tick += 1
             time.sleep(max(0.0, start + tick * TICK_S - time.time()))
         report.offered_seconds = time.time() - start
-        posts.put(None)
+        for _ in posters:
+            posts.put(None)
         if producer.flush(60):
             raise RuntimeError("soak: events still unsent to Kafka 60 s after the last one")
-        threads[1].join(timeout=plan.drain_s)
+        for t in posters:
+            t.join(timeout=plan.drain_s)
         if failures:
             raise RuntimeError(f"soak: the collector refused a batch: {failures[0]}")
         deadline = time.time() + plan.drain_s
         while len(report.latencies) < report.expected["inference"] - WARM_UP and time.time() < deadline:
             time.sleep(POLL_S)
     finally:
-        posts.put(None)
+        for _ in posters:
+            posts.put(None)
         stop.set()
         threads[0].join()
+        lake.close()
         http.close()
 
 
