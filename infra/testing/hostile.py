@@ -6,7 +6,8 @@ valid document that break it in one place. Needs `hypothesis` (the dev extra); o
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -84,3 +85,19 @@ def fuzz(strategy: st.SearchStrategy[Any], check: Callable[[Any], None], example
 
 
 __all__ = ["BUDGET", "DEEP", "NASTY_STRINGS", "QUICK", "fuzz", "mutations", "scalars", "values"]
+
+
+T = TypeVar("T")
+
+
+def loaded_or_refused(load: Callable[[Path], T], path: Path, error: type[Exception]) -> T | None:
+    """What `load(path)` returns, or None when it refused the file with `error` naming the file (`file`, also in the
+    message) and the key at fault (`key`); any other exception escaping is the failure these fuzz tests look for."""
+    try:
+        return load(path)
+    except error as exc:
+        assert getattr(exc, "file", None) == str(path) and str(path) in str(exc), exc
+        assert getattr(exc, "key", None), f"no key named: {exc}"
+        return None
+    except Exception as exc:  # noqa: BLE001 -- the test is about which exceptions escape
+        raise AssertionError(f"{type(exc).__name__} escaped {getattr(load, '__name__', load)}: {exc!r}") from exc
