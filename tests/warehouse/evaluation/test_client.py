@@ -114,7 +114,7 @@ def test_cost_per_request_does_not_grow_with_concurrency(provider: RecordedProvi
     stays near its cost at 4: a cost growing with the requests in flight would make the harness, not the endpoint,
     the bottleneck of a run (bench/eval.py measures the rates)."""
     model = records[0]["model"]
-    reqs = (_requests(records, model) * 10)[:150]
+    reqs = (_requests(records, model) * 40)[:600]
     target = Target("t", provider.url, model)
 
     def cost(concurrency: int, n: int = len(reqs)) -> float:
