@@ -251,9 +251,9 @@ def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     return StepReport("select", n, out, tuple(sorted(reasons)), f"{recipe.kind} rows from {n} inferences in the window")
 
 
-LATE_TEXTS = ("sft",)
-"""The kinds whose rows `select` builds without texts and then fills (`_late`, `_fill`). Not preference yet: its
-fill (three joins on the texts table) ran out of DuckDB's 3 GB at 5M events, where the wide path fits."""
+LATE_TEXTS = ("sft", "preference")
+"""The kinds whose rows `select` builds without texts and then fills (`_late`, `_fill`): copying every needed text
+into `src` and then into the rows cost 24 s and 29 s of the preference select at 5M events (the fill, 10 s)."""
 
 
 def _late(kind: str, **outputs: str) -> dict[str, str]:
@@ -269,16 +269,32 @@ def _late(kind: str, **outputs: str) -> dict[str, str]:
 
 
 def _fill(con: duckdb.DuckDBPyConnection, kind: str) -> None:
-    """Put the texts into rows built with `_late`, from `_txt` (one row per inference id), and drop `_txt`."""
+    """Put the texts into rows built with `_late`, from `_txt` (one row per inference id), and drop `_txt`.
+
+    One text table per role (the prompt's, then each answer column's), each from one join whose build side is
+    the narrow rows (a row number and an inference id), written in row order, and then put side by side with the
+    rows by position: joining the wide tables to each other instead holds one of them in a hash table (the three
+    joins of the preference rows ran out of DuckDB's 3 GB at 5M events)."""
     cols = ANSWER_COLUMNS[kind]
-    answers = ", ".join(f"CASE WHEN r._{c}_of IS NULL THEN r.{c} ELSE t_{c}.output END AS {c}" for c in cols)
-    joins = " ".join(f"LEFT JOIN _txt t_{c} ON t_{c}.inference_id = r._{c}_of" for c in cols)
+    con.execute("CREATE OR REPLACE TEMP TABLE _late_rows AS SELECT row_number() OVER () AS _rid, * FROM rows")
+    con.execute("DROP TABLE rows")
+    con.execute("""
+    CREATE OR REPLACE TEMP TABLE _late_prompt AS
+    SELECT t.input AS prompt, t.messages, t.tools
+    FROM _late_rows r LEFT JOIN _txt t ON t.inference_id = r.inference_ids[1] ORDER BY r._rid""")
+    for c in cols:
+        con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _late_{c} AS
+        SELECT CASE WHEN r._{c}_of IS NULL THEN r.{c} ELSE t.output END AS {c}
+        FROM _late_rows r LEFT JOIN _txt t ON t.inference_id = r._{c}_of ORDER BY r._rid""")
+    con.execute("DROP TABLE _txt")
+    late = [f"p.{c} AS {c}" for c in ("prompt", "messages", "tools")] + [f"_late_{c}.{c} AS {c}" for c in cols]
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE rows AS
-    SELECT r.* EXCLUDE ({', '.join(f'_{c}_of' for c in cols)})
-      REPLACE (t.input AS prompt, t.messages AS messages, t.tools AS tools, {answers})
-    FROM rows r LEFT JOIN _txt t ON t.inference_id = r.inference_ids[1] {joins}""")
-    con.execute("DROP TABLE _txt")
+    SELECT r.* EXCLUDE (_rid, {', '.join(f'_{c}_of' for c in cols)}) REPLACE ({', '.join(late)})
+    FROM _late_rows r POSITIONAL JOIN _late_prompt p{''.join(f' POSITIONAL JOIN _late_{c}' for c in cols)}""")
+    con.execute("DROP TABLE _late_rows; DROP TABLE _late_prompt; "
+                + "; ".join(f"DROP TABLE _late_{c}" for c in cols))
 
 
 def _sft() -> tuple[str, str]:
