@@ -271,30 +271,36 @@ def _late(kind: str, **outputs: str) -> dict[str, str]:
 def _fill(con: duckdb.DuckDBPyConnection, kind: str) -> None:
     """Put the texts into rows built with `_late`, from `_txt` (one row per inference id), and drop `_txt`.
 
-    One text table per role (the prompt's, then each answer column's), each from one join whose build side is
-    the narrow rows (a row number and an inference id), written in row order, and then put side by side with the
-    rows by position: joining the wide tables to each other instead holds one of them in a hash table (the three
-    joins of the preference rows ran out of DuckDB's 3 GB at 5M events)."""
+    A row's texts come from at most two inferences: the first of `inference_ids` (the prompt, and the answer of
+    every column that refers to it) and the second (a pair's other answer). With one, the rows (narrow) are the
+    build side of one join with the texts. With two, joining the texts twice in one statement holds a wide table
+    in a hash table (the preference rows ran out of DuckDB's 3 GB at 5M events): each inference's texts are then
+    written by their own join, in row order, and put beside the rows by position (`POSITIONAL JOIN`). A join per
+    answer column instead read the texts once more each (spilled: 7 s per column at 5M)."""
     cols = ANSWER_COLUMNS[kind]
     con.execute("CREATE OR REPLACE TEMP TABLE _late_rows AS SELECT row_number() OVER () AS _rid, * FROM rows")
     con.execute("DROP TABLE rows")
-    con.execute("""
-    CREATE OR REPLACE TEMP TABLE _late_prompt AS
-    SELECT t.input AS prompt, t.messages, t.tools
-    FROM _late_rows r LEFT JOIN _txt t ON t.inference_id = r.inference_ids[1] ORDER BY r._rid""")
-    for c in cols:
+    # `_c_of` is null (the row gives the text, e.g. a correction) or one of the row's first two inference ids
+    answers = ", ".join(f"CASE WHEN r._{c}_of IS NULL THEN r.{c} WHEN r._{c}_of = r.inference_ids[1] THEN f.output "
+                        f"ELSE s.output END AS {c}" for c in cols)
+    keep = f"r.* EXCLUDE (_rid, {', '.join(f'_{c}_of' for c in cols)}) REPLACE (f.input AS prompt, " \
+           f"f.messages AS messages, f.tools AS tools, {answers})"
+    if not _count(con, "_late_rows WHERE len(inference_ids) > 1"):
         con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _late_{c} AS
-        SELECT CASE WHEN r._{c}_of IS NULL THEN r.{c} ELSE t.output END AS {c}
-        FROM _late_rows r LEFT JOIN _txt t ON t.inference_id = r._{c}_of ORDER BY r._rid""")
-    con.execute("DROP TABLE _txt")
-    late = [f"p.{c} AS {c}" for c in ("prompt", "messages", "tools")] + [f"_late_{c}.{c} AS {c}" for c in cols]
-    con.execute(f"""
-    CREATE OR REPLACE TEMP TABLE rows AS
-    SELECT r.* EXCLUDE (_rid, {', '.join(f'_{c}_of' for c in cols)}) REPLACE ({', '.join(late)})
-    FROM _late_rows r POSITIONAL JOIN _late_prompt p{''.join(f' POSITIONAL JOIN _late_{c}' for c in cols)}""")
-    con.execute("DROP TABLE _late_rows; DROP TABLE _late_prompt; "
-                + "; ".join(f"DROP TABLE _late_{c}" for c in cols))
+        CREATE OR REPLACE TEMP TABLE rows AS
+        SELECT {keep.replace('ELSE s.output', 'ELSE NULL')}
+        FROM _late_rows r LEFT JOIN _txt f ON f.inference_id = r.inference_ids[1]""")
+    else:
+        for k, texts in ((1, "t.input, t.messages, t.tools, t.output"), (2, "t.output")):
+            con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _late_{k} AS SELECT {texts}
+            FROM _late_rows r LEFT JOIN _txt t ON t.inference_id = r.inference_ids[{k}] ORDER BY r._rid""")
+        con.execute("DROP TABLE _txt")  # before the texts are written once more: it holds memory the write needs
+        con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rows AS
+        SELECT {keep} FROM _late_rows r POSITIONAL JOIN _late_1 f POSITIONAL JOIN _late_2 s""")
+        con.execute("DROP TABLE _late_1; DROP TABLE _late_2")
+    con.execute("DROP TABLE _late_rows; DROP TABLE IF EXISTS _txt")
 
 
 def _sft() -> tuple[str, str]:
