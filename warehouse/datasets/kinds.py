@@ -278,17 +278,22 @@ def _fill(con: duckdb.DuckDBPyConnection, kind: str) -> None:
     written by their own join, in row order, and put beside the rows by position (`POSITIONAL JOIN`). A join per
     answer column instead read the texts once more each (spilled: 7 s per column at 5M)."""
     cols = ANSWER_COLUMNS[kind]
-    con.execute("CREATE OR REPLACE TEMP TABLE _late_rows AS SELECT row_number() OVER () AS _rid, * FROM rows")
+    # In `_rid` order, as `_late_1` and `_late_2` are: `POSITIONAL JOIN` pairs the rows of the three by position
+    con.execute("CREATE OR REPLACE TEMP TABLE _late_rows AS "
+                "SELECT row_number() OVER () AS _rid, * FROM rows ORDER BY _rid")
     con.execute("DROP TABLE rows")
     # `_c_of` is null (the row gives the text, e.g. a correction) or one of the row's first two inference ids
-    answers = ", ".join(f"CASE WHEN r._{c}_of IS NULL THEN r.{c} WHEN r._{c}_of = r.inference_ids[1] THEN f.output "
-                        f"ELSE s.output END AS {c}" for c in cols)
-    keep = f"r.* EXCLUDE (_rid, {', '.join(f'_{c}_of' for c in cols)}) REPLACE (f.input AS prompt, " \
-           f"f.messages AS messages, f.tools AS tools, {answers})"
+    def keep(second: str) -> str:
+        """The rows' columns with the texts in: `second` is the second inference's output (SQL)."""
+        answers = ", ".join(f"CASE WHEN r._{c}_of IS NULL THEN r.{c} WHEN r._{c}_of = r.inference_ids[1] "
+                            f"THEN f.output ELSE {second} END AS {c}" for c in cols)
+        return (f"r.* EXCLUDE (_rid, {', '.join(f'_{c}_of' for c in cols)}) REPLACE (f.input AS prompt, "
+                f"f.messages AS messages, f.tools AS tools, {answers})")
+
     if not _count(con, "_late_rows WHERE len(inference_ids) > 1"):
         con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rows AS
-        SELECT {keep.replace('ELSE s.output', 'ELSE NULL')}
+        SELECT {keep('NULL')}
         FROM _late_rows r LEFT JOIN _txt f ON f.inference_id = r.inference_ids[1]""")
     else:
         for k, texts in ((1, "t.input, t.messages, t.tools, t.output"), (2, "t.output")):
@@ -298,7 +303,7 @@ def _fill(con: duckdb.DuckDBPyConnection, kind: str) -> None:
         con.execute("DROP TABLE _txt")  # before the texts are written once more: it holds memory the write needs
         con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rows AS
-        SELECT {keep} FROM _late_rows r POSITIONAL JOIN _late_1 f POSITIONAL JOIN _late_2 s""")
+        SELECT {keep('s.output')} FROM _late_rows r POSITIONAL JOIN _late_1 f POSITIONAL JOIN _late_2 s""")
         con.execute("DROP TABLE _late_1; DROP TABLE _late_2")
     con.execute("DROP TABLE _late_rows; DROP TABLE IF EXISTS _txt")
 
