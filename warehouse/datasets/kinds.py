@@ -89,6 +89,8 @@ def _source_filter(recipe: Recipe) -> tuple[str, dict[str, object]]:
     return " AND ".join(conds), params
 
 
+# A landed inference's messages: the chat as sent, or its plain input as one user message.
+_MESSAGES = f"coalesce(l.input_messages, [{{'role': 'user', 'content': l.input}}]::{sql_type(MESSAGES)})"
 # A tool call is part of what was said (a message without tool calls keys as it did before they existed).
 _CONVERSATION = ("array_to_string(list_transform(msgs, lambda m: m.role || ': ' || coalesce(m.content, '') || "
                  "coalesce(to_json(nullif(m.tool_calls, []))::VARCHAR, '')), chr(30))")
@@ -103,8 +105,9 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
     only those inferences' texts are read, from the lake's files, by the coordinates of the landed copy the view
     would have chosen. The other inferences are in `src` with null texts and prompt keys: no kind reads them.
 
-    `narrow`: `src` has no texts (output, messages, tools, prompt) and the texts table `_txt` (one row per
-    inference id) is kept, for `_fill` to attach the texts to the kind's rows once they are built."""
+    `narrow`: `src` has no texts (output, messages, tools, prompt); the texts table `_txt` (one row per inference
+    id, without outputs) and `_need` (the needed inferences' coordinates) are kept, for `_fill` to attach the texts
+    to the kind's rows once they are built."""
     fb = recipe.feedback
     # The sources are whitelisted by the recipe's loader (FEEDBACK_SOURCES): names, not free text.
     rank = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(fb.precedence))
@@ -161,21 +164,12 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
         "UNION SELECT inference_id FROM fbk WHERE kind = 'preference' "
         "UNION SELECT other_inference_id FROM fbk WHERE kind = 'preference'")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _need AS SELECT * FROM _win SEMI JOIN ({need}) n USING (inference_id)")
-    # The landed copy the view keeps, by its coordinates (a join: no window over the texts).
-    landed = """lake_inferences l JOIN _need w
-      ON l.inference_id = w.inference_id AND l._ingested_at IS NOT DISTINCT FROM w._ingested_at
-         AND l._topic IS NOT DISTINCT FROM w._topic AND l._partition IS NOT DISTINCT FROM w._partition
-         AND l._offset IS NOT DISTINCT FROM w._offset"""
-    messages = f"coalesce(l.input_messages, [{{'role': 'user', 'content': l.input}}]::{sql_type(MESSAGES)})"
     # The wide tables are built once each (a copy of them costs more than the normalizing, and spills), and the
-    # lake's files are read once: the prompt keys come from `_txt`, not from a second join of the files.
-    con.execute(f"""
-    CREATE OR REPLACE TEMP TABLE _txt AS
-    SELECT l.inference_id, l.output, l.tools, l.input, {messages} AS messages, w.app FROM {landed}""")
-    if _count(con, "_txt") != _count(con, "(SELECT DISTINCT inference_id FROM _txt)"):
-        # Two landed copies with the same coordinates (the view keeps either): keep one, the same one every run.
-        con.execute("CREATE OR REPLACE TEMP TABLE _txt AS SELECT * FROM _txt QUALIFY row_number() OVER "
-                    "(PARTITION BY inference_id ORDER BY output, input, tools, messages::VARCHAR) = 1")
+    # lake's files are read once for these columns: the prompt keys come from `_txt`, not from a second join.
+    # Narrow, the outputs (most of the bytes: 2.2 of 3.4 GB for the 2M inferences a 5M-event preference window
+    # needs) are left to `_fill`, which reads them for the inferences whose output a row uses.
+    output = "" if narrow else "l.output, "
+    _read_landed(con, "_txt", "_need", f"{output}l.tools, l.input, {_MESSAGES} AS messages, w.app")
     # Normalizing costs seconds per 100k texts and a prompt recurs over many inferences: once per distinct one.
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE _keys AS
@@ -188,10 +182,27 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
       w._ingested_at, k.prompt_key, {group} AS group_key
     FROM _win w LEFT JOIN _txt t USING (inference_id)
       LEFT JOIN _keys k ON k.app = t.app AND k.messages IS NOT DISTINCT FROM t.messages""")
-    con.execute("DROP TABLE _keys; DROP TABLE _need" + ("" if narrow else "; DROP TABLE _txt"))
+    con.execute("DROP TABLE _keys" + ("" if narrow else "; DROP TABLE _need; DROP TABLE _txt"))
     n = _count(con, "_win")
     con.execute("DROP TABLE _win")
     return n
+
+
+def _read_landed(con: duckdb.DuckDBPyConnection, table: str, ids: str, cols: str) -> None:
+    """Temp table `table`: `inference_id` and `cols` (SQL over the landed copy `l` and the table `ids`, `w`) of
+    each inference in `ids` (which has the coordinates of the landed copy the view keeps: read by a join, with no
+    window over the texts), one row per inference id."""
+    landed = f"""lake_inferences l JOIN {ids} w
+      ON l.inference_id = w.inference_id AND l._ingested_at IS NOT DISTINCT FROM w._ingested_at
+         AND l._topic IS NOT DISTINCT FROM w._topic AND l._partition IS NOT DISTINCT FROM w._partition
+         AND l._offset IS NOT DISTINCT FROM w._offset"""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT l.inference_id, {cols} FROM {landed}")
+    if _count(con, table) != _count(con, f"(SELECT DISTINCT inference_id FROM {table})"):
+        # Two landed copies with the same coordinates (the view keeps either): keep one, the same one every run
+        # and in every read of the copy (`_txt` and `_fill`'s outputs), so by all its texts.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT l.inference_id, {cols} FROM {landed} "
+                    "QUALIFY row_number() OVER (PARTITION BY l.inference_id "
+                    f"ORDER BY l.output, l.input, l.tools, {_MESSAGES}::VARCHAR) = 1")
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
@@ -232,6 +243,8 @@ def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     sql, reasons_sql = {"sft": _sft, "preference": _preference, "kto": _kto, "eval": _eval}[recipe.kind]()
     con.execute(f"CREATE OR REPLACE TEMP TABLE rows AS {sql}")
     reasons = [(str(r), int(c)) for r, c in con.execute(reasons_sql).fetchall() if c]
+    # The steps read `rows` only; gone before the texts are filled in, which need the memory they hold.
+    con.execute("DROP TABLE src; DROP TABLE fbk; DROP TABLE verdicts; DROP TABLE IF EXISTS pref")
     if narrow:
         _fill(con, recipe.kind)
     if recipe.kind == "preference":  # a pair of two equal answers teaches nothing
@@ -245,8 +258,6 @@ def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
         con.execute("DROP TABLE _norm")
         same = n_pairs - int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])
         reasons += [("chosen equals rejected", same)] if same else []
-    # The steps read `rows` only.
-    con.execute("DROP TABLE src; DROP TABLE fbk; DROP TABLE verdicts; DROP TABLE IF EXISTS pref")
     out = int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])
     return StepReport("select", n, out, tuple(sorted(reasons)), f"{recipe.kind} rows from {n} inferences in the window")
 
@@ -269,8 +280,11 @@ def _late(kind: str, **outputs: str) -> dict[str, str]:
 
 
 def _fill(con: duckdb.DuckDBPyConnection, kind: str) -> None:
-    """Put the texts into rows built with `_late`, from `_txt` (one row per inference id), and drop `_txt`.
+    """Put the texts into rows built with `_late`, from `_txt` (one row per inference id, no outputs) and the
+    outputs read now, and drop `_txt` and `_need`.
 
+    Outputs are read from the lake for the inferences whose output a row uses (about 1.4M of the 2M a 5M-event
+    preference window needs; a correction row's output, or a pair's loser found to have none, is never read).
     A row's texts come from at most two inferences: the first of `inference_ids` (the prompt, and the answer of
     every column that refers to it) and the second (a pair's other answer). With one, the rows (narrow) are the
     build side of one join with the texts. With two, joining the texts twice in one statement holds a wide table
@@ -278,34 +292,48 @@ def _fill(con: duckdb.DuckDBPyConnection, kind: str) -> None:
     written by their own join, in row order, and put beside the rows by position (`POSITIONAL JOIN`). A join per
     answer column instead read the texts once more each (spilled: 7 s per column at 5M)."""
     cols = ANSWER_COLUMNS[kind]
-    # In `_rid` order, as `_late_1` and `_late_2` are: `POSITIONAL JOIN` pairs the rows of the three by position
-    con.execute("CREATE OR REPLACE TEMP TABLE _late_rows AS "
-                "SELECT row_number() OVER () AS _rid, * FROM rows ORDER BY _rid")
-    con.execute("DROP TABLE rows")
     # `_c_of` is null (the row gives the text, e.g. a correction) or one of the row's first two inference ids
-    def keep(second: str) -> str:
-        """The rows' columns with the texts in: `second` is the second inference's output (SQL)."""
-        answers = ", ".join(f"CASE WHEN r._{c}_of IS NULL THEN r.{c} WHEN r._{c}_of = r.inference_ids[1] "
-                            f"THEN f.output ELSE {second} END AS {c}" for c in cols)
-        return (f"r.* EXCLUDE (_rid, {', '.join(f'_{c}_of' for c in cols)}) REPLACE (f.input AS prompt, "
-                f"f.messages AS messages, f.tools AS tools, {answers})")
+    used = " UNION ".join(f"SELECT _{c}_of AS inference_id FROM rows" for c in cols)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _used AS SELECT * FROM _need SEMI JOIN ({used}) u USING (inference_id)")
+    con.execute("DROP TABLE _need")
+    _read_landed(con, "_out", "_used", "l.output")
+    con.execute("DROP TABLE _used")
+    two = bool(_count(con, "rows WHERE len(inference_ids) > 1"))
 
-    if not _count(con, "_late_rows WHERE len(inference_ids) > 1"):
+    def keep(first: str, second: str) -> str:
+        """The rows' columns with the texts in: `first` and `second` are the two inferences' outputs (SQL)."""
+        answers = ", ".join(f"CASE WHEN r._{c}_of IS NULL THEN r.{c} WHEN r._{c}_of = r.inference_ids[1] "
+                            f"THEN {first} ELSE {second} END AS {c}" for c in cols)
+        internal = ", ".join((["_rid"] if two else []) + [f"_{c}_of" for c in cols])
+        return (f"r.* EXCLUDE ({internal}) REPLACE (f.input AS prompt, f.messages AS messages, f.tools AS tools, "
+                f"{answers})")
+
+    if not two:
+        con.execute("ALTER TABLE rows RENAME TO _late_rows")
         con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rows AS
-        SELECT {keep('NULL')}
-        FROM _late_rows r LEFT JOIN _txt f ON f.inference_id = r.inference_ids[1]""")
+        SELECT {keep('o.output', 'NULL')}
+        FROM _late_rows r LEFT JOIN _txt f ON f.inference_id = r.inference_ids[1]
+          LEFT JOIN _out o ON o.inference_id = r.inference_ids[1]""")
     else:
-        for k, texts in ((1, "t.input, t.messages, t.tools, t.output"), (2, "t.output")):
-            con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _late_{k} AS SELECT {texts}
-            FROM _late_rows r LEFT JOIN _txt t ON t.inference_id = r.inference_ids[{k}] ORDER BY r._rid""")
-        con.execute("DROP TABLE _txt")  # before the texts are written once more: it holds memory the write needs
+        # In `_rid` order, as `_late_1` and `_late_2` are: `POSITIONAL JOIN` pairs the rows of the three by position
+        con.execute("CREATE OR REPLACE TEMP TABLE _late_rows AS "
+                    "SELECT row_number() OVER () AS _rid, * FROM rows ORDER BY _rid")
+        con.execute("DROP TABLE rows")
+        con.execute("""
+        CREATE OR REPLACE TEMP TABLE _late_1 AS SELECT t.input, t.messages, t.tools, o.output
+        FROM _late_rows r LEFT JOIN _txt t ON t.inference_id = r.inference_ids[1]
+          LEFT JOIN _out o ON o.inference_id = r.inference_ids[1] ORDER BY r._rid""")
+        con.execute("DROP TABLE _txt")  # before the texts are written once more: it holds memory the writes need
+        con.execute("""
+        CREATE OR REPLACE TEMP TABLE _late_2 AS SELECT o.output
+        FROM _late_rows r LEFT JOIN _out o ON o.inference_id = r.inference_ids[2] ORDER BY r._rid""")
+        con.execute("DROP TABLE _out")
         con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rows AS
-        SELECT {keep('s.output')} FROM _late_rows r POSITIONAL JOIN _late_1 f POSITIONAL JOIN _late_2 s""")
+        SELECT {keep('f.output', 's.output')} FROM _late_rows r POSITIONAL JOIN _late_1 f POSITIONAL JOIN _late_2 s""")
         con.execute("DROP TABLE _late_1; DROP TABLE _late_2")
-    con.execute("DROP TABLE _late_rows; DROP TABLE IF EXISTS _txt")
+    con.execute("DROP TABLE _late_rows; DROP TABLE IF EXISTS _txt; DROP TABLE IF EXISTS _out")
 
 
 def _sft() -> tuple[str, str]:
