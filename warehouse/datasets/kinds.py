@@ -284,7 +284,8 @@ def _fill(con: duckdb.DuckDBPyConnection, kind: str) -> None:
     outputs read now, and drop `_txt` and `_need`.
 
     Outputs are read from the lake for the inferences whose output a row uses (about 1.4M of the 2M a 5M-event
-    preference window needs; a correction row's output, or a pair's loser found to have none, is never read).
+    preference window needs: the output of an inference no row's answer refers to, such as an sft correction's,
+    is never read).
     A row's texts come from at most two inferences: the first of `inference_ids` (the prompt, and the answer of
     every column that refers to it) and the second (a pair's other answer). With one, the rows (narrow) are the
     build side of one join with the texts. With two, joining the texts twice in one statement holds a wide table
