@@ -103,9 +103,10 @@ def version_event(env: Environment, name: str, version: int, path: Path,
                                               ds=env.datasets))
     else:
         new = sum(n for _, n in splits)
-    # the export a fine-tune uploads: the OpenAI chat file when the recipe writes one, else the first JSONL
+    # the export a fine-tune uploads: the train split's OpenAI chat file when the recipe writes one, else the
+    # train split's first JSONL (never the test split: that is what the tuned model is evaluated on)
     exports = sorted((p for p in path.rglob("*.jsonl") if p.parent.name != "data"),
-                     key=lambda p: (p.parent.name != "openai_chat", str(p)))
+                     key=lambda p: (p.stem != "train", p.parent.name != "openai_chat", str(p)))
     return DatasetVersion(name, version, new, str(path), str(path / "manifest.json"),
                           str(exports[0]) if exports else "", dict(splits))
 

@@ -86,6 +86,8 @@ class RecordedProvider:
         self.judges: dict[str, _Judge] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}
+        self.filenames: dict[str, str] = {}
+        """The name each uploaded file was sent under (a test checks which split was uploaded)."""
         self.lock = threading.Lock()
         outer = self
 
@@ -101,7 +103,7 @@ class RecordedProvider:
                 if route.endswith("/chat/completions"):
                     outer._chat(self, body)
                 elif route.endswith("/files"):
-                    outer._file(self, body)
+                    outer._file(self, body, self.headers.get("Content-Type", ""))
                 elif route.endswith("/fine_tuning/jobs"):
                     outer._create_job(self, body)
                 else:
@@ -254,11 +256,20 @@ class RecordedProvider:
 
     # ------------------------------------------------------------------------------------------------ fine-tuning
 
-    def _file(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
-        fid = "file-" + hashlib.sha1(body).hexdigest()[:24]
+    def _file(self, h: BaseHTTPRequestHandler, body: bytes, content_type: str) -> None:
+        """`POST /files` as the API takes it: multipart/form-data with a `purpose` field and a `file` part."""
+        parts = _form(content_type, body)
+        if parts is None or "file" not in parts or parts.get("purpose", (b"", ""))[0] != b"fine-tune":
+            _send(h, 400, {"error": {"message": "expected multipart/form-data with purpose=fine-tune and a file",
+                                     "type": "invalid_request_error"}})
+            return
+        data, filename = parts["file"]
+        fid = "file-" + hashlib.sha1(data).hexdigest()[:24]
         with self.lock:
-            self.files[fid] = body
-        _send(h, 200, {"id": fid, "object": "file", "bytes": len(body), "purpose": "fine-tune"})
+            self.files[fid] = data
+            self.filenames[fid] = filename
+        _send(h, 200, {"id": fid, "object": "file", "bytes": len(data), "filename": filename,
+                       "purpose": "fine-tune"})
 
     def _create_job(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
         try:
@@ -328,3 +339,22 @@ def _raw(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str,
         h.wfile.write(body)
     except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout): as a real server, carry on
         h.close_connection = True
+
+
+def _form(content_type: str, body: bytes) -> dict[str, tuple[bytes, str]] | None:
+    """The fields of a multipart/form-data body, name -> (value, filename); None when it is not one."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    if not content_type.startswith("multipart/form-data"):
+        return None
+    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    if not msg.is_multipart():
+        return None
+    out = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str):
+            out[name] = (payload if isinstance(payload, bytes) else b"", part.get_filename() or "")
+    return out

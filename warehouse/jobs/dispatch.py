@@ -121,7 +121,8 @@ def params(event: Event) -> dict[str, object]:
                 **(params(event.version) if event.version is not None else {})}
     if isinstance(event, DatasetVersion):
         return {"dataset": event.name, "version": event.version, "new_examples": event.new_examples,
-                "path": event.path, "manifest": event.manifest, "counts": dict(event.counts or {})}
+                "path": event.path, "manifest": event.manifest, "export": event.export,
+                "counts": dict(event.counts or {})}
     return {"alert": event.kind, "segment": event.segment, "window": event.window, "features": list(event.features),
             "report": event.report}
 
@@ -130,7 +131,7 @@ Secrets = Callable[[str], Secret]
 """Resolves a variable's name (a policy's `secret_env`, `key_env`) into its value: the edge passes its reader."""
 
 
-def run_target(policy: Policy, p: Mapping[str, object], secrets: Secrets, export: str = "",
+def run_target(policy: Policy, p: Mapping[str, object], secrets: Secrets,
                evaluation: EvalContext | None = None) -> T.Outcome:
     o = policy.options
     if policy.kind == "eval":
@@ -144,6 +145,8 @@ def run_target(policy: Policy, p: Mapping[str, object], secrets: Secrets, export
     if policy.kind == "shell":
         return T.shell(str(o["command"]), p, float(o.get("timeout_s", 3600.0)))
     if policy.kind == "fine_tune":
+        # from the recorded parameters, so a retry uploads the file the first attempt did
+        export = str(p.get("export") or "")
         if not export:
             raise T.TargetFailed("the dataset version has no export to upload: add an export format to its recipe")
         key = secrets(str(o["key_env"])) if o.get("key_env") else Secret("")
@@ -168,9 +171,7 @@ def dispatch(policies: Iterable[Policy], events: Iterable[Event], store: JobStor
             job = store.claim(policy.name, subject(event), trigger, policy.kind, json.dumps(p, default=str))
             if job is None:
                 continue  # claimed before: never twice
-            version = event.version if isinstance(event, Tick) else event
-            export = version.export if isinstance(version, DatasetVersion) else ""
-            ran.append(_run(store, job, policy, p, secrets, export, evaluation))
+            ran.append(_run(store, job, policy, p, secrets, evaluation))
     return ran
 
 
@@ -182,13 +183,13 @@ def retry(store: JobStore, job_id: int, policies: Mapping[str, Policy], secrets:
     if policy is None:
         raise T.TargetFailed(f"job {job_id}'s policy {job.policy!r} is no longer in the policy file")
     job = store.retry(job_id)
-    return _run(store, job, policy, json.loads(job.params), secrets, "", evaluation)
+    return _run(store, job, policy, json.loads(job.params), secrets, evaluation)
 
 
-def _run(store: JobStore, job: Job, policy: Policy, p: Mapping[str, object], secrets: Secrets, export: str,
+def _run(store: JobStore, job: Job, policy: Policy, p: Mapping[str, object], secrets: Secrets,
          evaluation: EvalContext | None) -> Job:
     try:
-        outcome = run_target(policy, p, secrets, export, evaluation)
+        outcome = run_target(policy, p, secrets, evaluation)
     except T.TargetFailed as exc:
         store.finish(job.id, False, error=str(exc), output=exc.output)
     except Exception as exc:  # a target's unexpected failure is the job's, never the dispatcher's

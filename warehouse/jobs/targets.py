@@ -100,7 +100,9 @@ def fine_tune(base_url: str, model: str, training_file: Path, key: Secret, poll_
               timeout_s: float = 86_400.0) -> Outcome:
     headers = {"Authorization": f"Bearer {key.reveal()}"} if key else {}
     with httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=60) as http:
-        up = http.post("/files", content=training_file.read_bytes(), params={"purpose": "fine-tune"})
+        # the Files API takes multipart/form-data (a `file` part and a `purpose` field), not a raw body
+        up = http.post("/files", data={"purpose": "fine-tune"},
+                       files={"file": (training_file.name, training_file.read_bytes(), "application/jsonl")})
         if up.status_code != 200:
             raise TargetFailed(f"uploading {training_file.name} failed: HTTP {up.status_code}", up.text[-2000:])
         job = http.post("/fine_tuning/jobs", json={"model": model, "training_file": up.json()["id"]})

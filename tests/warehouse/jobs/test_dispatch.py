@@ -112,6 +112,9 @@ def test_each_target_kind_fires_once_per_new_version_and_failures_are_kept(tmp_p
     assert by["train"].status == "succeeded"
     assert "training on support-sft v4 at /lake/datasets/support-sft/v4" in (by["train"].output_tail or "")
     assert by["fine-tune"].status == "succeeded" and by["fine-tune"].result == "ft:base-7b:flywheel:ftjob-1"
+    # uploaded as the Files API takes it (multipart, purpose=fine-tune): the export, byte for byte, by its name
+    assert list(provider.files.values()) == [export.read_bytes()]
+    assert list(provider.filenames.values()) == ["train.jsonl"]
     failed = by["on-drift"]
     assert failed.status == "failed" and "exited with code 3" in (failed.error or "")
     assert "drift on" in (failed.output_tail or "")
