@@ -88,6 +88,8 @@ def _curate_evaluate_release(settings: Settings, datasets: DatasetSettings, eval
     from flywheel.warehouse.evaluation.compare import gate
     from flywheel.warehouse.evaluation.runs import Example, run_eval
     from flywheel.warehouse.evaluation.targets import Secret, Target
+    from flywheel.streams.releases import champion_of, publish
+    from flywheel.streams.releases import topic as release_topic
     from flywheel.warehouse.releases import champion, promote, rollback
 
     directory = datasets.recipes_dir or str(RECIPES)
@@ -133,18 +135,22 @@ def _curate_evaluate_release(settings: Settings, datasets: DatasetSettings, eval
                                           "AND model = ?", [SUPPORT_MODEL]).fetchall()}
     finally:
         con.close()
+    # Each change goes to the releases topic too, as `flywheel release` sends it: what an app's SDK follows.
     if champion(settings.lake_location, "support-bot") is None:
-        promote(settings.lake_location, "support-bot", SUPPORT_MODEL, PREVIOUS_VERSION, runs[PREVIOUS_VERSION].run_id,
-                evaluation, seen=PREVIOUS_VERSION in seen)
+        publish(settings, champion_of(promote(settings.lake_location, "support-bot", SUPPORT_MODEL, PREVIOUS_VERSION,
+                                              runs[PREVIOUS_VERSION].run_id, evaluation,
+                                              seen=PREVIOUS_VERSION in seen)))
     current = champion(settings.lake_location, "support-bot")
     if current is not None and current.model_version != SHIFTED_VERSION:
-        promote(settings.lake_location, "support-bot", SUPPORT_MODEL, SHIFTED_VERSION, runs[SHIFTED_VERSION].run_id,
-                evaluation, force=True, reason="shipped yesterday before its evaluation",
-                seen=SHIFTED_VERSION in seen)
+        publish(settings, champion_of(promote(settings.lake_location, "support-bot", SUPPORT_MODEL, SHIFTED_VERSION,
+                                              runs[SHIFTED_VERSION].run_id, evaluation, force=True,
+                                              reason="shipped yesterday before its evaluation",
+                                              seen=SHIFTED_VERSION in seen)))
     if not verdict.passed:
         back = rollback(settings.lake_location, "support-bot", reason="the gate blocked " + SHIFTED_VERSION)
+        publish(settings, champion_of(back))
         echo(f"release: support-bot rolled back to {back.model_version} (release {back.sequence}; "
-             "`flywheel release history support-bot`)")
+             f"`flywheel release history support-bot`), published to {release_topic(settings)}")
 
 
 NEXT_STEPS = [

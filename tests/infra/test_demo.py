@@ -81,6 +81,7 @@ def test_the_demo_runs_twice_and_the_readme_next_steps_work_on_what_it_left(
     assert "curated regression-eval@1" in first.output and "curated support-sft@1" in first.output
     assert "gate: BLOCKED: mean similarity dropped" in first.output  # the re-evaluation decides ...
     assert "release: support-bot rolled back to 2026-11-stable" in first.output  # ... and the release follows
+    assert re.search(r"rolled back to .*published to \S+\.releases", first.output)  # the topic acked the change
     second = runner.invoke(main, ["demo"], env=env)  # the broker restarts empty: new topic ids, offsets from 0
     assert second.exit_code == 0, second.output
     assert "curated regression-eval@1 (unchanged)" in second.output  # same events: no new dataset version
