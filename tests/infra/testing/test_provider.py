@@ -63,7 +63,12 @@ def test_scripted_misbehaviour_then_normal_answers(provider: RecordedProvider) -
 
 
 def test_a_fine_tune_job_runs_to_a_model_name(provider: RecordedProvider) -> None:
-    file_id = httpx.post(f"{provider.url}/files", content=b'{"messages": []}\n', timeout=5).json()["id"]
+    # the Files API takes multipart/form-data; a raw body is refused, as the real API refuses it
+    raw = httpx.post(f"{provider.url}/files", content=b'{"messages": []}\n', timeout=5)
+    assert raw.status_code == 400
+    file_id = httpx.post(f"{provider.url}/files", data={"purpose": "fine-tune"}, timeout=5,
+                         files={"file": ("train.jsonl", b'{"messages": []}\n')}).json()["id"]
+    assert provider.files[file_id] == b'{"messages": []}\n' and provider.filenames[file_id] == "train.jsonl"
     job = httpx.post(f"{provider.url}/fine_tuning/jobs", json={"model": "base-7b", "training_file": file_id},
                      timeout=5).json()
     assert job["status"] == "queued"
