@@ -5,10 +5,14 @@ leaves in place (app, model, model version, prompt version, the evaluation run b
 The current champion of an app is its latest row; `rollback` appends a row that restores the champion before it,
 so the history keeps everything and a rollback can itself be rolled back. Appends are atomic (Delta).
 
-Promotion is refused unless the evidence holds: the evaluation run must be finished, and when the app already has
-a champion with an evaluation run, the candidate's run must pass the gate against it
+Promotion is refused unless the evidence holds: the evaluation run must be finished and must have evaluated what is
+promoted (its target's model, or the version when the endpoint serves it under that name, and its model version
+and prompt version where the target named them), and when the
+app already has a champion with an evaluation run, the candidate's run must pass the gate against it
 (`flywheel.warehouse.evaluation.compare.gate`); the model version must have served the app in the lake. `force`
-(with a reason) overrides the gate, never the checks that the run and the version exist.
+(with a reason) overrides the gate only, never the checks on the run (it exists, finished, and evaluated what is
+promoted) or on the version (the lake saw it): a failed gate is still evidence, of a regression someone accepted,
+while a run of another model is no evidence about this one at all.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import pyarrow as pa
 from flywheel.errors import FlywheelError
 from flywheel.warehouse import tables
 from flywheel.warehouse.evaluation.compare import Gate, gate
-from flywheel.warehouse.evaluation.runs import runs
+from flywheel.warehouse.evaluation.runs import RunTarget, run_target, runs
 from flywheel.warehouse.evaluation.settings import EvalSettings
 
 TABLE = "releases"
@@ -40,9 +44,11 @@ SCHEMA = pa.schema([
 class ReleaseError(FlywheelError):
     """A promotion or rollback was refused; the message says why and what to do (also `app`)."""
 
-    def __init__(self, message: str, *, app: str) -> None:
-        super().__init__(message, app=app)
+    def __init__(self, message: str, *, app: str, eval_run: str | None = None) -> None:
+        super().__init__(message, app=app, eval_run=eval_run)
         self.app = app
+        self.eval_run = eval_run
+        """The evaluation run concerned, when the refusal is about it."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,8 @@ def promote(lake: tables.Where, app: str, model: str, model_version: str | None,
     run = finished.get(eval_run)
     if run is None or run["summary"] is None:
         raise ReleaseError(f"evaluation run {eval_run!r} does not exist or has not finished (`flywheel eval list`)",
-                           app=app)
+                           app=app, eval_run=eval_run)
+    _check_evaluated(app, run_target(lake, eval_run), model, model_version, prompt_version)
     current = champion(lake, app)
     verdict: Gate | None = None
     if current is not None and current.eval_run and current.eval_run != eval_run:
@@ -99,10 +106,33 @@ def promote(lake: tables.Where, app: str, model: str, model_version: str | None,
         if not verdict.passed and not force:
             raise ReleaseError(f"{eval_run} does not pass the gate against the champion's run {current.eval_run}: "
                                + "; ".join(verdict.reasons) + " (fix the candidate, or --force --reason '...')",
-                               app=app)
+                               app=app, eval_run=eval_run)
     gate_json = json.dumps({"passed": verdict.passed, "reasons": list(verdict.reasons),
                             "baseline": current.eval_run if current else None}) if verdict else ""
     return _append(lake, app, "promote", model, model_version, prompt_version, eval_run, force, reason, gate_json)
+
+
+def _check_evaluated(app: str, evaluated: RunTarget, model: str, model_version: str | None,
+                     prompt_version: str | None) -> None:
+    """Refuse evidence about something else than what is promoted. A version the run's target did not name was not
+    pinned (the run evaluated whatever the endpoint served as that model), so any version matches it. An endpoint
+    may also serve each version under the version's own name (vLLM's --served-model-name, a LiteLLM alias; the demo
+    does): a target whose model is the promoted version, naming no model_version, evaluated that version."""
+    served_as_version = evaluated.model_version is None and model_version is not None \
+        and evaluated.model == model_version
+    wrong = [f"{what} {got!r} (promoting {repr(want) if want else 'none'})" for what, got, want in (
+        ("model", None if served_as_version else evaluated.model, model),
+        ("model version", evaluated.model_version, model_version),
+        ("prompt version", evaluated.prompt_version, prompt_version)) if got is not None and got != want]
+    if not wrong:
+        return
+    as_run = f"--model {evaluated.model}" + "".join(
+        f" {flag} {v}" for flag, v in (("--model-version", evaluated.model_version),
+                                        ("--prompt-version", evaluated.prompt_version)) if v)
+    raise ReleaseError(f"evaluation run {evaluated.run_id} evaluated {', '.join(wrong)}: it is no evidence about "
+                       f"what you promote. Cite a run of it (`flywheel eval run --target T`, T a target of model "
+                       f"{model!r} with these versions, then `--eval` its run), or promote what this run evaluated "
+                       f"({as_run}); --force does not override this", app=app, eval_run=evaluated.run_id)
 
 
 def rollback(lake: tables.Where, app: str, reason: str = "") -> Release:

@@ -323,13 +323,14 @@ def release() -> None:
 @click.option("--model-version", default=None)
 @click.option("--prompt-version", default=None)
 @click.option("--eval", "eval_run", required=True, help="The evaluation run that is the evidence.")
-@click.option("--force", is_flag=True, help="Promote even if the run fails the gate (needs --reason).")
+@click.option("--force", is_flag=True, help="Promote even if the run fails the gate (needs --reason); never on a run "
+              "of another model or version.")
 @click.option("--reason", default="", help="Why (recorded in the history).")
 @pass_env
 def release_promote(env: Environment, app: str, model: str, model_version: str | None, prompt_version: str | None,
                     eval_run: str, force: bool, reason: str) -> None:
-    """Make a model (and prompt) version APP's champion, if its evaluation run passes the gate against the current
-    champion's and the app's traffic has seen that version.
+    """Make a model (and prompt) version APP's champion, if its evaluation run evaluated that version and passes
+    the gate against the current champion's, and the app's traffic has seen that version.
 
     \b
     Example:
