@@ -74,7 +74,17 @@ def broker_and_lag(env: Environment) -> Check:
         c.close()
     behind = sum(lag.values())
     return Check("broker", True, f"{s.kafka_bootstrap} up; {behind:,} events not landed yet across {len(lag)} "
-                                 "partitions", {"lag": lag})
+                                 "partitions" + _lagging(lag), {"lag": lag})
+
+
+def _lagging(lag: dict[str, int], shown: int = 3) -> str:
+    """The partitions behind, most behind first: at most `shown` of them, then how many more (a line, not a
+    table: `details["lag"]` has them all)."""
+    behind = sorted(((n, tp) for tp, n in lag.items() if n > 0), key=lambda x: (-x[0], x[1]))
+    if not behind:
+        return ""
+    more = f", +{len(behind) - shown} more" if len(behind) > shown else ""
+    return " (" + ", ".join(f"{tp} {n:,}" for n, tp in behind[:shown]) + more + ")"
 
 
 def _end(c: Consumer, topic: str, partition: int) -> int:

@@ -43,6 +43,26 @@ def test_status_reports_lag_then_health(kafka_settings: Settings) -> None:
     assert "inferences: 20 rows" in checks["lake"]["summary"]
 
 
+def test_status_text_names_the_partitions_behind(kafka_settings: Settings) -> None:
+    s = kafka_settings.replace(partitions=6)
+    ensure_topics(s)
+    with FlywheelClient(s) as fw:  # keyed by inference_id: spread over the six partitions
+        for i in range(60):
+            fw.log_inference(inference_id=f"pl-{i}", app="a", model="m", input="q", output="o")
+    _code, out = _status(s)
+    lag = next(c for c in out["checks"] if c["name"] == "broker")["details"]["lag"]  # type: ignore[union-attr]
+    behind = sorted(((n, tp) for tp, n in lag.items() if n > 0), key=lambda x: (-x[0], x[1]))
+    assert len(behind) > 3 and sum(lag.values()) == 60, lag
+    res = CliRunner().invoke(main, ["status"], env=_env(s))
+    line = next(x for x in res.output.splitlines() if " broker " in x)
+    top = ", ".join(f"{tp} {n}" for n, tp in behind[:3])
+    assert line.endswith(f"60 events not landed yet across 12 partitions ({top}, +{len(behind) - 3} more)"), line
+    IngestWorker(s).run(until_idle=1)
+    res = CliRunner().invoke(main, ["status"], env=_env(s))
+    line = next(x for x in res.output.splitlines() if " broker " in x)
+    assert line.endswith("0 events not landed yet across 12 partitions"), line  # nothing behind: no list
+
+
 def test_status_is_unhealthy_without_a_broker(settings: Settings) -> None:
     s = settings.replace(broker_port=free_port())
     code, out = _status(s)
