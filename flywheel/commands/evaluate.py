@@ -165,7 +165,8 @@ def eval_run(env: Environment, dataset: str | None, split: str, examples_file: P
     click.echo(f"{verb} evaluation {result.run_id}: {result.examples} examples ({result.sent} sent now), "
                f"{result.failed} failed")
     for k, v in result.summary.items():
-        click.echo(f"  {k:20s} {v if not isinstance(v, float) else f'{v:.4g}'}")
+        shown = "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else v  # n/a: does not apply, or no value
+        click.echo(f"  {k:20s} {shown}")
     if judged:
         click.echo(_judge_text(judged))
 

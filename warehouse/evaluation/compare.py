@@ -2,9 +2,12 @@
 
 Deltas are candidate minus baseline over the examples both runs recorded (matched by example id). Confidence
 intervals are 95% paired bootstrap intervals (`EvalSettings.bootstrap` resamples of the matched examples, seed 0):
-each resample draws examples with replacement and recomputes both runs' metric on the same draw. Latency p95 is
-compared as a ratio. Per-segment regressions are the segments whose pass rate fell; *flipped* examples passed in
-the baseline and fail in the candidate.
+each resample draws examples with replacement and recomputes both runs' metric on the same draw. Rates and
+similarity are means over the examples they apply to (`runs.summarize` says which); output length and cost are
+compared at their p50 and p95 as well (`runs.percentile`, the summary's method), latency p95 as a ratio.
+Per-segment regressions are the segments whose pass rate fell; *flipped* examples passed in the baseline and fail
+in the candidate, and likewise per metric for exact match and JSON validity (an example the candidate failed to
+answer counts as lost).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pyarrow as pa
 from flywheel.warehouse import tables
 from flywheel.warehouse.evaluation.judge import pairwise_between, rubric_scores
 from flywheel.warehouse.evaluation.online import OnlineEvidence
-from flywheel.warehouse.evaluation.runs import EvalError, finished, rows
+from flywheel.warehouse.evaluation.runs import EvalError, finished, percentile, rows
 from flywheel.warehouse.evaluation.settings import EvalSettings
 
 __all__ = ["Comparison", "Delta", "EvalError", "Gate", "JudgeWinRate", "Segment", "compare", "gate", "markdown",
@@ -77,6 +80,10 @@ class Comparison:
     judge: JudgeWinRate | None = None
     online: tuple[OnlineEvidence, ...] = ()
     """What users said about each run's model and prompt version in the lake (baseline first), when looked up."""
+    flipped_exact_match: tuple[str, ...] = ()
+    """Example ids whose answer matched the reference exactly in the baseline and does not in the candidate."""
+    flipped_json_valid: tuple[str, ...] = ()
+    """Example ids whose answer was valid JSON in the baseline and is not in the candidate (JSON expected)."""
 
     def delta(self, metric: str) -> Delta:
         return next(d for d in self.deltas if d.metric == metric)
@@ -85,8 +92,9 @@ class Comparison:
         return {"baseline": self.baseline, "candidate": self.candidate, "matched": self.matched,
                 "method": self.method, "latency_p95_ratio": self.latency_p95_ratio,
                 "deltas": [d.__dict__ for d in self.deltas], "regressions": [s.__dict__ for s in self.regressions],
-                "flipped": list(self.flipped), "judge": self.judge.__dict__ if self.judge else None,
-                "online": [o.__dict__ for o in self.online]}
+                "flipped": list(self.flipped), "flipped_exact_match": list(self.flipped_exact_match),
+                "flipped_json_valid": list(self.flipped_json_valid),
+                "judge": self.judge.__dict__ if self.judge else None, "online": [o.__dict__ for o in self.online]}
 
 
 @dataclass(frozen=True)
@@ -96,19 +104,40 @@ class Gate:
     comparison: Comparison
 
 
-METRICS = ("pass_rate", "similarity", "error_rate", "refusal_rate", "output_chars", "judge_score")
+METRICS = ("pass_rate", "similarity", "exact_match_rate", "json_valid_rate", "error_rate", "refusal_rate",
+           "output_chars", "output_chars_p50", "output_chars_p95", "cost_usd_p50", "cost_usd_p95", "judge_score")
+_QUANTILES = {"output_chars_p50": ("output_chars", 0.5), "output_chars_p95": ("output_chars", 0.95),
+              "cost_usd_p50": ("cost_usd", 0.5), "cost_usd_p95": ("cost_usd", 0.95)}
+"""Metrics compared at a quantile of a column of `_matrix` rather than its mean."""
+_FLIPS = ("exact_match_rate", "json_valid_rate")
+
+
+def _column(t: pa.Table, name: str) -> np.ndarray:
+    """A column as floats (booleans as 0/1), NaN where it is null: where the metric does not apply."""
+    return np.array([float(v) if v is not None else np.nan for v in t[name].to_pylist()], np.float64)
 
 
 def _matrix(t: pa.Table) -> dict[str, np.ndarray]:
     errors = np.array([e is not None for e in t["error"].to_pylist()], dtype=np.float64)
     ok = errors == 0
-    refusal = np.array([bool(r) if r is not None else np.nan for r in t["refusal"].to_pylist()], np.float64)
-    sim = np.array([s if s is not None else np.nan for s in t["similarity"].to_pylist()], np.float64)
-    chars = np.array([c if c is not None else np.nan for c in t["output_chars"].to_pylist()], np.float64)
-    lat = np.array([x if x is not None else np.nan for x in t["latency_ms"].to_pylist()], np.float64)
+    lat = _column(t, "latency_ms")
     return {"pass_rate": np.array([bool(p) for p in t["passed"].to_pylist()], np.float64),
-            "similarity": sim, "error_rate": errors, "refusal_rate": np.where(ok, refusal, np.nan),
-            "output_chars": chars, "latency": np.where(ok, lat, np.nan)}
+            "similarity": _column(t, "similarity"), "exact_match_rate": np.where(ok, _column(t, "exact_match"), np.nan),
+            "json_valid_rate": np.where(ok, _column(t, "json_valid"), np.nan), "error_rate": errors,
+            "refusal_rate": np.where(ok, _column(t, "refusal"), np.nan), "output_chars": _column(t, "output_chars"),
+            "cost_usd": _column(t, "cost_usd"), "latency": np.where(ok, lat, np.nan)}
+
+
+def _point(x: np.ndarray, q: float | None) -> float | None:
+    """The mean of `x`, or its `q` quantile, over the values it has (None without one)."""
+    if q is None:
+        return _mean(x)
+    return percentile([float(v) for v in x[np.isfinite(x)]], q)
+
+
+def _lost(base: np.ndarray, cand: np.ndarray, cand_errors: np.ndarray) -> np.ndarray:
+    """Where the baseline had the property (1) and the candidate has not (0), or did not answer at all."""
+    return (base == 1) & ((cand == 0) | ((cand_errors == 1) & np.isnan(cand)))
 
 
 def _judge_scores(ids: list[str], scores: dict[str, int] | None) -> np.ndarray:
@@ -160,13 +189,18 @@ def compare(lake: tables.Where, baseline: str, candidate: str, settings: EvalSet
     draws = rng.integers(0, len(common), size=(settings.bootstrap, len(common)))
     deltas = []
     for m in METRICS:
-        base, cand = _mean(ma[m]), _mean(mb[m])
+        col, q = _QUANTILES.get(m, (m, None))
+        xa, xb = ma[col], mb[col]
+        base, cand = _point(xa, q), _point(xb, q)
         if base is None or cand is None:
             deltas.append(Delta(m, base, cand, None, None, None))
             continue
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no value of a metric: dropped below
-            boot = np.nanmean(mb[m][draws], axis=1) - np.nanmean(ma[m][draws], axis=1)
+            if q is None:
+                boot = np.nanmean(xb[draws], axis=1) - np.nanmean(xa[draws], axis=1)
+            else:  # the same interpolation as `percentile`
+                boot = np.nanquantile(xb[draws], q, axis=1) - np.nanquantile(xa[draws], q, axis=1)
         boot = boot[np.isfinite(boot)]
         low, high = (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))) if len(boot) else (None, None)
         deltas.append(Delta(m, base, cand, cand - base, low, high))
@@ -181,10 +215,12 @@ def compare(lake: tables.Where, baseline: str, candidate: str, settings: EvalSet
         if pb < pa_:
             segments.append(Segment(s, len(idx), pa_, pb))
     flipped = tuple(i for i, x, y in zip(common, ma["pass_rate"], mb["pass_rate"]) if x == 1 and y == 0)
+    lost = {m: tuple(i for i, f in zip(common, _lost(ma[m], mb[m], mb["error_rate"])) if f) for m in _FLIPS}
     return Comparison(baseline, candidate, len(common), tuple(deltas), ratio,
                       tuple(sorted(segments, key=lambda s: s.candidate_pass_rate - s.baseline_pass_rate)), flipped,
                       f"paired bootstrap, {settings.bootstrap} resamples of the {len(common)} matched examples, "
-                      "95% percentile intervals", _win_rate(lake, baseline, candidate, common, settings.bootstrap))
+                      "95% percentile intervals", _win_rate(lake, baseline, candidate, common, settings.bootstrap),
+                      flipped_exact_match=lost["exact_match_rate"], flipped_json_valid=lost["json_valid_rate"])
 
 
 def gate(lake: tables.Where, candidate: str, baseline: str, settings: EvalSettings) -> Gate:
@@ -218,8 +254,10 @@ def markdown(c: Comparison) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
     for d in c.deltas:
-        if d.metric == "judge_score" and d.baseline is None and d.candidate is None:
-            continue  # no rubric judge scored both runs
+        if d.baseline is None and d.candidate is None:
+            if d.metric == "json_valid_rate":
+                out.append(f"| {d.metric} | not applicable | not applicable | | |")  # neither expects JSON
+            continue  # e.g. no rubric judge scored both runs, or an unpriced target has no cost
         ci = "n/a" if d.low is None else f"{d.low:+.3f} .. {d.high:+.3f}"
         out.append(f"| {d.metric} | {f(d.baseline)} | {f(d.candidate)} | "
                    f"{'n/a' if d.delta is None else f'{d.delta:+.3f}'} | {ci} |")
@@ -229,8 +267,10 @@ def markdown(c: Comparison) -> str:
         out += ["", "Segments whose pass rate fell: " + ", ".join(
             f"{s.segment or '(none)'} {s.baseline_pass_rate:.0%} -> {s.candidate_pass_rate:.0%} (n={s.n})"
             for s in c.regressions)]
-    if c.flipped:
-        out += ["", f"{len(c.flipped)} examples flipped from pass to fail: " + ", ".join(c.flipped[:20])]
+    for ids, what in ((c.flipped, "from pass to fail"), (c.flipped_exact_match, "from an exact match to none"),
+                      (c.flipped_json_valid, "from valid to invalid JSON")):
+        if ids:
+            out += ["", f"{len(ids)} examples flipped {what}: " + ", ".join(ids[:20])]
     if c.judge is not None:
         j = c.judge
         rate = "n/a" if j.win_rate is None else f"{j.win_rate:.3f} (95% CI {j.low:.3f} .. {j.high:.3f})"

@@ -3,10 +3,13 @@
 - `similarity`: chrF (character n-gram F-score, n = 1..6, beta = 2, as sacrebleu's chrF defines it, on text with
   whitespace collapsed) between the answer and the example's reference, in [0, 1]; None without a reference (a
   reference exists where a human corrected an answer).
-- `exact_match`: the answer equals the reference after collapsing whitespace and case (for short, closed answers).
-- `json_valid`: the answer parses as a JSON object or array (for recipes that ask for JSON).
+- `exact_match`: the answer equals the reference after collapsing whitespace and case (for short, closed answers);
+  None without a reference. Summarized as `exact_match_rate` over the answered examples with a reference.
+- `json_valid`: the answer parses as a JSON object or array; only where the eval set expects JSON (its recipe's
+  `eval.output_format: json`), None (not applicable) otherwise, so a prose eval set is not reported as 0% valid
+  JSON. Summarized as `json_valid_rate` over the answered examples.
 - `refusal`: the answer starts like a refusal (the drift stage's refusal descriptor, first 200 characters).
-- `output_chars`: the answer's length in characters.
+- `output_chars`: the answer's length in characters (mean, p50 and p95 per run; cost per example likewise).
 An example *passes* when the call succeeded, the answer is not a refusal, and (with a reference) its similarity is
 at least the pass threshold.
 
@@ -44,7 +47,7 @@ CHRF_BETA = 2.0
 class Scores:
     similarity: float | None
     exact_match: bool | None
-    json_valid: bool
+    json_valid: bool | None
     refusal: bool
     output_chars: int
 
@@ -90,10 +93,15 @@ def is_json(text: str) -> bool:
     return True
 
 
-def score(output: str, reference: str | None) -> Scores:
+OUTPUT_FORMATS = ("text", "json")
+"""What an eval set expects its answers to be (`Example.output_format`; the recipe's `eval.output_format`)."""
+
+
+def score(output: str, reference: str | None, output_format: str = "text") -> Scores:
+    """The scores of one answer; `json_valid` only when `output_format` is `json` (None otherwise)."""
     sim = chrf(_norm(output), _norm(reference)) if reference else None
     exact = _norm(output).lower() == _norm(reference).lower() if reference else None
-    return Scores(sim, exact, is_json(output), is_refusal(output), len(output))
+    return Scores(sim, exact, is_json(output) if output_format == "json" else None, is_refusal(output), len(output))
 
 
 def passes(ok: bool, scores: Scores | None, threshold: float) -> bool:

@@ -26,7 +26,7 @@ import pyarrow as pa
 from flywheel.errors import FlywheelError
 from flywheel.warehouse import tables
 from flywheel.warehouse.evaluation.client import ChatClient, ChatRequest, Completion, RetryPolicy
-from flywheel.warehouse.evaluation.metrics import passes, score
+from flywheel.warehouse.evaluation.metrics import OUTPUT_FORMATS, passes, score
 from flywheel.warehouse.evaluation.settings import EvalSettings
 from flywheel.warehouse.evaluation.targets import Secret, Target
 
@@ -55,12 +55,19 @@ class EvalError(FlywheelError):
 @dataclass(frozen=True)
 class Example:
     """One thing to ask: the conversation up to the answer, the reference answer if a human gave one, and the
-    segment it is reported under (app, prompt template, ...)."""
+    segment it is reported under (app, prompt template, ...); `output_format` is what the eval set expects the
+    answer to be (`text` or `json`: only then is `json_valid` scored)."""
 
     example_id: str
     messages: tuple[tuple[str, str], ...]
     reference: str | None = None
     segment: str = ""
+    output_format: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.output_format not in OUTPUT_FORMATS:  # an unknown format would silently score as text
+            raise ValueError(f"example {self.example_id!r}: output_format {self.output_format!r} is not one of "
+                             f"{', '.join(OUTPUT_FORMATS)}")
 
     @property
     def prompt(self) -> str:
@@ -161,7 +168,7 @@ def record_completions(lake: tables.Where, table: str, schema: pa.Schema, client
 
 def _row(run_id: str, eval_set: str, tkey: str, spec: str, target: Target, e: Example, c: Completion,
          threshold: float) -> dict[str, object]:
-    s = score(c.output, e.reference) if c.output is not None else None
+    s = score(c.output, e.reference, e.output_format) if c.output is not None else None
     return {"run_id": run_id, "row_kind": "example", "recorded_at": datetime.now(timezone.utc),
             "eval_set": eval_set, "target": tkey, "target_spec": spec, "model": target.model,
             "example_id": e.example_id, "segment": e.segment, "prompt": e.prompt, "reference": e.reference,
@@ -235,7 +242,9 @@ def runs(lake: tables.Where) -> pa.Table:
         FROM t GROUP BY run_id ORDER BY started_at""", empty=SCHEMA)
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
+    """The `q` quantile of `values`, linearly interpolated between the two nearest ranks (numpy's default
+    method); None for no values."""
     if not values:
         return None
     values = sorted(values)
@@ -244,21 +253,35 @@ def _percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+def _rate(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
 def summarize(t: pa.Table) -> dict[str, float | int | None]:
-    """Counts, rates and percentiles of a run's example rows (as stored in its summary row)."""
+    """Counts, rates and percentiles of a run's example rows (as stored in its summary row).
+
+    Rates are over the examples they apply to: refusals and JSON validity over the answered examples (JSON
+    validity only where the eval set expects JSON: None, not applicable, otherwise), exact match over the
+    answered examples with a reference. Percentiles of latency, length and cost are over the answers that have
+    one (cost only where the target is priced)."""
     n = t.num_rows
     ok = [e is None for e in t["error"].to_pylist()]
     sims = [s for s in t["similarity"].to_pylist() if s is not None]
     lat = [x for x, good in zip(t["latency_ms"].to_pylist(), ok) if good and x is not None]
     costs = [c for c in t["cost_usd"].to_pylist() if c is not None]
     refusals = [bool(r) for r, good in zip(t["refusal"].to_pylist(), ok) if good]
+    exact = [bool(x) for x, good in zip(t["exact_match"].to_pylist(), ok) if good and x is not None]
+    valid = [bool(x) for x, good in zip(t["json_valid"].to_pylist(), ok) if good and x is not None]
     chars = [c for c in t["output_chars"].to_pylist() if c is not None]
     return {
         "examples": n, "errors": n - sum(ok), "error_rate": (n - sum(ok)) / n if n else None,
         "pass_rate": sum(bool(p) for p in t["passed"].to_pylist()) / n if n else None,
         "similarity_mean": sum(sims) / len(sims) if sims else None, "with_reference": len(sims),
-        "refusal_rate": sum(refusals) / len(refusals) if refusals else None,
+        "exact_match_rate": _rate(exact), "json_valid_rate": _rate(valid),
+        "refusal_rate": _rate(refusals),
         "output_chars_mean": sum(chars) / len(chars) if chars else None,
-        "latency_p50_ms": _percentile(lat, 0.5), "latency_p95_ms": _percentile(lat, 0.95),
+        "output_chars_p50": percentile(chars, 0.5), "output_chars_p95": percentile(chars, 0.95),
+        "latency_p50_ms": percentile(lat, 0.5), "latency_p95_ms": percentile(lat, 0.95),
         "cost_usd": sum(costs) if costs else None,
+        "cost_usd_p50": percentile(costs, 0.5), "cost_usd_p95": percentile(costs, 0.95),
     }

@@ -250,7 +250,9 @@ def _evaluation(o: Overview) -> str:
     return "".join(out)
 
 
-_HIGHER_IS_BETTER = {"pass_rate", "similarity"}
+_HIGHER_IS_BETTER = {"pass_rate", "similarity", "exact_match_rate", "json_valid_rate", "judge_score"}
+_OFF_SCALE = ("output_chars", "cost_usd")
+"""Metrics in characters or dollars: said in words, not drawn on the chart of rates."""
 
 
 def _comparison(c: Comparison, models: dict[str, str]) -> str:
@@ -258,7 +260,7 @@ def _comparison(c: Comparison, models: dict[str, str]) -> str:
                      f"{d.metric}: {_num(d.baseline)} -> {_num(d.candidate)} ({d.delta:+.3f}; 95% CI "
                      f"{_num(d.low)} .. {_num(d.high)})",
                      MUTED if abs(d.delta) < 1e-12 else OK if (d.delta > 0) == (d.metric in _HIGHER_IS_BETTER) else BAD)
-            for d in c.deltas if d.delta is not None and d.metric != "output_chars"]
+            for d in c.deltas if d.delta is not None and not d.metric.startswith(_OFF_SCALE)]
     chars = next((d for d in c.deltas if d.metric == "output_chars" and d.delta is not None), None)
     regress = "; ".join(f"{s.segment} {s.baseline_pass_rate:.0%} -> {s.candidate_pass_rate:.0%}"
                         for s in c.regressions[:5])
