@@ -58,7 +58,7 @@ def schedule_ticks(env: Environment, rt: JobsRuntime) -> list[Tick]:
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_if_retryable, cache_policy=NO_CACHE)
 def start_jobs(rt: JobsRuntime, events: list[Event]) -> list[Job]:
     """Start every matching job not started before (a retry of this task skips what the first attempt claimed)."""
-    return dispatch(rt.policies.values(), events, rt.store, rt.secrets, rt.evaluation)
+    return dispatch(rt.policies.values(), events, rt.store, rt.secrets, rt.evaluation, rt.latest)
 
 
 @flow(name="dispatch")

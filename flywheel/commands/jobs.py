@@ -90,7 +90,7 @@ def jobs_dispatch(env: Environment) -> None:
         click.echo(f"no policy file at {env.jobs.policies_path(env.core.home)}: nothing to dispatch")
         return
     events: list[Event] = [*watched_versions(env, rt), *due_ticks(env, rt)]
-    for j in dispatch(rt.policies.values(), events, rt.store, rt.secrets, rt.evaluation):
+    for j in dispatch(rt.policies.values(), events, rt.store, rt.secrets, rt.evaluation, rt.latest):
         click.echo(f"policy {j.policy} started job {j.id} ({j.target}) on {j.subject}: {j.status}"
                    + (f" -> {j.result}" if j.result else f" ({j.error})" if j.error else ""))
 
@@ -120,14 +120,21 @@ def jobs_retry(env: Environment, job_id: int) -> None:
 @click.argument("job_id", type=int)
 @pass_env
 def jobs_cancel(env: Environment, job_id: int) -> None:
-    """Mark a job cancelled (it will not be retried unless asked).
+    """Cancel a job: it is marked cancelled (its runner's late result does not overwrite that, and it is not
+    retried unless asked), and a running shell command (its whole process group, on this host) or Prefect flow
+    run is stopped. A webhook call, a fine-tune or an evaluation already under way finishes, unrecorded.
 
     \b
     Example:
       flywheel jobs cancel 7
     """
-    j = _store(env).cancel(job_id)
-    click.echo(f"job {j.id}: {j.status}")
+    from flywheel.warehouse.jobs.targets import stop
+
+    store = _store(env)
+    was = store.get(job_id)
+    j = store.cancel(job_id)
+    stopped = f"; {stop(j.handle)}" if j.handle and was.status == "running" else ""
+    click.echo(f"job {j.id}: {j.status}{stopped}")
 
 
 COMMANDS = [jobs]

@@ -70,11 +70,34 @@ class JobsRuntime:
     """Reads the variable a policy or target names (`secret_env`, `key_env`, `api_key_env`) from this process's
     environment, at the moment a job needs it."""
     evaluation: EvalContext
+    latest: Callable[[str], DatasetVersion | None]
+    """The latest version of a dataset a target names (`dataset:`) when the event is not a version of it."""
+
+
+def known_datasets(env: Environment) -> set[str]:
+    """What a policy may name: the registry's datasets and the recipes' (a recipe not curated yet is known: its
+    first version is what the policy waits for). A recipe that does not load is not a name (`flywheel curate`
+    reports it)."""
+    from flywheel.commands.datasets import recipes_dir  # imports this module: loaded when needed
+    from flywheel.warehouse.datasets.recipes import RecipeError, load_recipe, recipe_files
+    from flywheel.warehouse.datasets.registry import Registry
+
+    names = {v.name for v in Registry(env.core, env.datasets).versions()}
+    try:
+        files = recipe_files(recipes_dir(env))
+    except RecipeError:
+        files = []
+    for f in files:
+        try:
+            names.add(load_recipe(f).name)
+        except RecipeError:
+            pass
+    return names
 
 
 def _policies(env: Environment) -> tuple[dict[str, Policy], dict[str, Any]] | None:
-    """The policy file's policies, validated against the evaluation targets file, and those targets; None when
-    there is no policy file (nothing is triggered)."""
+    """The policy file's policies, validated against the dataset names (`known_datasets`) and the evaluation
+    targets file, and those targets; None when there is no policy file (nothing is triggered)."""
     from flywheel.warehouse.evaluation.targets import load_targets
     from flywheel.warehouse.jobs.policies import load_policies
 
@@ -83,7 +106,7 @@ def _policies(env: Environment) -> tuple[dict[str, Policy], dict[str, Any]] | No
         return None
     tf = env.evaluation.targets_path(env.core.home)
     targets = load_targets(tf) if tf.is_file() else {}
-    return load_policies(path, known_targets=set(targets)), targets
+    return load_policies(path, known_datasets=known_datasets(env), known_targets=set(targets)), targets
 
 
 def jobs_runtime(env: Environment) -> JobsRuntime | None:
@@ -101,7 +124,8 @@ def jobs_runtime(env: Environment) -> JobsRuntime | None:
 
     return JobsRuntime(policies, JobStore(env.jobs.db_path(env.core.home)),
                        lambda name: Secret(os.environ.get(name, "")),
-                       EvalContext(env.core.lake_location, env.evaluation, targets, examples))
+                       EvalContext(env.core.lake_location, env.evaluation, targets, examples),
+                       _latest_versions(env))
 
 
 def _latest_versions(env: Environment) -> Callable[[str], DatasetVersion | None]:
@@ -142,7 +166,7 @@ def dispatch(env: Environment, events: Sequence[Event]) -> list[Job]:
     rt = jobs_runtime(env) if events else None
     if rt is None:
         return []
-    return start(rt.policies.values(), events, rt.store, rt.secrets, rt.evaluation)
+    return start(rt.policies.values(), events, rt.store, rt.secrets, rt.evaluation, rt.latest)
 
 
 def log_format_option(fn: F) -> F:

@@ -122,3 +122,68 @@ def test_the_drift_flow_hands_its_alerts_to_dispatch_and_a_failed_job_fails_only
     assert len(marker.read_text().splitlines()) == n
     subflows = [r for r in _flow_runs(api, "dispatch") if r.parent_task_run_id and r.created and r.created >= t0]
     assert sorted(r.state.type.value for r in subflows) == ["COMPLETED", "FAILED"]
+
+
+def test_a_prefect_target_passes_what_the_deployment_takes_and_fails_with_its_run(
+        api: Any, tmp_path: Path) -> None:
+    """The README's `recurate-on-drift`: a drift alert starts `curate` with the policy's `parameters:` and none of
+    the alert's fields (which `curate` does not take: its run would fail binding them); a parameter the flow does
+    not take fails the job before a run starts; a waiting job fails when its run ends failed; each event once."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.states import Failed
+
+    from flywheel.flows.curate import curate_flow
+    from flywheel.schemas.alerts import Alert, AlertItem
+    from flywheel.warehouse.evaluation.targets import Secret
+    from flywheel.warehouse.jobs.dispatch import DatasetVersion, dispatch
+    from flywheel.warehouse.jobs.policies import load_policies
+
+    # registered, not served: its runs stay scheduled, which is what this checks (the drift-alert test of
+    # test_deployments.py runs a served `curate`)
+    dep_id = curate_flow.to_deployment(name="target-probe").apply()
+    dep = "curate/target-probe"
+    f = tmp_path / "policies.yaml"
+    f.write_text(f"policies:\n"
+                 f"  recurate-on-drift:\n    when: {{drift_alert: {{segment: app=support-bot}}}}\n"
+                 f"    target: {{kind: prefect, deployment: {dep}, parameters: {{recipe: support-sft}}}}\n"
+                 f"  recurate-all:\n    when: {{drift_alert: {{segment: app=support-bot}}}}\n"
+                 f"    target: {{kind: prefect, deployment: {dep}}}\n"
+                 f"  misspelt:\n    when: {{drift_alert: {{segment: app=support-bot}}}}\n"
+                 f"    target: {{kind: prefect, deployment: {dep}, parameters: {{recpie: support-sft}}}}\n"
+                 f"  waits:\n    when: {{dataset: support-sft}}\n"
+                 f"    target: {{kind: prefect, deployment: {dep}, timeout_s: 60, poll_s: 0.2}}\n")
+    policies = load_policies(f, known_datasets={"support-sft"})
+    store = JobStore(tmp_path / "jobs.sqlite")
+    alert = Alert("model-drift", "app=support-bot,model=m", "w1", (AlertItem("output_chars"),))
+    jobs = {j.policy: j for j in dispatch(policies.values(), [alert], store, lambda n: Secret(""))}
+    assert {p: j.status for p, j in jobs.items()} == {"recurate-on-drift": "succeeded", "recurate-all": "succeeded",
+                                                      "misspelt": "failed"}, jobs
+    assert "takes no parameter 'recpie' (its parameters: recipe)" in (jobs["misspelt"].error or "")
+    runs = {str(r.id): r for r in api.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])))}
+    assert len(runs) == 2
+    for policy, want in (("recurate-on-drift", {"recipe": "support-sft"}), ("recurate-all", {})):
+        run_id = str(jobs[policy].result).removeprefix("flow run ")
+        assert runs[run_id].parameters == want and jobs[policy].handle == f"prefect:{run_id}"
+
+    # the waiting job: its run is failed (no worker here: the server is told, as a worker would tell it)
+    box: list[Any] = []
+    ctx = contextvars.copy_context()
+    v1 = DatasetVersion("support-sft", 1, new_examples=10, path="/p", manifest="/p/manifest.json")
+    t = threading.Thread(target=lambda: box.extend(ctx.run(
+        dispatch, policies.values(), [v1, alert], store, lambda n: Secret(""))))
+    t.start()
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=30)
+    while not [j for j in store.list() if j.policy == "waits" and j.handle] and datetime.now(timezone.utc) < deadline:
+        threading.Event().wait(0.1)
+    (waiting,) = [j for j in store.list() if j.policy == "waits"]
+    assert waiting.status == "running" and waiting.handle
+    run_id = waiting.handle.removeprefix("prefect:")
+    assert api.read_flow_run(run_id).parameters == {}  # curate takes none of the version's fields
+    api.set_flow_run_state(run_id, Failed(message="the recipe failed"), force=True)
+    t.join(30)
+    assert [j.policy for j in box] == ["waits"]  # the alert's jobs are not started again
+    failed = store.get(waiting.id)
+    assert failed.status == "failed" and "ended Failed: the recipe failed" in (failed.error or ""), failed
+    assert dispatch(policies.values(), [v1, alert], store, lambda n: Secret("")) == []
+    assert len(api.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])))) == 3

@@ -132,18 +132,21 @@ Secrets = Callable[[str], Secret]
 
 
 def run_target(policy: Policy, p: Mapping[str, object], secrets: Secrets,
-               evaluation: EvalContext | None = None) -> T.Outcome:
+               evaluation: EvalContext | None = None, started: T.Started = T.ignore) -> T.Outcome:
     o = policy.options
     if policy.kind == "eval":
         if evaluation is None:
             raise T.TargetFailed("this dispatcher was started without the evaluation settings and targets; "
                                  "dispatch from `flywheel curate`, `flywheel jobs retry` or the `dispatch` flow")
         return evaluate(evaluation, o, p, secrets)
+    if o.get("dataset") and p.get("dataset") != o["dataset"]:
+        raise T.TargetFailed(f"the target works on dataset {o['dataset']!r}, which has no version yet: curate it "
+                             f"first (`flywheel curate {o['dataset']}`), then `flywheel jobs retry`")
     if policy.kind == "webhook":
         secret = secrets(str(o["secret_env"])) if o.get("secret_env") else Secret("")
         return T.webhook(str(o["url"]), p, secret, attempts=int(o.get("attempts", 4)))
     if policy.kind == "shell":
-        return T.shell(str(o["command"]), p, float(o.get("timeout_s", 3600.0)))
+        return T.shell(str(o["command"]), p, float(o.get("timeout_s", 3600.0)), started=started)
     if policy.kind == "fine_tune":
         # from the recorded parameters, so a retry uploads the file the first attempt did
         export = str(p.get("export") or "")
@@ -151,13 +154,32 @@ def run_target(policy: Policy, p: Mapping[str, object], secrets: Secrets,
             raise T.TargetFailed("the dataset version has no export to upload: add an export format to its recipe")
         key = secrets(str(o["key_env"])) if o.get("key_env") else Secret("")
         return T.fine_tune(str(o["base_url"]), str(o["model"]), Path(export), key, float(o.get("poll_s", 5.0)))
-    return T.prefect(str(o["deployment"]), p, float(o.get("timeout_s", 0.0)))
+    return T.prefect(str(o["deployment"]), p, o.get("parameters"), float(o.get("timeout_s", 0.0)),
+                     float(o.get("poll_s", 2.0)), started)
+
+
+Latest = Callable[[str], DatasetVersion | None]
+"""The latest published version of a dataset (None: not curated yet): the edge passes the registry's reader."""
+
+
+def event_params(policy: Policy, event: Event, latest: Latest | None = None) -> dict[str, object]:
+    """What the job of (policy, event) is given, recorded with it (a retry gets the same): the event's fields,
+    and, when the target names a `dataset` the event does not carry (a drift alert, a tick, another dataset's
+    version), that dataset's latest version, resolved now."""
+    p = params(event)
+    name = policy.options.get("dataset") if policy.kind != "eval" else None
+    if name and p.get("dataset") != name and latest is not None:
+        version = latest(str(name))
+        if version is not None:
+            p = {**p, **params(version)}
+    return p
 
 
 def dispatch(policies: Iterable[Policy], events: Iterable[Event], store: JobStore, secrets: Secrets,
-             evaluation: EvalContext | None = None) -> list[Job]:
+             evaluation: EvalContext | None = None, latest: Latest | None = None) -> list[Job]:
     """Start the job of every matching (policy, event) not started before; returns the jobs this call ran.
-    `evaluation` is what `eval` targets run with (the edge builds it when a policy has one)."""
+    `evaluation` is what `eval` targets run with (the edge builds it when a policy has one); `latest` resolves
+    the dataset a target names (`dataset:`) when the event is not a version of it."""
     policies = list(policies)
     store.recover()
     ran = []
@@ -165,7 +187,7 @@ def dispatch(policies: Iterable[Policy], events: Iterable[Event], store: JobStor
         for policy in policies:
             if not matches(policy, event):
                 continue
-            p = params(event)
+            p = event_params(policy, event, latest)
             trigger = ("dataset" if isinstance(event, DatasetVersion) else "schedule" if isinstance(event, Tick)
                        else "drift_alert")
             job = store.claim(policy.name, subject(event), trigger, policy.kind, json.dumps(p, default=str))
@@ -189,7 +211,7 @@ def retry(store: JobStore, job_id: int, policies: Mapping[str, Policy], secrets:
 def _run(store: JobStore, job: Job, policy: Policy, p: Mapping[str, object], secrets: Secrets,
          evaluation: EvalContext | None) -> Job:
     try:
-        outcome = run_target(policy, p, secrets, evaluation)
+        outcome = run_target(policy, p, secrets, evaluation, lambda handle: store.started(job.id, handle))
     except T.TargetFailed as exc:
         store.finish(job.id, False, error=str(exc), output=exc.output)
     except Exception as exc:  # a target's unexpected failure is the job's, never the dispatcher's

@@ -11,9 +11,9 @@
         when: {dataset: support-sft, min_new_examples: 500}
         target: {kind: fine_tune, base_url: https://api.openai.com/v1, model: gpt-4o-mini, key_env: OPENAI_API_KEY,
                  format: openai-chat}
-      rerun-eval-flow:
-        when: {dataset: support-eval}
-        target: {kind: prefect, deployment: curate/curate}
+      recurate-on-drift:                             # the flow gets `parameters` and the event's fields it takes
+        when: {drift_alert: {segment: app=support-bot}}
+        target: {kind: prefect, deployment: curate/curate, parameters: {recipe: support-sft}, timeout_s: 600}
       re-evaluate:                                   # flywheel's own evaluation of the new version, then its gate
         when: {dataset: support-eval}
         target: {kind: eval, targets: [champion, candidate], split: test,
@@ -43,7 +43,7 @@ KINDS: dict[str, tuple[set[str], set[str]]] = {
     "webhook": ({"url"}, {"secret_env", "attempts"}),
     "shell": ({"command"}, {"timeout_s", "dataset"}),
     "fine_tune": ({"base_url", "model"}, {"key_env", "format", "poll_s", "dataset"}),
-    "prefect": ({"deployment"}, {"timeout_s"}),
+    "prefect": ({"deployment"}, {"timeout_s", "poll_s", "parameters", "dataset"}),
     "eval": ({"targets"}, {"split", "gate", "dataset"}),
 }
 
@@ -154,6 +154,10 @@ def _policy(name: str, spec: Any, src: str, known: Collection[str] | None,
         v = options.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
             raise _fail(src, f"{where}.target.{key}", f"must be a positive number, got {v!r}")
+    if "parameters" in options and (not isinstance(options["parameters"], dict)
+                                    or not all(isinstance(k, str) and k for k in options["parameters"])):
+        raise _fail(src, f"{where}.target.parameters", "must be a mapping of the deployment's parameter names to "
+                    f"values, such as {{recipe: support-sft}}, got {options['parameters']!r}")
     if "dataset" in options and (not isinstance(options["dataset"], str) or not options["dataset"]):
         raise _fail(src, f"{where}.target.dataset", f"must be a dataset name, got {options['dataset']!r}")
     if "dataset" in options and known is not None and options["dataset"] not in known:

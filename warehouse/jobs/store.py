@@ -8,6 +8,9 @@ Guarantees (the alert outbox's, for jobs):
   lease: `recover()` marks it `failed` ("interrupted"), for `retry` to start it again on purpose, so nothing
   starts twice by itself.
 - A failing target is recorded as failed with its error and output; `retry` queues it again (attempts counted).
+- A cancelled job stays cancelled: its runner's late result does not overwrite it (`finish` only records over
+  `running`). A running target that can be stopped records its handle when it starts (a shell command's
+  process group on this host, a Prefect flow run), which `flywheel jobs cancel` stops.
 - SQLite (WAL, `BEGIN IMMEDIATE`), for the same reason as the outbox: small transactional row updates by several
   processes. It lives at `$FLYWHEEL_HOME/jobs/jobs.sqlite`.
 """
@@ -42,6 +45,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   result TEXT,
   error TEXT,
   output_tail TEXT,
+  handle TEXT,
   UNIQUE (policy, subject)
 );
 """
@@ -73,6 +77,8 @@ class Job:
     result: str | None
     error: str | None
     output_tail: str | None
+    handle: str | None = None
+    """What stops the running target: `pgid:<n>@<host>` (a shell command's process group), `prefect:<flow run>`."""
 
 
 class JobStore:
@@ -85,6 +91,8 @@ class JobStore:
             try:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(_SCHEMA)
+                if "handle" not in {r[1] for r in con.execute("PRAGMA table_info(jobs)")}:
+                    con.execute("ALTER TABLE jobs ADD COLUMN handle TEXT")  # a table made before handles
             finally:
                 con.close()
         except sqlite3.Error as exc:
@@ -107,12 +115,19 @@ class JobStore:
             rid = int(cur.lastrowid or 0)
         return self.get(rid)
 
-    def finish(self, job_id: int, ok: bool, result: str = "", error: str = "", output: str = "") -> None:
+    def started(self, job_id: int, handle: str) -> None:
+        """Record what stops the running target (see `Job.handle`)."""
         with self._tx() as con:
-            con.execute("UPDATE jobs SET status = ?, finished_at = ?, result = ?, error = ?, output_tail = ?, "
-                        "lease_until = NULL WHERE id = ?",
-                        ("succeeded" if ok else "failed", self.now(), result or None, error[:2000] or None,
-                         output[-4000:] or None, job_id))
+            con.execute("UPDATE jobs SET handle = ? WHERE id = ? AND status = 'running'", (handle, job_id))
+
+    def finish(self, job_id: int, ok: bool, result: str = "", error: str = "", output: str = "") -> bool:
+        """Record a running job's outcome; False (nothing written) when it is no longer running (cancelled)."""
+        with self._tx() as con:
+            cur = con.execute("UPDATE jobs SET status = ?, finished_at = ?, result = ?, error = ?, output_tail = ?, "
+                              "lease_until = NULL WHERE id = ? AND status = 'running'",
+                              ("succeeded" if ok else "failed", self.now(), result or None, error[:2000] or None,
+                               output[-4000:] or None, job_id))
+            return cur.rowcount == 1
 
     def recover(self) -> int:
         """Mark jobs whose runner vanished (lease expired while running) failed; returns how many."""
@@ -132,7 +147,8 @@ class JobStore:
         now = self.now()
         with self._tx() as con:
             cur = con.execute("UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, "
-                              "finished_at = NULL, lease_until = ?, error = NULL WHERE id = ? AND status IN "
+                              "finished_at = NULL, lease_until = ?, error = NULL, handle = NULL WHERE id = ? "
+                              "AND status IN "
                               "('failed', 'cancelled')", (now, now + lease_s, job_id))
             if cur.rowcount == 0:
                 raise JobError(f"job {job_id} changed state meanwhile; look again (`flywheel jobs show {job_id}`)",
@@ -140,13 +156,15 @@ class JobStore:
         return self.get(job_id)
 
     def cancel(self, job_id: int) -> Job:
-        job = self.get(job_id)
-        if job.status in ("succeeded", "cancelled"):
-            raise JobError(f"job {job_id} is {job.status}: nothing to cancel", job_id=job_id)
+        """Mark a running or failed job cancelled (the caller stops its target by its handle)."""
         with self._tx() as con:
-            con.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_until = NULL WHERE id = ?",
-                        (self.now(), job_id))
-        return self.get(job_id)
+            cur = con.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_until = NULL "
+                              "WHERE id = ? AND status NOT IN ('succeeded', 'cancelled')", (self.now(), job_id))
+            cancelled = cur.rowcount == 1
+        job = self.get(job_id)
+        if not cancelled:
+            raise JobError(f"job {job_id} is {job.status}: nothing to cancel", job_id=job_id)
+        return job
 
     def get(self, job_id: int) -> Job:
         found = self.list(where="id = ?", args=(job_id,))
@@ -159,7 +177,7 @@ class JobStore:
         clauses = [c for c in (where, "status = ?" if status else "") if c]
         params = (*args, *((status,) if status else ()))
         sql = ("SELECT id, policy, subject, trigger, target, params, status, attempts, created_at, started_at, "
-               "finished_at, lease_until, result, error, output_tail FROM jobs"
+               "finished_at, lease_until, result, error, output_tail, handle FROM jobs"
                + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id DESC LIMIT ?")
         with self._tx() as con:
             rows = con.execute(sql, (*params, limit)).fetchall()

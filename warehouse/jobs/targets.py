@@ -9,7 +9,8 @@ with the output to keep:
   A local TRL run is a shell target (see the README's Triggers section).
 - `fine_tune`: an OpenAI-compatible fine-tuning API: upload the export, create the job, poll it until it ends,
   and record the resulting model name.
-- `prefect`: `run_deployment(name, parameters={dataset, version, ...})` on the configured Prefect API.
+- `prefect`: `run_deployment` on the configured Prefect API, with the policy's `parameters:` and the event's
+  fields the deployment's flow accepts; with `timeout_s`, a run that ends failed fails the job.
 Secrets are resolved by the caller (an edge) into `Secret`s and never appear in results, errors or output.
 """
 
@@ -20,12 +21,15 @@ import hashlib
 import hmac
 import json
 import os
+import signal
+import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import httpx
 
@@ -80,20 +84,59 @@ def webhook(url: str, params: Mapping[str, object], secret: Secret, attempts: in
     raise TargetFailed(f"webhook failed after {attempts} attempts: {last}")
 
 
-def shell(command: str, params: Mapping[str, object], timeout_s: float = 3600.0, cwd: Path | None = None) -> Outcome:
+Started = Callable[[str], None]
+"""Told the running target's handle as soon as it has one (see `stop`), for `flywheel jobs cancel` to stop it."""
+
+
+def ignore(_handle: str) -> None:
+    pass
+
+
+def shell(command: str, params: Mapping[str, object], timeout_s: float = 3600.0, cwd: Path | None = None,
+          started: Started = ignore) -> Outcome:
     env = {**os.environ, "DATASET_NAME": str(params.get("dataset", "")),
            "DATASET_VERSION": str(params.get("version", "")), "DATASET_PATH": str(params.get("path", "")),
            "DATASET_MANIFEST": str(params.get("manifest", ""))}
+    # its own process group, so that cancelling or a timeout stops what the command started too
+    proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, cwd=cwd, start_new_session=True)
+    started(f"pgid:{proc.pid}@{socket.gethostname()}")
     try:
-        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=timeout_s, env=env,
-                              cwd=cwd)
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or "") if isinstance(exc.stdout, str) else ""
-        raise TargetFailed(f"command timed out after {timeout_s:g} s", out[-4000:]) from None
-    output = (done.stdout + done.stderr)[-4000:]
-    if done.returncode != 0:
-        raise TargetFailed(f"command exited with code {done.returncode}", output)
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _killpg(proc.pid)
+        out, _ = proc.communicate()
+        raise TargetFailed(f"command timed out after {timeout_s:g} s", (out or "")[-4000:]) from None
+    output = (out or "")[-4000:]
+    if proc.returncode != 0:
+        raise TargetFailed(f"command exited with code {proc.returncode}", output)
     return Outcome("exit 0", output)
+
+
+def _killpg(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def stop(handle: str) -> str:
+    """Stop the target a job's handle names; says what it did (a handle of another host is left alone)."""
+    kind, _, rest = handle.partition(":")
+    if kind == "pgid":
+        pgid, _, host = rest.partition("@")
+        if host != socket.gethostname():
+            return f"its command runs on {host}: stop process group {pgid} there"
+        return f"stopped its command (process group {pgid})" if _killpg(int(pgid)) else "its command had ended"
+    if kind == "prefect":
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelling
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(uuid.UUID(rest), Cancelling(message="cancelled by `flywheel jobs cancel`"))
+        return f"asked Prefect to cancel flow run {rest}"
+    return f"its target ({kind}) cannot be stopped from here"
 
 
 def fine_tune(base_url: str, model: str, training_file: Path, key: Secret, poll_s: float = 5.0,
@@ -120,12 +163,47 @@ def fine_tune(base_url: str, model: str, training_file: Path, key: Secret, poll_
     raise TargetFailed(f"fine-tuning job {jid} did not finish within {timeout_s:g} s")
 
 
-def prefect(deployment: str, params: Mapping[str, object], timeout_s: float = 0.0) -> Outcome:
-    """Start the Prefect deployment `flow/deployment` with `params`; with `timeout_s` 0, do not wait for it."""
+def prefect(deployment: str, params: Mapping[str, object], fixed: Mapping[str, object] | None = None,
+            timeout_s: float = 0.0, poll_s: float = 2.0, started: Started = ignore) -> Outcome:
+    """Start the Prefect deployment `flow/deployment`. It gets the policy's `fixed` parameters, and those of the
+    event's `params` its flow accepts (its parameter schema, read from the API: a flow is not handed fields it
+    does not take, which would fail its run before it starts). With `timeout_s` 0 the job records the run as
+    started; otherwise it waits that long for the run to end, and fails when it ends failed, crashed or cancelled
+    or does not end in time."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     try:
-        run = run_deployment(deployment, parameters=dict(params), timeout=timeout_s)
+        with get_client(sync_client=True) as client:
+            schema = client.read_deployment_by_name(deployment).parameter_openapi_schema or {}
     except Exception as exc:  # Prefect raises many types (unknown deployment, API unreachable)
+        raise TargetFailed(f"reading Prefect deployment {deployment!r} failed: {exc}; check the name "
+                           "(`prefect deployment ls`) and PREFECT_API_URL") from exc
+    accepted = set(schema.get("properties") or {})
+    refused = sorted(set(fixed or {}) - accepted)
+    if refused:
+        raise TargetFailed(f"Prefect deployment {deployment!r} takes no parameter {refused[0]!r} (its parameters: "
+                           f"{', '.join(sorted(accepted)) or 'none'}); fix the policy's `parameters:`")
+    given = {**{k: v for k, v in params.items() if k in accepted}, **(fixed or {})}
+    try:
+        # called outside an event loop it runs synchronously: the union with a coroutine is for async callers
+        run = cast("FlowRun", run_deployment(deployment, parameters=given, timeout=0))
+    except Exception as exc:
         raise TargetFailed(f"starting Prefect deployment {deployment!r} failed: {exc}") from exc
-    return Outcome(f"flow run {getattr(run, 'id', '?')}", str(getattr(run, "state_name", "")))
+    started(f"prefect:{run.id}")
+    deadline = time.monotonic() + timeout_s
+    while timeout_s > 0 and not (run.state and run.state.is_final()) and time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(run.id)
+    state = run.state
+    summary = json.dumps({"flow_run": str(run.id), "parameters": given, "state": run.state_name}, default=str)
+    if state is not None and state.is_final() and not state.is_completed():
+        raise TargetFailed(f"Prefect flow run {run.id} of {deployment!r} ended {state.name}: "
+                           f"{state.message or 'no message'}", summary)
+    if timeout_s > 0 and not (state and state.is_final()):
+        raise TargetFailed(f"Prefect flow run {run.id} of {deployment!r} did not end within {timeout_s:g} s "
+                           f"(it goes on, {run.state_name}); raise the policy's timeout_s or set it to 0 not to "
+                           "wait", summary)
+    return Outcome(f"flow run {run.id}", summary)

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -243,3 +244,85 @@ def test_a_schedule_policy_starts_once_per_cron_tick_on_the_datasets_latest_vers
         f.write_text(text)
         with pytest.raises(PolicyError, match=message):
             load_policies(f)
+
+
+def test_the_readmes_policy_file_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Triggers", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    f = tmp_path / "policies.yaml"
+    f.write_text(block)
+    policies = load_policies(f, known_datasets={"regression-eval", "support-sft"},
+                             known_targets={"champion", "candidate"})
+    assert {p.kind for p in policies.values()} == {"eval", "webhook", "shell", "fine_tune", "prefect"}
+
+
+def test_a_targets_dataset_is_its_latest_version_when_the_event_is_an_alert(tmp_path: Path) -> None:
+    marker, broken = tmp_path / "trained.txt", tmp_path / "broken"
+    f = tmp_path / "policies.yaml"
+    f.write_text("policies:\n  retrain-on-drift:\n    when: {drift_alert: {segment: app=support-bot}}\n"
+                 f"    target: {{kind: shell, dataset: support-sft, command: 'test ! -f {broken} && echo "
+                 f"\"$DATASET_NAME@$DATASET_VERSION $DATASET_PATH\" >> {marker}'}}\n")
+    policies = load_policies(f, known_datasets={"support-sft"})
+    store = JobStore(tmp_path / "jobs.sqlite")
+    versions: dict[str, DatasetVersion] = {}
+    first = Alert("model-drift", "app=support-bot,model=m", "w1", (AlertItem("output_chars"),))
+    (job,) = dispatch(policies.values(), [first], store, _secrets, latest=versions.get)
+    assert job.status == "failed" and "`flywheel curate support-sft`" in (job.error or "") and not marker.exists()
+    versions["support-sft"] = DatasetVersion("support-sft", 3, new_examples=7, path="/lake/support-sft/v3")
+    second = Alert("model-drift", "app=support-bot,model=m", "w2", (AlertItem("output_chars"),))
+    (job,) = dispatch(policies.values(), [second], store, _secrets, latest=versions.get)
+    assert job.status == "succeeded" and marker.read_text() == "support-sft@3 /lake/support-sft/v3\n"
+    recorded = json.loads(job.params)
+    assert (recorded["dataset"], recorded["version"], recorded["segment"]) == ("support-sft", 3,
+                                                                              "app=support-bot,model=m")
+    # a retry runs the version recorded with the job, not the latest at retry time
+    broken.write_text("")
+    third = Alert("model-drift", "app=support-bot,model=m", "w3", (AlertItem("output_chars"),))
+    (job,) = dispatch(policies.values(), [third], store, _secrets, latest=versions.get)
+    assert job.status == "failed"
+    versions["support-sft"] = DatasetVersion("support-sft", 4, new_examples=2, path="/lake/support-sft/v4")
+    broken.unlink()
+    assert retry(store, job.id, policies, _secrets).status == "succeeded"
+    assert marker.read_text().splitlines()[-1] == "support-sft@3 /lake/support-sft/v3"
+
+
+KILLED_RUNNING = """
+import sys
+from pathlib import Path
+from flywheel.warehouse.jobs import dispatch as D
+from flywheel.warehouse.jobs.policies import load_policies
+from flywheel.warehouse.jobs.store import JobStore
+from flywheel.warehouse.evaluation.targets import Secret
+store = JobStore(Path(sys.argv[2]))
+claim = store.claim
+store.claim = lambda *a, **k: claim(*a, **{**k, "lease_s": 0.5})
+D.dispatch(load_policies(Path(sys.argv[1])).values(), [D.DatasetVersion("support-sft", 9, new_examples=1)], store,
+           lambda n: Secret(""))
+"""
+
+
+def test_a_kill_while_the_target_runs_never_starts_it_again_by_itself(tmp_path: Path) -> None:
+    """SIGKILL of the dispatcher after its target started and before its result was recorded."""
+    f = tmp_path / "p.yaml"
+    started = tmp_path / "started.txt"
+    f.write_text(f"policies:\n  train:\n    when: {{dataset: support-sft}}\n"
+                 f"    target: {{kind: shell, command: 'echo run >> {started}; sleep 30'}}\n")
+    db = tmp_path / "jobs.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUNNING, str(f), str(db)])
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.read_text() == "run\n"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = JobStore(db)
+    (job,) = store.list()
+    assert job.status == "running" and str(job.handle).startswith("pgid:")
+    time.sleep(0.6)  # the lease runs out
+    policies = load_policies(f)
+    assert dispatch(policies.values(), [DatasetVersion("support-sft", 9, new_examples=1)], store, _secrets) == []
+    job = store.get(job.id)
+    assert job.status == "failed" and "interrupted" in (job.error or "")
+    assert started.read_text() == "run\n"  # not started again by itself
+    pgid = int(str(job.handle).removeprefix("pgid:").split("@")[0])
+    os.killpg(pgid, signal.SIGTERM)  # the orphaned command: what `flywheel jobs cancel` would stop
