@@ -21,10 +21,13 @@ from flywheel.environment import Environment
 
 @dataclass
 class Check:
+    """One stage's finding. A `warning` is worth a look (e.g. stale datasets) but leaves the exit code at 0."""
+
     name: str
     healthy: bool
     summary: str
     details: dict[str, object] = field(default_factory=dict)
+    warning: bool = False
 
 
 def _age(t: datetime | None) -> str:
@@ -143,6 +146,29 @@ def drift(env: Environment) -> Check:
     return Check("drift", True, f"last run {last.run_id} {_age(last.run_at)}: {last.alerts} alerting checks")
 
 
+def curation(env: Environment) -> Check:
+    from flywheel.warehouse.datasets.registry import Registry
+
+    newest: dict[str, tuple[int, datetime]] = {}
+    for v in Registry(env.core, env.datasets).versions():  # by name then version: the last one is the latest
+        newest[v.name] = (v.version, v.created_at)
+    if not newest:
+        return Check("curation", True, "no dataset curated yet (`flywheel curate --all`)", {"datasets": {}},
+                     warning=True)
+    bound = env.datasets.stale_bound
+    now = datetime.now(timezone.utc)
+    stale = sorted((n for n, (_v, at) in newest.items() if now - at > bound), key=lambda n: newest[n][1])
+    listed = "; ".join(f"{n}@{v} {_age(at)}" for n, (v, at) in newest.items())
+    summary = f"{len(newest)} dataset{'s' if len(newest) > 1 else ''}: {listed}"
+    if stale:
+        fix = f"flywheel curate {stale[0]}" if len(stale) == 1 else "flywheel curate --all"
+        summary += (f"; no new version of {', '.join(stale)} in over {env.datasets.stale_after} (`{fix}`; a run "
+                    "whose content did not change writes none)")
+    return Check("curation", True, summary,
+                 {"datasets": {n: {"version": v, "created_at": at.isoformat()} for n, (v, at) in newest.items()},
+                  "stale": stale, "stale_after": env.datasets.stale_after}, warning=bool(stale))
+
+
 def alerts(env: Environment) -> Check:
     from flywheel.warehouse.alerts.outbox import Outbox
 
@@ -185,15 +211,17 @@ def releases(env: Environment) -> Check:
     return Check("releases", True, "; ".join(f"{a}: {c}" for a, c in named.items()), {"champions": named})
 
 
-CHECKS = (broker_and_lag, landed, quality, drift, alerts, evaluations, jobs, releases)
+CHECKS = (broker_and_lag, landed, quality, drift, curation, alerts, evaluations, jobs, releases)
 
 
 @click.command("status")
 @format_option("text", "json")
 @pass_env
 def status(env: Environment, fmt: str) -> None:
-    """The health of every stage: the broker and the lag per partition, what landed last, the last quality, drift
-    and evaluation runs, open alerts, jobs, and the champion per app. Exit code 1 when something is unhealthy.
+    """The health of every stage: the broker and the lag per partition, what landed last, the last quality and
+    drift runs, each dataset's latest version, open alerts, evaluation runs, jobs, and the champion per app. Exit
+    code 1 when something is unhealthy; a warning (WARN: no dataset yet, or none newer than
+    FLYWHEEL_DATASETS_STALE_AFTER) leaves it at 0.
 
     \b
     Example:
@@ -211,7 +239,7 @@ def status(env: Environment, fmt: str) -> None:
         click.echo(json.dumps({"healthy": healthy, "checks": [c.__dict__ for c in checks]}, default=str))
     else:
         for c in checks:
-            click.echo(f"{'ok ' if c.healthy else 'BAD'} {c.name:11s} {c.summary}")
+            click.echo(f"{'BAD ' if not c.healthy else 'WARN' if c.warning else 'ok  '} {c.name:11s} {c.summary}")
     sys.exit(0 if healthy else 1)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar
 
 from flywheel.config import Settings, env_settings
+from flywheel.durations import DurationError, parse_duration
 from flywheel.errors import ConfigError
 from flywheel.storage import LakeLocation
 
@@ -43,7 +45,17 @@ class DatasetSettings:
     machine's memory (or of its cgroup's limit), at most 3GB; the curating process peaks at about this plus 1 GB.
     Spilling is slow (at 1M events a curation took 1.8x as long at 1536MB as at 3GB)."""
 
+    stale_after: str = "2d"
+    """FLYWHEEL_DATASETS_STALE_AFTER: `flywheel status` warns when a dataset's newest version is older than this
+    (a duration: 36h, 2d, 1w). Default: two days, twice the daily curate schedule. A curation whose content did not
+    change writes no version, so a dataset over quiet traffic looks stale too."""
+
     def __post_init__(self) -> None:
+        try:
+            parse_duration(self.stale_after)
+        except DurationError as exc:
+            raise ConfigError(f"FLYWHEEL_DATASETS_STALE_AFTER: {exc}",
+                              variable="FLYWHEEL_DATASETS_STALE_AFTER") from exc
         if "://" in self.root:  # Path() would take `s3://b/datasets` for the local directory `s3:/b/datasets`
             raise ConfigError(f"FLYWHEEL_DATASETS_ROOT={self.root!r} is a URL: dataset versions live on a local path "
                               "today (object storage is not supported yet, see docs/PRODUCTION.md)",
@@ -51,6 +63,11 @@ class DatasetSettings:
         if self.num_perm <= 0 or self.num_bands <= 0 or self.num_perm % self.num_bands:
             raise ConfigError(f"FLYWHEEL_DATASETS_NUM_BANDS={self.num_bands} must divide "
                               f"FLYWHEEL_DATASETS_NUM_PERM={self.num_perm}", variable="FLYWHEEL_DATASETS_NUM_BANDS")
+
+    @property
+    def stale_bound(self) -> timedelta:
+        """`stale_after` as a timedelta."""
+        return parse_duration(self.stale_after)
 
     def duckdb_memory_limit(self) -> str:
         """`memory_limit` as given, or else the default derived from this machine (see the field)."""
