@@ -14,8 +14,10 @@ def demo(env: Environment) -> None:
     """Run the flywheel end to end on the embedded defaults, on real feedback data dated relative to now.
 
     Starts the embedded broker (unless one answers), replays the last 8 days of traffic (a model version gets
-    worse yesterday), lands it, runs the quality gates and drift detection, and shows what it found. Safe to
-    re-run: the views show each event once. FLYWHEEL_DEMO_SCALE makes it larger or smaller.
+    worse yesterday), lands it, runs the quality gates and drift detection, curates the bundled recipes,
+    evaluates both model versions again and rolls the release back on the gate's verdict. It ends with a summary
+    (what landed and was flagged, the datasets@versions, the verdict, the reports it wrote) and the next commands
+    to try. Safe to re-run: the views show each event once. FLYWHEEL_DEMO_SCALE makes it larger or smaller.
 
     \b
     Example:

@@ -13,7 +13,8 @@
 5. re-evaluates: the previous support-bot version and the shifted one answer the curated eval set through a
    recorded-answers stand-in for an OpenAI-compatible endpoint (`flywheel.infra.testing.provider`); the gate
    compares them, and the release that shipped the shifted version is rolled back on that evidence;
-6. ends with a summary and the next commands to try.
+6. ends with a summary (what landed and was flagged, the datasets@versions it curated, the gate's verdict, the
+   reports it wrote) and the next commands to try.
 
 Re-running it is safe: the views show every event once however often it was sent (ids are stable), and the
 quality gates and drift runs pick up where the last ones ended.
@@ -79,8 +80,18 @@ QUERIES = [
     ("why events were quarantined", "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason ORDER BY n DESC"),
 ]
 
+@dataclass(frozen=True)
+class Outcome:
+    """What the curation, evaluation and release step left, for the demo's closing summary."""
+
+    datasets: tuple[tuple[str, bool], ...] = ()
+    """(name@version, whether this run created it), in curation order."""
+    verdict: str = "nothing evaluated"
+    """The gate's verdict on the shifted version against the previous one, and what the release did."""
+
+
 def _curate_evaluate_release(settings: Settings, datasets: DatasetSettings, evaluation: EvalSettings,
-                             echo: Callable[[str], None]) -> None:
+                             echo: Callable[[str], None]) -> Outcome:
     """Curate every bundled recipe, evaluate the previous and the shifted support-bot versions on the curated eval
     set, and let the gate's verdict roll the shifted release back."""
     from flywheel.infra.testing.provider import Answer, RecordedProvider
@@ -100,14 +111,15 @@ def _curate_evaluate_release(settings: Settings, datasets: DatasetSettings, eval
         made[r.name] = res
         echo(f"curated {res.name}@{res.version} ({'new: ' + res.reason if res.created else 'unchanged'}): "
              + ", ".join(f"{k} {v}" for k, v in res.splits))
+    curated = tuple((f"{res.name}@{res.version}", res.created) for res in made.values())
     evals = [n for n, r in made.items() if next(x for x in recipes if x.name == n).kind == "eval"]
     if not evals:
-        return
+        return Outcome(curated, "nothing evaluated: no eval recipe")
     ref = f"{evals[0]}@{made[evals[0]].version}"
     rows = load(ref, "test", settings=settings, ds=datasets).to_pylist()
     if not rows:
         echo(f"  {ref} has no test rows yet: nothing to evaluate")
-        return
+        return Outcome(curated, f"nothing evaluated: {ref} has no test rows")
     examples = [Example(str(r["id"]), tuple((m["role"], m["content"]) for m in r["messages"]), r.get("reference"),
                         str(r.get("stratum") or "")) for r in rows]
     # The stand-in provider answers as each version would: the previous one with the accepted answer (the
@@ -146,11 +158,15 @@ def _curate_evaluate_release(settings: Settings, datasets: DatasetSettings, eval
                                               runs[SHIFTED_VERSION].run_id, evaluation, force=True,
                                               reason="shipped yesterday before its evaluation",
                                               seen=SHIFTED_VERSION in seen)))
+    said = (f"support-bot {SHIFTED_VERSION} against {PREVIOUS_VERSION} on {ref}: gate "
+            + ("passed" if verdict.passed else f"BLOCKED ({len(verdict.reasons)} reasons)"))
     if not verdict.passed:
         back = rollback(settings.lake_location, "support-bot", reason="the gate blocked " + SHIFTED_VERSION)
         publish(settings, champion_of(back))
         echo(f"release: support-bot rolled back to {back.model_version} (release {back.sequence}; "
              f"`flywheel release history support-bot`), published to {release_topic(settings)}")
+        said += f", rolled back to {back.model_version}"
+    return Outcome(curated, said)
 
 
 NEXT_STEPS = [
@@ -296,7 +312,7 @@ def _run(settings: Settings, demo: DemoSettings, quality: QualitySettings, drift
              f"on {shown.segment}:")
         echo("  " + json.dumps(slack_message(shown), ensure_ascii=False)[:1500])
 
-    _curate_evaluate_release(settings, datasets, evaluation, echo)
+    outcome = _curate_evaluate_release(settings, datasets, evaluation, echo)
 
     con = connect(settings)
     try:
@@ -304,4 +320,17 @@ def _run(settings: Settings, demo: DemoSettings, quality: QualitySettings, drift
             echo(f"\n-- {title}\n{con.sql(sql)}")
     finally:
         con.close()
+    reports = [("quality", str(gates.report))] if gates.report else []
+    reports += [(f"drift {segment}", path) for segment, path in sorted(found.reports.items())]
+    echo("\n".join([
+        "\nSummary:",
+        f"  landed: {stats.landed['inferences']:,} inferences, {stats.landed['feedback']:,} feedback, "
+        f"{stats.quarantined} quarantined",
+        f"  flagged: {len(found.alerts)} drift alerts"
+        + (" (" + ", ".join(f"{a.kind} on {a.segment}" for a in found.alerts) + ")" if found.alerts else ""),
+        "  datasets: " + (", ".join(f"{ref}{'' if new else ' (unchanged)'}" for ref, new in outcome.datasets)
+                          or "none curated") + f" (in {datasets.root_path(settings)})",
+        f"  evaluation: {outcome.verdict}",
+        "  reports:" + ("" if reports else " none written"),
+        *(f"    {what}: {path}" for what, path in reports)]))
     echo("Next, try:\n" + "\n".join(f"  {cmd}" for cmd in NEXT_STEPS))

@@ -82,9 +82,18 @@ def test_the_demo_runs_twice_and_the_readme_next_steps_work_on_what_it_left(
     assert "gate: BLOCKED: mean similarity dropped" in first.output  # the re-evaluation decides ...
     assert "release: support-bot rolled back to 2026-11-stable" in first.output  # ... and the release follows
     assert re.search(r"rolled back to .*published to \S+\.releases", first.output)  # the topic acked the change
+    # it ends with a summary: the datasets@versions, the gate's verdict, every report it wrote (and they exist)
+    summary = first.output.split("\nSummary:\n", 1)[1].split("Next, try:", 1)[0]
+    assert "  datasets: regression-eval@1, answers-preference@1, support-sft@1 (in " in summary, summary
+    assert ("  evaluation: support-bot 2026-12-rc1 against 2026-11-stable on regression-eval@1: gate BLOCKED"
+            in summary and "rolled back to 2026-11-stable" in summary), summary
+    reports = re.findall(r"^    (quality|drift app=[\w-]+): (\S+\.html)$", summary, re.M)
+    assert {w for w, _ in reports} >= {"quality", "drift app=support-bot", "drift app=search-answers"}, summary
+    assert all(Path(p).is_file() and Path(p).is_relative_to(home) for _, p in reports), reports
     second = runner.invoke(main, ["demo"], env=env)  # the broker restarts empty: new topic ids, offsets from 0
     assert second.exit_code == 0, second.output
     assert "curated regression-eval@1 (unchanged)" in second.output  # same events: no new dataset version
+    assert "  datasets: regression-eval@1 (unchanged), answers-preference@1 (unchanged)" in second.output
 
     con = connect(Settings(home=home))
     assert con.execute("SELECT count(*), count(DISTINCT inference_id) FROM inferences").fetchone() == (1000, 1000)
