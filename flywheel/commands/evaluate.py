@@ -199,21 +199,36 @@ def eval_judge(env: Environment, run_id: str, targets_file: Path | None, judge: 
 
 def dataset_examples(env: Environment, ref: str, split: str) -> tuple[list[Example], str]:
     """The examples of a curated dataset version's split, and the eval set's name in eval_runs (`name@version`):
-    its conversation up to the answer, the reference (a human correction) where it has one, its stratum."""
+    its conversation up to the answer, the reference (a human correction) where it has one, its stratum, and the
+    output format its recipe expects (`eval.output_format` in the manifest; `text` for a version curated before
+    recipes had it)."""
     from flywheel.warehouse.datasets.registry import Registry
 
     info = Registry(env.core, env.datasets).get(ref)
     from flywheel.warehouse.datasets.api import load
 
     rows = load(f"{info.name}@{info.version}", split, settings=env.core, ds=env.datasets)
+    output_format = _output_format(info.manifest(), info.ref)
     out = []
     for r in rows.to_pylist():
         msgs = r.get("messages") or [{"role": "user", "content": r["prompt"]}]
         out.append(Example(str(r["id"]), tuple((m["role"], m["content"]) for m in msgs), r.get("reference"),
-                           str(r.get("stratum") or r.get("app") or "")))
+                           str(r.get("stratum") or r.get("app") or ""), output_format))
     if not out:
         raise ConfigError(f"{info.name}@{info.version} has no rows in split {split!r}")
     return out, f"{info.name}@{info.version}"
+
+
+def _output_format(manifest: dict[str, object], ref: str) -> str:
+    from flywheel.warehouse.evaluation.metrics import OUTPUT_FORMATS
+
+    recipe = manifest.get("recipe")
+    sampling = recipe.get("eval") if isinstance(recipe, dict) else None
+    value = sampling.get("output_format", "text") if isinstance(sampling, dict) else "text"
+    if value not in OUTPUT_FORMATS:  # a hand-edited manifest: the recipe loader refuses this before curation
+        raise ConfigError(f"{ref}: its manifest's recipe.eval.output_format is {value!r}, not one of "
+                          f"{', '.join(OUTPUT_FORMATS)}; curate a new version from a valid recipe")
+    return str(value)
 
 
 def read_examples(path: Path) -> list[Example]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from flywheel.cli import main
@@ -97,3 +98,64 @@ def test_judge_through_the_cli_and_its_key_never_shows(tmp_path: Path) -> None:
     for path in (tmp_path / "home").rglob("*"):
         if path.is_file():
             assert b"sk-judge-DO-NOT-LEAK" not in path.read_bytes(), path
+
+
+def test_an_eval_sets_output_format_flows_from_its_recipe_to_each_example_and_its_scores(tmp_path: Path) -> None:
+    """`eval.output_format` of a recipe reaches the manifest, each Example of `dataset_examples` (what `eval run
+    --dataset` and `eval` jobs read) and the scores: JSON validity is a rate for the JSON set, n/a for the text one."""
+    from datetime import datetime, timezone
+
+    from flywheel.commands.evaluate import dataset_examples
+    from flywheel.config import Settings
+    from flywheel.environment import Environment
+    from flywheel.errors import ConfigError
+    from flywheel.infra.demo import traffic
+    from flywheel.infra.testing.land import land
+    from flywheel.warehouse.lake import Lake
+
+    home, recipes = tmp_path / "home", tmp_path / "recipes"
+    recipes.mkdir()
+    land(Lake(Settings(home=home).lake), traffic(300, datetime.now(timezone.utc)))
+    for name, line in (("orders-json", "\n  output_format: json"), ("orders-text", "")):
+        (recipes / f"{name}.yaml").write_text(f"name: {name}\nkind: eval\neval:\n  per_stratum: 5{line}\n")
+    env = {"FLYWHEEL_HOME": str(home), "FLYWHEEL_RECIPES_DIR": str(recipes),
+           "FLYWHEEL_JOBS_POLICIES_FILE": str(tmp_path / "no-policies.yaml"), "FLYWHEEL_EVAL_BOOTSTRAP": "100"}
+    runner = CliRunner()
+    for name in ("orders-json", "orders-text"):
+        res = runner.invoke(main, ["curate", name], env=env)
+        assert res.exit_code == 0 and f"wrote {name}@1" in res.output, res.output
+    examples = {name: dataset_examples(Environment.load(env), name, "test")[0]
+                for name in ("orders-json", "orders-text")}
+    assert examples["orders-json"] and {e.output_format for e in examples["orders-json"]} == {"json"}
+    assert examples["orders-text"] and {e.output_format for e in examples["orders-text"]} == {"text"}
+
+    # One model answering every prompt with a JSON object: valid JSON, which counts only where it is expected.
+    records = [{"model": "j", "prompt": e.prompt, "output": json.dumps({"answer": e.reference or "ok"})}
+               for es in examples.values() for e in es]
+    with RecordedProvider.from_records(records) as p:
+        targets = tmp_path / "targets.yaml"
+        targets.write_text(f"targets:\n  j: {{base_url: '{p.url}', model: j}}\n")
+        env["FLYWHEEL_EVAL_TARGETS_FILE"] = str(targets)
+        got = {}
+        for name in ("orders-json", "orders-text"):
+            res = runner.invoke(main, ["eval", "run", "--dataset", name, "--target", "j", "--format", "json"],
+                                env=env)
+            assert res.exit_code == 0, res.output
+            got[name] = json.loads(res.output)["summary"]
+        text = runner.invoke(main, ["eval", "run", "--dataset", "orders-text", "--target", "j"], env=env)
+    assert got["orders-json"]["json_valid_rate"] == 1.0 and got["orders-text"]["json_valid_rate"] is None
+    assert text.exit_code == 0 and any(line.split() == ["json_valid_rate", "n/a"] for line in text.output.splitlines())
+
+    # A version curated before recipes had the key is a text set; a hand-edited value is refused, naming it.
+    from flywheel.warehouse.datasets.registry import Registry
+
+    loaded = Environment.load(env)
+    manifest_path = Registry(loaded.core, loaded.datasets).get("orders-json").path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    del manifest["recipe"]["eval"]["output_format"]
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    assert {e.output_format for e in dataset_examples(Environment.load(env), "orders-json", "test")[0]} == {"text"}
+    manifest["recipe"]["eval"]["output_format"] = "xml"
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"orders-json@1: its manifest's recipe.eval.output_format is 'xml'"):
+        dataset_examples(Environment.load(env), "orders-json", "test")

@@ -146,8 +146,13 @@ def _filters(recipe: Recipe) -> str:
 
 
 def content_hash(recipe: Recipe, splits: dict[str, pa.Table]) -> str:
-    h = hashlib.sha256(json.dumps({"kind": recipe.kind, "columns": KIND_COLUMNS[recipe.kind],
-                                   "exports": list(recipe.exports)}).encode())
+    shape: dict[str, object] = {"kind": recipe.kind, "columns": KIND_COLUMNS[recipe.kind],
+                                "exports": list(recipe.exports)}
+    if recipe.kind == "eval" and recipe.eval.output_format != "text":
+        # How its answers are scored is part of an eval set (the manifest is where evaluation reads it), so a new
+        # format is a new version; text, the default, is left out to keep the hashes of existing versions.
+        shape["output_format"] = recipe.eval.output_format
+    h = hashlib.sha256(json.dumps(shape).encode())
     for name, table in splits.items():
         for row_id in table["id"].to_pylist():
             h.update(f"{name}\t{row_id}\n".encode())

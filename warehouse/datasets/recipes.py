@@ -25,6 +25,9 @@ KINDS = ("sft", "preference", "kto", "eval")
 GROUP_KEYS = ("session_id", "user_id", "prompt")
 STRATA = ("app", "prompt_template", "model", "script")
 SCRIPTS = ("latin", "cyrillic", "greek", "arabic", "hebrew", "devanagari", "cjk")
+OUTPUT_FORMATS = ("text", "json")
+"""What an eval set's answers are expected to be (`eval.output_format`); evaluation scores JSON validity only for
+`json` (the same values as `flywheel.warehouse.evaluation.metrics.OUTPUT_FORMATS`, which this room cannot import)."""
 FORMATS: dict[str, tuple[str, ...]] = {
     "sft": ("parquet", "jsonl", "openai_chat", "trl", "hf"),
     "preference": ("parquet", "jsonl", "openai_dpo", "trl", "hf"),
@@ -107,11 +110,14 @@ class Splits:
 @dataclass(frozen=True)
 class EvalSampling:
     """eval only: at most `per_stratum` rows per value of `stratify_by`, of which up to `failure_share` are the
-    most recent failures (negative verdicts), so a regression shows; the rest a stable-hash sample."""
+    most recent failures (negative verdicts), so a regression shows; the rest a stable-hash sample.
+    `output_format` is what the answers should be (`text` or `json`), kept in the manifest: an evaluation of the
+    set scores JSON validity only for `json`."""
 
     stratify_by: str = "app"
     per_stratum: int = 50
     failure_share: float = 0.5
+    output_format: Literal["text", "json"] = "text"
 
 
 @dataclass(frozen=True)
@@ -218,13 +224,15 @@ def parse_recipe(data: object, *, path: str = "") -> Recipe:
                           "(for example `train: 0.9, test: 0.1`)", path=path, key="splits.fractions")
     splits = Splits(fractions=pairs, by=r.choice(sp.get("by", "session_id"), "splits.by", GROUP_KEYS),
                     seed=str(sp.get("seed", "flywheel")))
-    ev = r.mapping(top.get("eval", {}), "eval", {"stratify_by", "per_stratum", "failure_share"})
+    ev = r.mapping(top.get("eval", {}), "eval", {"stratify_by", "per_stratum", "failure_share", "output_format"})
     if ev and kind != "eval":
         raise RecipeError("only an eval recipe samples; remove `eval` or set `kind: eval`", path=path, key="eval")
     de = EvalSampling()
     evs = EvalSampling(stratify_by=r.choice(ev.get("stratify_by", de.stratify_by), "eval.stratify_by", STRATA),
                        per_stratum=r.integer(ev.get("per_stratum", de.per_stratum), "eval.per_stratum", 1),
-                       failure_share=r.fraction(ev.get("failure_share", de.failure_share), "eval.failure_share"))
+                       failure_share=r.fraction(ev.get("failure_share", de.failure_share), "eval.failure_share"),
+                       output_format=r.choice(ev.get("output_format", de.output_format), "eval.output_format",
+                                              OUTPUT_FORMATS))
     exports = tuple(dict.fromkeys(("parquet", *(r.choice(f, "exports", FORMATS[kind]) for f in
                                                r.strings(top.get("exports", []), "exports")))))
     return Recipe(name=name, kind=kind, description=str(top.get("description", "")), source=source,

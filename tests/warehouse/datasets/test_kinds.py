@@ -119,6 +119,21 @@ def test_eval_keeps_failures_and_references(lake: Settings, ds: DatasetSettings,
     assert small.splits == (("test", 1),) and one[0]["inference_ids"] == ["e-fail"]  # the failure is kept
 
 
+def test_an_eval_sets_output_format_is_in_its_manifest_and_a_new_format_is_a_new_version(
+        lake: Settings, ds: DatasetSettings) -> None:
+    json_eval = {**EVAL, "eval": {**EVAL["eval"], "output_format": "json"}}
+    text = curate(lake, ds, recipe("ops-eval", "eval", **EVAL))
+    as_json = curate(lake, ds, recipe("ops-eval", "eval", **json_eval))
+    # Same rows, but scored differently: a new version, whose manifest keeps the format and says why it exists.
+    assert as_json.created and as_json.version == text.version + 1 and as_json.content_hash != text.content_hash
+    manifest = json.loads((as_json.path / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["recipe"]["eval"]["output_format"] == "json" and "recipe changed" in manifest["reason"]
+    old = json.loads((text.path / "manifest.json").read_text(encoding="utf-8"))
+    assert old["recipe"]["eval"]["output_format"] == "text"
+    again = curate(lake, ds, recipe("ops-eval", "eval", **json_eval))
+    assert not again.created and again.version == as_json.version
+
+
 def test_planted_pii_is_in_no_byte_of_any_file_written(lake: Settings, ds: DatasetSettings, tmp_path: Path) -> None:
     from flywheel.warehouse.datasets import pull
 
