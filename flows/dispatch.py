@@ -2,10 +2,10 @@
 
 Two ways in: the `drift` flow hands it its run's alerts (a subflow call: it works with a Prefect server and without
 one), and its schedule (FLYWHEEL_SCHEDULE_DISPATCH) hands it the latest version of every dataset a `dataset` policy
-watches, which catches up on versions nobody dispatched (a `curate` flow run, a command stopped before it
-dispatched; only the latest version counts: an older one it skipped stays skipped), and the latest tick of every
-`schedule` policy's cron (a tick starts its job once, at the first dispatch at or after it: the flow's schedule is
-how late a tick can start).
+watches, which catches up on versions nobody dispatched (curated before the policy file existed, a run stopped
+before it dispatched; only the latest version counts: an older one it skipped stays skipped), and the latest tick
+of every `schedule` policy's cron (a tick starts its job once, at the first dispatch at or after it: the flow's
+schedule is how late a tick can start).
 
 Guarantees:
 - Each (policy, event) starts once, whoever dispatches it: this flow, another run of it, `flywheel curate` or

@@ -76,7 +76,7 @@ def jobs_show(env: Environment, job_id: int) -> None:
 @pass_env
 def jobs_dispatch(env: Environment) -> None:
     """Hand the latest version of every dataset a policy watches, and the latest cron tick of every `schedule`
-    policy, to the policies, as the `dispatch` flow does on its schedule (after a `curate` flow run, say): each
+    policy, to the policies, as the `dispatch` flow does on its schedule (after a new policy file, say): each
     matching job starts once, whoever else dispatches it.
 
     \b

@@ -68,7 +68,7 @@ def test_the_flow_catches_up_and_never_starts_what_the_cli_started(
     # v1: `flywheel curate` dispatches it; the flow then starts nothing
     assert runner.invoke(main, ["curate", "support-sft"], env=env).exit_code == 0
     assert dispatch_flow() == {"events": 1, "jobs": []}  # answers-preference has no version yet
-    # another dataset, curated with no policy file (as a `curate` flow run leaves it): nobody dispatched it yet
+    # another dataset, curated with no policy file then: nobody dispatched it yet
     res = runner.invoke(main, ["curate", "answers-preference"],
                         env={**env, "FLYWHEEL_JOBS_POLICIES_FILE": str(tmp_path / "none")})
     assert res.exit_code == 0 and "wrote answers-preference@1" in res.output, res.output
