@@ -97,6 +97,7 @@ def _curate_evaluate_release(settings: Settings, datasets: DatasetSettings, eval
     from flywheel.infra.testing.provider import Answer, RecordedProvider
     from flywheel.warehouse.datasets import curate, load, load_recipe, recipe_files
     from flywheel.warehouse.evaluation.compare import gate
+    from flywheel.warehouse.evaluation.online import for_runs
     from flywheel.warehouse.evaluation.runs import Example, run_eval
     from flywheel.warehouse.evaluation.targets import Secret, Target
     from flywheel.streams.releases import champion_of, publish
@@ -122,23 +123,29 @@ def _curate_evaluate_release(settings: Settings, datasets: DatasetSettings, eval
         return Outcome(curated, f"nothing evaluated: {ref} has no test rows")
     examples = [Example(str(r["id"]), tuple((m["role"], m["content"]) for m in r["messages"]), r.get("reference"),
                         str(r.get("stratum") or "")) for r in rows]
-    # The stand-in provider answers as each version would: the previous one with the accepted answer (the
-    # writer's correction where there is one), the shifted one with its first sentence only (as the lazier
-    # model did in the traffic).
-    recorded = []
+    # A stand-in provider per version answers as that version would: the previous one with the accepted answer
+    # (the writer's correction where there is one), the shifted one with its first sentence only (as the lazier
+    # model did in the traffic). Each target names the model and version as the app logs them, so `flywheel eval
+    # compare` finds what users said about each in the lake next to the offline scores.
+    recorded: dict[str, list[Answer]] = {PREVIOUS_VERSION: [], SHIFTED_VERSION: []}
     for e, r in zip(examples, rows):
         good = r.get("reference") or r.get("output") or ""
         first = good.split(". ", 1)[0]
-        recorded += [Answer(PREVIOUS_VERSION, e.prompt, good),
-                     Answer(SHIFTED_VERSION, e.prompt, first if first.endswith(".") else first + ".")]
-    with RecordedProvider(recorded) as provider:
-        runs = {v: run_eval(settings.lake_location, ref, examples, Target(v, provider.url, v), Secret(""), evaluation)
+        recorded[PREVIOUS_VERSION].append(Answer(SUPPORT_MODEL, e.prompt, good))
+        recorded[SHIFTED_VERSION].append(Answer(SUPPORT_MODEL, e.prompt, first if first.endswith(".") else first + "."))
+    with RecordedProvider(recorded[PREVIOUS_VERSION]) as before, RecordedProvider(recorded[SHIFTED_VERSION]) as after:
+        urls = {PREVIOUS_VERSION: before.url, SHIFTED_VERSION: after.url}
+        runs = {v: run_eval(settings.lake_location, ref, examples,
+                            Target(v, urls[v], SUPPORT_MODEL, model_version=v), Secret(""), evaluation)
                 for v in (PREVIOUS_VERSION, SHIFTED_VERSION)}
     verdict = gate(settings.lake_location, runs[SHIFTED_VERSION].run_id, runs[PREVIOUS_VERSION].run_id, evaluation)
     for v, run in runs.items():
         s = run.summary
         echo(f"evaluated support-bot {v} on {ref}: pass {s['pass_rate'] or 0:.0%}, similarity "
              f"{s['similarity_mean'] or 0:.3f} over {s['with_reference']} references (run {run.run_id})")
+    for o in for_runs(settings, *(runs[v].run_id for v in (PREVIOUS_VERSION, SHIFTED_VERSION))):
+        up = f"{o.thumbs_up_rate:.0%} thumbs up of {o.thumbs_n}" if o.thumbs_up_rate is not None else "no thumbs"
+        echo(f"users of support-bot {o.model_version}: {o.inferences} answers in the lake, {up}")
     echo("gate: " + ("passed" if verdict.passed else "BLOCKED: " + "; ".join(verdict.reasons)))
     # The release history: the previous version was the champion; yesterday's shift shipped without evidence.
     con = connect(settings)
