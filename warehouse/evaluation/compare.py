@@ -231,12 +231,15 @@ def gate(lake: tables.Where, candidate: str, baseline: str, settings: EvalSettin
     checks = (("similarity", -settings.max_similarity_drop, "mean similarity dropped"),
               ("pass_rate", -settings.max_pass_rate_drop, "pass rate dropped"),
               ("error_rate", settings.max_error_rate_rise, "error rate rose"),
-              ("refusal_rate", settings.max_refusal_rate_rise, "refusal rate rose"))
+              ("refusal_rate", settings.max_refusal_rate_rise, "refusal rate rose"),
+              ("exact_match_rate", -settings.max_exact_match_drop, "exact-match rate dropped"),
+              ("json_valid_rate", -settings.max_json_valid_drop, "valid JSON rate dropped"))
     for metric, tolerance, what in checks:
         d = c.delta(metric)
         if d.delta is None:
             continue
-        worse = d.delta < tolerance if tolerance < 0 else d.delta > tolerance
+        # a drop's tolerance is negative (0.0 for "any drop" is -0.0: `d.delta < -0.0` is a drop)
+        worse = d.delta < tolerance if what.endswith("dropped") else d.delta > tolerance
         if worse:
             reasons.append(f"{what}: {d.baseline:.3f} -> {d.candidate:.3f} ({d.delta:+.3f}, tolerance "
                            f"{abs(tolerance):g}; 95% CI {d.low:+.3f}..{d.high:+.3f})")

@@ -10,8 +10,8 @@
   JSON. Summarized as `json_valid_rate` over the answered examples.
 - `refusal`: the answer starts like a refusal (the drift stage's refusal descriptor, first 200 characters).
 - `output_chars`: the answer's length in characters (mean, p50 and p95 per run; cost per example likewise).
-An example *passes* when the call succeeded, the answer is not a refusal, and (with a reference) its similarity is
-at least the pass threshold.
+An example *passes* when the call succeeded, the answer is not a refusal, (on an eval set that expects JSON) it is
+valid JSON, and (with a reference) its similarity is at least the pass threshold.
 
 With an LLM judge (`judge`, optional; `eval_judgements` holds every verdict):
 - `judge win rate` (pairwise): the share of examples where the judge preferred the candidate's answer to the
@@ -105,6 +105,6 @@ def score(output: str, reference: str | None, output_format: str = "text") -> Sc
 
 
 def passes(ok: bool, scores: Scores | None, threshold: float) -> bool:
-    if not ok or scores is None or scores.refusal:
+    if not ok or scores is None or scores.refusal or scores.json_valid is False:
         return False
     return scores.similarity is None or scores.similarity >= threshold

@@ -46,6 +46,14 @@ class EvalSettings:
     max_refusal_rate_rise: float = 0.02
     """FLYWHEEL_EVAL_MAX_REFUSAL_RATE_RISE: ... or its refusal rate by more than this ..."""
 
+    max_exact_match_drop: float = 0.02
+    """FLYWHEEL_EVAL_MAX_EXACT_MATCH_DROP: ... or its exact-match rate drops by more than this (1 turns the check
+    off, for an eval set of long answers where an exact match means little) ..."""
+
+    max_json_valid_drop: float = 0.0
+    """FLYWHEEL_EVAL_MAX_JSON_VALID_DROP: ... or, on an eval set that expects JSON, its rate of valid JSON answers
+    drops by more than this (by default any drop) ..."""
+
     max_latency_p95_ratio: float = 1.5
     """FLYWHEEL_EVAL_MAX_LATENCY_P95_RATIO: ... or its latency p95 is more than this many times the baseline's (at
     least 1)."""
@@ -97,7 +105,7 @@ _TOLERANCES: dict[str, tuple[float, float]] = {
     # A drop or a rise is of a mean or a rate in [0, 1]: a negative one would fail a candidate exactly as good as
     # its baseline, and above 1 no candidate can exceed it (1 turns the check off).
     "max_similarity_drop": (0.0, 1.0), "max_pass_rate_drop": (0.0, 1.0), "max_error_rate_rise": (0.0, 1.0),
-    "max_refusal_rate_rise": (0.0, 1.0),
+    "max_refusal_rate_rise": (0.0, 1.0), "max_exact_match_drop": (0.0, 1.0), "max_json_valid_drop": (0.0, 1.0),
     # A ratio below 1 would fail a candidate exactly as fast as its baseline.
     "max_latency_p95_ratio": (1.0, math.inf),
 }

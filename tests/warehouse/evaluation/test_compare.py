@@ -135,3 +135,33 @@ def test_a_text_eval_set_reports_json_validity_as_not_applicable_not_as_zero(tmp
 def test_an_unknown_output_format_is_refused() -> None:
     with pytest.raises(ValueError, match="output_format 'xml' is not one of text, json"):
         Example("e1", (("user", "hi"),), output_format="xml")
+
+
+def test_on_a_json_set_an_invalid_json_answer_fails_and_the_gate_blocks_a_validity_drop(tmp_path: Path) -> None:
+    """A truncated object is nearly the reference (its similarity passes) but is no JSON: it fails only where the
+    eval set expects JSON, and the gate names the drop in valid JSON (and in exact matches) there."""
+    from flywheel.warehouse.evaluation.compare import gate
+
+    lake = tmp_path / "lake"
+    verdicts = {}
+    for fmt in ("json", "text"):
+        examples = _examples(fmt)
+        records = ([{"model": "base", "prompt": e.prompt, "output": str(e.reference)} for e in examples]
+                   + [{"model": "cut", "prompt": e.prompt, "output": str(e.reference)[:-1]} for e in examples])
+        with RecordedProvider.from_records(records) as p:
+            base = run_eval(lake, f"cut-{fmt}@1", examples, Target("base", p.url, "base"), Secret(""), SETTINGS)
+            cut = run_eval(lake, f"cut-{fmt}@1", examples, Target("cut", p.url, "cut"), Secret(""), SETTINGS)
+        rows = tables.query(lake, TABLE, "SELECT passed, similarity FROM t WHERE run_id = $r AND row_kind = "
+                            "'example'", {"r": cut.run_id}).to_pylist()
+        assert len(rows) == N and all(r["similarity"] >= SETTINGS.pass_threshold for r in rows)
+        assert all(r["passed"] is (fmt == "text") for r in rows), fmt
+        verdicts[fmt] = gate(lake, cut.run_id, base.run_id, SETTINGS)
+    json_reasons = " ".join(verdicts["json"].reasons)
+    assert not verdicts["json"].passed and "valid JSON rate dropped: 1.000 -> 0.000" in json_reasons
+    assert "exact-match rate dropped: 1.000 -> 0.000" in json_reasons and "pass rate dropped" in json_reasons
+    assert not any("JSON" in r for r in verdicts["text"].reasons)
+    assert any("exact-match rate dropped" in r for r in verdicts["text"].reasons)
+    # the exact-match check can be turned off, for sets of long answers (latency: one double serves both)
+    loose = EvalSettings(concurrency=4, bootstrap=400, max_exact_match_drop=1.0, max_similarity_drop=1.0,
+                         max_latency_p95_ratio=1000)
+    assert gate(lake, cut.run_id, base.run_id, loose).passed
