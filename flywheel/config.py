@@ -351,8 +351,18 @@ def env_settings(cls: type[T], prefix: str, environ: Mapping[str, str] | None = 
             if "Secret" in kind:  # a secret's value never goes into a message
                 raise ConfigError(f"{var} is not a valid {kind} (its value is a secret: not shown)",
                                   variable=var) from None
-            raise ConfigError(f"{var}={raw!r} is not a valid {kind}", variable=var) from None
+            raise ConfigError(f"{var}={raw!r} is not a valid {kind}: {_fix(kind, f)}", variable=var) from None
     return cls(**values)
+
+
+_FORMS = {"int": "a whole number", "float": "a finite number", "bool": "1/true/yes/on or 0/false/no/off"}
+
+
+def _fix(kind: str, f: dataclasses.Field[Any]) -> str:
+    """What to set a variable to: its form, and that unsetting it restores the default (shown)."""
+    default = f.default if f.default is not dataclasses.MISSING else None
+    return (f"set it to {_FORMS.get(kind, 'a ' + kind)}, or unset it for the default"
+            + (f" ({default!r})" if default is not None else "") + "; `flywheel config` lists every setting")
 
 
 _TRUE = ("1", "true", "yes", "on")

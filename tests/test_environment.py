@@ -59,6 +59,18 @@ def test_a_mistyped_boolean_is_an_error_not_false() -> None:
     assert res.exit_code == 1 and "Error: FLYWHEEL_DRIFT_CACHE='ture' is not a valid bool" in res.output
 
 
+def test_a_setting_that_does_not_parse_says_what_to_set_it_to() -> None:
+    cases = {"FLYWHEEL_DRIFT_CACHE": ("ture", "set it to 1/true/yes/on or 0/false/no/off, or unset it for the "
+                                              "default (True)"),
+             "FLYWHEEL_PARTITIONS": ("many", "set it to a whole number, or unset it for the default (3)"),
+             "FLYWHEEL_EVAL_PASS_THRESHOLD": ("half", "set it to a finite number, or unset it for the default (0.5)")}
+    for var, (raw, fix) in cases.items():
+        with pytest.raises(ConfigError) as err:
+            Environment.load({var: raw})
+        assert f"{var}={raw!r} is not a valid" in str(err.value) and fix in str(err.value), str(err.value)
+        assert "`flywheel config` lists every setting" in str(err.value) and err.value.variable == var
+
+
 def test_the_lake_is_a_local_path_or_an_s3_uri_and_other_urls_are_refused() -> None:
     """`s3://bucket/prefix` is a lake on object storage; any other URL would become a local directory (`gs:`)."""
     with pytest.raises(ConfigError, match="FLYWHEEL_LAKE: 'gs://bucket/lake'") as err:
