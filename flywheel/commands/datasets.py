@@ -104,10 +104,10 @@ def version_event(env: Environment, name: str, version: int, path: Path,
     else:
         new = sum(n for _, n in splits)
     # the export a fine-tune uploads: the train split's OpenAI chat file when the recipe writes one, else the
-    # train split's first JSONL; another split only when the version has no train split (the test split is what
-    # the tuned model is evaluated on, so it comes after train whatever its format)
-    exports = sorted((p for p in path.rglob("*.jsonl") if p.parent.name != "data"),
-                     key=lambda p: (p.stem != "train", p.parent.name != "openai_chat", str(p)))
+    # train split's first JSONL; never another split (the test split is what the tuned model is evaluated on:
+    # a version without a train split has no export, and its fine-tune fails saying so)
+    exports = sorted((p for p in path.rglob("train.jsonl") if p.parent.name != "data"),
+                     key=lambda p: (p.parent.name != "openai_chat", str(p)))
     return DatasetVersion(name, version, new, str(path), str(path / "manifest.json"),
                           str(exports[0]) if exports else "", dict(splits))
 

@@ -1,7 +1,9 @@
-"""A new dataset version starts its policy's job once; a rebuild that changes nothing starts none."""
+"""A new dataset version starts its policy's job once; a rebuild that changes nothing starts none; the export a
+job is handed (what a fine-tune uploads) is a train split's, never an eval set's test split."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +24,9 @@ def test_a_new_version_starts_its_job_once(tmp_path: Path) -> None:
     policies = tmp_path / "policies.yaml"
     policies.write_text("policies:\n  train:\n    when: {dataset: support-sft, min_new_examples: 1}\n"
                         "    target: {kind: shell, command: 'echo \"$DATASET_NAME@$DATASET_VERSION\" >> "
-                        f"{marker}'}}\n")
+                        f"{marker}'}}\n"
+                        "  on-eval-set:\n    when: {dataset: regression-eval}\n"
+                        "    target: {kind: shell, command: 'true'}\n")
     env = {"FLYWHEEL_HOME": str(home), "FLYWHEEL_JOBS_POLICIES_FILE": str(policies)}
     runner = CliRunner()
     for _ in range(2):
@@ -31,3 +35,9 @@ def test_a_new_version_starts_its_job_once(tmp_path: Path) -> None:
     (job,) = JobStore(home / "jobs" / "jobs.sqlite").list()
     assert (job.policy, job.subject, job.status) == ("train", "dataset:support-sft@1", "succeeded")
     assert marker.read_text() == "support-sft@1\n"  # once: the second run changed nothing
+    export = Path(json.loads(job.params)["export"])
+    assert export.name == "train.jsonl" and export.is_file()
+    res = runner.invoke(main, ["curate", "regression-eval"], env=env)
+    assert res.exit_code == 0, res.output
+    eval_job = JobStore(home / "jobs" / "jobs.sqlite").list()[0]
+    assert eval_job.subject == "dataset:regression-eval@1" and json.loads(eval_job.params)["export"] == ""

@@ -151,7 +151,8 @@ def run_target(policy: Policy, p: Mapping[str, object], secrets: Secrets,
         # from the recorded parameters, so a retry uploads the file the first attempt did
         export = str(p.get("export") or "")
         if not export:
-            raise T.TargetFailed("the dataset version has no export to upload: add an export format to its recipe")
+            raise T.TargetFailed("the dataset version has no train-split export to upload (a fine-tune never "
+                                 "trains on another split): give its recipe a train split and a JSONL export")
         key = secrets(str(o["key_env"])) if o.get("key_env") else Secret("")
         return T.fine_tune(str(o["base_url"]), str(o["model"]), Path(export), key, float(o.get("poll_s", 5.0)))
     return T.prefect(str(o["deployment"]), p, o.get("parameters"), float(o.get("timeout_s", 0.0)),
