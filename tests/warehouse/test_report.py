@@ -102,14 +102,16 @@ def _fill(s: Settings) -> None:
                                    ("support-sft", 1, 120, "sft")):
         reg.register(VersionInfo(name, version, kind, NOW - timedelta(hours=3 - version), f"h{version}", "r", n,
                                  (("train", n - 10), ("test", 10)), (), "new rows", reg.root / name / f"v{version}"))
-    # evaluations: the previous and the shifted support-bot versions against the recorded-answers provider
+    # evaluations: the previous and the shifted support-bot versions (one model, two versions, as the demo's
+    # targets name them) against a recorded-answers provider each
     examples = [Example(f"e{i}", (("user", f"How do I reset password {i}?"),), f"Open settings. Then press {i}.")
                 for i in range(12)]
-    answers = [a for e in examples for a in (Answer(PREVIOUS_VERSION, e.prompt, e.reference or ""),
-                                             Answer(SHIFTED_VERSION, e.prompt, "Open settings."))]
     ev = EvalSettings()
-    with RecordedProvider(answers) as provider:
-        runs = {v: run_eval(s.lake, "regression-eval@2", examples, Target(v, provider.url, v), Secret(""), ev)
+    with RecordedProvider([Answer("support-model", e.prompt, e.reference or "") for e in examples]) as before, \
+            RecordedProvider([Answer("support-model", e.prompt, "Open settings.") for e in examples]) as after:
+        urls = {PREVIOUS_VERSION: before.url, SHIFTED_VERSION: after.url}
+        runs = {v: run_eval(s.lake, "regression-eval@2", examples,
+                            Target(v, urls[v], "support-model", model_version=v), Secret(""), ev)
                 for v in (PREVIOUS_VERSION, SHIFTED_VERSION)}
     promote(s.lake, "support-bot", "support-model", PREVIOUS_VERSION, runs[PREVIOUS_VERSION].run_id, ev)
     promote(s.lake, "support-bot", "support-model", SHIFTED_VERSION, runs[SHIFTED_VERSION].run_id, ev, force=True,
@@ -224,7 +226,8 @@ def test_gather_reads_each_stage_into_its_records(filled: Settings) -> None:
         ("q0", "feedback", True, False), ("q0", "inferences", True, False), ("q1", "feedback", False, True),
         ("q1", "inferences", True, True)]
     assert [v.ref for v in o.datasets] == ["regression-eval@1", "regression-eval@2", "support-sft@1"]
-    assert [r.model for r in o.evals] == [PREVIOUS_VERSION, SHIFTED_VERSION] and all(r.finished for r in o.evals)
+    assert [r.version for r in o.evals] == [f"support-model {PREVIOUS_VERSION}", f"support-model {SHIFTED_VERSION}"]
+    assert all(r.finished for r in o.evals)
     (c,) = o.comparisons
     assert c.baseline == o.evals[0].run_id and c.delta("similarity").delta < 0
     assert [j.status for j in o.jobs] == ["succeeded", "failed"]

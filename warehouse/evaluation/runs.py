@@ -234,9 +234,12 @@ def finished(lake: tables.Where, run_id: str) -> bool:
 
 
 def runs(lake: tables.Where) -> pa.Table:
-    """One row per run: its eval set, target, model, examples, and summary (null while unfinished)."""
+    """One row per run: its eval set, target (the key of its description), model, model and prompt version (as
+    the target names them, else null), examples, and summary (null while unfinished)."""
     return tables.query(lake, TABLE, """
         SELECT run_id, any_value(eval_set) AS eval_set, any_value(model) AS model, any_value(target) AS target,
+          any_value(json_extract_string(target_spec, '$.model_version')) AS model_version,
+          any_value(json_extract_string(target_spec, '$.prompt_version')) AS prompt_version,
           count(*) FILTER (WHERE row_kind = 'example') AS examples, min(recorded_at) AS started_at,
           max(summary) AS summary
         FROM t GROUP BY run_id ORDER BY started_at""", empty=SCHEMA)

@@ -127,6 +127,8 @@ class EvalRun:
     error_rate: float | None
     refusal_rate: float | None
     latency_p95_ms: float | None
+    version: str = ""
+    """What was evaluated, in words: the model, with its model and prompt version when the target names them."""
 
 
 @dataclass(frozen=True)
@@ -211,22 +213,25 @@ def eval_runs(settings: Settings) -> list[EvalRun]:
     out = []
     for r in eval_run_table(settings.lake_location).to_pylist():
         s = json.loads(r["summary"]) if r["summary"] else {}
+        version = " ".join(filter(None, (r["model"], r.get("model_version"),
+                                         f"prompt {r['prompt_version']}" if r.get("prompt_version") else "")))
         out.append(EvalRun(r["run_id"], r["eval_set"], r["model"], r["target"], int(r["examples"]),
                            r["started_at"], bool(r["summary"]), s.get("pass_rate"), s.get("similarity_mean"),
-                           s.get("error_rate"), s.get("refusal_rate"), s.get("latency_p95_ms")))
+                           s.get("error_rate"), s.get("refusal_rate"), s.get("latency_p95_ms"), version))
     return out
 
 
 def comparisons(settings: Settings, evaluation: EvalSettings, runs: list[EvalRun], last: int = 3) -> list[Comparison]:
-    """Per eval set, its latest finished run against the latest finished run of each other model on that set (up
-    to `last`, most recent first): the comparison a release gate makes between a candidate and the champion."""
+    """Per eval set, its latest finished run against the latest finished run of each other model (or model or
+    prompt version of it) on that set (up to `last`, most recent first): the comparison a release gate makes
+    between a candidate and the champion."""
     out = []
     for eval_set in dict.fromkeys(r.eval_set for r in runs):
         latest: dict[str, EvalRun] = {}
         for r in runs:
             if r.finished and r.eval_set == eval_set:
-                latest.pop(r.model, None)
-                latest[r.model] = r  # re-inserted: the dict ends with the most recently run model
+                latest.pop(r.version or r.model, None)
+                latest[r.version or r.model] = r  # re-inserted: the dict ends with the most recently run one
         ordered = list(latest.values())
         if len(ordered) < 2:
             continue

@@ -231,10 +231,10 @@ def _evaluation(o: Overview) -> str:
     if not o.evals:
         return _empty("No evaluation run yet", "flywheel eval run --dataset NAME --target TARGET")
     done = [r for r in o.evals if r.finished]
-    models = list(dict.fromkeys(r.model for r in done))
-    bars = [Bar(f"{r.model} · {r.eval_set}", r.pass_rate or 0.0, color(models.index(r.model)),
+    models = list(dict.fromkeys(r.version or r.model for r in done))
+    bars = [Bar(f"{r.version or r.model} · {r.eval_set}", r.pass_rate or 0.0, color(models.index(r.version or r.model)),
                 f"{r.run_id}: pass {_pct(r.pass_rate)}, similarity {_num(r.similarity_mean)}") for r in done[-12:]]
-    rows = [[_e(r.run_id), _e(r.eval_set), _e(r.model), str(r.examples), _t(r.started_at),
+    rows = [[_e(r.run_id), _e(r.eval_set), _e(r.version or r.model), str(r.examples), _t(r.started_at),
              _pct(r.pass_rate) if r.finished else "<span class=k>unfinished</span>", _num(r.similarity_mean),
              _pct(r.error_rate), _pct(r.refusal_rate), _num(r.latency_p95_ms, 4)] for r in reversed(o.evals[-20:])]
     out = [f"<p class=k>{len(o.evals)} runs ({len(done)} finished). Pass rate per finished run:</p>",
@@ -246,7 +246,7 @@ def _evaluation(o: Overview) -> str:
         out.append(_empty("No two finished runs of one eval set to compare yet",
                           "flywheel eval run --dataset NAME --target ANOTHER"))
     for c in o.comparisons:
-        out.append(_comparison(c, {r.run_id: r.model for r in o.evals}))
+        out.append(_comparison(c, {r.run_id: r.version or r.model for r in o.evals}))
     return "".join(out)
 
 
