@@ -165,6 +165,12 @@ def test_a_prefect_target_passes_what_the_deployment_takes_and_fails_with_its_ru
     for policy, want in (("recurate-on-drift", {"recipe": "support-sft"}), ("recurate-all", {})):
         run_id = str(jobs[policy].result).removeprefix("flow run ")
         assert runs[run_id].parameters == want and jobs[policy].handle == f"prefect:{run_id}"
+    # what `flywheel jobs cancel` does with a Prefect job's handle
+    from flywheel.warehouse.jobs.targets import stop
+
+    stopped = str(jobs["recurate-all"].handle)
+    assert stop(stopped) == f"asked Prefect to cancel flow run {stopped.removeprefix('prefect:')}"
+    assert api.read_flow_run(stopped.removeprefix("prefect:")).state.type.value in ("CANCELLING", "CANCELLED")
 
     # the waiting job: its run is failed (no worker here: the server is told, as a worker would tell it)
     box: list[Any] = []

@@ -93,7 +93,9 @@ def ignore(_handle: str) -> None:
 
 
 def shell(command: str, params: Mapping[str, object], timeout_s: float = 3600.0, cwd: Path | None = None,
-          started: Started = ignore) -> Outcome:
+          started: Started = ignore, grace_s: float = 10.0) -> Outcome:
+    """Run `command` with the dataset in its environment; on timeout its process group gets SIGTERM, then
+    SIGKILL after `grace_s` if anything of it is still holding its output."""
     env = {**os.environ, "DATASET_NAME": str(params.get("dataset", "")),
            "DATASET_VERSION": str(params.get("version", "")), "DATASET_PATH": str(params.get("path", "")),
            "DATASET_MANIFEST": str(params.get("manifest", ""))}
@@ -105,7 +107,11 @@ def shell(command: str, params: Mapping[str, object], timeout_s: float = 3600.0,
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _killpg(proc.pid)
-        out, _ = proc.communicate()
+        try:
+            out, _ = proc.communicate(timeout=grace_s)
+        except subprocess.TimeoutExpired:  # something of it ignored SIGTERM (and holds the output open)
+            _killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
         raise TargetFailed(f"command timed out after {timeout_s:g} s", (out or "")[-4000:]) from None
     output = (out or "")[-4000:]
     if proc.returncode != 0:
@@ -113,9 +119,9 @@ def shell(command: str, params: Mapping[str, object], timeout_s: float = 3600.0,
     return Outcome("exit 0", output)
 
 
-def _killpg(pgid: int) -> bool:
+def _killpg(pgid: int, sig: signal.Signals = signal.SIGTERM) -> bool:
     try:
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(pgid, sig)
         return True
     except (ProcessLookupError, PermissionError):
         return False

@@ -326,3 +326,12 @@ def test_a_kill_while_the_target_runs_never_starts_it_again_by_itself(tmp_path: 
     assert started.read_text() == "run\n"  # not started again by itself
     pgid = int(str(job.handle).removeprefix("pgid:").split("@")[0])
     os.killpg(pgid, signal.SIGTERM)  # the orphaned command: what `flywheel jobs cancel` would stop
+
+
+def test_a_shell_command_that_ignores_sigterm_is_killed_after_its_timeout(tmp_path: Path) -> None:
+    from flywheel.warehouse.jobs import targets as T
+
+    t0 = time.monotonic()
+    with pytest.raises(T.TargetFailed, match="timed out after 0.5 s") as err:
+        T.shell("trap '' TERM; echo started; sleep 30; echo never", {}, timeout_s=0.5, grace_s=0.5)
+    assert time.monotonic() - t0 < 10 and "started" in err.value.output and "never" not in err.value.output
