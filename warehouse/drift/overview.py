@@ -44,9 +44,9 @@ def _spark(values: list[float], width: int = 240, height: int = 36) -> str:
             f'points="{pts}"/></svg>')
 
 
-def overview(settings: Settings, last: int = 30, where: str = "TRUE") -> str:
+def overview(settings: Settings, last: int = 30) -> str:
     """The HTML page: per segment, a sparkline of its worst feature and a features x windows table of scores."""
-    runs = read_runs(settings, where).to_pylist()
+    runs = read_runs(settings).to_pylist()
     by_seg: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
         by_seg[(r["level"], r["segment"])].append(r)

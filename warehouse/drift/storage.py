@@ -52,8 +52,9 @@ def store(settings: Settings, run_id: str, window: Window, reference: str, decid
         raise DriftError(f"could not append the drift run: {exc}") from exc
 
 
-def read_runs(settings: Settings, where: str = "TRUE") -> pa.Table:
-    """Rows of `drift_runs` matching a SQL condition (empty table when there are none)."""
+def read_runs(settings: Settings, where: str = "TRUE", params: dict[str, object] | None = None) -> pa.Table:
+    """Rows of `drift_runs` matching a SQL condition written by the caller, never from input: values go in
+    `params` (`$name` in `where`). An empty table when there are none."""
     return tables.query(settings.lake_location, RUNS_TABLE,
                         f"SELECT * FROM t WHERE {where} ORDER BY window_start, level, segment, feature",
-                        empty=RUNS_SCHEMA)
+                        params, empty=RUNS_SCHEMA)

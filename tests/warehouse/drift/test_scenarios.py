@@ -126,7 +126,7 @@ def test_evidently_reports_are_written_and_linked(settings: Settings) -> None:
     path = run.reports["app=assistant,model=oasst-llama-30b"]
     html = Path(path).read_text()
     assert "output_chars" in html and Path(path).stat().st_size > 100_000
-    rows = read_runs(settings, f"run_id = '{run.run_id}' AND report_path IS NOT NULL")
+    rows = read_runs(settings, "run_id = $run AND report_path IS NOT NULL", {"run": run.run_id})
     assert rows.num_rows > 0 and set(rows["report_path"].to_pylist()) == set(run.reports.values())
     assert run.alerts and all(a.report == run.reports[a.segment] for a in run.alerts)
 
