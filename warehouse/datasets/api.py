@@ -80,7 +80,9 @@ def to_hf(ref: str, split: str | None = None, *, settings: Settings | None = Non
 
     info = _registry(settings, ds).get(ref)
     with tempfile.TemporaryDirectory(prefix=f"flywheel-{info.name}-") as tmp:
-        hf_dir = info.path / "hf"
+        hf_dir = _inside(info, Path("hf"))
+        for f in hf_dir.rglob("*") if hf_dir.is_dir() else ():
+            _inside(info, f.relative_to(info.path))  # `datasets` reads every file in it: none may lead elsewhere
         if not hf_dir.is_dir():  # the recipe did not export `hf`: build it from the data, outside the version
             exports.write("hf", info.kind, {s: pq.read_table(_split(info, s)) for s, _ in info.splits}, Path(tmp),
                           info.name)

@@ -31,6 +31,7 @@ from flywheel.warehouse.datasets import (
     load,
     load_recipe,
     pull,
+    to_hf,
 )
 from flywheel.warehouse.datasets.recipes import NAME, RecipeError, check_name
 from flywheel.warehouse.datasets.registry import parse_ref
@@ -248,6 +249,13 @@ def test_a_symlink_in_the_registry_is_not_followed_out_of_it(
     data.symlink_to(tmp_path / "moved.parquet")
     with pytest.raises(FlywheelError, match="outside"):
         load("support-sft", "train", settings=lake, ds=ds)
+    # the Hugging Face view reads every file of the version's hf/ directory: a link out of it is refused too
+    hf = published / "hf"
+    hf.mkdir(exist_ok=True)
+    (hf / "train.jsonl").unlink(missing_ok=True)
+    (hf / "train.jsonl").symlink_to(secret)
+    with pytest.raises(FlywheelError, match="outside"):
+        to_hf("support-sft", "train", settings=lake, ds=ds)
 
 
 def test_pull_does_not_follow_a_symlink_in_out_to_elsewhere(
