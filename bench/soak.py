@@ -1,9 +1,11 @@
 """Soak: the lane at a steady rate for a long while, with every long-running process's memory and the latency from
 event to queryable watched throughout (see flywheel.infra.testing.soak).
 
-    python bench/soak.py [--minutes 30] [--rate 5000] [--collector-share 0.2]
+    python bench/soak.py [--minutes 30] [--rate 5000] [--collector-share 0.2] [--broker embedded|kafka]
 
-Starts the embedded broker (or uses FLYWHEEL_KAFKA_BOOTSTRAP) and, in processes of their own, `flywheel ingest`,
+Starts the embedded broker (or uses FLYWHEEL_KAFKA_BOOTSTRAP; `--broker kafka`: a single-node Apache Kafka from
+flywheel.infra.kafka, to tell the lane's behaviour from the embedded broker's) and, in processes of their own,
+`flywheel ingest`,
 `flywheel collect` and `flywheel signals` over a fresh lake; offers the events, prints a line per sample, then a
 table per window: events sent, latency p50/p99, each process's largest RSS. The baseline of a soak is its own first
 window: memory that keeps growing, or a p99 that keeps rising, from the first window to the last is what it is for.
@@ -12,6 +14,7 @@ window: memory that keeps growing, or a p99 that keeps rising, from the first wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import tempfile
 import uuid
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from flywheel.config import Settings
 from flywheel.infra import broker
+from flywheel.infra.kafka import KAFKA_VERSION, kafka
 from flywheel.infra.testing.soak import SoakPlan, run, statistics_line
 from flywheel.streams.topics import ensure_topics
 
@@ -33,29 +37,45 @@ def main() -> None:
                          "FLYWHEEL_COLLECTOR_LINGER_MS")
     ap.add_argument("--keep", action="store_true", help="keep the soak's FLYWHEEL_HOME (lake, soak-*.log)")
     ap.add_argument("--sample", type=float, default=30.0, help="seconds between memory samples")
+    ap.add_argument("--broker", choices=("embedded", "kafka"), default="embedded",
+                    help="embedded: Tansu (or FLYWHEEL_KAFKA_BOOTSTRAP when set); kafka: a single-node Apache Kafka "
+                         "started for the soak (needs Java and, once, Maven: see flywheel.infra.kafka)")
+    ap.add_argument("--kafka-version", default=KAFKA_VERSION)
+    ap.add_argument("--kafka-libs", type=Path, default=None, help="a Kafka distribution's libs/ (default: Maven)")
+    ap.add_argument("--kafka-heap-mb", type=int, default=1024, help="the Apache Kafka JVM's heap")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="flywheel-soak-"))
     tag = uuid.uuid4().hex[:6]
     s = Settings.from_env().replace(home=home, topic_prefix=f"soak{tag}", ingest_group=f"soak-{tag}", partitions=3)
     started = False
-    if s.uses_embedded_broker:
-        s = s.replace(broker_port=broker.free_port())
-        _, started = broker.start(s)
-    try:
-        ensure_topics(s)
-        report = run(s, SoakPlan(rate=args.rate, seconds=args.minutes * 60, collector_share=args.collector_share,
-                                 sample_s=args.sample, linger_ms=args.linger_ms), progress=True,
-                     broker_pid=broker.status(s).pid if s.uses_embedded_broker else None)
-        print("\n".join(report.lines()))
-        print(statistics_line(report))
-        print(f"exit codes: {report.exit_codes}")
-    finally:
-        if started:
-            broker.stop(s)
-        if args.keep:
-            print(f"kept {home}")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        broker_pid = None
+        if args.broker == "kafka":
+            k = stack.enter_context(kafka(args.kafka_version, libs=args.kafka_libs, heap_mb=args.kafka_heap_mb,
+                                          keep=args.keep))
+            print(f"soak: Apache Kafka {k.version} on {k.bootstrap} (pid {k.pid}, {k.directory})", flush=True)
+            s, broker_pid = s.replace(kafka_bootstrap=k.bootstrap), k.pid
+        elif s.uses_embedded_broker:
+            s = s.replace(broker_port=broker.free_port())
+            _, started = broker.start(s)
+            broker_pid = broker.status(s).pid
+        try:
+            ensure_topics(s)
+            report = run(s, SoakPlan(rate=args.rate, seconds=args.minutes * 60, collector_share=args.collector_share,
+                                     sample_s=args.sample, linger_ms=args.linger_ms), progress=True,
+                         broker_pid=broker_pid)
+            print(f"broker: {args.broker}" + (f" (Apache Kafka {args.kafka_version})" if args.broker == "kafka"
+                                              else f" ({s.kafka_bootstrap})"))
+            print("\n".join(report.lines()))
+            print(statistics_line(report))
+            print(f"exit codes: {report.exit_codes}")
+        finally:
+            if started:
+                broker.stop(s)
+            if args.keep:
+                print(f"kept {home}")
+            else:
+                shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

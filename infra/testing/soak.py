@@ -78,7 +78,9 @@ class Sample:
     sent: int
     landed: int
     cpu_s: dict[str, float] = field(default_factory=dict)
-    """CPU seconds each process has used so far (user + system), the embedded broker's too when it runs here."""
+    """CPU seconds each process has used so far (user + system), the broker's too when it runs here."""
+    load1: float = float("nan")
+    """The machine's 1-minute load average: the soak shares the machine, and its figures say how busy it was."""
 
 
 @dataclass
@@ -123,6 +125,7 @@ class SoakReport:
         return max(xs) if xs else float("nan")
 
     def lines(self) -> list[str]:
+        windows = self.windows(min(6, max(1, int(self.offered_seconds // 10))))
         out = [f"offered {self.sent:,} events in {self.offered_seconds:.0f} s ({self.rate:,.0f} events/s, target "
                f"{self.plan.rate:,}), {self.sent_via_collector:,} through the collector",
                f"landed {self.landed} (distinct ids {self.distinct}, expected {self.expected}); "
@@ -139,6 +142,12 @@ class SoakReport:
             f"{_quantile([w for at, w in self.posts if a <= at < b], 0.5):.2f}/"
             f"{_quantile([w for at, w in self.posts if a <= at < b], 0.99):.2f} s"
             for a, b in self.windows(min(6, max(1, int(self.offered_seconds // 10))))))
+        if any("broker" in s.rss_mb for s in self.samples):
+            out.append("broker RSS MB by window: " + ", ".join(
+                    f"{self.rss('broker', a, b):.0f}" for a, b in windows))
+        out.append("load average (1 min), largest by window: " + ", ".join(
+            f"{max((s.load1 for s in self.samples if a <= s.at_s < b), default=float('nan')):.1f}"
+            for a, b in windows))
         names = sorted({n for s in self.samples for n in s.cpu_s})
         if names:
             out.append("CPU, % of one core, by window: " + "; ".join(
@@ -250,7 +259,8 @@ def _probe(table: str, out: Any, stop: Any) -> None:
 
 def run(settings: Settings, plan: SoakPlan, progress: bool = False, broker_pid: int | None = None) -> SoakReport:
     """Soak the lane described by `settings` (its broker must be running) with `plan`; see the module docstring.
-    With `broker_pid` (the embedded broker's process) the broker's CPU is sampled beside the lane's processes."""
+    With `broker_pid` (the broker's process, when it runs on this machine) the broker's CPU and memory are sampled
+    beside the lane's processes."""
     port = _free_port()
     env = {**os.environ, "FLYWHEEL_HOME": str(settings.home), "FLYWHEEL_LAKE": settings.lake,
            "FLYWHEEL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "FLYWHEEL_BROKER_PORT": str(settings.broker_port),
@@ -346,10 +356,11 @@ def _offer(settings: Settings, plan: SoakPlan, port: int, procs: dict[str, subpr
             for ts, seen in lake.poll():
                 report.latencies.append((ts - start, seen - ts))
             if time.time() - start >= next_sample:
-                rss = {n: r for n, p in procs.items() if (r := _rss_mb(p.pid)) is not None}
                 pids = {**{n: p.pid for n, p in procs.items()}, **({"broker": broker_pid} if broker_pid else {})}
+                rss = {n: r for n, pid in pids.items() if (r := _rss_mb(pid)) is not None}
                 cpu = {n: c for n, pid in pids.items() if (c := _cpu_s(pid)) is not None}
-                report.samples.append(Sample(time.time() - start, rss, report.sent, len(report.latencies), cpu))
+                report.samples.append(Sample(time.time() - start, rss, report.sent, len(report.latencies), cpu,
+                                             os.getloadavg()[0]))
                 if progress:
                     print(f"  {time.time() - start:6.0f} s  sent {report.sent:,}  inferences queryable "
                           f"{len(report.latencies):,}  RSS MB " + " ".join(f"{n} {r:.0f}" for n, r in rss.items()),
