@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 from flywheel.config import Settings
+from flywheel.errors import FlywheelError
 from flywheel.infra import broker
 from flywheel.infra.kafka import KAFKA_VERSION, kafka
 from flywheel.infra.testing.soak import SoakPlan, run, statistics_line
@@ -49,6 +51,8 @@ def main() -> None:
     s = Settings.from_env().replace(home=home, topic_prefix=f"soak{tag}", ingest_group=f"soak-{tag}", partitions=3)
     started = False
     with contextlib.ExitStack() as stack:
+        if not args.keep:
+            stack.callback(shutil.rmtree, home, ignore_errors=True)
         broker_pid = None
         if args.broker == "kafka":
             k = stack.enter_context(kafka(args.kafka_version, libs=args.kafka_libs, heap_mb=args.kafka_heap_mb,
@@ -74,9 +78,10 @@ def main() -> None:
                 broker.stop(s)
             if args.keep:
                 print(f"kept {home}")
-            else:
-                shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FlywheelError as exc:  # e.g. Apache Kafka cannot run here: the message says what to install or pass
+        sys.exit(f"Error: {exc}")
