@@ -106,8 +106,8 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
     would have chosen. The other inferences are in `src` with null texts and prompt keys: no kind reads them.
 
     `narrow`: `src` has no texts (output, messages, tools, prompt); the texts table `_txt` (one row per inference
-    id, without outputs) and `_need` (the needed inferences' coordinates) are kept, for `_fill` to attach the texts
-    to the kind's rows once they are built."""
+    id, without outputs) and `_need` (the needed inferences' coordinates) are kept, for `_intern` to number the
+    texts of the kind's rows once they are built."""
     fb = recipe.feedback
     # The sources are whitelisted by the recipe's loader (FEEDBACK_SOURCES): names, not free text.
     rank = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(fb.precedence))
@@ -167,7 +167,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
     # The wide tables are built once each (a copy of them costs more than the normalizing, and spills), and the
     # lake's files are read once for these columns: the prompt keys come from `_txt`, not from a second join.
     # Narrow, the outputs (most of the bytes: 2.2 of 3.4 GB for the 2M inferences a 5M-event preference window
-    # needs) are left to `_fill`, which reads them for the inferences whose output a row uses.
+    # needs) are left to `_intern`, which reads them for the inferences whose output a row uses.
     output = "" if narrow else "l.output, "
     _read_landed(con, "_txt", "_need", f"{output}l.tools, l.input, {_MESSAGES} AS messages, w.app")
     # Normalizing costs seconds per 100k texts and a prompt recurs over many inferences: once per distinct one.
@@ -203,7 +203,7 @@ def _read_landed(con: duckdb.DuckDBPyConnection, table: str, ids: str, cols: str
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT l.inference_id, {cols} FROM {landed}")
     if _count(con, table) != _count(con, f"(SELECT DISTINCT inference_id FROM {table})"):
         # Two landed copies with the same coordinates (the view keeps either): keep one, the same one every run
-        # and in every read of the copy (`_txt` and `_fill`'s outputs), so by all its texts.
+        # and in every read of the copy (`_txt` and `_intern`'s outputs), so by all its texts.
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT l.inference_id, {cols} FROM {landed} "
                     "QUALIFY row_number() OVER (PARTITION BY l.inference_id "
                     f"ORDER BY l.output, l.input, l.tools, {_MESSAGES}::VARCHAR) = 1")
@@ -238,8 +238,8 @@ def _row(a: str = "s", v: str = "v", **cols: str) -> str:
 def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     """Fill the temp table `rows` with the kind's rows from the window; the report's reasons count what the kind
     left out (e.g. `tie`, `different prompt`, `no verdict`)."""
-    # sft rows are built without their texts and filled once (`_fill`): a copy of every needed text into `src`
-    # cost more than the one join that fills the rows.
+    # sft and preference rows are built without their texts and refer to them (`_intern`): a copy of every needed
+    # text into `src`, or into every row, cost more than the steps that read them.
     narrow = recipe.kind in LATE_TEXTS
     n = _prepare(con, recipe, narrow)
     if recipe.kind in ("preference", "kto"):  # read by the rows and by the reasons: computed once
@@ -247,18 +247,19 @@ def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     sql, reasons_sql = {"sft": _sft, "preference": _preference, "kto": _kto, "eval": _eval}[recipe.kind]()
     con.execute(f"CREATE OR REPLACE TEMP TABLE rows AS {sql}")
     reasons = [(str(r), int(c)) for r, c in con.execute(reasons_sql).fetchall() if c]
-    # The steps read `rows` only; gone before the texts are filled in, which need the memory they hold.
+    # The steps read `rows` only; gone before the texts are numbered, which need the memory they hold.
     con.execute("DROP TABLE src; DROP TABLE fbk; DROP TABLE verdicts; DROP TABLE IF EXISTS pref")
     if narrow:
-        _fill(con, recipe.kind)
+        _intern(con, recipe.kind)
     if recipe.kind == "preference":  # a pair of two equal answers teaches nothing
         n_pairs = int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])
-        # Normalized once per distinct answer (an output recurs in several pairs), compared exactly.
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS SELECT t, {norm('t')} AS n FROM "
-                    "(SELECT coalesce(chosen, '') AS t FROM rows UNION SELECT coalesce(rejected, '') FROM rows)")
+        # Normalized once per distinct answer (an output recurs in several pairs), compared exactly; a null answer
+        # is compared as ''.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS SELECT _t, {norm('t')} AS n FROM _td "
+                    "SEMI JOIN (SELECT _chosen_t AS _t FROM rows UNION SELECT _rejected_t FROM rows) u USING (_t)")
         con.execute("DELETE FROM rows WHERE rowid IN (SELECT rows.rowid FROM rows "
-                    "JOIN _norm c ON c.t = coalesce(rows.chosen, '') JOIN _norm r ON r.t = coalesce(rows.rejected, '') "
-                    "WHERE c.n = r.n)")
+                    "LEFT JOIN _norm c ON c._t = rows._chosen_t LEFT JOIN _norm r ON r._t = rows._rejected_t "
+                    "WHERE coalesce(c.n, '') = coalesce(r.n, ''))")
         con.execute("DROP TABLE _norm")
         same = n_pairs - int(con.execute("SELECT count(*) FROM rows").fetchall()[0][0])
         reasons += [("chosen equals rejected", same)] if same else []
@@ -267,15 +268,15 @@ def select(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
 
 
 LATE_TEXTS = ("sft", "preference")
-"""The kinds whose rows `select` builds without texts and then fills (`_late`, `_fill`): copying every needed text
-into `src` and then into the rows cost 24 s and 29 s of the preference select at 5M events (the fill, 10 s)."""
+"""The kinds whose rows `select` builds without texts and refers to them (`_late`, `_intern`): copying every
+needed text into `src` and then into the rows cost 24 s and 29 s of the preference select at 5M events."""
 
 
 def _late(kind: str, **outputs: str) -> dict[str, str]:
     """`_row` columns for an answer column named in `outputs`: the output of the inference of that alias (the
     other answer columns get the text the row gives them, e.g. a correction). For a kind in `LATE_TEXTS` the row
-    is built without texts (prompt, messages and tools are those of `inference_ids[1]`) and `_fill` puts them in;
-    for the others the texts are read from the wide `src`."""
+    is built without texts (prompt, messages and tools are those of `inference_ids[1]`) and `_intern` refers it to
+    them; for the others the texts are read from the wide `src`."""
     if kind not in LATE_TEXTS:
         return {c: f"{a}.output" for c, a in outputs.items()}
     refs = "".join(f", {outputs[c] + '.inference_id' if c in outputs else 'NULL'}::VARCHAR AS _{c}_of"
@@ -283,19 +284,19 @@ def _late(kind: str, **outputs: str) -> dict[str, str]:
     return {"prompt": "NULL", "messages": "NULL", "tools": "NULL", "extra": refs}
 
 
-def _fill(con: duckdb.DuckDBPyConnection, kind: str) -> None:
-    """Put the texts into rows built with `_late`, from `_txt` (one row per inference id, no outputs) and the
-    outputs read now, and drop `_txt` and `_need`.
+def _intern(con: duckdb.DuckDBPyConnection, kind: str) -> None:
+    """Refer the rows built with `_late` to their texts, which are kept once each: `_pd` (`_p`: one entry per
+    distinct prompt, messages and tools) and `_td` (`_t`: one per distinct answer text, an output or a text the row
+    gives, e.g. a correction). A row's `_p` is its first inference's prompt and each answer column `c` has `_c_t`
+    (null where the text is null). `_txt` and `_need` are dropped.
 
+    The steps up to exact dedupe work on the entries and reach the rows by these numbers (`deferred`), and
+    `materialize` writes the texts into the rows that are left: exact dedupe leaves few (3,052 of 668,160
+    preference rows at 5M events), and writing every row's texts (its prompt, messages, tools and two outputs:
+    13 s at 5M) cost more than all the steps.
     Outputs are read from the lake for the inferences whose output a row uses (about 1.4M of the 2M a 5M-event
     preference window needs: the output of an inference no row's answer refers to, such as an sft correction's,
-    is never read).
-    A row's texts come from at most two inferences: the first of `inference_ids` (the prompt, and the answer of
-    every column that refers to it) and the second (a pair's other answer). With one, the rows (narrow) are the
-    build side of one join with the texts. With two, joining the texts twice in one statement holds a wide table
-    in a hash table (the preference rows ran out of DuckDB's 3 GB at 5M events): each inference's texts are then
-    written by their own join, in row order, and put beside the rows by position (`POSITIONAL JOIN`). A join per
-    answer column instead read the texts once more each (spilled: 7 s per column at 5M)."""
+    is never read)."""
     cols = ANSWER_COLUMNS[kind]
     # `_c_of` is null (the row gives the text, e.g. a correction) or one of the row's first two inference ids
     used = " UNION ".join(f"SELECT _{c}_of AS inference_id FROM rows" for c in cols)
@@ -303,42 +304,73 @@ def _fill(con: duckdb.DuckDBPyConnection, kind: str) -> None:
     con.execute("DROP TABLE _need")
     _read_landed(con, "_out", "_used", "l.output")
     con.execute("DROP TABLE _used")
-    two = bool(_count(con, "rows WHERE len(inference_ids) > 1"))
+    # Each group lists its inferences (or rows and columns), so the numbers reach them by id, not by a join on the
+    # texts themselves.
+    con.execute("""
+    CREATE OR REPLACE TEMP TABLE _pd AS
+    SELECT row_number() OVER () AS _p, * FROM (
+      SELECT input, messages, tools, list(inference_id) AS _ids
+      FROM _txt SEMI JOIN (SELECT inference_ids[1] AS inference_id FROM rows) f USING (inference_id)
+      GROUP BY input, messages, tools)""")
+    con.execute("DROP TABLE _txt")
+    con.execute("CREATE OR REPLACE TEMP TABLE _pref AS SELECT unnest(_ids) AS inference_id, _p FROM _pd")
+    con.execute("ALTER TABLE _pd DROP COLUMN _ids")
+    given = " ".join(f"UNION ALL SELECT {c}, NULL, {{'r': rowid, 'c': '{c}'}} FROM rows "
+                     f"WHERE _{c}_of IS NULL AND {c} IS NOT NULL" for c in cols)
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE _td AS
+    SELECT row_number() OVER () AS _t, * FROM (
+      SELECT t, list(inference_id) FILTER (WHERE inference_id IS NOT NULL) AS _ids,
+        list(g) FILTER (WHERE g IS NOT NULL) AS _given
+      FROM (SELECT output AS t, inference_id, NULL::STRUCT(r BIGINT, c VARCHAR) AS g FROM _out
+            WHERE output IS NOT NULL {given})
+      GROUP BY t)""")
+    con.execute("DROP TABLE _out")
+    con.execute("CREATE OR REPLACE TEMP TABLE _tref AS SELECT unnest(_ids) AS inference_id, _t FROM _td")
+    con.execute("CREATE OR REPLACE TEMP TABLE _given AS SELECT g.r, g.c, _t FROM "
+                "(SELECT unnest(_given) AS g, _t FROM _td)")
+    con.execute("ALTER TABLE _td DROP COLUMN _ids; ALTER TABLE _td DROP COLUMN _given")
+    # One rewrite of the (narrow) rows, in their order: an UPDATE per column through a join cost several times it
+    refs = "".join(f", CASE WHEN r._{c}_of IS NULL THEN g_{c}._t ELSE o_{c}._t END AS _{c}_t" for c in cols)
+    joins = " ".join(f"LEFT JOIN _tref o_{c} ON o_{c}.inference_id = r._{c}_of "
+                     f"LEFT JOIN _given g_{c} ON g_{c}.r = r.rowid AND g_{c}.c = '{c}'" for c in cols)
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE rows AS SELECT r.*, p._p{refs}
+    FROM rows r LEFT JOIN _pref p ON p.inference_id = r.inference_ids[1] {joins} ORDER BY r.rowid""")
+    con.execute("DROP TABLE _pref; DROP TABLE _tref; DROP TABLE _given")
 
-    def keep(first: str, second: str) -> str:
-        """The rows' columns with the texts in: `first` and `second` are the two inferences' outputs (SQL)."""
-        answers = ", ".join(f"CASE WHEN r._{c}_of IS NULL THEN r.{c} WHEN r._{c}_of = r.inference_ids[1] "
-                            f"THEN {first} ELSE {second} END AS {c}" for c in cols)
-        internal = ", ".join((["_rid"] if two else []) + [f"_{c}_of" for c in cols])
-        return (f"r.* EXCLUDE ({internal}) REPLACE (f.input AS prompt, f.messages AS messages, f.tools AS tools, "
-                f"{answers})")
 
-    if not two:
-        con.execute("ALTER TABLE rows RENAME TO _late_rows")
-        con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE rows AS
-        SELECT {keep('o.output', 'NULL')}
-        FROM _late_rows r LEFT JOIN _txt f ON f.inference_id = r.inference_ids[1]
-          LEFT JOIN _out o ON o.inference_id = r.inference_ids[1]""")
-    else:
-        # In `_rid` order, as `_late_1` and `_late_2` are: `POSITIONAL JOIN` pairs the rows of the three by position
-        con.execute("CREATE OR REPLACE TEMP TABLE _late_rows AS "
-                    "SELECT row_number() OVER () AS _rid, * FROM rows ORDER BY _rid")
-        con.execute("DROP TABLE rows")
-        con.execute("""
-        CREATE OR REPLACE TEMP TABLE _late_1 AS SELECT t.input, t.messages, t.tools, o.output
-        FROM _late_rows r LEFT JOIN _txt t ON t.inference_id = r.inference_ids[1]
-          LEFT JOIN _out o ON o.inference_id = r.inference_ids[1] ORDER BY r._rid""")
-        con.execute("DROP TABLE _txt")  # before the texts are written once more: it holds memory the writes need
-        con.execute("""
-        CREATE OR REPLACE TEMP TABLE _late_2 AS SELECT o.output
-        FROM _late_rows r LEFT JOIN _out o ON o.inference_id = r.inference_ids[2] ORDER BY r._rid""")
-        con.execute("DROP TABLE _out")
-        con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE rows AS
-        SELECT {keep('f.output', 's.output')} FROM _late_rows r POSITIONAL JOIN _late_1 f POSITIONAL JOIN _late_2 s""")
-        con.execute("DROP TABLE _late_1; DROP TABLE _late_2")
-    con.execute("DROP TABLE _late_rows; DROP TABLE IF EXISTS _txt; DROP TABLE IF EXISTS _out")
+def deferred(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether `rows` refers to its texts (`_intern`) rather than holding them."""
+    return bool(con.execute("SELECT count(*) FROM duckdb_columns() WHERE database_name = 'temp' "
+                            "AND table_name = 'rows' AND column_name = '_p'").fetchall()[0][0])
+
+
+PROMPT_TEXT = "array_to_string(list_transform(messages, lambda m: m.content), ' ')"
+"""SQL: the text of a row's messages (their contents, space-separated): what length, dedupe and decontamination
+read as the prompt."""
+
+
+def answer_refs(kind: str) -> tuple[str, ...]:
+    """The columns of deferred rows (`_intern`) that number each answer column's text in `_td`."""
+    return tuple(f"_{c}_t" for c in ANSWER_COLUMNS[kind])
+
+
+def materialize(con: duckdb.DuckDBPyConnection, kind: str) -> None:
+    """Write the texts into deferred rows (`_intern`), in their order, with `prompt_all` (the `length` step's
+    column); nothing when the rows hold their texts."""
+    if not deferred(con):
+        return
+    cols = ANSWER_COLUMNS[kind]
+    internal = ", ".join(["_p"] + [f"_{c}_of" for c in cols] + [f"_{c}_t" for c in cols])
+    answers = "".join(f", a_{c}.t AS {c}" for c in cols)
+    joins = " ".join(f"LEFT JOIN _td a_{c} ON a_{c}._t = r._{c}_t" for c in cols)
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE rows AS
+    SELECT r.* EXCLUDE ({internal}) REPLACE (p.input AS prompt, p.messages AS messages, p.tools AS tools{answers}),
+      {PROMPT_TEXT.replace('messages', 'p.messages')} AS prompt_all
+    FROM rows r LEFT JOIN _pd p ON p._p = r._p {joins} ORDER BY r.rowid""")
+    con.execute("DROP TABLE _pd; DROP TABLE _td")
 
 
 def _sft() -> tuple[str, str]:

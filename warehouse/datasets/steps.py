@@ -5,6 +5,11 @@ Order: quality_gate, flags, length, script, pii, exact_dedupe, near_dedupe, deco
 split. PII goes before deduplication and decontamination, so texts that differ only in an e-mail address are
 duplicates, and eval prompts (stored scrubbed) are compared with scrubbed training prompts.
 
+The sft and preference rows come from `select` referring to their texts (`kinds.deferred`: each distinct text is
+kept once, in `_pd` and `_td`); quality_gate, flags, length, pii and exact_dedupe work on those texts and reach the
+rows by number, and the first step that reads a row's texts (script, or whatever follows exact_dedupe) writes them
+into the rows that are left (`kinds.materialize`). The counts and texts are those of the steps over written texts.
+
 Near duplicates: MinHash LSH from `rensa` (Rust) over the set of words of the normalized prompt and answers; rows
 are visited oldest first and a row is dropped when an earlier kept row is estimated at least `near_dedupe`
 similar (Jaccard). Decontamination drops every row whose prompt equals an eval prompt or is at least
@@ -20,7 +25,7 @@ import duckdb
 import pyarrow as pa
 import rensa
 
-from flywheel.warehouse.datasets.kinds import ANSWER_COLUMNS, StepReport, norm
+from flywheel.warehouse.datasets.kinds import ANSWER_COLUMNS, PROMPT_TEXT, StepReport, deferred, materialize, norm
 from flywheel.warehouse.datasets.recipes import Recipe
 from flywheel.warehouse.datasets.settings import DatasetSettings
 from flywheel.warehouse.pii import ANY_PATTERN, LUHN_MACRO, PLACEHOLDERS, scrub_sql
@@ -59,7 +64,7 @@ def answers_sql(kind: str) -> str:
     return " || chr(30) || ".join(f"coalesce({c}, '')" for c in ANSWER_COLUMNS[kind] if c != "reference")
 
 
-_PROMPT_TEXT = "array_to_string(list_transform(messages, lambda m: m.content), ' ')"
+_PROMPT_TEXT = PROMPT_TEXT
 
 
 def prompt_text_sql() -> str:
@@ -99,11 +104,35 @@ def length(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     answers = [f"length(coalesce({c}, ''))" for c in ANSWER_COLUMNS[recipe.kind] if c != "reference"]
     shortest = f"least({', '.join(answers)})" if len(answers) > 1 else answers[0]
     total = f"length(prompt_all) + {' + '.join(answers)}"
+    if deferred(con):
+        return _length_deferred(con, recipe)
     con.execute("ALTER TABLE rows ADD COLUMN IF NOT EXISTS prompt_all VARCHAR")
     con.execute("UPDATE rows SET prompt_all = array_to_string(list_transform(messages, lambda m: m.content), ' ')")
     n = _count(con)
     short = int(con.execute(f"SELECT count(*) FROM rows WHERE {shortest} < {s.min_chars}").fetchall()[0][0])
     con.execute(f"DELETE FROM rows WHERE {shortest} < {s.min_chars} OR {total} > {s.max_chars}")
+    out = _count(con)
+    reasons = tuple((r, c) for r, c in ((f"answer shorter than {s.min_chars} chars", short),
+                                        (f"longer than {s.max_chars} chars", n - out - short)) if c)
+    return StepReport("length", n, out, reasons)
+
+
+def _length_deferred(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
+    """`length` over rows that refer to their texts (`kinds.deferred`): each text's length is taken once, in
+    `_pd` and `_td`, and reaches the rows by number. A null text counts as '' (0), a null prompt as in `length`."""
+    s, cols = recipe.steps, [c for c in ANSWER_COLUMNS[recipe.kind] if c != "reference"]
+    answers = [f"coalesce(l_{c}.n, 0)" for c in cols]
+    shortest = f"least({', '.join(answers)})" if len(answers) > 1 else answers[0]
+    total = f"p.n + {' + '.join(answers)}"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _plen AS SELECT _p, length({PROMPT_TEXT}) AS n FROM _pd")
+    con.execute("CREATE OR REPLACE TEMP TABLE _tlen AS SELECT _t, length(t) AS n FROM _td")
+    joined = "rows LEFT JOIN _plen p ON p._p = rows._p " + " ".join(
+        f"LEFT JOIN _tlen l_{c} ON l_{c}._t = rows._{c}_t" for c in cols)
+    n = _count(con)
+    short = int(con.execute(f"SELECT count(*) FROM {joined} WHERE {shortest} < {s.min_chars}").fetchall()[0][0])
+    con.execute(f"DELETE FROM rows WHERE rowid IN (SELECT rows.rowid FROM {joined} "
+                f"WHERE {shortest} < {s.min_chars} OR {total} > {s.max_chars})")
+    con.execute("DROP TABLE _plen; DROP TABLE _tlen")
     out = _count(con)
     reasons = tuple((r, c) for r, c in ((f"answer shorter than {s.min_chars} chars", short),
                                         (f"longer than {s.max_chars} chars", n - out - short)) if c)
@@ -121,6 +150,7 @@ def script(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     allowed = recipe.steps.scripts
     if not allowed:
         return _skipped(con, "script", "no script filter in the recipe")
+    materialize(con, recipe.kind)
     text = f"(prompt_all || ' ' || {answers_sql(recipe.kind)})"
     listed = ", ".join(f"'{s}'" for s in allowed)
     return _filter(con, "script", f"{dominant_script_sql(text)} IN ({listed})",
@@ -133,6 +163,8 @@ def pii(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     if not kinds:
         return _skipped(con, "pii", "turned off in the recipe")
     con.execute(LUHN_MACRO)
+    if deferred(con):
+        return _pii_deferred(con, recipe)
     cols = ["prompt", *ANSWER_COLUMNS[recipe.kind]]
     before = con.execute(f"SELECT {', '.join(_placeholder_counts(c, kinds) for c in cols + ['prompt_all'])} "
                          "FROM rows").fetchall()[0]
@@ -148,20 +180,7 @@ def pii(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
         con.execute(f"UPDATE rows SET {c} = p.s FROM _pii p WHERE rows.{c} = p.t")
     # Tool calls' `arguments` are scrubbed too (a lookup by e-mail or card number carries it there), in place: few
     # rows have tool calls, and those are the rows rebuilt below whatever their contents hold.
-    arguments = "c.function.arguments"
-    scrubbed = f"CASE WHEN regexp_matches({arguments}, {_lit(ANY_PATTERN)}) THEN {scrub_sql(arguments, kinds)} " \
-               f"ELSE {arguments} END"
-    calls = ("list_transform(m.tool_calls, lambda c: struct_pack(id := c.id, type := c.type, function := "
-             f"struct_pack(name := c.function.name, arguments := {scrubbed})))")
-    con.execute(f"""
-    CREATE OR REPLACE TEMP TABLE _pii_msgs AS
-    SELECT r, list(struct_pack(role := m.role, content := coalesce(p.s, m.content), name := m.name,
-                               tool_call_id := m.tool_call_id, tool_calls := {calls}) ORDER BY i) AS messages
-    FROM (SELECT rowid AS r, unnest(range(len(messages))) AS i, unnest(messages) AS m FROM rows
-          WHERE rowid IN (SELECT r FROM (SELECT rowid AS r, unnest(list_transform(messages, lambda m: m.content))
-                                         AS c FROM rows) JOIN _pii ON c = t)
-             OR len(list_filter(messages, lambda m: m.tool_calls IS NOT NULL)) > 0)
-    LEFT JOIN _pii p ON p.t = m.content GROUP BY r""")
+    _rebuild_messages(con, "rows", "rowid", kinds)
     con.execute("UPDATE rows SET messages = x.messages, prompt_all = array_to_string(list_transform(x.messages, "
                 "lambda m: m.content), ' ') FROM _pii_msgs x WHERE rows.rowid = x.r")
     con.execute("DROP TABLE _pii; DROP TABLE _pii_msgs")
@@ -173,6 +192,70 @@ def pii(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
         found = sum((after[j] or 0) - (before[j] or 0) for j in range(i, len(after), len(kinds)))
         if found:
             per_kind.append((f"{kind} replaced by {PLACEHOLDERS[kind]} (rows x columns)", int(found)))
+    return StepReport("pii", n, n, tuple(per_kind), "texts rewritten, no row removed")
+
+
+def _rebuild_messages(con: duckdb.DuckDBPyConnection, table: str, key: str, kinds: tuple[str, ...]) -> None:
+    """Temp table `_pii_msgs` (`r`: the `key` of `table`, `messages`): the messages of each row of `table` whose
+    contents are in `_pii` or that has tool calls, with the contents scrubbed (`_pii`) and the tool calls'
+    arguments too."""
+    arguments = "c.function.arguments"
+    scrubbed = f"CASE WHEN regexp_matches({arguments}, {_lit(ANY_PATTERN)}) THEN {scrub_sql(arguments, kinds)} " \
+               f"ELSE {arguments} END"
+    calls = ("list_transform(m.tool_calls, lambda c: struct_pack(id := c.id, type := c.type, function := "
+             f"struct_pack(name := c.function.name, arguments := {scrubbed})))")
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE _pii_msgs AS
+    SELECT r, list(struct_pack(role := m.role, content := coalesce(p.s, m.content), name := m.name,
+                               tool_call_id := m.tool_call_id, tool_calls := {calls}) ORDER BY i) AS messages
+    FROM (SELECT {key} AS r, unnest(range(len(messages))) AS i, unnest(messages) AS m FROM {table}
+          WHERE {key} IN (SELECT r FROM (SELECT {key} AS r, unnest(list_transform(messages, lambda m: m.content))
+                                         AS c FROM {table}) JOIN _pii ON c = t)
+             OR len(list_filter(messages, lambda m: m.tool_calls IS NOT NULL)) > 0)
+    LEFT JOIN _pii p ON p.t = m.content GROUP BY r""")
+
+
+def _pii_deferred(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
+    """`pii` over rows that refer to their texts (`kinds.deferred`): the entries of `_pd` and `_td` are scrubbed
+    (each distinct text once, as in `pii`), and the placeholders are counted per entry and summed over the rows
+    that refer to it, so the counts are those of `pii` (rows x columns)."""
+    kinds = recipe.steps.pii
+    assert kinds
+    n = _count(con)
+    answers = ANSWER_COLUMNS[recipe.kind]
+
+    def counts() -> tuple[int, ...]:
+        def found(text: str, prefix: str) -> str:
+            return ", ".join(f"contains({text}, '{PLACEHOLDERS[k]}') AS {prefix}{i}" for i, k in enumerate(kinds))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _pf AS SELECT _p, {found('input', 'i')}, "
+                    f"{found(PROMPT_TEXT, 'a')} FROM _pd")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _tf AS SELECT _t, {found('t', 'x')} FROM _td")
+        # In `pii`'s order: prompt, each answer column, prompt_all; each with every kind
+        per = [[f"p.i{i}" for i in range(len(kinds))]] + [[f"f_{c}.x{i}" for i in range(len(kinds))]
+                                                          for c in answers] + [[f"p.a{i}" for i in range(len(kinds))]]
+        sql = ", ".join(f"count(*) FILTER (WHERE {flag})" for col in per for flag in col)
+        joins = " ".join(f"LEFT JOIN _tf f_{c} ON f_{c}._t = rows._{c}_t" for c in answers)
+        row = con.execute(f"SELECT {sql} FROM rows LEFT JOIN _pf p ON p._p = rows._p {joins}").fetchall()[0]
+        con.execute("DROP TABLE _pf; DROP TABLE _tf")
+        return tuple(int(x or 0) for x in row)
+
+    before = counts()
+    texts = ("SELECT input AS t FROM _pd UNION SELECT t FROM _td "
+             "UNION SELECT unnest(list_transform(messages, lambda m: m.content)) FROM _pd")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _pii AS {texts}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _pii AS SELECT t, {scrub_sql('t', kinds)} AS s FROM _pii "
+                f"WHERE regexp_matches(t, {_lit(ANY_PATTERN)})")
+    con.execute("UPDATE _pd SET input = p.s FROM _pii p WHERE _pd.input = p.t")
+    con.execute("UPDATE _td SET t = p.s FROM _pii p WHERE _td.t = p.t")
+    _rebuild_messages(con, "_pd", "_p", kinds)
+    con.execute("UPDATE _pd SET messages = x.messages FROM _pii_msgs x WHERE _pd._p = x.r")
+    con.execute("DROP TABLE _pii; DROP TABLE _pii_msgs")
+    after = counts()
+    per_kind = []
+    for i, kind in enumerate(kinds):
+        got = sum(after[j] - before[j] for j in range(i, len(after), len(kinds)))
+        if got:
+            per_kind.append((f"{kind} replaced by {PLACEHOLDERS[kind]} (rows x columns)", int(got)))
     return StepReport("pii", n, n, tuple(per_kind), "texts rewritten, no row removed")
 
 
@@ -191,7 +274,12 @@ def _order(kind: str) -> str:
 
 def exact_dedupe(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     if not recipe.steps.exact_dedupe:
+        materialize(con, recipe.kind)
         return _skipped(con, "exact_dedupe", "turned off in the recipe")
+    if deferred(con):
+        report = _exact_dedupe_deferred(con, recipe)
+        materialize(con, recipe.kind)  # the steps after this one read the texts of the rows left
+        return report
     n = _count(con)
     # Normalizing is the costly part (seconds per 100k texts) and texts recur (a prompt over many rows, an answer
     # in several pairs): each distinct text is normalized once, and the rows that have it are listed with it, so
@@ -227,6 +315,33 @@ def exact_dedupe(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     return StepReport("exact_dedupe", n, out, (("same normalized text as an earlier row", n - out),) if n - out else ())
 
 
+def _exact_dedupe_deferred(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
+    """`exact_dedupe` over rows that refer to their texts (`kinds.deferred`), with the same key and order: a
+    prompt's hash is taken once per `_pd` entry, the answers' once per distinct combination of `_td` entries."""
+    n = _count(con)
+    refs = [f"_{c}_t" for c in ANSWER_COLUMNS[recipe.kind]]
+    prompt = f"coalesce({PROMPT_TEXT}, '')"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _pnorm AS SELECT _p, hash({norm(prompt)}) AS h FROM _pd")
+    texts = answers_sql(recipe.kind)
+    for c in ANSWER_COLUMNS[recipe.kind]:
+        texts = texts.replace(f"coalesce({c}, '')", f"coalesce(a_{c}.t, '')")
+    joins = " ".join(f"LEFT JOIN _td a_{c} ON a_{c}._t = k._{c}_t" for c in ANSWER_COLUMNS[recipe.kind])
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _anorm AS SELECT k.*, {texts} AS t FROM "
+                f"(SELECT DISTINCT {', '.join(refs)} FROM rows) k {joins}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _anorm AS SELECT * EXCLUDE (t), hash({norm('t')}) AS h, hash(t) AS oh "
+                "FROM _anorm")
+    empty = f"(SELECT hash({norm(_lit(''))}))"  # a row without a prompt entry has no messages: its prompt is ''
+    on = " AND ".join(f"a.{r} IS NOT DISTINCT FROM rows.{r}" for r in refs)
+    order = _order(recipe.kind).replace(f"hash({answers_sql(recipe.kind)})", "a.oh")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _keyed AS SELECT rows.rowid AS _r, "
+                f"hash(app, coalesce(p.h, {empty}), a.h) AS _key, row_number() OVER (ORDER BY {order}) AS _rank "
+                f"FROM rows LEFT JOIN _pnorm p ON p._p = rows._p JOIN _anorm a ON {on}")
+    con.execute("DELETE FROM rows WHERE rowid NOT IN (SELECT arg_min(_r, _rank) FROM _keyed GROUP BY _key)")
+    con.execute("DROP TABLE _keyed; DROP TABLE _pnorm; DROP TABLE _anorm")
+    out = _count(con)
+    return StepReport("exact_dedupe", n, out, (("same normalized text as an earlier row", n - out),) if n - out else ())
+
+
 def _tokens(texts: Sequence[str]) -> list[list[str]]:
     return [t.split() or [""] for t in texts]
 
@@ -235,6 +350,7 @@ def near_dedupe(con: duckdb.DuckDBPyConnection, recipe: Recipe, ds: DatasetSetti
     threshold = recipe.steps.near_dedupe
     if threshold is None:
         return _skipped(con, "near_dedupe", "turned off in the recipe")
+    materialize(con, recipe.kind)
     n = _count(con)
     text = prompt_text_sql()
     if recipe.kind != "eval":
@@ -272,6 +388,7 @@ def _keep_where(con: duckdb.DuckDBPyConnection, keep: Sequence[bool]) -> None:
 def decontaminate(con: duckdb.DuckDBPyConnection, recipe: Recipe, ds: DatasetSettings,
                   evals: EvalPrompts) -> StepReport:
     threshold = recipe.steps.decontaminate
+    materialize(con, recipe.kind)
     if recipe.kind == "eval":
         return _skipped(con, "decontaminate", "this is an eval set")
     if threshold is None:
@@ -319,6 +436,7 @@ def sample(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
 def split(con: duckdb.DuckDBPyConnection, recipe: Recipe, columns: Sequence[str]) -> StepReport:
     """Give every row its split (a stable hash of its grouping key, so a key's rows share one split) and its id
     (sha256 of its exported content and lineage)."""
+    materialize(con, recipe.kind)
     n = _count(con)
     # The seed is bound; split names are whitelisted by the recipe's loader (`check_name`: no quote can be one).
     bucket = "(('0x' || left(md5($seed || chr(31) || group_key), 15))::BIGINT / 1152921504606846976.0)"
