@@ -105,9 +105,10 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
     only those inferences' texts are read, from the lake's files, by the coordinates of the landed copy the view
     would have chosen. The other inferences are in `src` with null texts and prompt keys: no kind reads them.
 
-    `narrow`: `src` has no texts (output, messages, tools, prompt); the texts table `_txt` (one row per inference
-    id, without outputs) and `_need` (the needed inferences' coordinates) are kept, for `_intern` to number the
-    texts of the kind's rows once they are built."""
+    `narrow`: `src` has no texts (output, messages, tools, prompt); the prompt entries `_pd` (one per distinct app,
+    input, messages and tools, numbered `_p`), `_keys` (each needed inference's prompt key and `_p`) and `_need`
+    (the needed inferences' coordinates) are kept, for `_intern` to number the texts of the kind's rows once they
+    are built."""
     fb = recipe.feedback
     # The sources are whitelisted by the recipe's loader (FEEDBACK_SOURCES): names, not free text.
     rank = " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(fb.precedence))
@@ -173,12 +174,24 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
     # Normalizing costs seconds per 100k texts and a prompt recurs over many inferences: once per distinct one.
     # Each group lists its inferences, so the key reaches them by id: a join on the messages themselves (a list of
     # structs, hashed and compared per inference) cost more than the grouping (5.5 s of `src` at 5M events).
-    con.execute(f"""
-    CREATE OR REPLACE TEMP TABLE _keys AS
-    SELECT unnest(ids) AS inference_id, prompt_key FROM (
-      SELECT list(inference_id) AS ids,
-        md5(app || chr(31) || {norm(_CONVERSATION.replace('msgs', 'messages'))}) AS prompt_key
-      FROM _txt GROUP BY app, messages)""")
+    # Narrow, the groups are also the prompt entries `_intern` numbers (`_pd`, its `_p` in `_keys`), so the texts
+    # are grouped once: the key is a function of the app and the messages.
+    key = f"md5(app || chr(31) || {norm(_CONVERSATION.replace('msgs', 'messages'))})"
+    if narrow:
+        con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _pd AS
+        SELECT row_number() OVER () AS _p, input, messages, tools, {key} AS prompt_key, _ids FROM (
+          SELECT app, input, messages, tools, list(inference_id) AS _ids FROM _txt
+          GROUP BY app, input, messages, tools)""")
+        con.execute("DROP TABLE _txt")
+        con.execute("CREATE OR REPLACE TEMP TABLE _keys AS "
+                    "SELECT unnest(_ids) AS inference_id, prompt_key, _p FROM _pd")
+        con.execute("ALTER TABLE _pd DROP COLUMN _ids; ALTER TABLE _pd DROP COLUMN prompt_key")
+    else:
+        con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _keys AS
+        SELECT unnest(ids) AS inference_id, prompt_key FROM (
+          SELECT list(inference_id) AS ids, {key} AS prompt_key FROM _txt GROUP BY app, messages)""")
     texts = "" if narrow else "t.output, t.messages, t.tools, t.input AS prompt,"
     txt = "" if narrow else "LEFT JOIN _txt t USING (inference_id)"
     con.execute(f"""
@@ -186,7 +199,8 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
     SELECT w.inference_id, w.timestamp, w.app, w.model, w.prompt_template, w.session_id, w.user_id, {texts}
       w._ingested_at, k.prompt_key, {group} AS group_key
     FROM _win w {txt} LEFT JOIN _keys k USING (inference_id)""")
-    con.execute("DROP TABLE _keys" + ("" if narrow else "; DROP TABLE _need; DROP TABLE _txt"))
+    if not narrow:
+        con.execute("DROP TABLE _keys; DROP TABLE _need; DROP TABLE _txt")
     n = _count(con, "_win")
     con.execute("DROP TABLE _win")
     return n
@@ -286,9 +300,9 @@ def _late(kind: str, **outputs: str) -> dict[str, str]:
 
 def _intern(con: duckdb.DuckDBPyConnection, kind: str) -> None:
     """Refer the rows built with `_late` to their texts, which are kept once each: `_pd` (`_p`: one entry per
-    distinct prompt, messages and tools) and `_td` (`_t`: one per distinct answer text, an output or a text the row
-    gives, e.g. a correction). A row's `_p` is its first inference's prompt and each answer column `c` has `_c_t`
-    (null where the text is null). `_txt` and `_need` are dropped.
+    distinct app, prompt, messages and tools, from `_prepare`) and `_td` (`_t`: one per distinct answer text, an
+    output or a text the row gives, e.g. a correction). A row's `_p` is its first inference's prompt entry and each
+    answer column `c` has `_c_t` (null where the text is null). `_keys` and `_need` are dropped.
 
     The steps up to exact dedupe work on the entries and reach the rows by these numbers (`deferred`), and
     `materialize` writes the texts into the rows that are left: exact dedupe leaves few (3,052 of 668,160
@@ -306,15 +320,6 @@ def _intern(con: duckdb.DuckDBPyConnection, kind: str) -> None:
     con.execute("DROP TABLE _used")
     # Each group lists its inferences (or rows and columns), so the numbers reach them by id, not by a join on the
     # texts themselves.
-    con.execute("""
-    CREATE OR REPLACE TEMP TABLE _pd AS
-    SELECT row_number() OVER () AS _p, * FROM (
-      SELECT input, messages, tools, list(inference_id) AS _ids
-      FROM _txt SEMI JOIN (SELECT inference_ids[1] AS inference_id FROM rows) f USING (inference_id)
-      GROUP BY input, messages, tools)""")
-    con.execute("DROP TABLE _txt")
-    con.execute("CREATE OR REPLACE TEMP TABLE _pref AS SELECT unnest(_ids) AS inference_id, _p FROM _pd")
-    con.execute("ALTER TABLE _pd DROP COLUMN _ids")
     given = " ".join(f"UNION ALL SELECT {c}, NULL, {{'r': rowid, 'c': '{c}'}} FROM rows "
                      f"WHERE _{c}_of IS NULL AND {c} IS NOT NULL" for c in cols)
     con.execute(f"""
@@ -336,8 +341,8 @@ def _intern(con: duckdb.DuckDBPyConnection, kind: str) -> None:
                      f"LEFT JOIN _given g_{c} ON g_{c}.r = r.rowid AND g_{c}.c = '{c}'" for c in cols)
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE rows AS SELECT r.*, p._p{refs}
-    FROM rows r LEFT JOIN _pref p ON p.inference_id = r.inference_ids[1] {joins} ORDER BY r.rowid""")
-    con.execute("DROP TABLE _pref; DROP TABLE _tref; DROP TABLE _given")
+    FROM rows r LEFT JOIN _keys p ON p.inference_id = r.inference_ids[1] {joins} ORDER BY r.rowid""")
+    con.execute("DROP TABLE _keys; DROP TABLE _tref; DROP TABLE _given")
 
 
 def deferred(con: duckdb.DuckDBPyConnection) -> bool:
