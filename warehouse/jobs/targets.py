@@ -139,8 +139,11 @@ def stop(handle: str) -> str:
         from prefect.client.orchestration import get_client
         from prefect.states import Cancelling
 
-        with get_client(sync_client=True) as client:
-            client.set_flow_run_state(uuid.UUID(rest), Cancelling(message="cancelled by `flywheel jobs cancel`"))
+        try:
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(uuid.UUID(rest), Cancelling(message="cancelled by `flywheel jobs cancel`"))
+        except Exception as exc:  # the job is cancelled either way: say how to stop the run by hand
+            return f"could not ask Prefect to cancel flow run {rest} ({exc}); `prefect flow-run cancel {rest}`"
         return f"asked Prefect to cancel flow run {rest}"
     return f"its target ({kind}) cannot be stopped from here"
 
