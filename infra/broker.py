@@ -91,7 +91,7 @@ def start(settings: Settings, timeout: float = 15.0, advertised: str | None = No
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise BrokerUnavailable(f"the embedded broker exited with code {proc.returncode} right after start; "
-                                    f"see {log}: {_tail(log)}", bootstrap=url.removeprefix("tcp://"), log=str(log))
+                                    f"see {log}: {log_tail(log)}", bootstrap=url.removeprefix("tcp://"), log=str(log))
         if reachable(HOST, settings.broker_port, timeout=0.2):
             return status(settings), True
         time.sleep(0.05)
@@ -131,7 +131,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _tail(path: Path, lines: int = 5) -> str:
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a process's log, on one line, for an error message."""
     try:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
     except OSError:

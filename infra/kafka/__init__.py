@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -37,11 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flywheel.errors import BrokerUnavailable, FlywheelError
+from flywheel.infra.broker import HOST, free_port, log_tail, reachable
 
 KAFKA_VERSION = "4.1.1"
 """The Apache Kafka release started by default (`pom.xml`'s default too)."""
 POM = Path(__file__).with_name("pom.xml")
-HOST = "127.0.0.1"
 _STAMP = ".complete"
 """Written into a cache directory once every jar is in it: a copy that was interrupted is made again."""
 
@@ -114,12 +113,6 @@ def jars(version: str = KAFKA_VERSION, cache: Path | None = None) -> Path:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return target
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _cluster_id() -> str:
@@ -240,12 +233,12 @@ def kafka(version: str = KAFKA_VERSION, *, libs: Path | None = None, cache: Path
         while True:
             if proc.poll() is not None:
                 raise BrokerUnavailable(f"Apache Kafka exited with code {proc.returncode} while starting; see {log}: "
-                                        f"{_tail(log)}", bootstrap=bootstrap, log=str(log))
-            if _reachable(port) and _ready(bootstrap, timeout=2.0):
+                                        f"{log_tail(log)}", bootstrap=bootstrap, log=str(log))
+            if reachable(HOST, port) and _ready(bootstrap, timeout=2.0):
                 break
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(f"Apache Kafka did not answer on {bootstrap} within {timeout:.0f}s; see "
-                                        f"{log}: {_tail(log)}", bootstrap=bootstrap, log=str(log))
+                                        f"{log}: {log_tail(log)}", bootstrap=bootstrap, log=str(log))
             time.sleep(0.2)
         yield KafkaBroker(bootstrap, proc.pid, directory, version)
     finally:
@@ -255,18 +248,3 @@ def kafka(version: str = KAFKA_VERSION, *, libs: Path | None = None, cache: Path
             atexit.unregister(stopper)
         if not keep:
             shutil.rmtree(directory, ignore_errors=True)
-
-
-def _reachable(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
