@@ -309,6 +309,11 @@ def exact_dedupe(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:
     con.execute(f"CREATE OR REPLACE TEMP TABLE _keyed AS SELECT rows.rowid AS _r, {key} AS _key, "
                 f"row_number() OVER (ORDER BY {order}) AS _rank "
                 f"FROM rows JOIN _pnorm p ON p._r = rows.rowid {join}")
+    return _keep_first_per_key(con, n)
+
+
+def _keep_first_per_key(con: duckdb.DuckDBPyConnection, n: int) -> StepReport:
+    """`exact_dedupe`'s end, for both row shapes: keep the first row (by `_rank`) of each `_key` of `_keyed`."""
     con.execute("DELETE FROM rows WHERE rowid NOT IN (SELECT arg_min(_r, _rank) FROM _keyed GROUP BY _key)")
     con.execute("DROP TABLE _keyed; DROP TABLE _pnorm; DROP TABLE IF EXISTS _anorm")
     out = _count(con)
@@ -336,10 +341,7 @@ def _exact_dedupe_deferred(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> St
     con.execute(f"CREATE OR REPLACE TEMP TABLE _keyed AS SELECT rows.rowid AS _r, "
                 f"hash(app, coalesce(p.h, {empty}), a.h) AS _key, row_number() OVER (ORDER BY {order}) AS _rank "
                 f"FROM rows LEFT JOIN _pnorm p ON p._p = rows._p JOIN _anorm a ON {on}")
-    con.execute("DELETE FROM rows WHERE rowid NOT IN (SELECT arg_min(_r, _rank) FROM _keyed GROUP BY _key)")
-    con.execute("DROP TABLE _keyed; DROP TABLE _pnorm; DROP TABLE _anorm")
-    out = _count(con)
-    return StepReport("exact_dedupe", n, out, (("same normalized text as an earlier row", n - out),) if n - out else ())
+    return _keep_first_per_key(con, n)
 
 
 def _tokens(texts: Sequence[str]) -> list[list[str]]:
