@@ -170,7 +170,8 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
     # Narrow, the outputs (most of the bytes: 2.2 of 3.4 GB for the 2M inferences a 5M-event preference window
     # needs) are left to `_intern`, which reads them for the inferences whose output a row uses.
     output = "" if narrow else "l.output, "
-    _read_landed(con, "_txt", "_need", f"{output}l.tools, l.input, {_MESSAGES} AS messages, w.app")
+    if not narrow:
+        _read_landed(con, "_txt", "_need", f"{output}l.tools, l.input, {_MESSAGES} AS messages, w.app")
     # Normalizing costs seconds per 100k texts and a prompt recurs over many inferences: once per distinct one.
     # Each group lists its inferences, so the key reaches them by id: a join on the messages themselves (a list of
     # structs, hashed and compared per inference) cost more than the grouping (5.5 s of `src` at 5M events).
@@ -178,12 +179,20 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
     # are grouped once: the key is a function of the app and the messages.
     key = f"md5(app || chr(31) || {norm(_CONVERSATION.replace('msgs', 'messages'))})"
     if narrow:
-        con.execute(f"""
+        # Grouped as they are read (a copy of the 2M wide rows first, as `_txt`, cost 3-4 s at 5M events): each
+        # needed inference has one landed copy with its coordinates unless two copies share them, which the
+        # count of grouped ids shows; then they are read once, one copy per id, and grouped from there.
+        grouped = f"""
         CREATE OR REPLACE TEMP TABLE _pd AS
         SELECT row_number() OVER () AS _p, input, messages, tools, {key} AS prompt_key, _ids FROM (
-          SELECT app, input, messages, tools, list(inference_id) AS _ids FROM _txt
-          GROUP BY app, input, messages, tools)""")
-        con.execute("DROP TABLE _txt")
+          SELECT app, input, messages, tools, list(inference_id) AS _ids FROM {{rows}}
+          GROUP BY app, input, messages, tools)"""
+        con.execute(grouped.format(rows=f"(SELECT l.inference_id, l.tools, l.input, {_MESSAGES} AS messages, "
+                                        f"w.app FROM {_landed('_need')})"))
+        if _count(con, "(SELECT unnest(_ids) FROM _pd)") != _count(con, "_need"):
+            _read_landed(con, "_txt", "_need", f"l.tools, l.input, {_MESSAGES} AS messages, w.app")
+            con.execute(grouped.format(rows="_txt"))
+            con.execute("DROP TABLE _txt")
         con.execute("CREATE OR REPLACE TEMP TABLE _keys AS "
                     "SELECT unnest(_ids) AS inference_id, prompt_key, _p FROM _pd")
         con.execute("ALTER TABLE _pd DROP COLUMN _ids; ALTER TABLE _pd DROP COLUMN prompt_key")
@@ -210,10 +219,7 @@ def _read_landed(con: duckdb.DuckDBPyConnection, table: str, ids: str, cols: str
     """Temp table `table`: `inference_id` and `cols` (SQL over the landed copy `l` and the table `ids`, `w`) of
     each inference in `ids` (which has the coordinates of the landed copy the view keeps: read by a join, with no
     window over the texts), one row per inference id."""
-    landed = f"""lake_inferences l JOIN {ids} w
-      ON l.inference_id = w.inference_id AND l._ingested_at IS NOT DISTINCT FROM w._ingested_at
-         AND l._topic IS NOT DISTINCT FROM w._topic AND l._partition IS NOT DISTINCT FROM w._partition
-         AND l._offset IS NOT DISTINCT FROM w._offset"""
+    landed = _landed(ids)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT l.inference_id, {cols} FROM {landed}")
     if _count(con, table) != _count(con, f"(SELECT DISTINCT inference_id FROM {table})"):
         # Two landed copies with the same coordinates (the view keeps either): keep one, the same one every run
@@ -221,6 +227,15 @@ def _read_landed(con: duckdb.DuckDBPyConnection, table: str, ids: str, cols: str
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT l.inference_id, {cols} FROM {landed} "
                     "QUALIFY row_number() OVER (PARTITION BY l.inference_id "
                     f"ORDER BY l.output, l.input, l.tools, {_MESSAGES}::VARCHAR) = 1")
+
+
+def _landed(ids: str) -> str:
+    """SQL: the landed copies `l` of the inferences in the table `ids` (`w`), joined by the coordinates of the copy
+    the deduplicating view keeps."""
+    return f"""lake_inferences l JOIN {ids} w
+      ON l.inference_id = w.inference_id AND l._ingested_at IS NOT DISTINCT FROM w._ingested_at
+         AND l._topic IS NOT DISTINCT FROM w._topic AND l._partition IS NOT DISTINCT FROM w._partition
+         AND l._offset IS NOT DISTINCT FROM w._offset"""
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:

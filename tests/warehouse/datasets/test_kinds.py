@@ -223,3 +223,26 @@ def test_the_content_hash_of_every_kind_over_the_same_lake_is_pinned(lake: Setti
     for name in ("support-sft", "answers-preference"):
         got[name] = curate(lake, ds, load_recipe(RECIPES / f"{name}.yaml")).content_hash
     assert got == PINNED
+
+
+def test_two_landed_copies_with_the_same_coordinates_give_the_rows_of_one(
+        tmp_path: Path, scenario: Scenario, ds: DatasetSettings) -> None:
+    # The texts are grouped as they are read by the coordinates of the copy the view keeps; two copies with the
+    # same coordinates (a commit replayed by hand) must neither count an inference twice nor lose it.
+    from flywheel.infra.testing.land import land
+    from flywheel.warehouse.lake import Lake
+
+    from .conftest import T0
+
+    hashes = []
+    for copies in (1, 2):
+        s = Settings(home=tmp_path / f"copies-{copies}")
+        for _ in range(copies):
+            land(Lake(s.lake), scenario.events, ingested_at=T0)
+        got = {}
+        for name in ("support-sft", "answers-preference"):
+            res = curate(s, DatasetSettings(root=str(s.home / "datasets")), load_recipe(RECIPES / f"{name}.yaml"))
+            got[name] = (res.content_hash, [(r.step, r.rows_in, r.rows_out) for r in res.steps])
+        hashes.append(got)
+    assert hashes[0] == hashes[1]
+    assert all(steps[0][2] > 0 for _, steps in hashes[0].values())
