@@ -166,12 +166,12 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
         "UNION SELECT other_inference_id FROM fbk WHERE kind = 'preference'")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _need AS SELECT * FROM _win SEMI JOIN ({need}) n USING (inference_id)")
     # The wide tables are built once each (a copy of them costs more than the normalizing, and spills), and the
-    # lake's files are read once for these columns: the prompt keys come from `_txt`, not from a second join.
+    # lake's files are read once for these columns: the prompt keys come from the same read, not a second join.
     # Narrow, the outputs (most of the bytes: 2.2 of 3.4 GB for the 2M inferences a 5M-event preference window
     # needs) are left to `_intern`, which reads them for the inferences whose output a row uses.
-    output = "" if narrow else "l.output, "
+    prompt_cols = f"l.tools, l.input, {_MESSAGES} AS messages, w.app"
     if not narrow:
-        _read_landed(con, "_txt", "_need", f"{output}l.tools, l.input, {_MESSAGES} AS messages, w.app")
+        _read_landed(con, "_txt", "_need", f"l.output, {prompt_cols}")
     # Normalizing costs seconds per 100k texts and a prompt recurs over many inferences: once per distinct one.
     # Each group lists its inferences, so the key reaches them by id: a join on the messages themselves (a list of
     # structs, hashed and compared per inference) cost more than the grouping (5.5 s of `src` at 5M events).
@@ -187,10 +187,9 @@ def _prepare(con: duckdb.DuckDBPyConnection, recipe: Recipe, narrow: bool) -> in
         SELECT row_number() OVER () AS _p, input, messages, tools, {key} AS prompt_key, _ids FROM (
           SELECT app, input, messages, tools, list(inference_id) AS _ids FROM {{rows}}
           GROUP BY app, input, messages, tools)"""
-        con.execute(grouped.format(rows=f"(SELECT l.inference_id, l.tools, l.input, {_MESSAGES} AS messages, "
-                                        f"w.app FROM {_landed('_need')})"))
+        con.execute(grouped.format(rows=f"(SELECT l.inference_id, {prompt_cols} FROM {_landed('_need')})"))
         if _count(con, "(SELECT unnest(_ids) FROM _pd)") != _count(con, "_need"):
-            _read_landed(con, "_txt", "_need", f"l.tools, l.input, {_MESSAGES} AS messages, w.app")
+            _read_landed(con, "_txt", "_need", prompt_cols)
             con.execute(grouped.format(rows="_txt"))
             con.execute("DROP TABLE _txt")
         con.execute("CREATE OR REPLACE TEMP TABLE _keys AS "
