@@ -13,7 +13,7 @@ from flywheel.cli import main
 from flywheel.config import Settings
 from flywheel.schemas.arrow import SCHEMAS
 from flywheel.warehouse.lake import Lake
-from flywheel.warehouse.query import connect, query
+from flywheel.warehouse.query import connect, first_landed, query
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)
 
@@ -61,6 +61,26 @@ def test_views_never_show_a_duplicate(settings: Settings) -> None:
     assert con.execute("SELECT count(*) FROM lake_inferences").fetchone() == (3,)
     assert con.execute("SELECT count(*), count(DISTINCT inference_id) FROM inferences").fetchone() == (2, 2)
     assert con.execute("SELECT count(*), count(DISTINCT feedback_id) FROM feedback").fetchone() == (9, 9)
+
+
+def test_first_landed_reads_the_rows_the_view_shows(settings: Settings) -> None:
+    # Re-sent copies that differ (another payload, landed later or at a lower offset): the fast read keeps the copy
+    # the view keeps, for every column, and the ids landed once pass unchanged.
+    _land(settings)
+    lake = Lake(settings.lake)
+    later = NOW.replace(hour=13)
+    resent = _rows("inferences", [_inference("i2", app="b", output="late"), _inference("i3")], "inf", start=10)
+    lake.commit("inferences", resent.set_column(resent.schema.get_field_index("_ingested_at"), "_ingested_at",
+                                                pa.array([later, later], pa.timestamp("us", tz="UTC"))), {})
+    lake.commit("feedback", _rows("feedback", [_feedback("f9", "i2", "implicit", signal="paste")], "fb2"), {})
+    con = connect(settings)
+    for table, cols in (("inferences", "inference_id, app, output, _topic, _offset"),
+                        ("feedback", "feedback_id, inference_id, signal, reason, _topic")):
+        fast = con.execute(f"SELECT {cols} FROM {first_landed(table, cols)} ORDER BY ALL").fetchall()
+        assert fast == con.execute(f"SELECT {cols} FROM {table} ORDER BY ALL").fetchall()
+        assert len(fast) == len({r[0] for r in fast})
+    assert con.execute("SELECT app, output FROM inferences WHERE inference_id = 'i2'").fetchall() == [("a", "o")]
+    assert con.execute("SELECT signal FROM feedback WHERE feedback_id = 'f9'").fetchall() == [("copy",)]
 
 
 def test_interactions_aggregate_feedback(settings: Settings) -> None:
