@@ -268,8 +268,10 @@ def _placeholder_counts(col: str, kinds: tuple[str, ...]) -> str:
 
 
 def _order(kind: str) -> str:
-    """A total order of a kind's rows (oldest first): which of two duplicates is kept must not depend on chance."""
-    return f"timestamp, inference_ids[1], origin, hash({answers_sql(kind)}), label"
+    """A total order of a kind's rows (oldest first): which of two duplicates is kept must not depend on chance.
+    The lineage comes last: two preference pairs of one chosen inference whose rejected outputs are the same text
+    tie on everything before it, and their ids differ by the rejected inference."""
+    return f"timestamp, inference_ids[1], origin, hash({answers_sql(kind)}), label, inference_ids, feedback_ids"
 
 
 def exact_dedupe(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> StepReport:

@@ -51,3 +51,32 @@ def test_rows_landed_in_a_failed_quality_window_are_excluded_and_the_run_is_reco
     manifest = json.loads((res.path / "manifest.json").read_text())
     assert [r["run_id"] for r in manifest["quality_runs"]] == [bad.run_id]
     assert manifest["quality_runs"][0]["table"] == "inferences"
+
+
+def test_exact_duplicate_pairs_keep_the_same_one_whatever_order_they_landed_in(tmp_path: Path) -> None:
+    # A chosen answer preferred, by two events, over two rejected inferences with the same text: the two pairs tie
+    # on time, chosen inference, origin and texts, so the one kept must come from the rest of the order (their
+    # lineage), never from the order the events landed in.
+    kept = []
+    for order in ("forward", "reversed"):
+        s = Settings(home=tmp_path / order)
+        events: list[dict[str, object]] = []
+        prefs = []
+        for g in range(12):
+            prompt = f"Case {g}: " + " ".join(f"w{g}x{k}" for k in range(8))
+            for side, output in (("a", f"accepted answer {g} " * 3), ("b", f"refused answer {g} " * 3),
+                                 ("c", f"refused answer {g} " * 3)):
+                events.append({"inference_id": f"p{g}-{side}", "timestamp": T0.isoformat(), "app": "support-bot",
+                               "model": "m", "input": prompt, "output": output})
+            for other in ("b", "c"):
+                prefs.append({"feedback_id": f"pref-{g}-{other}", "inference_id": f"p{g}-a",
+                              "other_inference_id": f"p{g}-{other}", "timestamp": T0.isoformat(),
+                              "kind": "preference", "value": 1, "source": "user"})
+        land(Lake(s.lake), events + (prefs if order == "forward" else prefs[::-1]), ingested_at=T0)
+        res = curate(s, DatasetSettings(root=str(tmp_path / order / "datasets")), parse_recipe(
+            {"name": "ties", "kind": "preference", "steps": {"near_dedupe": None},
+             "splits": {"fractions": {"train": 1.0}}}))
+        rows = load("ties", "train", settings=s, ds=DatasetSettings(root=str(tmp_path / order / "datasets")))
+        kept.append((res.content_hash, sorted(tuple(r["inference_ids"]) for r in rows.to_pylist())))
+    assert kept[0][1] == [(f"p{g}-a", f"p{g}-b") for g in sorted(range(12), key=str)]
+    assert kept[0] == kept[1]
