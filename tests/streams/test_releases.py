@@ -105,11 +105,13 @@ def test_promote_and_rollback_through_the_cli_reach_the_sdk_and_the_topic(kafka_
 
     ttl = 1.0
     with FlywheelClient(s, champion_ttl_s=ttl) as fw, FlywheelClient(s, champion_ttl_s=600) as cached:
+        # Taken before the read: the cache's clock starts inside champion(), after this and before it returns (a
+        # stamp taken after the call, or after the second client's read, could be later than the cache's own).
+        read_at = time.monotonic()
         now = fw.champion("writer")
         assert now is not None and (now.model, now.model_version, now.action, now.sequence) == \
             ("writer-v2", "2", "promote", 2)
         assert cached.champion("writer") == now
-        read_at = time.monotonic()
         out = cli("release", "rollback", "writer", "--reason", "thumbs down doubled")
         assert "rolled back to writer-v1 1 (release 3)" in out
         # The application follows without a redeploy once its cache expired, and not before.
