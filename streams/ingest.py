@@ -360,10 +360,14 @@ class IngestWorker:
                     if pool is not None:
                         pool.shutdown()
                 self._stages = self._pool = None
-                if self._dlq is not None and not self._broken:
-                    self._dlq.flush(10)
-                # Let librdkafka's producer go with the run: kept alive by a worker object, it would log a failed
-                # connection every second once the broker is gone.
+                if self._dlq is not None:
+                    if not self._broken:
+                        self._dlq.flush(10)
+                    # Closed with the run: kept alive by a worker object, librdkafka's client would log a failed
+                    # connection every second once the broker is gone. Nothing purged was acknowledged, so no
+                    # offset past it was committed: the next run dead-letters it again.
+                    self._dlq.purge()
+                    self._dlq.close()
                 self._dlq = None
         return self.stats
 

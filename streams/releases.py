@@ -68,12 +68,19 @@ def publish(settings: Settings, champion: Champion, timeout: float = 15.0) -> No
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **librdkafka_config(settings),
                          "enable.idempotence": True,
                          "acks": "all"})
-    producer.produce(topic(settings), key=champion.app.encode(), value=json.dumps(asdict(champion)).encode(),
-                     on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
-    left = producer.flush(timeout)
-    if left or errors:
+    try:
+        producer.produce(topic(settings), key=champion.app.encode(), value=json.dumps(asdict(champion)).encode(),
+                         on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+        left = producer.flush(timeout)
+        failed = errors[:1]  # before purge() below reports what it purged
+    finally:
+        # Closed here, not by the garbage collector: a raised error's traceback keeps this frame (and a CLI
+        # runner keeps the error), and the client would log a failed connection every second meanwhile.
+        producer.purge()
+        producer.close()
+    if left or failed:
         raise BrokerUnavailable(f"the release change of {champion.app} was not acknowledged by "
-                                f"{settings.kafka_bootstrap}: {errors[0] if errors else 'timed out'}; "
+                                f"{settings.kafka_bootstrap}: {failed[0] if failed else 'timed out'}; "
                                 f"`flywheel release publish {champion.app}` sends it again",
                                 bootstrap=settings.kafka_bootstrap)
 

@@ -113,6 +113,7 @@ class AckedProducer:
         old, self._producer = self._producer, self._new_producer()
         old.purge()
         old.flush(self.collector.delivery_timeout_s)
+        old.close()
 
     @property
     def brokers_down(self) -> bool:
@@ -174,7 +175,11 @@ class AckedProducer:
         self._all_down = False
 
     def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is queued (up to `timeout`), then stop the polling thread."""
+        """Stop the polling thread, deliver what is queued (up to `timeout`; what is left fails with a purge error),
+        and close the producer: left to the garbage collector, librdkafka's client outlives the collector wherever
+        something still refers to it, and logs a failed connection every second once the broker is gone."""
         self._stop.set()
         self._thread.join()
         self._producer.flush(timeout)
+        self._producer.purge()
+        self._producer.close()
