@@ -163,19 +163,24 @@ class Collector:
         """Create the topics once the broker answers, and probe a broker that went away until it is back."""
         loop = asyncio.get_running_loop()
         assert self.producer is not None
+        producer = self.producer
         while True:
             try:
                 if not self.topics_ready:
                     created = await loop.run_in_executor(None, lambda: ensure_topics(self.settings, timeout=2.0))
                     self.topics_ready = True
-                    self.producer.probe()
+                    producer.probe()
                     if created:
                         log.info("created topics %s", ", ".join(created))
-                elif self.producer.brokers_down:
-                    if await loop.run_in_executor(None, self.producer.probe):
+                elif producer.brokers_down:
+                    # Still down (requests get 503, readyz says so) until the producer is replaced and the topics
+                    # are checked: a request taken in between went to the old producer, which the reset purges, or
+                    # to a new broker without the topics, and waited out the delivery timeout for a 503.
+                    if await loop.run_in_executor(None, lambda: producer.probe(clear=False)):
                         log.warning("the Kafka broker at %s answers again", self.settings.kafka_bootstrap)
-                        await loop.run_in_executor(None, self.producer.reset)
-                        # It may be a new cluster (or the embedded broker, which keeps nothing): check the topics.
+                        await loop.run_in_executor(None, producer.reset)
+                        # It may be a new cluster (or the embedded broker, which keeps nothing): check the topics,
+                        # then probe (which clears brokers_down).
                         self.topics_ready = False
                         continue
             except BrokerUnavailable:

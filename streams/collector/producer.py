@@ -113,7 +113,7 @@ class AckedProducer:
         old, self._producer = self._producer, self._new_producer()
         old.purge()
         old.flush(self.collector.delivery_timeout_s)
-        old.close()
+        old.close()  # waits for a poll() the polling thread may still be inside (up to POLL_S)
 
     @property
     def brokers_down(self) -> bool:
@@ -132,13 +132,15 @@ class AckedProducer:
         while not self._stop.is_set():
             self._producer.poll(POLL_S)
 
-    def probe(self, timeout: float = 2.0) -> bool:
-        """Ask the brokers for metadata (blocking: call it from a thread); clears `brokers_down` when one answers."""
+    def probe(self, timeout: float = 2.0, clear: bool = True) -> bool:
+        """Ask the brokers for metadata (blocking: call it from a thread); with `clear`, clears `brokers_down` when
+        one answers."""
         try:
             self._producer.list_topics(self.settings.inference_topic, timeout=timeout)
         except KafkaException:
             return False
-        self._all_down = False
+        if clear:
+            self._all_down = False
         return True
 
     async def produce(self, records: Records) -> None:
