@@ -179,16 +179,18 @@ class FlywheelClient:
         self._connect_error: BaseException | None = None
         if strict:
             self._producer = self._connect()  # raises BrokerUnavailable: today's fail-fast contract
-        self._pump = threading.Thread(target=self._run, name="flywheel-sdk", daemon=True)
-        self._pump.start()
         ref = weakref.ref(self)
         def exit_hook() -> None:
             c = ref()
             if c is not None:
                 c._at_exit()
 
+        # Before the thread starts: once connected, it registers the hook again (ahead of kafka-python's), and a
+        # thread that connected before the constructor got here died of the missing attribute, sending nothing.
         self._exit_hook = exit_hook
         atexit.register(self._exit_hook)
+        self._pump = threading.Thread(target=self._run, name="flywheel-sdk", daemon=True)
+        self._pump.start()
 
     # --------------------------------------------------------------------------------------------- releases
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -165,6 +166,28 @@ def test_strict_mode_raises_at_the_call(kafka_settings: Settings) -> None:
     fw.log_inference(app="a", model="m", input="q", output="o")  # reported once, then the client goes on
     fw.close()
     assert fw.stats.delivered == 1
+
+
+def test_a_client_whose_thread_connects_before_the_constructor_returns_delivers(
+        kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's thread may connect and run on before the constructor's next line (it did on a loaded machine:
+    its first step read an attribute the constructor had not set yet, the thread died, and close() reported
+    every event undelivered). Here the constructor waits for its thread to have run that far."""
+    ensure_topics(kafka_settings)
+    start = threading.Thread.start
+
+    def start_then_let_it_run(self: threading.Thread) -> None:
+        start(self)
+        if self.name == "flywheel-sdk":
+            self.join(0.5)  # it waits for events from here on: the constructor goes on after half a second
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_let_it_run)
+    with FlywheelClient(kafka_settings, strict=True) as fw:  # strict: connected in the constructor
+        ids, _ = _log(fw, 5)
+        assert fw._pump.is_alive()
+    landed = {json.loads(m.value())["inference_id"] for m in read_topic(kafka_settings, kafka_settings.inference_topic,
+                                                                       kafka_settings.partitions)}
+    assert landed == set(ids)
 
 
 def test_the_exit_hook_delivers_what_is_buffered(kafka_settings: Settings) -> None:
